@@ -1,0 +1,12 @@
+"""Errors the engine raises for the user to read."""
+
+
+class UserError(Exception):
+    """Bad input or an impossible request; the message is shown to the user as is.
+
+    It says what was wrong, with which input, and what to do next.
+    """
+
+
+class Cancelled(Exception):
+    """The user asked the running job to stop."""
