@@ -1,0 +1,183 @@
+"""Quantize / dequantize / pack: the integer grid every method shares.
+
+    Q(w) = s · (clamp(round(w / s) + z, 0, 2^b − 1) − z)
+
+symmetric:  s = max|w| / 2^(b−1),           z = 2^(b−1)   (no zero point, grid centred)
+asymmetric: s = (max − min) / (2^b − 1),    z = round(−min / s)
+
+Codes are stored unsigned in [0, 2^b − 1] with the zero point beside them; a symmetric
+scheme's zero is the constant 2^(b−1), which is exactly the GPTQ convention (FORMATS.md §1).
+Granularity: group_size > 0 (groups of input columns), −1 (one group per output row),
+0 (one scale for the whole tensor). Weights are (N, K) = (out_features, in_features).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PER_CHANNEL = -1
+PER_TENSOR = 0
+
+
+def n_groups(k: int, group_size: int) -> int:
+    return 1 if group_size <= 0 else -(-k // group_size)
+
+
+def default_g_idx(k: int, group_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """Group of each input column: k // G (all zeros for per-channel / per-tensor)."""
+    idx = torch.arange(k, dtype=torch.int32, device=device)
+    return idx // group_size if group_size > 0 else torch.zeros_like(idx)
+
+
+def qparams_from_range(
+    wmin: torch.Tensor, wmax: torch.Tensor, bits: int, sym: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero from per-group min/max (any shape). Returns (s float32, z int32)."""
+    wmin = torch.minimum(wmin.float(), torch.zeros_like(wmin, dtype=torch.float32))
+    wmax = torch.maximum(wmax.float(), torch.zeros_like(wmax, dtype=torch.float32))
+    if sym:
+        s = torch.maximum(wmax, -wmin) / 2 ** (bits - 1)
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        z = torch.full_like(s, 2 ** (bits - 1), dtype=torch.int32)
+    else:
+        s = (wmax - wmin) / (2**bits - 1)
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        z = torch.round(-wmin / s).clamp(0, 2**bits - 1).to(torch.int32)
+    return s, z
+
+
+def qparams(
+    w: torch.Tensor, bits: int, group_size: int, sym: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero of a weight (N, K) → (N, n_groups) each."""
+    n, k = w.shape
+    w = w.float()
+    if group_size == PER_TENSOR:
+        wmin, wmax = w.min().expand(n, 1), w.max().expand(n, 1)
+    elif group_size == PER_CHANNEL:
+        wmin, wmax = w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True)
+    else:
+        g = n_groups(k, group_size)
+        pad = g * group_size - k
+        if pad:
+            # Pad with the group's own first value so padding never widens the range.
+            w = torch.cat([w, w[:, -1:].expand(n, pad)], dim=1)
+        wg = w.reshape(n, g, group_size)
+        wmin, wmax = wg.amin(dim=2), wg.amax(dim=2)
+    return qparams_from_range(wmin, wmax, bits, sym)
+
+
+def quantize(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, g_idx: torch.Tensor
+) -> torch.Tensor:
+    """Integer codes (N, K) uint8 in [0, 2^b − 1]; column k uses group g_idx[k]."""
+    s = scale[:, g_idx.long()]
+    z = zero[:, g_idx.long()]
+    return (torch.round(w.float() / s) + z).clamp(0, 2**bits - 1).to(torch.uint8)
+
+
+def dequantize(
+    q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, g_idx: torch.Tensor
+) -> torch.Tensor:
+    """Float weights (N, K) from codes: s · (q − z)."""
+    gi = g_idx.long()
+    return scale[:, gi] * (q.to(torch.float32) - zero[:, gi].to(torch.float32))
+
+
+def quantize_column(
+    w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int
+) -> torch.Tensor:
+    """Fake-quantize one column (N,) with per-row scale/zero (N,): used inside GPTQ's loop."""
+    q = (torch.round(w / s) + z).clamp(0, 2**bits - 1)
+    return s * (q - z)
+
+
+@dataclass
+class QuantizedWeight:
+    """A quantized linear weight: codes, per-group scale/zero and the group of each column."""
+
+    q: torch.Tensor  # (N, K) uint8 codes
+    scale: torch.Tensor  # (N, n_groups) float32
+    zero: torch.Tensor  # (N, n_groups) int32; 2^(b−1) for symmetric schemes
+    g_idx: torch.Tensor  # (K,) int32
+    bits: int
+    group_size: int
+    sym: bool
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.q, self.scale, self.zero, self.g_idx)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.q.shape)  # type: ignore[return-value]
+
+
+def quantize_weight(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> QuantizedWeight:
+    """Round-to-nearest with min/max parameters (the RTN baseline)."""
+    scale, zero = qparams(w, bits, group_size, sym)
+    g_idx = default_g_idx(w.shape[1], group_size, w.device)
+    q = quantize(w, scale, zero, bits, g_idx)
+    return QuantizedWeight(q, scale, zero, g_idx, bits, group_size, sym)
+
+
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.Tensor:
+    """quantize → dequantize, in w's dtype."""
+    return quantize_weight(w, bits, group_size, sym).dequantize().to(w.dtype)
+
+
+def pack_int32(q: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Pack unsigned codes along `dim` into int32 words, LSB first (GPTQ order).
+
+    Value j of a word sits at bits [j·b, j·b + b). For b = 3, 32 values span 3 words and
+    values 10 and 21 straddle word boundaries (GPTQModel `pack_original`). The packed dim
+    is zero-padded to a multiple of the values per word (32 values for b = 3).
+    """
+    q = q.movedim(dim, 0).to(torch.int64)
+    k = q.shape[0]
+    per = 32 if bits == 3 else 32 // bits
+    if 32 % bits and bits != 3:
+        raise ValueError(f"cannot pack {bits}-bit values into int32 words")
+    pad = (-k) % per
+    if pad:
+        q = torch.cat([q, q.new_zeros((pad, *q.shape[1:]))], dim=0)
+    if bits == 3:
+        # 32 values → 96 bits → 3 words; build the bit stream and cut it into words.
+        q = q.reshape(-1, 32, *q.shape[1:])
+        words = torch.zeros((q.shape[0], 3, *q.shape[2:]), dtype=torch.int64)
+        for j in range(32):
+            bit = 3 * j
+            w_i, off = divmod(bit, 32)
+            words[:, w_i] |= (q[:, j] << off) & 0xFFFFFFFF
+            if off + 3 > 32:
+                words[:, w_i + 1] |= q[:, j] >> (32 - off)
+        packed = words.reshape(-1, *q.shape[2:])
+    else:
+        q = q.reshape(-1, per, *q.shape[1:])
+        packed = torch.zeros((q.shape[0], *q.shape[2:]), dtype=torch.int64)
+        for j in range(per):
+            packed |= q[:, j] << (bits * j)
+    packed = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+    return packed.movedim(0, dim).contiguous()
+
+
+def unpack_int32(packed: torch.Tensor, bits: int, dim: int, length: int) -> torch.Tensor:
+    """Inverse of `pack_int32`: `length` unsigned codes along `dim` (uint8)."""
+    p = packed.movedim(dim, 0).to(torch.int64) & 0xFFFFFFFF
+    mask = 2**bits - 1
+    if bits == 3:
+        p = p.reshape(-1, 3, *p.shape[1:])
+        vals = []
+        for j in range(32):
+            w_i, off = divmod(3 * j, 32)
+            v = p[:, w_i] >> off
+            if off + 3 > 32:
+                v = v | (p[:, w_i + 1] << (32 - off))
+            vals.append(v & mask)
+        q = torch.stack(vals, dim=1).reshape(-1, *p.shape[2:])
+    else:
+        per = 32 // bits
+        q = torch.stack([(p >> (bits * j)) & mask for j in range(per)], dim=1)
+        q = q.reshape(-1, *p.shape[1:])
+    return q[:length].to(torch.uint8).movedim(0, dim).contiguous()
