@@ -1,0 +1,5 @@
+import sys
+
+from qtapp.cli import main
+
+sys.exit(main())

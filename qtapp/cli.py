@@ -1,0 +1,63 @@
+"""`quantdesk`: with no arguments opens the window; subcommands drive the engine.
+
+Each subcommand lives in `qtapp/commands/<name>.py` with `add_parser(subparsers)` and
+`run(args) -> int`, so the command line grows without this file changing much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from qtapp import __version__
+from qtapp.engine.errors import UserError
+
+COMMANDS = ("quantize", "eval", "chat", "hw", "recommend", "convert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantdesk",
+        description="Quantize large language models on this machine (GPTQ, AWQ, GGUF). "
+        "Run without arguments to open the window.",
+    )
+    parser.add_argument("--version", action="version", version=f"quantdesk {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"qtapp.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"qtapp.commands.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    sub.add_parser("worker", help=argparse.SUPPRESS).add_argument("--job", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        from qtapp.gui.app import main as gui_main  # imported late: the CLI needs no Qt
+
+        return gui_main()
+    if args.command == "worker":
+        from qtapp.engine.worker import main as worker_main
+
+        return worker_main(["--job", args.job])
+    module = importlib.import_module(f"qtapp.commands.{args.command}")
+    try:
+        return int(module.run(args) or 0)
+    except UserError as e:
+        print(f"quantdesk {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"quantdesk {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
