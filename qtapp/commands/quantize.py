@@ -1,0 +1,210 @@
+"""`quantdesk quantize`: build a JobSpec from flags and run it with a progress bar or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from qtapp.engine import events as ev
+from qtapp.engine.config import (
+    GGUF_TYPES,
+    METHODS,
+    PRESETS,
+    CalibrationSpec,
+    GGUFOptions,
+    GPTQOptions,
+    JobSpec,
+    QuantScheme,
+    preset_rules,
+    rules_from_json,
+)
+from qtapp.engine.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="quantize a model (RTN, GPTQ, AWQ or GGUF)",
+                       description="Quantize MODEL ('demo', a local folder or a Hub id) into "
+                       "--out, a folder that does not exist yet.")
+    p.add_argument("--model", required=True, help="'demo', a local folder or a Hub id")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--out", required=True, help="output folder (must not exist yet)")
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--group-size", type=int, default=128,
+                   help="group size; -1 per output channel, 0 per tensor")
+    sym = p.add_mutually_exclusive_group()
+    sym.add_argument("--sym", dest="sym", action="store_true", default=None)
+    sym.add_argument("--asym", dest="sym", action="store_false")
+    p.add_argument("--type", default="Q4_K_M", choices=GGUF_TYPES, help="GGUF type")
+    p.add_argument("--imatrix", default="auto", help="GGUF: auto, none or an imatrix file")
+    p.add_argument("--preset", choices=tuple(PRESETS), help="mixed precision preset")
+    p.add_argument("--rules", type=Path, help="JSON file of per-module rules")
+    p.add_argument("--calibration", default="builtin", help="builtin, or a .txt/.jsonl file")
+    p.add_argument("--samples", type=int, default=128,
+                   help="calibration samples (512 is the usual choice on a GPU)")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--act-order", action="store_true", help="GPTQ: desc_act")
+    p.add_argument("--static-groups", action="store_true", help="GPTQ: static groups")
+    p.add_argument("--percdamp", type=float, default=0.01, help="GPTQ dampening")
+    p.add_argument("--format", dest="export_format", default="auto",
+                   choices=("auto", "gptq", "awq", "compressed-tensors"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-eval", action="store_true", help="skip the perplexity evaluation")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--worker", action="store_true",
+                   help="run in a child worker process (as the window does)")
+    p.add_argument("--dry-run", action="store_true", help="print the job spec and stop")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+
+
+def job_from_args(args: argparse.Namespace) -> JobSpec:
+    sym = args.sym if args.sym is not None else args.method != "awq"
+    scheme = QuantScheme(bits=args.bits, group_size=args.group_size, sym=sym)
+    scheme.validate("--bits/--group-size")
+    rules: tuple = ()
+    if args.preset:
+        rules += preset_rules(args.preset, scheme)
+    if args.rules:
+        try:
+            text = args.rules.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read the rules file {args.rules}: {e}") from None
+        rules += rules_from_json(text, str(args.rules))
+    return JobSpec(
+        model=args.model, method=args.method, out=args.out, scheme=scheme, rules=rules,
+        gptq=GPTQOptions(percdamp=args.percdamp, act_order=args.act_order,
+                         static_groups=args.static_groups),
+        gguf=GGUFOptions(type=args.type, imatrix=args.imatrix),
+        calibration=CalibrationSpec(source=args.calibration, samples=args.samples,
+                                    seq_len=args.seq_len),
+        export_format=args.export_format, device=args.device, evaluate=not args.no_eval,
+        resume=not args.no_resume, overwrite=args.overwrite,
+    ).validate()
+
+
+class ProgressPrinter:
+    """Renders events as a one-line progress bar with ETA, plus the final summary."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = ""
+
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Progress):
+            frac = event.step / max(event.total, 1)
+            bar = "#" * int(frac * 30)
+            eta = f" ETA {_fmt_s(event.eta_s)}" if event.eta_s else ""
+            line = f"[{bar:<30}] {event.stage} {event.message}{eta}"
+            self._line(line)
+        elif isinstance(event, ev.Log) and event.level in ("warning", "error"):
+            self._print(f"{event.level}: {event.message}")
+        elif isinstance(event, ev.Started):
+            self._print(f"quantizing {event.model} with {event.method} → {event.out}")
+        elif isinstance(event, ev.Result):
+            s = event.summary
+            self._print(f"done in {_fmt_s(event.seconds)}: {event.out}")
+            if "size_bytes" in s:
+                self._print(f"  size {s['size_bytes'] / 2**20:.1f} MiB"
+                            + (f" (source {s['source_size_bytes'] / 2**20:.1f} MiB)"
+                               if "source_size_bytes" in s else ""))
+            if "ppl" in s:
+                self._print(f"  perplexity {s['ppl']:.3f}"
+                            + (f" (source {s['ppl_source']:.3f})" if "ppl_source" in s else ""))
+        elif isinstance(event, ev.Failed):
+            self._print(f"error: {event.message}")
+        elif isinstance(event, ev.Cancelled):
+            self._print(event.message)
+
+    def _line(self, line: str) -> None:
+        if self.tty:
+            self.stream.write("\r" + line[:120].ljust(len(self.last)))
+            self.stream.flush()
+            self.last = line[:120]
+        elif line != self.last:
+            self.stream.write(line + "\n")
+            self.last = line
+
+    def _print(self, text: str) -> None:
+        if self.tty and self.last:
+            self.stream.write("\n")
+            self.last = ""
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _fmt_s(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def run(args: argparse.Namespace) -> int:
+    job = job_from_args(args)
+    if args.dry_run:
+        print(job.to_json())
+        return 0
+    if args.json:
+        def render(e: ev.Event) -> None:
+            print(ev.encode(e), flush=True)
+    else:
+        render = ProgressPrinter()
+    if args.worker:
+        return _run_in_worker(job, render)
+    return _run_in_process(job, render)
+
+
+def _run_in_process(job: JobSpec, render) -> int:
+    from qtapp.engine.worker import CancelFlag, execute
+
+    flag = CancelFlag()
+    previous = signal.signal(signal.SIGINT, flag.set)
+    try:
+        code = execute(job, render, flag)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return {0: 0, 3: 130}.get(code, 1)
+
+
+def _run_in_worker(job: JobSpec, render) -> int:
+    with tempfile.TemporaryDirectory(prefix="quantdesk-job-") as tmp:
+        spec = Path(tmp) / "job.json"
+        spec.write_text(job.to_json(), encoding="utf-8")
+        cmd = worker_command(spec)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        final = None
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                try:
+                    event = ev.decode(line)
+                except ev.EventDecodeError:
+                    continue
+                render(event)
+                if event.type in ev.FINAL_TYPES:
+                    final = event
+        except KeyboardInterrupt:
+            assert proc.stdin is not None
+            proc.stdin.write("cancel\n")
+            proc.stdin.flush()
+            proc.wait(timeout=30)
+            return 130
+        code = proc.wait()
+    if final is None:
+        render(ev.Failed(message=f"the worker stopped without a result (exit code {code})",
+                         kind="internal"))
+        return 1
+    return {"result": 0, "cancelled": 130}.get(final.type, 1)
+
+
+def worker_command(job_file: Path) -> list[str]:
+    """The command that starts a worker: this Python, or the frozen app in worker mode."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "worker", "--job", str(job_file)]
+    return [sys.executable, "-m", "qtapp.engine.worker", "--job", str(job_file)]
+

@@ -1,0 +1,170 @@
+"""One quantization job from start to finish: the function the worker and the CLI call.
+
+resolve model → check output path → calibration tokens → quantize (layer streaming, with a
+resumable checkpoint) → export into a hidden temporary folder beside the output →
+evaluate → model card → atomic rename. Nothing is ever written into the source model, and
+a failed or cancelled job leaves no output folder behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qtapp.engine import events as ev
+from qtapp.engine.config import JobSpec
+from qtapp.engine.errors import UserError
+from qtapp.engine.sources import ModelInfo, resolve_model
+
+Emit = Callable[[ev.Event], None]
+
+
+def cache_root() -> Path:
+    env = os.environ.get("QUANTDESK_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("quantdesk"))
+
+
+def check_output_path(out: Path, source: Path, overwrite: bool) -> None:
+    """Refuse outputs that would overwrite something or land inside the source model."""
+    src = source.resolve()
+    if out == src or src in out.parents:
+        raise UserError(f"the output {out} is inside the source model folder {src}; choose an "
+                        "output folder elsewhere so the source stays untouched")
+    if out in src.parents:
+        raise UserError(f"the output {out} contains the source model {src}; choose another "
+                        "output folder")
+    if out.exists() and not overwrite:
+        raise UserError(f"the output {out} already exists; choose a new name or pass "
+                        "--overwrite to replace it")
+    parent = out.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as e:
+            raise UserError(f"cannot create the folder {parent} for the output: {e.strerror}")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write into {parent}; choose an output folder you can write to")
+
+
+def partial_path(out: Path) -> Path:
+    """The hidden temporary folder beside the output, renamed into place when complete."""
+    return out.parent / f".{out.name}.partial"
+
+
+def job_fingerprint(job: JobSpec, info: ModelInfo) -> str:
+    """What makes two jobs' checkpoints interchangeable: model, method and its settings."""
+    d = job.to_dict()
+    for k in ("out", "evaluate", "resume", "overwrite", "export_format", "device"):
+        d.pop(k, None)
+    d["model_path"] = str(info.path.resolve())
+    d["weights"] = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in info.weight_files]
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    job.validate()
+    out = Path(job.out).expanduser().resolve()
+    info = resolve_model(job.model, allow_pickle=job.allow_pickle)
+    check_output_path(out, info.path, job.overwrite)
+    emit(ev.Started(model=info.name, method=job.method, out=str(out),
+                    total_steps=info.n_layers, job=job.to_dict()))
+    emit(ev.Log(level="info", message=f"{info.name}: {info.arch.name}, {info.n_layers} blocks, "
+                f"{info.n_params / 1e6:.1f} M parameters, {info.size_bytes / 2**20:.0f} MiB"))
+    partial = partial_path(out)
+    if partial.exists():
+        shutil.rmtree(partial)
+    try:
+        if job.method == "gguf":
+            summary = _run_gguf(job, info, partial, emit, should_cancel)
+        else:
+            summary = _run_linear_method(job, info, partial, emit, should_cancel)
+        if should_cancel():
+            from qtapp.engine.errors import Cancelled
+
+            raise Cancelled()
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    summary["out"] = str(out)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    for f in summary.get("files", []):
+        p = out / f
+        if p.exists():
+            emit(ev.Artifact(path=str(p), kind=p.suffix.lstrip(".") or "file",
+                             bytes=p.stat().st_size))
+    return summary
+
+
+def _calibration_tokens(job: JobSpec, info: ModelInfo, emit: Emit):  # -> torch.Tensor
+    from transformers import AutoTokenizer
+
+    from qtapp.engine.calibration import calibration_batches
+
+    tokenizer = AutoTokenizer.from_pretrained(info.path)
+    c = job.calibration
+    tokens = calibration_batches(tokenizer, c.source, c.samples, c.seq_len, c.seed)
+    emit(ev.Log(level="info", message=f"calibration: {tokens.shape[0]} samples × "
+                f"{tokens.shape[1]} tokens from {c.source}"))
+    return tokens
+
+
+def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
+                       should_cancel: Callable[[], bool]) -> dict[str, Any]:
+    from qtapp.engine.export import export_checkpoint, resolve_format
+    from qtapp.engine.pipeline import pick_device, quantize_blocks
+    from qtapp.engine.qstore import QuantStore
+
+    device = pick_device(job.device)
+    fmt = resolve_format(job)
+    tokens = _calibration_tokens(job, info, emit)
+    work = cache_root() / "jobs" / job_fingerprint(job, info)
+    store = QuantStore(work / "blocks", fingerprint=job_fingerprint(job, info))
+    emit(ev.Log(level="info", message=f"device {device}; checkpoint in {work}"))
+    quantize_blocks(job, info, tokens, store, emit, should_cancel, device)
+    emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="export",
+                     message=f"writing the {fmt} checkpoint"))
+    summary: dict[str, Any] = {"method": job.method, "format": fmt, "model": info.name,
+                               "source": str(info.path), "scheme": job.scheme.label,
+                               "mixed": job.is_mixed}
+    files = export_checkpoint(fmt, info.path, store, job, partial, summary)
+    summary["files"] = sorted({str(Path(f).relative_to(partial)) for f in files})
+    if job.evaluate:
+        summary.update(_evaluate(job, info, partial, emit))
+    from qtapp.engine.evaluate import folder_size
+    from qtapp.engine.export.model_card import write_model_card
+
+    summary["size_bytes"] = folder_size(partial)
+    summary["source_size_bytes"] = info.size_bytes
+    write_model_card(partial, job, info, summary)
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def _evaluate(job: JobSpec, info: ModelInfo, folder: Path, emit: Emit) -> dict[str, Any]:
+    from qtapp.engine.evaluate import model_perplexity, source_perplexity
+
+    emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="evaluate",
+                     message="perplexity on the built-in evaluation text"))
+    ppl = model_perplexity(folder)
+    ppl_source = source_perplexity(info.path)
+    emit(ev.Log(level="info", message=f"perplexity {ppl:.3f} (source {ppl_source:.3f})"))
+    return {"ppl": round(ppl, 4), "ppl_source": round(ppl_source, 4)}
+
+
+def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
+              should_cancel: Callable[[], bool]) -> dict[str, Any]:
+    raise UserError("GGUF output is not wired into jobs yet")

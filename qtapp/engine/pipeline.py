@@ -1,0 +1,358 @@
+"""Layer-streaming quantization: one decoder block in memory at a time.
+
+    embeddings(calibration tokens) → X₀
+    for each block i:
+        load block i from the safetensors files           (only its weights)
+        quantize its linears on X_i (RTN / GPTQ / AWQ)    → QuantStore block i (checkpoint)
+        X_{i+1} = quantized block i (X_i)                  (errors propagate, as in GPTQ)
+        free block i
+
+Peak memory ≈ one block in float32 + the calibration activations X (n × L × hidden) +
+one Hessian per linear being solved, not the whole model. The model skeleton is built on
+the meta device; the block's forward is the transformers module itself, so every
+architecture transformers implements runs unchanged. The inputs of block 0 and the
+keyword arguments blocks need (rotary position embeddings, attention mask, …) are captured
+by letting the model's own forward run up to block 0 and stopping it there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from qtapp.engine import events as ev
+from qtapp.engine.config import JobSpec, QuantScheme
+from qtapp.engine.errors import Cancelled, UserError
+from qtapp.engine.methods.gptq import HessianAccumulator, gptq_quantize, relative_output_error
+from qtapp.engine.methods.rtn import rtn
+from qtapp.engine.primitives import QuantizedWeight
+from qtapp.engine.qstore import QuantStore
+from qtapp.engine.sources import ModelInfo, SafetensorsReader
+
+Emit = Callable[[ev.Event], None]
+
+
+class _StopForward(Exception):
+    """Raised by the catcher once block 0's inputs are recorded."""
+
+
+class _Catcher(nn.Module):
+    """Stands in for block 0: records its input and keyword arguments, then stops."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.attention_type = getattr(block, "attention_type", "full_attention")
+        self.hidden: torch.Tensor | None = None
+        self.kwargs: dict[str, Any] = {}
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.hidden = hidden_states
+        self.kwargs = kwargs
+        raise _StopForward
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA GPU is available to PyTorch; "
+                        "use --device auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _fit_batch(obj: Any, full: int, b: int) -> Any:
+    """Slice captured kwargs made for a batch of `full` samples down to `b` samples."""
+    if isinstance(obj, torch.Tensor):
+        return obj[:b] if obj.dim() > 0 and obj.shape[0] == full and b != full else obj
+    if isinstance(obj, tuple):
+        return tuple(_fit_batch(o, full, b) for o in obj)
+    if isinstance(obj, list):
+        return [_fit_batch(o, full, b) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _fit_batch(v, full, b) for k, v in obj.items()}
+    return obj
+
+
+def _block_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+@dataclass
+class BlockInputs:
+    """Calibration activations entering the current block, and the kwargs blocks need."""
+
+    x: torch.Tensor  # (n, L, hidden) float32
+    kwargs: dict[str, Any]
+    batch: int
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        n = self.x.shape[0]
+        for i in range(0, n, self.batch):
+            xb = self.x[i : i + self.batch]
+            yield xb, _fit_batch(self.kwargs, self.batch, xb.shape[0])
+
+
+class LayerStreamer:
+    """The model skeleton on meta; blocks materialised one at a time from safetensors."""
+
+    def __init__(self, info: ModelInfo, device: torch.device, dtype: torch.dtype = torch.float32):
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.info = info
+        self.device = device
+        self.dtype = dtype
+        self.reader = SafetensorsReader(info.path)
+        config = AutoConfig.from_pretrained(info.path, trust_remote_code=False)
+        config.use_cache = False
+        with init_empty_weights(include_buffers=False):
+            self.model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+        self.model.eval()
+        self.blocks = self._resolve(info.arch.layers_prefix)
+        self.n_blocks = len(self.blocks)
+
+    def _resolve(self, dotted: str) -> Any:
+        obj: Any = self.model
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def materialize(self, module: nn.Module, prefix: str) -> nn.Module:
+        """Give a meta module real weights from the safetensors files (prefix 'model.layers.3.')."""
+        state = self.reader.state_dict(prefix)
+        module.to_empty(device=self.device)
+        missing, _unexpected = module.load_state_dict(
+            {k: v.to(self.dtype) for k, v in state.items()}, strict=False
+        )
+        missing = [m for m in missing if not m.endswith("inv_freq")]
+        if missing:
+            raise UserError(f"the model files lack weights for {prefix}{missing[0]} "
+                            f"({len(missing)} missing); the download may be incomplete")
+        return module.to(self.dtype)
+
+    def release(self, module: nn.Module) -> None:
+        module.to("meta")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def block_prefix(self, i: int) -> str:
+        return f"{self.info.arch.layers_prefix}.{i}."
+
+    def capture_inputs(self, tokens: torch.Tensor, batch: int) -> BlockInputs:
+        """Run the embeddings on the calibration tokens and capture block 0's inputs."""
+        arch = self.info.arch
+        embed = self._resolve(arch.embed)
+        self.materialize(embed, arch.embed + ".")
+        catcher = _Catcher(self.blocks[0])
+        original = self.blocks[0]
+        self.blocks[0] = catcher
+        xs: list[torch.Tensor] = []
+        kwargs: dict[str, Any] = {}
+        inner = self._resolve(arch.layers_prefix.rsplit(".", 1)[0])
+        try:
+            with torch.no_grad():
+                for i in range(0, tokens.shape[0], batch):
+                    try:
+                        inner(input_ids=tokens[i : i + batch].to(self.device), use_cache=False)
+                    except _StopForward:
+                        pass
+                    xs.append(catcher.hidden.to(torch.float32))
+                    if i == 0:
+                        kwargs = catcher.kwargs
+        finally:
+            self.blocks[0] = original
+            self.release(embed)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}
+        kwargs["use_cache"] = False
+        return BlockInputs(torch.cat(xs), kwargs, batch)
+
+
+def forward_block(block: nn.Module, inputs: BlockInputs, out: torch.Tensor | None = None,
+                  ) -> torch.Tensor | None:
+    """Run a block over all calibration inputs; write the outputs into `out` if given."""
+    i = 0
+    with torch.no_grad():
+        for xb, kw in inputs.batches():
+            y = _block_output(block(xb.to(block_dtype(block)), **kw))
+            if out is not None:
+                out[i : i + xb.shape[0]] = y.to(out.dtype)
+            i += xb.shape[0]
+    return out
+
+
+def block_dtype(block: nn.Module) -> torch.dtype:
+    return next(block.parameters()).dtype
+
+
+def _linear(block: nn.Module, name: str) -> nn.Linear:
+    module = block.get_submodule(name)
+    if not isinstance(module, nn.Linear):
+        raise UserError(f"{name} is not a linear layer in this model; the architecture table "
+                        "does not match the model files")
+    return module
+
+
+def collect_hessians(block: nn.Module, names: list[str], inputs: BlockInputs,
+                     ) -> dict[str, HessianAccumulator]:
+    """One forward over the calibration set, accumulating H = 2/n Σ x xᵀ for each linear."""
+    acc = {n: HessianAccumulator(_linear(block, n).in_features, inputs.x.device) for n in names}
+    hooks = [
+        _linear(block, n).register_forward_hook(
+            lambda _m, args, _out, n=n: acc[n].add_batch(args[0].detach())
+        )
+        for n in names
+    ]
+    try:
+        forward_block(block, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return acc
+
+
+@dataclass
+class BlockReport:
+    index: int
+    modules: dict[str, QuantizedWeight]
+    floats: dict[str, torch.Tensor]  # float tensors the method changed (AWQ-scaled norms)
+    meta: dict[str, Any]
+
+
+class BlockQuantizer:
+    """Quantizes the linears of one materialised block with the job's method."""
+
+    def __init__(self, job: JobSpec, info: ModelInfo, emit: Emit,
+                 should_cancel: Callable[[], bool]) -> None:
+        self.job = job
+        self.info = info
+        self.emit = emit
+        self.should_cancel = should_cancel
+        self.names = [n for group in info.arch.sequential for n in group]
+
+    def scheme(self, block_prefix: str, name: str) -> QuantScheme | None:
+        return self.job.scheme_for(block_prefix + name)
+
+    def _check_cancel(self) -> None:
+        if self.should_cancel():
+            raise Cancelled()
+
+    def quantize(self, i: int, block: nn.Module, prefix: str, inputs: BlockInputs) -> BlockReport:
+        method = self.job.method
+        floats: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {}
+        if method == "awq":
+            floats, meta = self._awq_scale(block, prefix, inputs)
+        groups = self.info.arch.sequential if method == "gptq" and \
+            self.job.gptq.true_sequential else (tuple(self.names),)
+        modules: dict[str, QuantizedWeight] = {}
+        for group in groups:
+            todo = [n for n in group if self.scheme(prefix, n) is not None]
+            if not todo:
+                continue
+            self._check_cancel()
+            hessians = collect_hessians(block, todo, inputs)
+            for name in todo:
+                self._check_cancel()
+                modules[name] = self._quantize_linear(i, block, prefix, name,
+                                                      hessians.pop(name).H)
+        return BlockReport(i, modules, floats, meta)
+
+    def _quantize_linear(self, i: int, block: nn.Module, prefix: str, name: str,
+                         H: torch.Tensor) -> QuantizedWeight:
+        scheme = self.scheme(prefix, name)
+        assert scheme is not None
+        linear = _linear(block, name)
+        t0 = time.perf_counter()
+        W = linear.weight.data.float()
+        if self.job.method == "gptq":
+            qw = gptq_quantize(W, H, scheme, self.job.gptq)
+        else:
+            qw = rtn(W, scheme)
+        W_hat = qw.dequantize()
+        err = relative_output_error(W, W_hat, H)
+        linear.weight.data.copy_(W_hat.to(linear.weight.dtype))
+        self.emit(ev.Layer(
+            block=i, module=prefix + name, kind=ev.module_kind(name), bits=scheme.bits,
+            group_size=scheme.group_size, rel_error=float(err),
+            seconds=round(time.perf_counter() - t0, 4), method=self.job.method,
+        ))
+        return qw
+
+    def _awq_scale(self, block: nn.Module, prefix: str, inputs: BlockInputs,
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        from qtapp.engine.methods.awq import awq_apply_block, awq_search_block
+
+        groups = self.info.arch.awq_groups
+        result = awq_search_block(
+            block, inputs.x, inputs.kwargs, groups,
+            lambda n: self.scheme(prefix, n), self.job.awq, batch_size=inputs.batch,
+        )
+        self._check_cancel()
+        awq_apply_block(block, result, groups)
+        # The scaled previous ops (norms, v/up rows) differ from the source: keep them.
+        changed = {g.prev for g in groups if g.prev in result.scales}
+        floats = {}
+        for prev in changed:
+            for pname, p in block.get_submodule(prev).named_parameters():
+                floats[f"{prefix}{prev}.{pname}"] = p.detach().to("cpu", torch.float32).clone()
+        meta = {"awq": {k: {kk: (float(vv) if isinstance(vv, (int, float)) else vv)
+                            for kk, vv in v.items()} for k, v in result.losses.items()}}
+        return floats, meta
+
+
+def quantize_blocks(
+    job: JobSpec,
+    info: ModelInfo,
+    tokens: torch.Tensor,
+    store: QuantStore,
+    emit: Emit,
+    should_cancel: Callable[[], bool],
+    device: torch.device,
+    batch: int = 8,
+) -> None:
+    """Stream the model block by block, quantizing each; resume from `store` when possible."""
+    streamer = LayerStreamer(info, device)
+    quantizer = BlockQuantizer(job, info, emit, should_cancel)
+    done = set(store.completed()) if job.resume else set()
+    t_start = time.perf_counter()
+    emit(ev.Progress(step=0, total=streamer.n_blocks, stage="calibration",
+                     message=f"embedding {tokens.shape[0]} samples × {tokens.shape[1]} tokens"))
+    inputs = streamer.capture_inputs(tokens, batch)
+    if done:
+        emit(ev.Log(level="info", message=f"resuming: {len(done)} of {streamer.n_blocks} "
+                    "blocks are already quantized in the checkpoint"))
+    timed = 0
+    for i in range(streamer.n_blocks):
+        if should_cancel():
+            raise Cancelled()
+        t0 = time.perf_counter()
+        prefix = streamer.block_prefix(i)
+        block = streamer.materialize(streamer.blocks[i], prefix)
+        if i in done:
+            modules, _meta, floats = store.load_block(i)
+            for name, qw in modules.items():
+                _linear(block, name).weight.data.copy_(qw.dequantize().to(block_dtype(block)))
+            _load_floats(block, prefix, floats)
+        else:
+            report = quantizer.quantize(i, block, prefix, inputs)
+            store.save_block(i, report.modules, report.meta, report.floats)
+            timed += 1
+        forward_block(block, inputs, out=inputs.x)
+        streamer.release(block)
+        elapsed = time.perf_counter() - t_start
+        left = streamer.n_blocks - i - 1
+        eta = elapsed / max(timed, 1) * left if timed else None
+        emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="quantize",
+                         message=f"block {i + 1}/{streamer.n_blocks} "
+                         f"({time.perf_counter() - t0:.1f} s)", eta_s=eta))
+
+
+def _load_floats(block: nn.Module, prefix: str, floats: dict[str, torch.Tensor]) -> None:
+    params = dict(block.named_parameters())
+    for full, value in floats.items():
+        params[full[len(prefix):]].data.copy_(value.to(params[full[len(prefix):]].dtype))

@@ -1,0 +1,113 @@
+"""Child-process entry: a JobSpec in, JSON-line events out.
+
+    python -m qtapp.engine.worker --job JOB.json      (or `quantdesk worker --job JOB.json`)
+
+fd 1 carries only events (one JSON object per line); everything else any library prints
+goes to stderr. A line `cancel` on stdin, SIGTERM or SIGINT asks the job to stop at the
+next module; it then cleans up and emits `cancelled`. Exactly one `result`, `failed` or
+`cancelled` event ends every run. Exit codes: 0 result, 1 failed, 2 bad job file, 3
+cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from qtapp.engine import events as ev
+from qtapp.engine.config import JobSpec
+from qtapp.engine.errors import Cancelled, UserError
+
+
+class CancelFlag:
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self, *_args: object) -> None:
+        self._event.set()
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+
+class EventWriter:
+    """Writes events to a private duplicate of fd 1, then points fd 1 at stderr."""
+
+    def __init__(self) -> None:
+        sys.stdout.flush()
+        self._out: TextIO = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+        os.dup2(2, 1)
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ev.Event) -> None:
+        line = ev.encode(event)
+        with self._lock:
+            self._out.write(line + "\n")
+            self._out.flush()
+
+
+def _watch_stdin(flag: CancelFlag) -> None:
+    try:
+        for line in sys.stdin:
+            if line.strip().lower() == "cancel":
+                flag.set()
+                return
+    except (OSError, ValueError):
+        return
+
+
+def execute(job: JobSpec, emit: Callable[[ev.Event], None],
+            should_cancel: Callable[[], bool]) -> int:
+    """Run a job, turning every outcome into exactly one final event; returns the exit code."""
+    from qtapp.engine.job import run_job
+
+    try:
+        summary = run_job(job, emit, should_cancel)
+    except Cancelled:
+        emit(ev.Cancelled())
+        return 3
+    except UserError as e:
+        emit(ev.Failed(message=str(e), kind="user"))
+        return 1
+    except MemoryError:
+        emit(ev.Failed(message="the machine ran out of memory; use fewer calibration samples "
+                       "(--samples), a shorter --seq-len, or a machine with more memory",
+                       kind="user", detail=traceback.format_exc()[-4000:]))
+        return 1
+    except Exception as e:  # noqa: BLE001 - every crash must become a failed event
+        emit(ev.Failed(message=f"internal error: {type(e).__name__}: {e}", kind="internal",
+                       detail=traceback.format_exc()[-4000:]))
+        return 1
+    emit(ev.Result(out=summary["out"], seconds=summary["seconds"], summary=summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qtapp.engine.worker")
+    parser.add_argument("--job", required=True, help="path of a JobSpec JSON file")
+    args = parser.parse_args(argv)
+    emit = EventWriter()
+    try:
+        job = JobSpec.from_json(Path(args.job).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        emit(ev.Failed(message=f"cannot read the job file {args.job}: {e}", kind="user"))
+        return 2
+    except UserError as e:
+        emit(ev.Failed(message=f"the job file {args.job} is invalid: {e}", kind="user"))
+        return 2
+    flag = CancelFlag()
+    signal.signal(signal.SIGTERM, flag.set)
+    signal.signal(signal.SIGINT, flag.set)
+    threading.Thread(target=_watch_stdin, args=(flag,), daemon=True).start()
+    return execute(job, emit, flag)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
