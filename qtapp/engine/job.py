@@ -71,7 +71,9 @@ def job_fingerprint(job: JobSpec, info: ModelInfo) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool]) -> dict[str, Any]:
+def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
+            tokens: Any = None) -> dict[str, Any]:
+    """Run `job`; `tokens` (n, L) replaces the calibration sampling (benchmarks use it)."""
     t0 = time.perf_counter()
     job.validate()
     out = Path(job.out).expanduser().resolve()
@@ -88,7 +90,7 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool]) -> dict
         if job.method == "gguf":
             summary = _run_gguf(job, info, partial, emit, should_cancel)
         else:
-            summary = _run_linear_method(job, info, partial, emit, should_cancel)
+            summary = _run_linear_method(job, info, partial, emit, should_cancel, tokens)
         if should_cancel():
             from qtapp.engine.errors import Cancelled
 
@@ -123,23 +125,29 @@ def _calibration_tokens(job: JobSpec, info: ModelInfo, emit: Emit):  # -> torch.
 
 
 def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
-                       should_cancel: Callable[[], bool]) -> dict[str, Any]:
+                       should_cancel: Callable[[], bool], tokens: Any = None,
+                       ) -> dict[str, Any]:
     from qtapp.engine.export import export_checkpoint, resolve_format
     from qtapp.engine.pipeline import pick_device, quantize_blocks
     from qtapp.engine.qstore import QuantStore
 
     device = pick_device(job.device)
     fmt = resolve_format(job)
-    tokens = _calibration_tokens(job, info, emit)
+    if tokens is None:
+        tokens = _calibration_tokens(job, info, emit)
     work = cache_root() / "jobs" / job_fingerprint(job, info)
     store = QuantStore(work / "blocks", fingerprint=job_fingerprint(job, info))
     emit(ev.Log(level="info", message=f"device {device}; checkpoint in {work}"))
+    t_quantize = time.perf_counter()
     quantize_blocks(job, info, tokens, store, emit, should_cancel, device)
+    t_quantize = time.perf_counter() - t_quantize
     emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="export",
                      message=f"writing the {fmt} checkpoint"))
     summary: dict[str, Any] = {"method": job.method, "format": fmt, "model": info.name,
                                "source": str(info.path), "scheme": job.scheme.label,
-                               "mixed": job.is_mixed}
+                               "mixed": job.is_mixed,
+                               "quantize_seconds": round(t_quantize, 2),
+                               "calibration": [int(tokens.shape[0]), int(tokens.shape[1])]}
     files = export_checkpoint(fmt, info.path, store, job, partial, summary)
     summary["files"] = sorted({str(Path(f).relative_to(partial)) for f in files})
     if job.evaluate:
