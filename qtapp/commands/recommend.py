@@ -1,0 +1,34 @@
+"""`quantdesk recommend MODEL [--goal speed|accuracy] [--target gpu|cpu|edge] [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from qtapp.commands.report import print_advice
+from qtapp.engine.advisor import DEFAULT_CTX, GOALS, TARGETS, ModelShape, advise
+from qtapp.engine.hardware import detect
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("recommend", help="recommend a method for a model on this machine")
+    p.add_argument("model", metavar="MODEL", help="'demo', a local folder or a Hugging Face id")
+    p.add_argument("--goal", choices=GOALS, default="speed")
+    p.add_argument("--target", choices=TARGETS, default=None,
+                   help="where the model will run (default: this machine's GPU, else CPU)")
+    p.add_argument("--ctx", type=int, default=DEFAULT_CTX,
+                   help=f"context length for the KV cache estimate (default {DEFAULT_CTX})")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from qtapp.engine.sources import resolve_model
+
+    info = resolve_model(args.model)
+    shape = ModelShape.from_config(info.config, name=info.name, n_params=info.n_params)
+    advice = advise(detect(), shape, goal=args.goal, target=args.target, ctx=args.ctx)
+    if args.json:
+        print(json.dumps(advice.to_dict(), indent=2))
+    else:
+        print_advice(advice)
+    return 0

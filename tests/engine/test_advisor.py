@@ -1,0 +1,148 @@
+"""Advisor: the seed's memory table and best-practice table, on faked hardware."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qtapp.engine.advisor import (
+    GB,
+    REFERENCE_SHAPES,
+    ModelShape,
+    advise,
+    fits,
+    kv_cache_bytes,
+    quantize_peak_bytes,
+    recommend,
+    run_bytes,
+    weight_bytes,
+)
+from qtapp.engine.hardware import GPU, Hardware
+
+GiB = 2**30
+
+
+def machine(vram_gib: float | None = None, ram_gib: float = 32) -> Hardware:
+    gpus = () if vram_gib is None else (
+        GPU(0, f"Fake {vram_gib:g} GB GPU", "cuda", int(vram_gib * GiB), int(vram_gib * GiB)),)
+    return Hardware("Fake CPU", 8, 16, int(ram_gib * GiB), int(ram_gib * GiB), "Test OS", gpus)
+
+
+SHAPES = {s.name: s for s in REFERENCE_SHAPES}
+# The seed's table (GB): FP16 / INT8 / INT4. Tolerance: 6 % for FP16 and INT8 (Llama 2 has
+# 6.7B, not 7B, parameters; scales and 16-bit embeddings add to INT8), 10 % for INT4 ("~4").
+SEED = {"7B": (14, 7, 4), "13B": (26, 13, 7), "70B": (140, 70, 35)}
+
+
+@pytest.mark.parametrize("name", SEED)
+def test_weights_match_the_seed_table(name: str) -> None:
+    shape = SHAPES[name]
+    fp16, int8, int4 = (weight_bytes(shape, b) / GB for b in (16, 8, 4))
+    want16, want8, want4 = SEED[name]
+    assert fp16 == pytest.approx(want16, rel=0.06)
+    assert int8 == pytest.approx(want8, rel=0.06)
+    assert int4 == pytest.approx(want4, rel=0.10)
+
+
+def test_parameter_counts_of_llama2_shapes() -> None:
+    assert SHAPES["7B"].n_params == pytest.approx(6.74e9, rel=0.005)
+    assert SHAPES["13B"].n_params == pytest.approx(13.02e9, rel=0.005)
+    assert SHAPES["70B"].n_params == pytest.approx(68.98e9, rel=0.005)
+
+
+def test_group_scales_cost_what_the_formula_says() -> None:
+    s = SHAPES["7B"]
+    g128 = weight_bytes(s, 4, 128)
+    g32 = weight_bytes(s, 4, 32)
+    # (16 + 4) bits per group: 20/32 - 20/128 = 0.46875 bit per quantized weight
+    assert g32 - g128 == pytest.approx(s.linear_params * 0.46875 / 8, rel=1e-6)
+
+
+def test_kv_cache_counts_kv_heads() -> None:
+    # 7B (MHA): 32 layers x 32 heads x 128 x 2 x 4096 x 2 bytes = 2 GiB
+    assert kv_cache_bytes(SHAPES["7B"], 4096) == 2 * GiB
+    # 70B (GQA, 8 KV heads): 80 x 8 x 128 x 2 x 4096 x 2 = 1.25 GiB
+    assert kv_cache_bytes(SHAPES["70B"], 4096) == int(1.25 * GiB)
+    assert run_bytes(SHAPES["7B"], 4, 8192) - run_bytes(SHAPES["7B"], 4, 4096) == 2 * GiB
+
+
+def test_quantize_peak_is_far_below_the_whole_model() -> None:
+    s = SHAPES["70B"]
+    for method in ("rtn", "gptq", "awq", "gguf"):
+        assert quantize_peak_bytes(s, method) < weight_bytes(s, 16) / 5
+    assert quantize_peak_bytes(s, "gptq", samples=512) > quantize_peak_bytes(s, "gptq", 128)
+
+
+def test_shape_from_hf_config() -> None:
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 576,
+              "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
+              "num_hidden_layers": 30, "vocab_size": 49152, "tie_word_embeddings": True}
+    shape = ModelShape.from_config(config, name="SmolLM2-135M")
+    assert shape.head_dim == 64
+    assert shape.n_params == pytest.approx(134.5e6, rel=0.01)  # SmolLM2-135M
+    assert kv_cache_bytes(shape, 2048) == 30 * 3 * 64 * 2 * 2048 * 2
+
+
+def test_fits_prefers_gpu_then_ram() -> None:
+    hw = machine(vram_gib=8, ram_gib=16)
+    assert fits(5 * GB, hw) == "gpu"
+    assert fits(10 * GB, hw) == "ram"
+    assert fits(40 * GB, hw) == "none"
+
+
+def test_no_gpu_recommends_gguf() -> None:
+    rec = recommend(machine(None), SHAPES["7B"], goal="speed")
+    assert (rec.method, rec.gguf_type, rec.target, rec.device) == ("gguf", "Q4_K_M", "cpu",
+                                                                   "cpu")
+    assert "GGUF" in rec.reason and rec.samples == 128
+    assert recommend(machine(None), SHAPES["7B"], goal="accuracy").gguf_type == "Q5_K_M"
+
+
+def test_8gb_gpu_speed_is_awq_4bit() -> None:
+    rec = recommend(machine(8), SHAPES["7B"], goal="speed")
+    assert (rec.method, rec.bits, rec.target, rec.device) == ("awq", 4, "gpu", "cuda")
+    assert "fits" in rec.reason and not rec.warnings
+    assert rec.samples == 128  # 512 samples of AWQ activations would not fit in 8 GB
+
+
+def test_8gb_gpu_accuracy_is_gptq_4bit_because_8bit_does_not_fit() -> None:
+    rec = recommend(machine(8), SHAPES["7B"], goal="accuracy")
+    assert (rec.method, rec.bits) == ("gptq", 4)
+    assert "8-bit would need" in rec.reason
+
+
+def test_24gb_gpu_accuracy_is_gptq_8bit() -> None:
+    rec = recommend(machine(24), SHAPES["7B"], goal="accuracy")
+    assert (rec.method, rec.bits, rec.sym) == ("gptq", 8, True)
+    assert rec.samples == 512
+
+
+def test_model_too_big_for_the_gpu_falls_back_to_gguf_offload() -> None:
+    rec = recommend(machine(24, ram_gib=64), SHAPES["70B"], goal="speed")
+    assert (rec.method, rec.gguf_type) == ("gguf", "Q4_K_M")
+    assert "RAM" in rec.reason
+
+
+def test_edge_is_always_q4_k_m() -> None:
+    for hw in (machine(None), machine(24)):
+        rec = recommend(hw, SHAPES["13B"], goal="accuracy", target="edge")
+        assert (rec.method, rec.gguf_type) == ("gguf", "Q4_K_M")
+
+
+def test_model_that_fits_nowhere_is_warned_about() -> None:
+    rec = recommend(machine(None, ram_gib=16), SHAPES["70B"])
+    assert any("Even at 4 bits" in w for w in rec.warnings)
+
+
+def test_advice_rows_and_json() -> None:
+    small = ModelShape("tiny", 2, 64, 128, 4, 4, 16, 1000)
+    advice = advise(machine(8, ram_gib=16), small, goal="speed")
+    assert [r.label for r in advice.rows] == ["7B", "13B", "70B", "tiny"]
+    assert [r.selected for r in advice.rows] == [False, False, False, True]
+    seven = advice.rows[0]
+    assert seven.run_fit == {"FP16": "none", "INT8": "ram", "INT4": "gpu"}
+    data = json.loads(json.dumps(advice.to_dict()))
+    assert data["recommendation"]["method"] == "awq"
+    with pytest.raises(ValueError, match="goal"):
+        advise(machine(8), small, goal="fast")
