@@ -62,7 +62,7 @@ def qparams(
         g = n_groups(k, group_size)
         pad = g * group_size - k
         if pad:
-            # Pad with the group's own first value so padding never widens the range.
+            # Pad with the row's last value (it is in the last group): the range never widens.
             w = torch.cat([w, w[:, -1:].expand(n, pad)], dim=1)
         wg = w.reshape(n, g, group_size)
         wmin, wmax = wg.amin(dim=2), wg.amax(dim=2)
@@ -145,7 +145,7 @@ def pack_int32(q: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     if bits == 3:
         # 32 values → 96 bits → 3 words; build the bit stream and cut it into words.
         q = q.reshape(-1, 32, *q.shape[1:])
-        words = torch.zeros((q.shape[0], 3, *q.shape[2:]), dtype=torch.int64)
+        words = torch.zeros((q.shape[0], 3, *q.shape[2:]), dtype=torch.int64, device=q.device)
         for j in range(32):
             bit = 3 * j
             w_i, off = divmod(bit, 32)
@@ -155,7 +155,7 @@ def pack_int32(q: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
         packed = words.reshape(-1, *q.shape[2:])
     else:
         q = q.reshape(-1, per, *q.shape[1:])
-        packed = torch.zeros((q.shape[0], *q.shape[2:]), dtype=torch.int64)
+        packed = torch.zeros((q.shape[0], *q.shape[2:]), dtype=torch.int64, device=q.device)
         for j in range(per):
             packed |= q[:, j] << (bits * j)
     packed = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
