@@ -1,0 +1,221 @@
+"""A Hugging Face model folder seen as the list of tensors a GGUF file holds.
+
+Each `SourceTensor` carries its GGUF name, its shape and a loader that reads that one tensor
+from the safetensors files (memory-mapped) as float32, with llama.cpp's layout changes
+applied, so a writer can stream the model tensor by tensor. Names and layout follow
+llama.cpp @0c1e57098 conversion/base.py (ModelBase.prepare_tensors) and conversion/llama.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from qtapp.engine.errors import UserError
+from qtapp.engine.gguf.archs import GgufArch, arch_of
+
+# buffers some checkpoints carry that llama.cpp does not use (ModelBase.prepare_tensors)
+_IGNORED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    """One tensor of the GGUF file: `shape` in numpy order (rows, columns)."""
+
+    hf_name: str
+    gguf_name: str
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray]
+
+    @property
+    def module(self) -> str:
+        """The Hugging Face module that owns the tensor ("model.layers.0.mlp.down_proj")."""
+        return self.hf_name.rsplit(".", 1)[0]
+
+    @property
+    def n_params(self) -> int:
+        return math.prod(self.shape)
+
+
+def permute_rows(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
+    """Reorder q/k rows from HF's rotate-half layout to llama.cpp's interleaved pairs.
+
+    Within each head the rows [first half; second half] become [r0, r_h, r1, r_h+1, ...]
+    (LlamaModel.permute). For k, n_head is the number of key/value heads.
+    """
+    if n_head_kv is not None and n_head_kv != n_head:
+        n_head = n_head_kv
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{model_dir} has no config.json; pick the folder of a Hugging Face "
+                        "model (it holds config.json and *.safetensors).")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} cannot be read as JSON ({e}); re-download the model.") from e
+    if "text_config" in config:
+        config = {**config, **config["text_config"]}
+    return config
+
+
+class HfModel:
+    """Config, architecture and tensors of a Hugging Face model folder."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.dir = Path(model_dir)
+        self.config = read_config(self.dir)
+        self.arch: GgufArch = arch_of(self.config)
+        self.n_layer: int = self.hparam("num_hidden_layers", "n_layers", "n_layer", "num_layers")
+        self.n_head: int = self.hparam("num_attention_heads", "n_head", "n_heads")
+        self.n_head_kv: int = self.config.get("num_key_value_heads", self.n_head)
+        self._handles: dict[Path, Any] = {}
+        self._files = self._safetensors_files()
+
+    def hparam(self, *keys: str) -> Any:
+        for key in keys:
+            if key in self.config:
+                return self.config[key]
+        raise UserError(f"{self.dir / 'config.json'} lacks {keys[0]!r}; the model folder "
+                        "looks incomplete.")
+
+    @property
+    def tied_embeddings(self) -> bool:
+        return bool(self.config.get("tie_word_embeddings", False))
+
+    def _safetensors_files(self) -> dict[str, Path]:
+        """tensor name -> file holding it."""
+        index = self.dir / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise UserError(f"{index} has no weight_map; re-download the model.")
+            files = {name: self.dir / part for name, part in weight_map.items()}
+            missing = sorted({p.name for p in files.values() if not p.is_file()})
+            if missing:
+                raise UserError(f"{self.dir} lacks {', '.join(missing)} listed in {index.name}; "
+                                "the download is incomplete.")
+            return files
+        parts = sorted(self.dir.glob("model*.safetensors"))
+        if not parts:
+            raise UserError(f"{self.dir} has no *.safetensors weights. GGUF conversion reads "
+                            "safetensors only; save the model with save_pretrained() first.")
+        files: dict[str, Path] = {}
+        for part in parts:
+            files.update(dict.fromkeys(self._open(part).keys(), part))
+        return files
+
+    def _open(self, path: Path) -> Any:
+        if path not in self._handles:
+            try:
+                self._handles[path] = safe_open(str(path), framework="pt")
+            except Exception as e:  # safetensors raises its own error types
+                raise UserError(f"{path} is not a readable safetensors file ({e}); "
+                                "re-download the model.") from e
+        return self._handles[path]
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._open(self._files[name]).get_slice(name).get_shape())
+
+    def _reader(self, name: str, transform: Callable[[np.ndarray], np.ndarray] | None
+                ) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            t = self._open(self._files[name]).get_tensor(name)
+            w = t.to(torch.float32).numpy()
+            return transform(w) if transform is not None else w
+        return load
+
+    @cached_property
+    def tensor_map(self) -> gguf.TensorNameMap:
+        return gguf.get_tensor_name_map(self.arch.model_arch, self.n_layer)
+
+    def gguf_name(self, hf_name: str) -> str:
+        name = hf_name.replace("language_model.", "")
+        new = self.tensor_map.get_name(name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise UserError(f"The tensor {hf_name!r} of {self.dir.name} has no GGUF "
+                            f"counterpart for the {self.arch.name} architecture; this "
+                            "checkpoint has parts QuantDesk cannot convert.")
+        return new
+
+    def tensors(self) -> list[SourceTensor]:
+        """Every tensor of the GGUF file, in the order llama.cpp's converter writes them."""
+        return [*self._extra_tensors(), *self._model_tensors()]
+
+    def _model_tensors(self) -> Iterator[SourceTensor]:
+        for hf_name in self._files:
+            if hf_name.endswith(_IGNORED_SUFFIXES):
+                continue
+            if hf_name == "lm_head.weight" and self.tied_embeddings:
+                continue  # the loader reuses token_embd (ggml-org/llama.cpp PR #5824)
+            transform = None
+            if self.arch.permute_qk:
+                if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+                    def transform(w: np.ndarray) -> np.ndarray:
+                        return permute_rows(w, self.n_head, self.n_head)
+                elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+                    def transform(w: np.ndarray) -> np.ndarray:
+                        return permute_rows(w, self.n_head, self.n_head_kv)
+            yield SourceTensor(hf_name, self.gguf_name(hf_name), self._shape(hf_name),
+                               self._reader(hf_name, transform))
+
+    def _extra_tensors(self) -> Iterator[SourceTensor]:
+        """rope_freqs for Llama 3.1-style rope scaling (LlamaModel.generate_extra_tensors)."""
+        if self.arch.model_arch != gguf.MODEL_ARCH.LLAMA:
+            return
+        rope = rope_parameters(self.config)
+        if str(rope.get("rope_type", "")).lower() != "llama3":
+            return
+        factors = llama3_rope_factors(self.config, rope)
+        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        yield SourceTensor(name, name, factors.shape, lambda: factors)
+
+
+def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """Rope settings from transformers 5 `rope_parameters` or older `rope_scaling`/`rope_theta`."""
+    rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    rope = dict(rope.get("full_attention", rope))
+    if "rope_theta" not in rope and "rope_theta" in config:
+        rope["rope_theta"] = config["rope_theta"]
+    if "rope_type" not in rope and "type" in rope:
+        rope["rope_type"] = rope["type"]
+    return rope
+
+
+def llama3_rope_factors(config: dict[str, Any], rope: dict[str, Any]) -> np.ndarray:
+    """Per-frequency divisors of Llama 3.1 rope scaling (ggml-org/llama.cpp PR #8676)."""
+    base = rope.get("rope_theta", 10000.0)
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor = rope.get("factor", 8.0)
+    low_freq_factor = rope.get("low_freq_factor", 1.0)
+    high_freq_factor = rope.get("high_freq_factor", 4.0)
+    old_context_len = rope.get("original_max_position_embeddings", 8192)
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_freq_wavelen:
+            factors.append(float(factor))
+        else:
+            smooth = ((old_context_len / wavelen - low_freq_factor)
+                      / (high_freq_factor - low_freq_factor))
+            factors.append(float(1 / ((1 - smooth) / factor + smooth)))
+    return np.asarray(factors, dtype=np.float32)

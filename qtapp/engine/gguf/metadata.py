@@ -1,0 +1,83 @@
+"""Model hyper-parameters and authorship of a Hugging Face folder as GGUF keys.
+
+Follows llama.cpp @0c1e57098 conversion/base.py (TextModel.set_gguf_parameters,
+ModelBase.prepare_metadata) and conversion/llama.py (LlamaModel.set_gguf_parameters), for
+the dense Llama and Qwen families QuantDesk converts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from qtapp.engine.gguf.hf_model import HfModel, rope_parameters
+
+
+def _first(config: dict[str, Any], *keys: str) -> Any:
+    return next((config[k] for k in keys if k in config), None)
+
+
+def add_general(writer: gguf.GGUFWriter, model_dir: Path) -> None:
+    """general.type / name / size_label etc.; call after every tensor info was added."""
+    total, shared, expert, n_expert = writer.get_total_parameter_count()
+    meta = gguf.Metadata.load(None, model_dir, None, total)
+    if meta.name is None:
+        meta.name = model_dir.name
+    if meta.size_label is None and total > 0:
+        meta.size_label = gguf.size_label(total, shared, expert, n_expert)
+    writer.add_type(gguf.GGUFType.MODEL)
+    meta.set_gguf_meta_model(writer)
+
+
+def add_hparams(writer: gguf.GGUFWriter, model: HfModel, file_type: int) -> None:
+    """{arch}.* keys, general.file_type and general.quantization_version."""
+    c = model.config
+    writer.add_block_count(model.n_layer)
+    if (n_ctx := _first(c, "max_position_embeddings", "n_ctx", "n_positions", "max_length",
+                        "max_sequence_length", "model_max_length")) is not None:
+        writer.add_context_length(n_ctx)
+    if (n_embd := _first(c, "hidden_size", "n_embd", "dim")) is not None:
+        writer.add_embedding_length(n_embd)
+    if (n_ff := _first(c, "intermediate_size", "n_inner", "hidden_dim")) is not None:
+        writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(model.n_head)
+    if "num_key_value_heads" in c or "n_kv_heads" in c:
+        writer.add_head_count_kv(_first(c, "num_key_value_heads", "n_kv_heads"))
+    _add_rope(writer, rope_parameters(c))
+    if (eps := _first(c, "rms_norm_eps", "norm_eps")) is not None:
+        writer.add_layer_norm_rms_eps(eps)
+    if (head_dim := c.get("head_dim")) is not None:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_file_type(file_type)
+    if model.arch.llama_keys:
+        writer.add_vocab_size(c["vocab_size"])
+        writer.add_rope_dimension_count(head_dim or c["hidden_size"] // model.n_head)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _add_rope(writer: gguf.GGUFWriter, rope: dict[str, Any]) -> None:
+    rope_type = rope.get("rope_type")
+    factor = rope.get("factor")
+    if rope_type == "linear" and factor is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(factor)
+    elif rope_type == "yarn" and factor is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(factor)
+        writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+        if (v := rope.get("extrapolation_factor")) is not None:
+            writer.add_rope_scaling_yarn_ext_factor(v)
+        if (v := rope.get("attention_factor", rope.get("attn_factor"))) is not None:
+            writer.add_rope_scaling_yarn_attn_factor(v)
+        if (v := rope.get("beta_fast")) is not None:
+            writer.add_rope_scaling_yarn_beta_fast(v)
+        if (v := rope.get("beta_slow")) is not None:
+            writer.add_rope_scaling_yarn_beta_slow(v)
+    elif rope_type in ("su", "longrope"):
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+    # "llama3" rope is carried by the rope_freqs tensor (hf_model.py)
+    if (theta := rope.get("rope_theta")) is not None:
+        writer.add_rope_freq_base(theta)
