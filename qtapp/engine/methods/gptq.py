@@ -1,0 +1,212 @@
+"""GPTQ on one linear layer (Frantar et al. 2022, "GPTQ: Accurate Post-Training
+Quantization for Generative Pre-trained Transformers", Algorithm 1).
+
+For W (N, K) = (out, in) and layer inputs X (K, n), GPTQ minimises ‖WX − ŴX‖²_F. Every
+row has the same Hessian H = 2XXᵀ. Columns are quantized one at a time; the error of
+column i moves the columns not yet quantized (OBS update, Eq. 3 of the paper):
+
+    δ_F = −(w_i − quant(w_i)) / [H_F⁻¹]_ii · (H_F⁻¹)_{:,i}
+
+Sec. 3 of the paper turns this into Algorithm 1:
+- the rows of the upper Cholesky factor of H⁻¹ hold every (H_F⁻¹)_{i,:} / sqrt([H_F⁻¹]_ii)
+  that the sweep needs, so H is factored once ("Cholesky reformulation");
+- updates go at once to the columns of the current block of `blocksize` columns and to
+  the rest of W once per block ("lazy batch updates"); this is exact, only faster;
+- H gets λ = percdamp · mean(diag H) on its diagonal ("dampening").
+
+Options beyond the paper, as in IST-DASLab/gptq and AutoGPTQ/GPTQModel: act-order
+(desc_act) processes columns by descending diag(H); with groups, each group's scale/zero
+come from the group's weights as updated so far, taken when the sweep reaches the group's
+first column, or, with static groups, from the original weights before the sweep. The
+stored g_idx follows FORMATS.md §1.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from qtapp.engine.config import GPTQOptions, QuantScheme
+from qtapp.engine.errors import UserError
+from qtapp.engine.primitives import QuantizedWeight, n_groups, qparams, qparams_from_range
+
+log = logging.getLogger(__name__)
+
+DAMP_RETRIES = 3  # after the first try, λ grows ×10 up to this many times
+
+
+class HessianError(UserError):
+    """H + λI is not positive definite even with much more dampening."""
+
+
+class HessianAccumulator:
+    """H = 2/n Σ x xᵀ over the n input vectors x seen so far, kept as a running mean.
+
+    H is float32 on `device`: pass the device the layer inputs live on (a batch from
+    another device is copied there).
+    """
+
+    def __init__(self, n_in: int, device: torch.device | str = "cpu") -> None:
+        self.H = torch.zeros((n_in, n_in), dtype=torch.float32, device=device)  # (K, K)
+        self.n_samples = 0
+
+    def add_batch(self, x: Tensor) -> None:
+        """Add inputs x (..., K); every vector along the last dim is one sample."""
+        K = self.H.shape[0]
+        if x.shape[-1] != K:
+            raise ValueError(f"inputs have {x.shape[-1]} features, the layer has {K}")
+        X = x.reshape(-1, K).to(device=self.H.device, dtype=torch.float32)  # (m, K)
+        m = X.shape[0]
+        if m == 0:
+            return
+        n = self.n_samples + m
+        # H ← (n_old / n) · H + (2 / n) · XᵀX
+        self.H.addmm_(X.T, X, beta=self.n_samples / n, alpha=2.0 / n)
+        self.n_samples = n
+
+
+def inverse_hessian_cholesky(H: Tensor, percdamp: float) -> tuple[Tensor, float]:
+    """Upper Cholesky factor U of (H + λI)⁻¹, i.e. (H + λI)⁻¹ = UᵀU, λ = percdamp·mean(diag H).
+
+    If H + λI is not positive definite, percdamp grows ×10 up to DAMP_RETRIES times, then
+    HessianError. Returns (U, the percdamp that worked).
+
+    U comes without forming the inverse: with J the reversal permutation, the lower
+    Cholesky factor L of JHJ gives H = RRᵀ with R = JLJ upper triangular, so
+    H⁻¹ = R⁻ᵀR⁻¹ and U = R⁻¹. This is the U of the reference's
+    cholesky(cholesky_inverse(cholesky(H)), upper=True), several times faster on a CPU.
+    """
+    K = H.shape[0]
+    if not bool(torch.isfinite(H).all()):
+        raise HessianError(
+            f"The calibration inputs of a layer with {K} inputs contain NaN or Inf values, so "
+            "GPTQ cannot use them. The model overflows in this dtype: load it in float32 or "
+            "bfloat16, or check the calibration text."
+        )
+    mean_diag = torch.diag(H).mean()
+    eye = torch.eye(K, dtype=H.dtype, device=H.device)
+    damp = percdamp
+    for attempt in range(DAMP_RETRIES + 1):
+        Hd = H + (damp * mean_diag) * eye
+        L, info = torch.linalg.cholesky_ex(Hd.flip(0, 1))
+        del Hd
+        if info.item() == 0:
+            U = torch.linalg.solve_triangular(L.flip(0, 1), eye, upper=True)
+            if bool(torch.isfinite(U).all()):
+                return U, damp
+        if attempt < DAMP_RETRIES:
+            log.warning("GPTQ: H is not positive definite with percdamp=%g; retrying with %g",
+                        damp, damp * 10)
+            damp *= 10
+    raise HessianError(
+        f"GPTQ could not invert the Hessian of a layer with {K} inputs, even with dampening "
+        f"raised to {damp:g} × mean(diag H). The calibration inputs are too few or "
+        "degenerate for this layer: use more calibration samples or longer sequences, "
+        "or a larger damp percent."
+    )
+
+
+def gptq_quantize(
+    W: Tensor, H: Tensor, scheme: QuantScheme, options: GPTQOptions
+) -> QuantizedWeight:
+    """Quantize W (N, K) = (out, in) with GPTQ, given H (K, K) = 2XXᵀ of its inputs.
+
+    Math in float32 on W's device; H is not modified. The result has q in the original
+    column order, g_idx as a GPTQ checkpoint stores it, and scale/zero indexed by group.
+    (`options.true_sequential` is about the order of layers and is used by the pipeline.)
+    """
+    N, K = W.shape
+    if H.shape != (K, K):
+        raise ValueError(f"H has shape {tuple(H.shape)}, expected ({K}, {K}) for W {N}×{K}")
+    bits, G, sym = scheme.bits, scheme.group_size, scheme.sym
+    maxq = 2**bits - 1
+    dev = W.device
+    W = W.to(dtype=torch.float32, copy=True)  # (N, K)
+    H = H.to(device=dev, dtype=torch.float32, copy=True)  # (K, K)
+
+    dead = torch.diag(H) == 0  # inputs that are always zero: their weights do not matter
+    H.diagonal()[dead] = 1
+    W[:, dead] = 0
+
+    dynamic_groups = G > 0 and not options.static_groups
+    if dynamic_groups:
+        # (N, n_groups), filled during the sweep
+        scale = torch.empty((N, n_groups(K, G)), dtype=torch.float32, device=dev)
+        zero = torch.empty_like(scale)
+    else:
+        scale, zero = qparams(W, bits, G, sym)  # static groups, per channel or per tensor
+        zero = zero.float()
+
+    if options.act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W = W[:, perm]
+        H = H[perm][:, perm]
+    else:
+        perm = torch.arange(K, device=dev)
+
+    # Group of the column at each sweep position p (g_pos) and group of each original
+    # column k (g_idx). Dynamic groups are runs of G positions in sweep order.
+    col = torch.arange(K, device=dev)
+    if dynamic_groups:
+        g_of_pos = col // G
+        g_idx = torch.empty_like(g_of_pos).scatter_(0, perm, g_of_pos)  # g_of_pos[invperm]
+    else:
+        g_idx = col // G if G > 0 else torch.zeros_like(col)
+        g_of_pos = g_idx[perm]
+    g_pos = g_of_pos.tolist()
+
+    Hinv, _ = inverse_hessian_cholesky(H, options.percdamp)
+    del H
+
+    # Blocks start on group boundaries, so a group's parameters are taken from weights
+    # that hold every update made so far (W1 inside the block). Blocksize changes speed only.
+    B = G * max(1, options.blocksize // G) if dynamic_groups else options.blocksize
+    Q = torch.empty((N, K), dtype=torch.float32, device=dev)  # integer codes, sweep order
+    for i1 in range(0, K, B):
+        i2 = min(i1 + B, K)
+        count = i2 - i1
+
+        W1 = W[:, i1:i2].clone()  # (N, B)
+        Q1 = torch.empty_like(W1)
+        Err1 = torch.empty_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]  # (B, B)
+
+        for i in range(count):
+            w = W1[:, i]  # (N,)
+            d = Hinv1[i, i]
+            g = g_pos[i1 + i]
+            if dynamic_groups and (i1 + i) % G == 0:
+                Wg = W1[:, i : i + G]
+                s, z = qparams_from_range(Wg.amin(dim=1), Wg.amax(dim=1), bits, sym)
+                scale[:, g], zero[:, g] = s, z.float()
+            s, z = scale[:, g], zero[:, g]
+
+            q = torch.clamp(torch.round(w / s) + z, 0, maxq)
+            Q1[:, i] = q
+            err1 = (w - s * (q - z)) / d
+            W1[:, i:].addr_(err1, Hinv1[i, i:], alpha=-1)  # W1[:, i:] -= err1 ⊗ Hinv1[i, i:]
+            Err1[:, i] = err1
+
+        Q[:, i1:i2] = Q1
+        W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1)  # W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    q_codes = torch.empty((N, K), dtype=torch.uint8, device=dev)
+    q_codes[:, perm] = Q.to(torch.uint8)  # back to the original column order
+    return QuantizedWeight(
+        q=q_codes, scale=scale, zero=zero.to(torch.int32), g_idx=g_idx.to(torch.int32),
+        bits=bits, group_size=G, sym=sym,
+    )
+
+
+def relative_output_error(W: Tensor, W_hat: Tensor, H: Tensor) -> float:
+    """‖(W − Ŵ)X‖²_F / ‖WX‖²_F = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) for H ∝ XXᵀ (scale cancels)."""
+    W = W.float()
+    H = H.to(device=W.device, dtype=torch.float32)
+    dW = W - W_hat.to(device=W.device, dtype=torch.float32)  # (N, K)
+    num = ((dW @ H) * dW).sum().item()
+    den = ((W @ H) * W).sum().item()
+    if den <= 0:
+        return 0.0 if num <= 0 else float("inf")
+    return num / den
