@@ -549,7 +549,6 @@ def _poll_progress(blobs: Path, files: list[tuple[str, int]], progress: Callable
 def _download(repo_id: str, allow_pickle: bool,
               progress: Callable[[int, int], None] | None) -> Path:
     from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.utils import HfHubHTTPError
 
     patterns = _hub_patterns(allow_pickle)
     try:
@@ -576,7 +575,7 @@ def _download(repo_id: str, allow_pickle: bool,
             total = sum(s.size or 0 for s in files)
             progress(total, total)
         return Path(path)
-    except (HfHubHTTPError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - network, auth and disk failures all end here
         raise UserError(
             f"Could not download '{repo_id}' from the Hugging Face Hub: {e}. Check the id, your "
             "internet connection, and for gated or private models log in with "
