@@ -19,10 +19,10 @@ from typing import Any
 import gguf
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from qtapp.engine.errors import UserError
 from qtapp.engine.gguf.archs import GgufArch, arch_of
+from qtapp.engine.sources import SafetensorsReader
 
 # buffers some checkpoints carry that llama.cpp does not use (ModelBase.prepare_tensors)
 _IGNORED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
@@ -83,8 +83,7 @@ class HfModel:
         self.n_layer: int = self.hparam("num_hidden_layers", "n_layers", "n_layer", "num_layers")
         self.n_head: int = self.hparam("num_attention_heads", "n_head", "n_heads")
         self.n_head_kv: int = self.config.get("num_key_value_heads", self.n_head)
-        self._handles: dict[Path, Any] = {}
-        self._files = self._safetensors_files()
+        self.reader = SafetensorsReader(self.dir)
 
     def hparam(self, *keys: str) -> Any:
         for key in keys:
@@ -97,45 +96,10 @@ class HfModel:
     def tied_embeddings(self) -> bool:
         return bool(self.config.get("tie_word_embeddings", False))
 
-    def _safetensors_files(self) -> dict[str, Path]:
-        """tensor name -> file holding it."""
-        index = self.dir / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise UserError(f"{index} has no weight_map; re-download the model.")
-            files = {name: self.dir / part for name, part in weight_map.items()}
-            missing = sorted({p.name for p in files.values() if not p.is_file()})
-            if missing:
-                raise UserError(f"{self.dir} lacks {', '.join(missing)} listed in {index.name}; "
-                                "the download is incomplete.")
-            return files
-        parts = sorted(self.dir.glob("model*.safetensors"))
-        if not parts:
-            raise UserError(f"{self.dir} has no *.safetensors weights. GGUF conversion reads "
-                            "safetensors only; save the model with save_pretrained() first.")
-        files: dict[str, Path] = {}
-        for part in parts:
-            files.update(dict.fromkeys(self._open(part).keys(), part))
-        return files
-
-    def _open(self, path: Path) -> Any:
-        if path not in self._handles:
-            try:
-                self._handles[path] = safe_open(str(path), framework="pt")
-            except Exception as e:  # safetensors raises its own error types
-                raise UserError(f"{path} is not a readable safetensors file ({e}); "
-                                "re-download the model.") from e
-        return self._handles[path]
-
-    def _shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._open(self._files[name]).get_slice(name).get_shape())
-
     def _reader(self, name: str, transform: Callable[[np.ndarray], np.ndarray] | None
                 ) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
-            t = self._open(self._files[name]).get_tensor(name)
-            w = t.to(torch.float32).numpy()
+            w = self.reader.get(name, torch.float32).numpy()
             return transform(w) if transform is not None else w
         return load
 
@@ -157,7 +121,7 @@ class HfModel:
         return [*self._extra_tensors(), *self._model_tensors()]
 
     def _model_tensors(self) -> Iterator[SourceTensor]:
-        for hf_name in self._files:
+        for hf_name in self.reader.names():
             if hf_name.endswith(_IGNORED_SUFFIXES):
                 continue
             if hf_name == "lm_head.weight" and self.tied_embeddings:
@@ -170,7 +134,7 @@ class HfModel:
                 elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
                     def transform(w: np.ndarray) -> np.ndarray:
                         return permute_rows(w, self.n_head, self.n_head_kv)
-            yield SourceTensor(hf_name, self.gguf_name(hf_name), self._shape(hf_name),
+            yield SourceTensor(hf_name, self.gguf_name(hf_name), self.reader.shape(hf_name),
                                self._reader(hf_name, transform))
 
     def _extra_tensors(self) -> Iterator[SourceTensor]:

@@ -1,0 +1,108 @@
+"""Run GGUF files with llama-cpp-python: perplexity, streaming chat, Ollama Modelfile.
+
+Perplexity uses the same protocol as qtapp.engine.evaluate: non-overlapping windows of
+`ctx` tokens of the given token ids; within each window every token but the first is
+predicted. The model is created with logits_all=True, so `Llama.eval(window)` leaves one row
+of logits per position in `Llama.scores`; the log-softmax is taken here in float64. The
+token ids come from the Hugging Face tokenizer, so GGUF and Hugging Face models are scored
+on identical inputs (llama.cpp's own tokenizer is not involved).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qtapp.engine.errors import UserError
+
+DEFAULT_CTX = 512
+
+
+def llama_cpp_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def load_llama(gguf_path: Path, n_ctx: int = 2048, logits_all: bool = False,
+               n_threads: int | None = None) -> Any:
+    """A llama_cpp.Llama for `gguf_path`, or a UserError saying why it cannot be opened."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:
+        raise UserError("Running GGUF files needs llama-cpp-python; install it with "
+                        "pip install llama-cpp-python.") from e
+    path = Path(gguf_path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist.")
+    try:
+        return Llama(str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_ubatch=min(n_ctx, 512),
+                     logits_all=logits_all, n_threads=n_threads or os.cpu_count(),
+                     verbose=False)
+    except ValueError as e:
+        raise UserError(f"llama.cpp cannot open {path.name} ({e}); the file is damaged, "
+                        "truncated, or of an architecture this llama.cpp does not know.") from e
+
+
+def perplexity(gguf_path: Path, tokens: Sequence[int] | np.ndarray, ctx: int = DEFAULT_CTX,
+               n_threads: int | None = None) -> float:
+    """exp(mean NLL) of `tokens` ((T,) or (1, T) ids) under the GGUF model."""
+    ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    n_windows = ids.size // ctx
+    if n_windows == 0:
+        raise ValueError(f"the evaluation text has {ids.size} tokens; need at least {ctx}")
+    llm = load_llama(gguf_path, n_ctx=ctx, logits_all=True, n_threads=n_threads)
+    nll, count = 0.0, 0
+    try:
+        for w in ids[: n_windows * ctx].reshape(n_windows, ctx):
+            llm.reset()
+            llm.eval(w.tolist())
+            logits = np.asarray(llm.scores[: ctx - 1], dtype=np.float64)  # (ctx-1, V)
+            m = logits.max(axis=-1, keepdims=True)
+            logz = (m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True)))[:, 0]
+            nll -= float((logits[np.arange(ctx - 1), w[1:]] - logz).sum())
+            count += ctx - 1
+    finally:
+        llm.close()
+    return math.exp(nll / count)
+
+
+def chat_stream(llm: Any, messages: list[dict[str, str]], max_tokens: int = 256,
+                temperature: float = 0.7) -> Iterator[str]:
+    """Text pieces of the assistant's reply, as llama.cpp generates them.
+
+    The prompt is built from the file's tokenizer.chat_template (llama-cpp-python's Jinja
+    formatter).
+    """
+    for chunk in llm.create_chat_completion(messages=messages, stream=True,
+                                            max_tokens=max_tokens, temperature=temperature):
+        piece = chunk["choices"][0]["delta"].get("content")
+        if piece:
+            yield piece
+
+
+# Ollama's TEMPLATE is a Go template, not Jinja: only ChatML is translated; for other
+# templates Ollama reads tokenizer.chat_template from the GGUF file itself.
+_CHATML_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+"""
+
+
+def write_modelfile(out_dir: Path, gguf_name: str, chat_template: str | None,
+                    stop: Sequence[str] = ()) -> Path:
+    """Write an Ollama `Modelfile` beside the GGUF file (`ollama create NAME -f Modelfile`)."""
+    lines = [f"FROM ./{gguf_name}"]
+    stops = list(stop)
+    if chat_template and "<|im_start|>" in chat_template:
+        lines.append(f'TEMPLATE """{_CHATML_TEMPLATE}"""')
+        stops = stops or ["<|im_end|>"]
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    path = Path(out_dir) / "Modelfile"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
