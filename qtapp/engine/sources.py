@@ -6,6 +6,7 @@ ModelInfo read from config.json and the safetensors headers; no weight is loaded
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -352,8 +353,9 @@ def _build_folder(final: Path, build: Callable[[Path], None],
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        if time.time() - stale.stat().st_mtime > 3600:
-            shutil.rmtree(stale, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another process may be removing it too
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         build(tmp)
