@@ -1,0 +1,330 @@
+"""Load any QuantDesk output as a float transformers model, for evaluation and chat on CPU.
+
+Plain Hugging Face folders load through transformers. Quantized folders (GPTQ v1/v2, AWQ
+GEMM, compressed-tensors pack-quantized / naive-quantized) are dequantized here, tensor by
+tensor, into the ordinary nn.Linear weights of the model class named by config.json, so
+no quantization kernels or extra packages are needed. The unpacking follows each
+format's reference (FORMATS.md §1–3) and is written independently of the exporters:
+every layout is read as a little-endian bit stream in which value j occupies bits
+[j·b, j·b + b) — the GPTQ 2/4/8-bit word order, GPTQ's 3-bit three-word runs and
+compressed-tensors' packing are all that same stream; AWQ then undoes its interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from qtapp.engine.errors import UserError
+
+AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # logical column j sits at nibble REVERSE[j]
+
+
+# bit streams --------------------------------------------------------------------------
+def unpack_stream(words: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """int32 words (..., W) → `count` unsigned `bits`-bit values (..., count), int64.
+
+    Value j is read from stream bits [j·b, j·b + b), where stream bit i is bit i % 32 of
+    word i // 32; a value may continue into the next word.
+    """
+    if count * bits > words.shape[-1] * 32:
+        raise UserError(f"a packed tensor of {words.shape[-1]} words cannot hold {count} "
+                        f"{bits}-bit values; the file is damaged or its config is wrong")
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    w = torch.cat([w, torch.zeros_like(w[..., :1])], dim=-1)  # the last value's spill word
+    start = torch.arange(count, dtype=torch.int64) * bits
+    idx, off = start // 32, start % 32
+    lo = w[..., idx] >> off
+    hi = w[..., idx + 1] << (32 - off)
+    return (lo | hi) & (2**bits - 1)
+
+
+# tensor access ------------------------------------------------------------------------
+class _Folder:
+    """Tensor names → safetensors files of a folder; tensors read one at a time."""
+
+    def __init__(self, path: Path) -> None:
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        else:
+            files = sorted(p.name for p in path.glob("*.safetensors"))
+        if not files:
+            raise UserError(f"{path} has no .safetensors files; it is not a model folder "
+                            "QuantDesk can load")
+        self._handles = {f: safe_open(str(path / f), framework="pt") for f in files}
+        self.file_of = {n: f for f, h in self._handles.items() for n in h.keys()}  # noqa: SIM118
+
+    def names(self) -> list[str]:
+        return list(self.file_of)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._handles[self.file_of[name]].get_tensor(name)
+
+    def modules_with(self, suffix: str) -> list[str]:
+        return [n[: -len(suffix)] for n in self.file_of if n.endswith(suffix)]
+
+
+Dequantizer = Callable[[_Folder, str], torch.Tensor]  # (folder, module) → float W (N, K)
+
+
+# GPTQ ---------------------------------------------------------------------------------
+def _gptq_dynamic_bits(qc: dict[str, Any], module: str) -> int:
+    """Bits GPTQModel would give `module`: the first matching '+:' / plain `dynamic`
+    pattern's bits, else the base bits."""
+    for pattern, override in (qc.get("dynamic") or {}).items():
+        negative = pattern.startswith("-:")
+        raw = pattern[2:] if pattern.startswith(("+:", "-:")) else pattern
+        if re.match(raw, module) or raw == module:
+            return int(qc["bits"]) if negative else int(override.get("bits", qc["bits"]))
+    return int(qc["bits"])
+
+
+def _gptq_weight(qc: dict[str, Any]) -> Dequantizer:
+    fmt = str(qc.get("checkpoint_format") or qc.get("format") or "gptq").lower()
+    if fmt not in ("gptq", "gptq_v2"):
+        raise UserError(f"GPTQ checkpoint_format {fmt!r} is not supported; QuantDesk reads "
+                        "'gptq' (v1) and 'gptq_v2'")
+    zero_offset = 1 if fmt == "gptq" else 0  # v1 stores z − 1
+
+    def dequantize(folder: _Folder, m: str) -> torch.Tensor:
+        qweight, qzeros = folder.get(f"{m}.qweight"), folder.get(f"{m}.qzeros")
+        scales = folder.get(f"{m}.scales").float()  # (G, N)
+        n = scales.shape[1]
+        if f"{m}.g_idx" in folder.file_of:
+            g_idx = folder.get(f"{m}.g_idx").long()
+        else:
+            gs = int(qc.get("group_size", -1))
+            k = qweight.shape[0] * 32 // _gptq_dynamic_bits(qc, m)
+            g_idx = torch.arange(k) // (gs if gs > 0 else k)
+        k = g_idx.shape[0]
+        bits = qweight.shape[0] * 32 // k
+        if bits not in (2, 3, 4, 8) or qweight.shape[0] * 32 != bits * k or \
+                bits != _gptq_dynamic_bits(qc, m):
+            raise UserError(f"{m}: qweight {tuple(qweight.shape)} does not hold {k} "
+                            f"{_gptq_dynamic_bits(qc, m)}-bit columns as config.json says; "
+                            "the checkpoint is damaged")
+        q = unpack_stream(qweight.T.contiguous(), bits, k)  # (N, K): packed along K
+        z = unpack_stream(qzeros, bits, n) + zero_offset  # (G, N): packed along N
+        return scales[g_idx].T * (q - z[g_idx].T).float()
+
+    return dequantize
+
+
+# AWQ ----------------------------------------------------------------------------------
+def _awq_weight(qc: dict[str, Any]) -> Dequantizer:
+    version = str(qc.get("version") or qc.get("format") or "gemm").lower()
+    if version != "gemm" or int(qc.get("bits", 4)) != 4:
+        raise UserError(f"AWQ version {version!r} with {qc.get('bits')} bits is not "
+                        "supported; QuantDesk reads 4-bit GEMM checkpoints")
+
+    def dequantize(folder: _Folder, m: str) -> torch.Tensor:
+        qweight, scales = folder.get(f"{m}.qweight"), folder.get(f"{m}.scales").float()
+        if f"{m}.qzeros" not in folder.file_of:
+            raise UserError(f"{m} has no qzeros; AWQ GEMM checkpoints need zero points")
+        k, n = qweight.shape[0], scales.shape[1]
+        gs = int(qc.get("group_size", -1))
+        gs = gs if gs > 0 else k
+
+        def logical(words: torch.Tensor) -> torch.Tensor:  # (R, N/8) → (R, N)
+            v = unpack_stream(words, 4, n).reshape(words.shape[0], n // 8, 8)
+            return v[:, :, list(AWQ_REVERSE_ORDER)].reshape(words.shape[0], n)
+
+        q, z = logical(qweight), logical(folder.get(f"{m}.qzeros"))  # (K, N), (K/gs, N)
+        g = torch.arange(k) // gs
+        return (scales[g] * (q - z[g]).float()).T
+
+    return dequantize
+
+
+# compressed-tensors -------------------------------------------------------------------
+def _ct_match(target: str, name: str, module: nn.Module | None) -> bool:
+    if target.startswith("re:"):
+        return re.match(target[3:], name) is not None
+    return target == name or (module is not None and type(module).__name__ == target)
+
+
+def _ct_weight(qc: dict[str, Any], modules: dict[str, nn.Module]) -> Dequantizer:
+    groups = list((qc.get("config_groups") or {}).values())
+    ignore = qc.get("ignore") or []
+
+    def scheme_of(m: str) -> dict[str, Any]:
+        mod = modules.get(m)
+        if not any(_ct_match(t, m, mod) for t in ignore):
+            for g in groups:
+                if any(_ct_match(t, m, mod) for t in g.get("targets", [])):
+                    if g.get("input_activations") or g.get("output_activations"):
+                        raise UserError(f"{m}: compressed-tensors schemes that quantize "
+                                        "activations are not supported; QuantDesk reads "
+                                        "weight-only int schemes")
+                    return g["weights"]
+        raise UserError(f"{m} has quantized tensors but no config group of config.json "
+                        "targets it; the checkpoint is damaged")
+
+    def dequantize(folder: _Folder, m: str) -> torch.Tensor:
+        args = scheme_of(m)
+        bits, offset = int(args["num_bits"]), 2 ** (int(args["num_bits"]) - 1)
+        if args.get("type", "int") != "int":
+            raise UserError(f"{m}: compressed-tensors type {args.get('type')!r} is not "
+                            "supported; QuantDesk reads int weights")
+        scale = folder.get(f"{m}.weight_scale").float()
+        has_zp = f"{m}.weight_zero_point" in folder.file_of
+        if f"{m}.weight_packed" in folder.file_of:  # pack-quantized
+            n, k = (int(v) for v in folder.get(f"{m}.weight_shape").tolist())
+            q = unpack_stream(folder.get(f"{m}.weight_packed"), bits, k) - offset
+            zp = folder.get(f"{m}.weight_zero_point") if has_zp else None
+            if zp is not None and zp.dtype == torch.int32:  # packed along N (dim 0)
+                zp = unpack_stream(zp.T.contiguous(), bits, n).T - offset
+        else:  # naive-quantized: int8 q_s and zp_s as they are
+            q = folder.get(f"{m}.weight").to(torch.int64)
+            n, k = q.shape
+            zp = folder.get(f"{m}.weight_zero_point") if has_zp else None
+        zp = torch.zeros_like(scale) if zp is None else zp.to(torch.int64).reshape(scale.shape)
+        strategy = args.get("strategy") or ("group" if (args.get("group_size") or 0) > 0
+                                            else "tensor")
+        if strategy == "group":
+            if f"{m}.weight_g_idx" in folder.file_of:
+                g = folder.get(f"{m}.weight_g_idx").long()
+            else:
+                g = torch.arange(k) // int(args["group_size"])
+            return (q - zp[:, g]).float() * scale[:, g]
+        if strategy in ("channel", "tensor"):
+            return (q - zp.reshape(-1, 1)).float() * scale.reshape(-1, 1)
+        raise UserError(f"{m}: compressed-tensors strategy {strategy!r} is not supported")
+
+    return dequantize
+
+
+# model --------------------------------------------------------------------------------
+def _quantized_modules(method: str, folder: _Folder) -> tuple[list[str], tuple[str, ...]]:
+    """Module names holding quantized tensors and the tensor suffixes they consume."""
+    if method in ("gptq", "awq"):
+        return folder.modules_with(".qweight"), (".qweight", ".qzeros", ".scales", ".g_idx")
+    parts = (".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape",
+             ".weight_g_idx")
+    mods = folder.modules_with(".weight_scale")
+    return mods, parts + (".weight",)
+
+
+def _float_tensors(folder: _Folder, consumed: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    for name in folder.names():
+        if name not in consumed:
+            yield name, folder.get(name)
+
+
+def _build_model(path: Path, dtype: torch.dtype) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers < 5
+        from transformers.modeling_utils import no_init_weights
+
+    config = AutoConfig.from_pretrained(path)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model",
+                                             "tokenizer_config.json", "vocab.json")):
+        return None
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_dequantized(path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                     ) -> tuple[Any, Any]:
+    """(model, tokenizer) of a plain, GPTQ, AWQ or compressed-tensors folder.
+
+    The model is the transformers class of config.json with every quantized weight
+    dequantized to `dtype` in a plain nn.Linear; tokenizer is None when the folder has none.
+    """
+    path = Path(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path / 'config.json'}: {e}") from None
+    qc = config.get("quantization_config")
+    tokenizer = _load_tokenizer(path)
+    if qc is None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        return model.to(device).eval(), tokenizer
+    method = str(qc.get("quant_method", "")).lower()
+    folder = _Folder(path)
+    model = _build_model(path, dtype)
+    modules = dict(model.named_modules())
+    if method == "gptq":
+        dequantize = _gptq_weight(qc)
+    elif method == "awq":
+        dequantize = _awq_weight(qc)
+    elif method == "compressed-tensors":
+        dequantize = _ct_weight(qc, modules)
+    else:
+        raise UserError(f"{path} uses quantization method {method!r}; QuantDesk loads gptq, "
+                        "awq and compressed-tensors folders")
+    quantized, parts = _quantized_modules(method, folder)
+    consumed = {m + p for m in quantized for p in parts} & set(folder.file_of)
+    expected = set(model.state_dict())
+    loaded: set[str] = set()
+
+    def put(batch: dict[str, torch.Tensor]) -> None:
+        unknown = [k for k in batch if k not in expected]
+        if unknown:
+            raise UserError(f"{path}: tensor {unknown[0]} does not belong to a "
+                            f"{type(model).__name__}; the folder does not match its config")
+        model.load_state_dict({k: v.to(dtype) for k, v in batch.items()}, strict=False)
+        loaded.update(batch)
+
+    with torch.no_grad():
+        for m in quantized:
+            if m not in modules:
+                raise UserError(f"{path}: quantized module {m} does not exist in a "
+                                f"{type(model).__name__}; the folder does not match its config")
+            w = dequantize(folder, m)
+            if tuple(w.shape) != tuple(modules[m].weight.shape):
+                raise UserError(f"{m}: dequantized weight {tuple(w.shape)} does not match the "
+                                f"model's {tuple(modules[m].weight.shape)}")
+            put({f"{m}.weight": w})
+        batch: dict[str, torch.Tensor] = {}
+        for name, t in _float_tensors(folder, consumed):
+            if name.endswith("rotary_emb.inv_freq"):
+                continue
+            batch[name] = t
+            if len(batch) >= 16:
+                put(batch)
+                batch = {}
+        put(batch)
+    missing = sorted(expected - loaded - _tied(model))
+    if missing:
+        raise UserError(f"{path} lacks {len(missing)} weights, e.g. {missing[0]}; the folder is "
+                        "incomplete")
+    return model.to(device).eval(), tokenizer
+
+
+def _tied(model: nn.Module) -> set[str]:
+    """State-dict names that share storage with an earlier name (tied embeddings)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        key = t.data_ptr()
+        if key in seen:
+            tied.add(name)
+        else:
+            seen[key] = name
+    return tied
