@@ -1,0 +1,81 @@
+"""`quantdesk` with no arguments: the window."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from types import TracebackType
+
+from PySide6.QtCore import QLocale, QTranslator
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from qtapp import __version__
+from qtapp.gui.i18n import tr
+from qtapp.gui.paths import data_dir
+
+log = logging.getLogger("quantdesk")
+
+
+def _setup_logging() -> None:
+    folder = data_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=folder / "quantdesk.log", level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _install_excepthook() -> None:
+    """Unhandled exceptions in Qt callbacks: logged, and shown in a dialog, not a silent exit."""
+
+    def hook(kind: type[BaseException], error: BaseException,
+             tb: TracebackType | None) -> None:
+        text = "".join(traceback.format_exception(kind, error, tb))
+        log.error("unhandled exception\n%s", text)
+        sys.__stderr__.write(text)
+        if QApplication.instance() is not None:
+            box = QMessageBox(QMessageBox.Icon.Critical, tr("Something went wrong"),
+                              tr("QuantDesk hit an unexpected error: {kind}: {error}\n\nIt was "
+                                 "written to the log in {folder}.").format(
+                                     kind=kind.__name__, error=error, folder=data_dir()))
+            box.setDetailedText(text)
+            box.exec()
+
+    sys.excepthook = hook
+
+
+def _install_translator(app: QApplication) -> None:
+    from importlib.resources import files
+
+    translator = QTranslator(app)
+    folder = files("qtapp") / "resources" / "translations"
+    if translator.load(QLocale(), "quantdesk", "_", str(folder)):
+        app.installTranslator(translator)
+
+
+def create_app(argv: list[str] | None = None) -> QApplication:
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
+    app.setOrganizationName("QuantDesk")
+    app.setApplicationName("QuantDesk")
+    app.setApplicationVersion(__version__)
+    from qtapp.gui import theme
+
+    theme.apply(app)
+    _install_translator(app)
+    return app  # type: ignore[return-value]
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    _setup_logging()
+    app = create_app()
+    _install_excepthook()
+    from qtapp.gui.main_window import MainWindow
+    from qtapp.gui.welcome import WelcomeDialog, should_show
+
+    window = MainWindow()
+    window.show()
+    log.info("window shown in %.2f s", time.perf_counter() - t0)
+    if should_show():
+        WelcomeDialog(window).open()
+    return app.exec()

@@ -1,0 +1,503 @@
+"""Step 3: method and settings. Start is enabled only for a job spec that validates; the
+reason is shown otherwise, in JobSpec.validate()'s words."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLineEdit,
+    QRadioButton,
+    QScrollArea,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qtapp.engine.advisor import Advice
+from qtapp.engine.config import (
+    GGUF_TYPES,
+    AWQOptions,
+    CalibrationSpec,
+    GGUFOptions,
+    GPTQOptions,
+    JobSpec,
+    ModuleRule,
+    QuantScheme,
+    preset_rules,
+)
+from qtapp.engine.errors import UserError
+from qtapp.gui.i18n import tr
+from qtapp.gui.paths import outputs_dir
+from qtapp.gui.state import AppState
+from qtapp.gui.widgets.common import Card, PageHeader, button, label, set_role
+
+METHODS = {
+    "rtn": ("RTN", ("Round to nearest. The fast baseline: no calibration data; every other "
+                   "method should beat it.")),
+    "gptq": ("GPTQ", ("Corrects rounding errors column by column with second-order "
+                     "information. The accuracy choice for GPU inference.")),
+    "awq": ("AWQ", ("Scales up the weights that matter most for real activations before "
+                   "rounding. The speed choice for GPU inference.")),
+    "gguf": ("GGUF", ("llama.cpp's file format: runs on CPUs and Apple GPUs, and opens in "
+                     "LM Studio and Ollama.")),
+}
+BIT_CHOICES = (2, 3, 4, 5, 6, 8)
+GROUP_CHOICES = ((32, "32"), (64, "64"), (128, "128"), (256, "256"), (-1, "per channel"))
+MIXED_CHOICES = ("Off", "Attention 8-bit, FFN 4-bit (preset)", "Custom rules")
+RULE_COLUMNS = ("Module pattern", "Bits", "Group", "Symmetric", "GGUF type", "Keep 16-bit")
+
+
+def friendly(message: str) -> str:
+    """ConfigError paths in words a user knows from this page."""
+    message = re.sub(r"job\.rules\[(\d+)\]\.?", lambda m: tr("Mixed-precision rule {n}").format(
+        n=int(m.group(1)) + 1) + " ", message)
+    message = message.replace("job.scheme.", "").replace("job.calibration.", "calibration ")
+    return message.replace("job.", "").replace(" :", ":").replace(" scheme.", " ")
+
+
+class MethodPage(QWidget):
+    start_requested = Signal(object)  # JobSpec
+
+    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self._out_auto = True
+        self._filling = False
+        self._applied_for: Any = None
+        self.recommended_method = ""
+
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        body = QWidget()
+        scroll.setWidget(body)
+        outer.addWidget(scroll, 1)
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(28, 22, 28, 12)
+        layout.setSpacing(14)
+        head = QHBoxLayout()
+        head.addWidget(PageHeader(tr("Method and settings"), tr(
+            "The defaults follow the recommendation for this machine; change what you need.")),
+            1)
+        self.use_recommended = button(tr("Use recommended settings"))
+        self.use_recommended.clicked.connect(self.apply_recommendation)
+        head.addWidget(self.use_recommended, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addLayout(head)
+
+        top = QHBoxLayout()
+        top.setSpacing(12)
+        methods = Card(tr("Method"))
+        self.method_group = QButtonGroup(self)
+        self.method_radio: dict[str, QRadioButton] = {}
+        self.method_badge: dict[str, Any] = {}
+        for key, (title, text) in METHODS.items():
+            radio = QRadioButton(title)
+            radio.setObjectName("MethodRadio")
+            self.method_group.addButton(radio)
+            self.method_radio[key] = radio
+            badge = label("", "OkText")
+            line = QHBoxLayout()
+            line.addWidget(radio)
+            line.addWidget(badge)
+            line.addStretch(1)
+            methods.body.addLayout(line)
+            hint = label(tr(text), "Muted", wrap=True)
+            hint.setContentsMargins(28, 0, 0, 6)
+            methods.body.addWidget(hint)
+            self.method_badge[key] = badge
+            radio.toggled.connect(self._method_changed)
+        methods.body.addStretch(1)
+        top.addWidget(methods, 5)
+
+        options = Card(tr("Settings"))
+        form = QFormLayout()
+        form.setHorizontalSpacing(14)
+        form.setVerticalSpacing(9)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
+        self.bits = QComboBox()
+        for b in BIT_CHOICES:
+            self.bits.addItem(tr("{b}-bit").format(b=b), b)
+        self.group = QComboBox()
+        for g, text in GROUP_CHOICES:
+            self.group.addItem(tr(text), g)
+        self.sym = QComboBox()
+        self.sym.addItem(tr("Symmetric (no zero point)"), True)
+        self.sym.addItem(tr("Asymmetric (with zero point)"), False)
+        self.gguf_type = QComboBox()
+        for t in GGUF_TYPES:
+            self.gguf_type.addItem(t, t)
+        self.imatrix = QCheckBox(tr("Importance matrix from calibration data"))
+        self.act_order = QCheckBox(tr("Activation order (desc_act)"))
+        self.clip = QCheckBox(tr("Search weight clipping"))
+        self.calib_source = QComboBox()
+        self.calib_source.addItem(tr("Built-in text (offline)"), "builtin")
+        self.calib_source.addItem(tr("A text file…"), "file")
+        self.calib_file = QLineEdit()
+        self.calib_file.setPlaceholderText(tr("path of a .txt or .jsonl file"))
+        calib_browse = button(tr("Browse…"))
+        calib_browse.clicked.connect(self._browse_calibration)
+        self.calib_row = QWidget()
+        calib_line = QHBoxLayout(self.calib_row)
+        calib_line.setContentsMargins(0, 0, 0, 0)
+        calib_line.addWidget(self.calib_file, 1)
+        calib_line.addWidget(calib_browse)
+        self.samples = QSpinBox()
+        self.samples.setRange(1, 4096)
+        self.samples.setValue(128)
+        self.seq_len = QSpinBox()
+        self.seq_len.setRange(16, 32768)
+        self.seq_len.setSingleStep(128)
+        self.seq_len.setValue(512)
+        self.device = QComboBox()
+        for d, text in (("auto", "Automatic"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)")):
+            self.device.addItem(tr(text), d)
+        self.evaluate = QCheckBox(tr("Measure perplexity against the original when done"))
+        self.evaluate.setChecked(True)
+        self.form_rows: dict[str, QWidget] = {}
+        for key, text, widget in (
+            ("bits", "Bits", self.bits), ("group", "Group size", self.group),
+            ("sym", "Zero point", self.sym), ("gguf_type", "GGUF type", self.gguf_type),
+            ("imatrix", "", self.imatrix), ("act_order", "", self.act_order),
+            ("clip", "", self.clip), ("calib_source", "Calibration", self.calib_source),
+            ("calib_file", "", self.calib_row), ("samples", "Samples", self.samples),
+            ("seq_len", "Tokens per sample", self.seq_len), ("device", "Device", self.device),
+            ("evaluate", "", self.evaluate),
+        ):
+            form.addRow(tr(text) if text else "", widget)
+            self.form_rows[key] = widget
+        self.form = form
+        options.body.addLayout(form)
+        options.body.addStretch(1)
+        top.addWidget(options, 6)
+        layout.addLayout(top)
+
+        mixed = Card(tr("Mixed precision"))
+        mixed_line = QHBoxLayout()
+        mixed_line.addWidget(label(tr("Per-module rules"), "Muted"))
+        self.mixed = QComboBox()
+        for text in MIXED_CHOICES:
+            self.mixed.addItem(tr(text))
+        mixed_line.addWidget(self.mixed)
+        mixed_line.addStretch(1)
+        self.add_rule = button(tr("Add rule"))
+        self.remove_rule = button(tr("Remove rule"))
+        mixed_line.addWidget(self.add_rule)
+        mixed_line.addWidget(self.remove_rule)
+        mixed.body.addLayout(mixed_line)
+        mixed.body.addWidget(label(tr(
+            "A rule gives every module whose full name matches the pattern (a glob such as "
+            "*.self_attn.* or *.mlp.down_proj) its own precision; later rules win. Modules no "
+            "rule matches use the settings above; lm_head stays 16-bit."), "Muted", wrap=True))
+        self.rules = QTableWidget(0, len(RULE_COLUMNS))
+        self.rules.setHorizontalHeaderLabels([tr(c) for c in RULE_COLUMNS])
+        self.rules.verticalHeader().hide()
+        self.rules.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.rules.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.rules.setMinimumHeight(130)
+        mixed.body.addWidget(self.rules)
+        layout.addWidget(mixed)
+
+        out = Card(tr("Output"))
+        out_line = QHBoxLayout()
+        self.out_edit = QLineEdit()
+        self.out_edit.textEdited.connect(self._out_edited)
+        out_browse = button(tr("Browse…"))
+        out_browse.clicked.connect(self._browse_out)
+        out_line.addWidget(self.out_edit, 1)
+        out_line.addWidget(out_browse)
+        out.body.addLayout(out_line)
+        out.body.addWidget(label(tr("A new folder; it must not exist yet. GGUF jobs put the "
+                                    ".gguf file, an Ollama Modelfile and the model card "
+                                    "in it."), "Muted", wrap=True))
+        layout.addWidget(out)
+        layout.addStretch(1)
+
+        footer = QHBoxLayout()
+        footer.setContentsMargins(28, 10, 28, 18)
+        self.validation = label("", wrap=True)
+        self.start_button = button(tr("Start quantizing"), "primary")
+        self.start_button.setMinimumWidth(170)
+        self.start_button.clicked.connect(self._start)
+        footer.addWidget(self.validation, 1)
+        footer.addWidget(self.start_button)
+        outer.addLayout(footer)
+
+        for combo in (self.bits, self.group, self.sym, self.gguf_type, self.device):
+            combo.currentIndexChanged.connect(self._changed)
+        self.calib_source.currentIndexChanged.connect(self._method_changed)
+        self.imatrix.toggled.connect(self._method_changed)
+        for box in (self.act_order, self.clip, self.evaluate):
+            box.toggled.connect(self._changed)
+        for spin in (self.samples, self.seq_len):
+            spin.valueChanged.connect(self._changed)
+        self.calib_file.textChanged.connect(self._changed)
+        self.out_edit.textChanged.connect(self.revalidate)
+        self.mixed.currentIndexChanged.connect(self._mixed_changed)
+        self.rules.itemChanged.connect(self._rule_edited)
+        self.add_rule.clicked.connect(self._add_rule)
+        self.remove_rule.clicked.connect(self._remove_rule)
+        state.advice_changed.connect(self._advice_changed)
+        state.model_changed.connect(lambda _info: self._changed())
+        state.busy_changed.connect(lambda _busy: self.revalidate())
+
+        self._mixed_changed(0)
+        self.method_radio["gptq"].setChecked(True)
+        self.imatrix.setChecked(True)
+        self.clip.setChecked(True)
+        self.bits.setCurrentIndex(BIT_CHOICES.index(4))
+        self.group.setCurrentIndex(2)
+        self._method_changed()
+
+    # -- reading the form --------------------------------------------------------------
+
+    def method(self) -> str:
+        return next(k for k, r in self.method_radio.items() if r.isChecked())
+
+    def scheme(self) -> QuantScheme:
+        return QuantScheme(self.bits.currentData(), self.group.currentData(),
+                           self.sym.currentData())
+
+    def rules_from_table(self) -> tuple[ModuleRule, ...]:
+        if self.mixed.currentIndex() == 0:
+            return ()
+        base = self.scheme()
+        rules = []
+        for r in range(self.rules.rowCount()):
+            pattern = self._cell(r, 0)
+            skip = self.rules.item(r, 5).checkState() == Qt.CheckState.Checked
+            scheme = None if skip else QuantScheme(
+                _number(self._cell(r, 1), base.bits), _group(self._cell(r, 2), base.group_size),
+                self.rules.item(r, 3).checkState() == Qt.CheckState.Checked)
+            rules.append(ModuleRule(pattern, scheme, skip, self._cell(r, 4).upper()))
+        return tuple(rules)
+
+    def _cell(self, r: int, c: int) -> str:
+        item = self.rules.item(r, c)
+        return item.text().strip() if item else ""
+
+    def build_job(self) -> JobSpec:
+        """The job spec the form describes; raises UserError (ConfigError) when invalid."""
+        info = self.state.model
+        if info is None:
+            raise UserError(tr("Choose a model on the Model page first."))
+        calib = self.calib_file.text().strip() if self.calib_source.currentData() == "file" \
+            else "builtin"
+        if self.calib_source.currentData() == "file":
+            if not calib:
+                raise UserError(tr("Choose a calibration text file, or use the built-in "
+                                   "text."))
+            if not Path(calib).expanduser().is_file():
+                raise UserError(tr("The calibration file {path} does not exist.").format(
+                    path=calib))
+        method = self.method()
+        job = JobSpec(
+            model=str(getattr(info, "source", "") or info.path), method=method,
+            out=self.out_edit.text().strip(), scheme=self.scheme(),
+            rules=self.rules_from_table(),
+            gptq=GPTQOptions(act_order=self.act_order.isChecked()),
+            awq=AWQOptions(clip=self.clip.isChecked()),
+            gguf=GGUFOptions(type=self.gguf_type.currentData(),
+                             imatrix="auto" if self.imatrix.isChecked() else "none"),
+            calibration=CalibrationSpec(source=calib, samples=self.samples.value(),
+                                        seq_len=self.seq_len.value()),
+            device=self.device.currentData(), evaluate=self.evaluate.isChecked(),
+        ).validate()
+        out = Path(job.out).expanduser()
+        if out.exists():
+            raise UserError(tr("The output folder {path} already exists; choose a new "
+                               "name.").format(path=out))
+        if self.state.job_running:
+            raise UserError(tr("A job is running; wait for it to finish or cancel it."))
+        return job
+
+    def revalidate(self) -> JobSpec | None:
+        try:
+            job = self.build_job()
+        except UserError as e:
+            self.start_button.setEnabled(False)
+            set_role(self.validation, "ErrorText")
+            self.validation.setText("⚠ " + friendly(str(e)))
+            return None
+        self.start_button.setEnabled(True)
+        set_role(self.validation, "OkText")
+        self.validation.setText(tr("✓ Ready: {method} {settings} → {out}").format(
+            method=METHODS[job.method][0], out=job.out,
+            settings=job.gguf.type if job.method == "gguf" else job.scheme.label))
+        return job
+
+    # -- reacting ----------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if self._filling:
+            return
+        self._update_default_out()
+        self.revalidate()
+
+    def _method_changed(self) -> None:
+        m = self.method()
+        linear = m != "gguf"
+        calibrated = m in ("gptq", "awq") or (m == "gguf" and self.imatrix.isChecked())
+        visible = {"bits": linear, "group": linear, "sym": linear, "gguf_type": not linear,
+                   "imatrix": not linear, "act_order": m == "gptq", "clip": m == "awq",
+                   "calib_source": calibrated, "calib_file": calibrated and
+                   self.calib_source.currentData() == "file",
+                   "samples": calibrated, "seq_len": calibrated}
+        for key, show in visible.items():
+            self.form.setRowVisible(self.form_rows[key], show)
+        self._changed()
+
+    def _mixed_changed(self, index: int) -> None:
+        if self._filling:
+            return
+        if index == 1:
+            self._fill_rules(preset_rules("attn8-ffn4", self.scheme()))
+        for w in (self.rules, self.add_rule, self.remove_rule):
+            w.setVisible(index != 0)
+        self._changed()
+
+    def _fill_rules(self, rules: tuple[ModuleRule, ...]) -> None:
+        self._filling = True
+        self.rules.setRowCount(0)
+        for rule in rules:
+            self._append_rule(rule)
+        self._filling = False
+
+    def _append_rule(self, rule: ModuleRule) -> None:
+        r = self.rules.rowCount()
+        self.rules.insertRow(r)
+        s = rule.scheme
+        texts = [rule.pattern, str(s.bits) if s else "", str(s.group_size) if s else "",
+                 None, rule.gguf_type, None]
+        for c, text in enumerate(texts):
+            item = QTableWidgetItem(text or "")
+            if c in (3, 5):
+                item.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled)
+                on = (s.sym if s else True) if c == 3 else rule.skip
+                item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+            self.rules.setItem(r, c, item)
+
+    def _rule_edited(self) -> None:
+        if self._filling:
+            return
+        if self.mixed.currentIndex() == 1:
+            self._filling = True
+            self.mixed.setCurrentIndex(2)
+            self._filling = False
+        self._changed()
+
+    def _add_rule(self) -> None:
+        self._filling = True
+        self._append_rule(ModuleRule("*.mlp.down_proj", QuantScheme(8, self.group.currentData(),
+                                                                    True), gguf_type="Q8_0"))
+        self._filling = False
+        self._rule_edited()
+
+    def _remove_rule(self) -> None:
+        rows = sorted({i.row() for i in self.rules.selectedIndexes()}, reverse=True)
+        for r in rows or [self.rules.rowCount() - 1]:
+            if r >= 0:
+                self.rules.removeRow(r)
+        self._rule_edited()
+
+    def _advice_changed(self, advice: Advice) -> None:
+        rec = advice.recommendation
+        self.recommended_method = rec.method
+        for key, badge in self.method_badge.items():
+            badge.setText(tr("recommended") if key == rec.method else "")
+        if self.state.model is not None and self._applied_for is not self.state.model:
+            self._applied_for = self.state.model
+            self.apply_recommendation()
+
+    def apply_recommendation(self) -> None:
+        advice = self.state.advice
+        if advice is None:
+            return
+        rec = advice.recommendation
+        self._filling = True
+        self.method_radio[rec.method].setChecked(True)
+        self.bits.setCurrentIndex(BIT_CHOICES.index(rec.bits) if rec.bits in BIT_CHOICES else 2)
+        self.group.setCurrentIndex(next(i for i, (g, _) in enumerate(GROUP_CHOICES)
+                                        if g == rec.group_size))
+        self.sym.setCurrentIndex(0 if rec.sym else 1)
+        if rec.gguf_type:
+            self.gguf_type.setCurrentIndex(GGUF_TYPES.index(rec.gguf_type))
+        self.samples.setValue(rec.samples)
+        self.device.setCurrentIndex({"auto": 0, "cpu": 1, "cuda": 2}[rec.device])
+        self._filling = False
+        self._method_changed()
+
+    def _update_default_out(self) -> None:
+        if not self._out_auto or self.state.model is None:
+            return
+        m = self.method()
+        if m == "gguf":
+            tag = self.gguf_type.currentData().lower()
+        else:
+            g = self.group.currentData()
+            tag = f"w{self.bits.currentData()}" + (f"g{g}" if g > 0 else "pc")
+        if self.mixed.currentIndex() != 0:
+            tag += "-mixed"
+        base = outputs_dir() / f"{self.state.model.name}-{m}-{tag}"
+        path, n = base, 2
+        while path.exists():
+            path = base.with_name(f"{base.name}-{n}")
+            n += 1
+        self.out_edit.setText(str(path))
+
+    def _out_edited(self) -> None:
+        self._out_auto = not self.out_edit.text().strip()
+
+    def _browse_out(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, tr("Folder to put the output in"),
+                                                  str(outputs_dir()))
+        if folder:
+            name = Path(self.out_edit.text()).name or "quantized"
+            self.out_edit.setText(str(Path(folder) / name))
+            self._out_auto = False
+
+    def _browse_calibration(self) -> None:
+        file, _ = QFileDialog.getOpenFileName(self, tr("Calibration text"), "",
+                                              tr("Text (*.txt *.jsonl);;All files (*)"))
+        if file:
+            self.calib_file.setText(file)
+
+    def _start(self) -> None:
+        job = self.revalidate()
+        if job is not None:
+            self.start_requested.emit(job)
+
+    def refresh_output_name(self) -> None:
+        """Pick a fresh default output name (after a run used the previous one)."""
+        if self._out_auto:
+            self._update_default_out()
+        self.revalidate()
+
+
+def _number(text: str, default: int) -> Any:
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return text  # validate() explains what is allowed
+
+
+def _group(text: str, default: int) -> Any:
+    if text.lower() in ("per channel", "per-channel", "channel"):
+        return -1
+    return _number(text, default)

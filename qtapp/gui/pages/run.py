@@ -1,0 +1,275 @@
+"""Step 4: the running job: progress with ETA, current layer, live error chart, log, Cancel."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QTextCursor
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QPlainTextEdit,
+    QProgressBar,
+    QSplitter,
+    QWidget,
+)
+
+from qtapp.engine import events as ev
+from qtapp.engine.advisor import format_size
+from qtapp.engine.config import JobSpec
+from qtapp.gui import theme
+from qtapp.gui.engine_process import EngineProcess, Outcome
+from qtapp.gui.i18n import tr
+from qtapp.gui.state import AppState
+from qtapp.gui.widgets.common import Card, button, label, page_layout, set_role
+from qtapp.gui.widgets.layer_chart import LayerErrorChart
+
+LOG_LINES = 3000
+STATUS_ROLES = {"running": "Muted", "result": "OkText", "failed": "ErrorText",
+                "crashed": "ErrorText", "cancelled": "WarnText"}
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return tr("{s} s").format(s=seconds)
+    if seconds < 3600:
+        return tr("{m} min {s:02d} s").format(m=seconds // 60, s=seconds % 60)
+    return tr("{h} h {m:02d} min").format(h=seconds // 3600, m=seconds % 3600 // 60)
+
+
+def job_title(job: JobSpec) -> str:
+    settings = job.gguf.type if job.method == "gguf" else job.scheme.label
+    mixed = tr(" + mixed precision") if job.rules else ""
+    return f"{job.method.upper()} {settings}{mixed}"
+
+
+class RunPage(QWidget):
+    finished = Signal(object, object)  # Outcome, JobSpec
+    results_requested = Signal()
+    settings_requested = Signal()
+
+    def __init__(self, state: AppState, engine: EngineProcess,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.engine = engine
+        self.job: JobSpec | None = None
+        self.outcome: Outcome | None = None
+        self.t0 = 0.0
+        self.total = 0
+        self.last_eta: float | None = None
+        self.eta_at = 0.0
+
+        layout = page_layout(self)
+        head = QHBoxLayout()
+        titles = QWidget()
+        tl = QHBoxLayout(titles)
+        tl.setContentsMargins(0, 0, 0, 0)
+        self.title = label(tr("No job yet"), "PageTitle")
+        self.status_chip = label("", "Muted")
+        tl.addWidget(self.title)
+        tl.addSpacing(12)
+        tl.addWidget(self.status_chip, 0, Qt.AlignmentFlag.AlignBottom)
+        tl.addStretch(1)
+        head.addWidget(titles, 1)
+        self.cancel_button = button(tr("Cancel"), "danger")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.results_button = button(tr("See results →"), "primary")
+        self.results_button.clicked.connect(self.results_requested)
+        self.settings_button = button(tr("Back to settings"))
+        self.settings_button.clicked.connect(self.settings_requested)
+        for b in (self.settings_button, self.cancel_button, self.results_button):
+            head.addWidget(b, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addLayout(head)
+        self.subtitle = label(tr("Choose a model and a method, then press Start quantizing."),
+                              "PageSubtitle", wrap=True)
+        layout.addWidget(self.subtitle)
+
+        progress = Card()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        line = QHBoxLayout()
+        self.stage = label(tr("Waiting"))
+        self.eta = label("", "Muted")
+        line.addWidget(self.stage, 1)
+        line.addWidget(self.eta)
+        self.current = label("", "Muted")
+        progress.body.addLayout(line)
+        progress.body.addWidget(self.progress)
+        progress.body.addWidget(self.current)
+        layout.addWidget(progress)
+
+        self.error = Card()
+        self.error.setObjectName("ErrorBanner")
+        self.error_title = label("", "BannerTitle")
+        self.error_text = label("", wrap=True)
+        self.details_button = button(tr("Show details"))
+        self.details_button.setCheckable(True)
+        self.details = QPlainTextEdit()
+        self.details.setReadOnly(True)
+        self.details.setFont(theme.mono_font())
+        self.details.setMaximumHeight(180)
+        self.details.setVisible(False)
+        self.details_button.toggled.connect(self.details.setVisible)
+        self.error.body.addWidget(self.error_title)
+        self.error.body.addWidget(self.error_text)
+        self.error.body.addWidget(self.details_button, 0, Qt.AlignmentFlag.AlignLeft)
+        self.error.body.addWidget(self.details)
+        self.error.setVisible(False)
+        layout.addWidget(self.error)
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        chart_card = Card(tr("Relative output error per layer"))
+        self.chart = LayerErrorChart()
+        chart_card.body.addWidget(self.chart)
+        log_card = Card(tr("Log"))
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setFont(theme.mono_font())
+        self.log_view.setMaximumBlockCount(LOG_LINES)
+        log_card.body.addWidget(self.log_view)
+        split.addWidget(chart_card)
+        split.addWidget(log_card)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 1)
+        split.setSizes([420, 160])
+        layout.addWidget(split, 1)
+
+        self.clock = QTimer(self)
+        self.clock.setInterval(1000)
+        self.clock.timeout.connect(self._tick)
+
+        engine.started.connect(self._on_started)
+        engine.progress.connect(self._on_progress)
+        engine.layer.connect(self._on_layer)
+        engine.log.connect(self._on_log)
+        engine.artifact.connect(self._on_artifact)
+        engine.finished.connect(self._on_finished)
+        self._set_buttons(running=False)
+
+    # -- control -----------------------------------------------------------------------
+
+    def start(self, job: JobSpec) -> None:
+        self.job = job
+        self.outcome = None
+        self.chart.clear()
+        self.log_view.clear()
+        self.error.setVisible(False)
+        self.details_button.setChecked(False)
+        self.title.setText(job_title(job))
+        self.subtitle.setText(tr("{model} → {out}").format(model=job.model, out=job.out))
+        self._set_status("running", tr("running"))
+        self.stage.setText(tr("Starting the worker…"))
+        self.eta.setText("")
+        self.current.setText("")
+        self.progress.setRange(0, 0)
+        self.t0 = time.monotonic()
+        self.last_eta = None
+        self.clock.start()
+        self.state.set_job_running(True)
+        self._set_buttons(running=True)
+        self.engine.start(job)
+
+    def cancel(self) -> None:
+        if self.engine.is_running():
+            self.cancel_button.setEnabled(False)
+            self.stage.setText(tr("Cancelling… (the worker stops after the current module)"))
+            self.engine.cancel()
+
+    # -- events ------------------------------------------------------------------------
+
+    def _on_started(self, e: ev.Started) -> None:
+        self.total = max(e.total_steps, 1)
+        self.progress.setRange(0, self.total)
+        self.progress.setValue(0)
+        self.stage.setText(tr("Loading {model}").format(model=e.model))
+
+    def _on_progress(self, e: ev.Progress) -> None:
+        self.progress.setRange(0, max(e.total, 1))
+        self.progress.setValue(min(e.step, e.total))
+        text = tr("Block {step} of {total}").format(step=e.step, total=e.total) \
+            if e.stage == "quantize" else e.stage.capitalize()
+        self.stage.setText(f"{text} · {e.message}" if e.message else text)
+        if e.eta_s is not None:
+            self.last_eta = float(e.eta_s)
+        elif e.step > 0 and e.total > e.step:
+            elapsed = time.monotonic() - self.t0
+            self.last_eta = elapsed / e.step * (e.total - e.step)
+        self.eta_at = time.monotonic()
+        self._tick()
+
+    def _on_layer(self, e: ev.Layer) -> None:
+        self.chart.add_layer(e)
+        self.current.setText(tr("{module} · {bits}-bit · relative error {err:.2e} · "
+                                "{secs:.2f} s").format(module=e.module, bits=e.bits,
+                                                       err=e.rel_error, secs=e.seconds))
+
+    def _on_log(self, e: ev.Log) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(e.t))
+        level = "" if e.level == "info" else f"{e.level.upper()}: "
+        self.log_view.appendPlainText(f"{stamp}  {level}{e.message}")
+        self.log_view.moveCursor(QTextCursor.MoveOperation.End)
+
+    def _on_artifact(self, e: ev.Artifact) -> None:
+        self._on_log(ev.Log(level="info", message=tr("wrote {path} ({size})").format(
+            path=e.path, size=format_size(e.bytes)), t=e.t))
+
+    def _on_finished(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.clock.stop()
+        self.chart.flush()
+        self.state.set_job_running(False)
+        self._set_buttons(running=False)
+        elapsed = format_duration(time.monotonic() - self.t0)
+        if outcome.ok:
+            self._set_status("result", tr("done in {t}").format(t=elapsed))
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1)
+            s = outcome.summary
+            ppl = s.get("ppl")
+            self.stage.setText(tr("Finished: {size}{ppl}").format(
+                size=format_size(s.get("size_bytes", 0)),
+                ppl=tr(", perplexity {p:.2f}").format(p=ppl) if ppl is not None else ""))
+            self.eta.setText("")
+        else:
+            role = "cancelled" if outcome.status == "cancelled" else outcome.status
+            words = {"cancelled": tr("cancelled"), "failed": tr("failed"),
+                     "crashed": tr("worker crashed")}[role]
+            self._set_status(role, words)
+            self.stage.setText(outcome.message)
+            self.eta.setText("")
+            if outcome.status != "cancelled":
+                self._show_error(outcome)
+        if self.job is not None:
+            self.finished.emit(outcome, self.job)
+
+    def _show_error(self, outcome: Outcome) -> None:
+        self.error_title.setText(tr("The job failed") if outcome.status == "failed"
+                                 else tr("The engine worker crashed"))
+        self.error_text.setText(outcome.message)
+        details = "\n\n".join(p for p in (outcome.detail, outcome.stderr_tail and
+                                          tr("Last lines the worker wrote to stderr:\n")
+                                          + outcome.stderr_tail) if p)
+        self.details.setPlainText(details or tr("(the worker wrote nothing to stderr)"))
+        self.error.setVisible(True)
+
+    def _tick(self) -> None:
+        elapsed = time.monotonic() - self.t0
+        text = tr("elapsed {t}").format(t=format_duration(elapsed))
+        if self.last_eta is not None and self.engine.is_running():
+            left = self.last_eta - (time.monotonic() - self.eta_at)
+            text += tr(" · about {t} left").format(t=format_duration(left))
+        self.eta.setText(text)
+
+    def _set_status(self, role: str, text: str) -> None:
+        set_role(self.status_chip, STATUS_ROLES.get(role, "Muted"))
+        self.status_chip.setText(text)
+
+    def _set_buttons(self, running: bool) -> None:
+        self.cancel_button.setVisible(running)
+        self.cancel_button.setEnabled(running)
+        self.results_button.setVisible(not running and self.outcome is not None
+                                       and self.outcome.ok)
+        self.settings_button.setVisible(not running)

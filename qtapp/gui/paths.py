@@ -1,0 +1,23 @@
+"""Where the app keeps its data (platformdirs conventions; QUANTDESK_DATA_DIR overrides)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir() -> Path:
+    env = os.environ.get("QUANTDESK_DATA_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("QuantDesk", appauthor=False))
+
+
+def outputs_dir() -> Path:
+    return data_dir() / "outputs"
+
+
+def results_file() -> Path:
+    return data_dir() / "results.json"

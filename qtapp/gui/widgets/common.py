@@ -1,0 +1,107 @@
+"""Small building blocks every page uses: page header, card, key-value grid, buttons."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+
+def label(text: str = "", name: str = "", wrap: bool = False) -> QLabel:
+    w = QLabel(text)
+    if name:
+        w.setObjectName(name)
+    w.setWordWrap(wrap)
+    w.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return w
+
+
+def button(text: str, kind: str = "", tooltip: str = "") -> QPushButton:
+    b = QPushButton(text)
+    if kind:
+        b.setProperty("kind", kind)
+    if tooltip:
+        b.setToolTip(tooltip)
+    b.setCursor(Qt.CursorShape.PointingHandCursor)
+    return b
+
+
+class Card(QFrame):
+    """A rounded panel with an optional small caps title."""
+
+    def __init__(self, title: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("Card")
+        self.body = QVBoxLayout(self)
+        self.body.setContentsMargins(16, 14, 16, 14)
+        self.body.setSpacing(8)
+        if title:
+            self.body.addWidget(label(title.upper(), "CardTitle"))
+
+
+class PageHeader(QWidget):
+    def __init__(self, title: str, subtitle: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 4)
+        layout.setSpacing(2)
+        self.title = label(title, "PageTitle")
+        self.subtitle = label(subtitle, "PageSubtitle", wrap=True)
+        layout.addWidget(self.title)
+        if subtitle:
+            layout.addWidget(self.subtitle)
+
+
+class KeyValues(QWidget):
+    """A two-column grid of muted keys and values, updated by key."""
+
+    def __init__(self, keys: list[str], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setHorizontalSpacing(18)
+        grid.setVerticalSpacing(6)
+        self.values: dict[str, QLabel] = {}
+        for row, key in enumerate(keys):
+            grid.addWidget(label(key, "Muted"), row, 0, Qt.AlignmentFlag.AlignTop)
+            value = label("—", wrap=True)
+            grid.addWidget(value, row, 1)
+            self.values[key] = value
+        grid.setColumnStretch(1, 1)
+
+    def set(self, key: str, value: str) -> None:
+        self.values[key].setText(value)
+
+    def text(self, key: str) -> str:
+        return self.values[key].text()
+
+
+def page_layout(page: QWidget) -> QVBoxLayout:
+    layout = QVBoxLayout(page)
+    layout.setContentsMargins(28, 22, 28, 22)
+    layout.setSpacing(14)
+    return layout
+
+
+def row(*widgets: QWidget, stretch_last: bool = False, spacing: int = 10) -> QHBoxLayout:
+    h = QHBoxLayout()
+    h.setSpacing(spacing)
+    for w in widgets:
+        h.addWidget(w)
+    if not stretch_last:
+        h.addStretch(1)
+    return h
+
+
+def set_role(widget: QWidget, name: str) -> None:
+    """Switch a widget's stylesheet role (its object name) and re-apply the style."""
+    widget.setObjectName(name)
+    widget.style().unpolish(widget)
+    widget.style().polish(widget)
