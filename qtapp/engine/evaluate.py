@@ -63,7 +63,7 @@ def source_perplexity(path: Path, ctx: int = DEFAULT_CTX) -> float:
     import json
 
     from qtapp.engine.calibration import builtin_eval_text
-    from qtapp.engine.job import cache_root
+    from qtapp.engine.sources import cache_root
 
     path = Path(path).resolve()
     stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime))

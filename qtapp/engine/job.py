@@ -20,18 +20,9 @@ from typing import Any
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
-from qtapp.engine.sources import ModelInfo, resolve_model
+from qtapp.engine.sources import ModelInfo, cache_root, resolve_model
 
 Emit = Callable[[ev.Event], None]
-
-
-def cache_root() -> Path:
-    env = os.environ.get("QUANTDESK_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("quantdesk"))
 
 
 def check_output_path(out: Path, source: Path, overwrite: bool) -> None:
@@ -88,7 +79,7 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
         shutil.rmtree(partial)
     try:
         if job.method == "gguf":
-            summary = _run_gguf(job, info, partial, emit, should_cancel)
+            summary = _run_gguf(job, info, partial, emit, should_cancel, tokens)
         else:
             summary = _run_linear_method(job, info, partial, emit, should_cancel, tokens)
         if should_cancel():
@@ -173,6 +164,100 @@ def _evaluate(job: JobSpec, info: ModelInfo, folder: Path, emit: Emit) -> dict[s
     return {"ppl": round(ppl, 4), "ppl_source": round(ppl_source, 4)}
 
 
+def _gguf_overrides(job: JobSpec) -> dict[str, str]:
+    """Per-module rules as GGUF tensor types: an explicit gguf_type, else one by bits."""
+    by_bits = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K", 7: "Q8_0", 8: "Q8_0"}
+    out: dict[str, str] = {}
+    for rule in job.rules:
+        if rule.skip:
+            out[rule.pattern] = "F16"
+        elif rule.gguf_type:
+            out[rule.pattern] = rule.gguf_type
+        elif rule.scheme is not None:
+            out[rule.pattern] = by_bits[rule.scheme.bits]
+    return out
+
+
 def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
-              should_cancel: Callable[[], bool]) -> dict[str, Any]:
-    raise UserError("GGUF output is not wired into jobs yet")
+              should_cancel: Callable[[], bool], tokens: Any = None) -> dict[str, Any]:
+    from qtapp.engine.gguf.hf_model import HfModel
+    from qtapp.engine.gguf.imatrix import ImatrixCollector, read_imatrix, write_imatrix
+    from qtapp.engine.gguf.quantize import quantize_to_gguf
+    from qtapp.engine.pipeline import collect_input_stats, pick_device
+
+    ftype = job.gguf.type
+    imatrix = None
+    if job.gguf.imatrix not in ("auto", "none"):
+        imatrix = read_imatrix(Path(job.gguf.imatrix).expanduser())
+        emit(ev.Log(level="info", message=f"importance matrix from {job.gguf.imatrix} "
+                    f"({len(imatrix)} entries)"))
+    elif job.gguf.imatrix == "auto" and "_K" in ftype:
+        if tokens is None:
+            tokens = _calibration_tokens(job, info, emit)
+        hf = HfModel(info.path)
+        collector = ImatrixCollector()
+        collect_input_stats(info, tokens,
+                            lambda name, x: collector.add(hf.gguf_name(name + ".weight"), x),
+                            emit, should_cancel, pick_device(job.device))
+        imatrix = collector.to_imatrix(f"quantdesk:{job.calibration.source}",
+                                       int(tokens.shape[1]))
+    partial.mkdir(parents=True)
+    stem = f"{info.name}-{ftype}".replace("/", "_")
+    out_file = partial / f"{stem}.gguf"
+    total = [0]
+
+    def progress(tensor: str, done: int, n: int) -> None:
+        total[0] = n
+        if done % 8 == 0 or done == n:
+            emit(ev.Progress(step=done, total=n, stage="gguf", message=tensor))
+
+    report = quantize_to_gguf(info.path, out_file, ftype, imatrix, _gguf_overrides(job) or None,
+                              progress, should_cancel)
+    files = [out_file.name]
+    if imatrix is not None:
+        write_imatrix(imatrix, partial / "imatrix.gguf")
+        files.append("imatrix.gguf")
+    summary: dict[str, Any] = {
+        "method": "gguf", "format": "gguf", "model": info.name, "source": str(info.path),
+        "type": ftype, "imatrix": imatrix is not None, "types": report.types(),
+        "mixed": job.is_mixed, "size_bytes": report.size_bytes,
+        "source_size_bytes": info.size_bytes,
+    }
+    from qtapp.engine.gguf.llama_runtime import write_modelfile
+
+    files.append(write_modelfile(partial, out_file.name, _chat_template(info.path)).name)
+    if job.evaluate:
+        summary.update(_evaluate_gguf(info, out_file, emit))
+    from qtapp.engine.export.model_card import write_model_card
+
+    write_model_card(partial, job, info, summary)
+    summary["files"] = sorted({*files, "README.md"})
+    return summary
+
+
+def _chat_template(folder: Path) -> str | None:
+    """The model's chat template (chat_template.jinja or tokenizer_config.json), if any."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text(encoding="utf-8")
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    template = config.get("chat_template")
+    return template if isinstance(template, str) else None
+
+
+def _evaluate_gguf(info: ModelInfo, gguf_file: Path, emit: Emit) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from qtapp.engine.calibration import eval_tokens
+    from qtapp.engine.evaluate import source_perplexity
+    from qtapp.engine.gguf.llama_runtime import perplexity
+
+    emit(ev.Progress(step=1, total=1, stage="evaluate",
+                     message="perplexity on the built-in evaluation text (llama.cpp)"))
+    ppl = perplexity(gguf_file, eval_tokens(AutoTokenizer.from_pretrained(info.path)))
+    ppl_source = source_perplexity(info.path)
+    emit(ev.Log(level="info", message=f"perplexity {ppl:.3f} (source {ppl_source:.3f})"))
+    return {"ppl": round(ppl, 4), "ppl_source": round(ppl_source, 4)}

@@ -356,3 +356,38 @@ def _load_floats(block: nn.Module, prefix: str, floats: dict[str, torch.Tensor])
     params = dict(block.named_parameters())
     for full, value in floats.items():
         params[full[len(prefix):]].data.copy_(value.to(params[full[len(prefix):]].dtype))
+
+
+def collect_input_stats(
+    info: ModelInfo,
+    tokens: torch.Tensor,
+    add: Callable[[str, torch.Tensor], None],
+    emit: Emit,
+    should_cancel: Callable[[], bool],
+    device: torch.device,
+    batch: int = 8,
+) -> None:
+    """Stream the float model block by block, calling add(full_linear_name, x) with the
+    input of every linear (the importance matrix of GGUF K-quants is built from these)."""
+    streamer = LayerStreamer(info, device)
+    inputs = streamer.capture_inputs(tokens, batch)
+    names = [n for group in info.arch.sequential for n in group]
+    for i in range(streamer.n_blocks):
+        if should_cancel():
+            raise Cancelled()
+        prefix = streamer.block_prefix(i)
+        block = streamer.materialize(streamer.blocks[i], prefix)
+        hooks = [
+            _linear(block, n).register_forward_hook(
+                lambda _m, args, _out, full=prefix + n: add(full, args[0].detach())
+            )
+            for n in names
+        ]
+        try:
+            forward_block(block, inputs, out=inputs.x)
+        finally:
+            for h in hooks:
+                h.remove()
+        streamer.release(block)
+        emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="imatrix",
+                         message=f"importance matrix: block {i + 1}/{streamer.n_blocks}"))
