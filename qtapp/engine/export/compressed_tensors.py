@@ -128,10 +128,19 @@ class CompressedTensorsWriter:
         }
 
     def notes(self) -> list[str]:
+        notes = []
         naive = sorted({e.bits for e in self.plan.modules.values()
                         if ct_format(e.bits) == "naive-quantized"})
         if naive:
-            return [(f"{'/'.join(map(str, naive))}-bit modules are stored naive-quantized (one "
-                    "int8 per weight): compressed-tensors reads them in every version, but they "
-                    "are not smaller than 8-bit weights. GPTQ stores 3-bit weights compactly.")]
-        return []
+            notes.append(f"{'/'.join(map(str, naive))}-bit modules are stored naive-quantized "
+                         "(one int8 per weight): compressed-tensors reads them in every "
+                         "version, but they are not smaller than 8-bit weights. GPTQ stores "
+                         "3-bit weights compactly.")
+        if any(not e.sym and e.group_size != 0 and ct_format(e.bits) == "pack-quantized"
+               for e in self.plan.modules.values()):
+            notes.append("Asymmetric zero points are packed, as llm-compressor writes them. "
+                         "vLLM reads them; transformers 5 with compressed-tensors 0.20 loads them "
+                         "only with quantization_config=CompressedTensorsConfig(dequantize=True), "
+                         "and then only when every module has the same scheme "
+                         "(vllm-project/llm-compressor#1618).")
+        return notes

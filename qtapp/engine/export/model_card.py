@@ -1,0 +1,167 @@
+"""README.md for an output folder: where the model came from, how it was quantized, what was
+measured, and how to load it.
+
+    write_model_card(out_dir, job, info, summary) → out_dir / README.md
+
+`summary` is the job's result dict: method, format, scheme, calibration [n, L], modules
+(from export_checkpoint), format_notes, ppl / ppl_source, size_bytes / source_size_bytes,
+quantize_seconds. Whatever is missing is shown as "not measured", never invented.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import qtapp
+from qtapp.engine.config import JobSpec
+
+METHOD_NAMES = {"rtn": "RTN (round to nearest)", "gptq": "GPTQ (Frantar et al.)",
+                "awq": "AWQ (Lin et al.)", "gguf": "GGUF (llama.cpp)"}
+FORMAT_TAGS = {"gptq": "gptq", "awq": "awq", "compressed-tensors": "compressed-tensors"}
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _scheme_label(bits: int, group_size: int, sym: bool) -> str:
+    g = {-1: "per-channel", 0: "per-tensor"}.get(group_size, f"group {group_size}")
+    return f"{bits}-bit, {g}, {'symmetric' if sym else 'asymmetric'}"
+
+
+def _method_settings(job: JobSpec) -> str:
+    if job.method == "gptq":
+        o = job.gptq
+        act = ("act-order with static groups" if o.act_order and o.static_groups
+               else "act-order" if o.act_order else "no act-order")
+        return (f"dampening {o.percdamp}, block size {o.blocksize}, {act}, "
+                f"{'true-sequential' if o.true_sequential else 'all modules at once'}")
+    if job.method == "awq":
+        o = job.awq
+        clip = f"clip search ({o.clip_grid} steps, max shrink {o.max_shrink})" if o.clip \
+            else "no clip search"
+        return f"scale grid of {o.grid} α values in [0, 1], {clip}"
+    return "no calibration-driven search"
+
+
+def _rules(job: JobSpec) -> list[str]:
+    out = []
+    for r in job.rules:
+        if r.skip:
+            out.append(f"`{r.pattern}` → kept in 16 bit")
+        elif r.scheme is not None:
+            label = _scheme_label(r.scheme.bits, r.scheme.group_size, r.scheme.sym)
+            out.append(f"`{r.pattern}` → {label}")
+    out += [f"`{p}` → kept in 16 bit" for p in job.skip]
+    return out
+
+
+def _load_section(fmt: str, folder: str) -> str:
+    py = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
+          f'model = AutoModelForCausalLM.from_pretrained("{folder}", device_map="auto")\n'
+          f'tokenizer = AutoTokenizer.from_pretrained("{folder}")\n')
+    need = {
+        "gptq": "`pip install gptqmodel optimum` (transformers loads GPTQ through them)",
+        "awq": "`pip install gptqmodel` (transformers 5 loads AWQ GEMM through it; older "
+               "versions used autoawq)",
+        "compressed-tensors": "`pip install compressed-tensors` (it decompresses the weights "
+                              "on load, also on CPU)",
+    }.get(fmt, "nothing beyond transformers")
+    lines = [f"With transformers: {need}.", "", "```python", py.rstrip(), "```", ""]
+    if fmt in ("gptq", "awq", "compressed-tensors"):
+        lines += ["With vLLM (GPU):", "", "```bash", f"vllm serve {folder}", "```", ""]
+    lines += ["With QuantDesk (CPU, dequantized; no extra packages):", "", "```bash",
+              f"quantdesk chat {folder}", f"quantdesk eval {folder}", "```"]
+    return "\n".join(lines)
+
+
+def _measured(summary: dict[str, Any]) -> list[str]:
+    rows = []
+    ppl, ppl_src = summary.get("ppl"), summary.get("ppl_source")
+    if ppl is not None:
+        rel = f" ({(ppl / ppl_src - 1) * 100:+.1f}%)" if ppl_src else ""
+        src = f", source {ppl_src:.3f}{rel}" if ppl_src is not None else ""
+        rows.append(f"| perplexity (built-in evaluation text) | {ppl:.3f}{src} |")
+    else:
+        rows.append("| perplexity | not measured |")
+    size, size_src = summary.get("size_bytes"), summary.get("source_size_bytes")
+    if size is not None:
+        rel = f" ({size / size_src * 100:.0f}% of the source's {_mib(size_src)})" \
+            if size_src else ""
+        rows.append(f"| size of the weight files | {_mib(size)}{rel} |")
+    else:
+        rows.append("| size of the weight files | not measured |")
+    for key, label in (("quantize_seconds", "quantization time"), ("seconds", "total time")):
+        if summary.get(key) is not None:
+            rows.append(f"| {label} | {float(summary[key]):.1f} s |")
+    for key, label in (("kld", "KL divergence vs source"), ("top1", "top-1 agreement")):
+        if summary.get(key) is not None:
+            rows.append(f"| {label} | {summary[key]} |")
+    return rows
+
+
+def model_card(job: JobSpec, info: Any, summary: dict[str, Any]) -> str:
+    """The README.md text (see the module docstring for what `summary` may hold)."""
+    name = getattr(info, "name", None) or summary.get("model") or job.model
+    source = str(getattr(info, "source", None) or job.model)
+    fmt = summary.get("format", job.export_format)
+    ckpt = summary.get("checkpoint_format", fmt)
+    modules = summary.get("modules") or {}
+    schemes = modules.get("schemes") or {}
+    bits = sorted({int(s["bits"]) for s in schemes.values()}) or [job.scheme.bits]
+    tags = ["quantized", "quantdesk", FORMAT_TAGS.get(fmt, fmt), *(f"{b}-bit" for b in bits)]
+    front = ["---", "library_name: transformers", "tags:", *(f"- {t}" for t in tags)]
+    if "/" in source and not Path(source).exists():
+        front.append(f"base_model: {source}")
+    front.append("---")
+
+    cal = summary.get("calibration")
+    c = job.calibration
+    n_samples, seq_len = (cal[0], cal[1]) if cal else (c.samples, c.seq_len)
+    calibration = (f"{c.source}, {n_samples} samples × {seq_len} tokens, seed {c.seed}"
+                   if job.method in ("gptq", "awq") else
+                   f"not used by {job.method.upper()} (only for measuring)")
+    default = _scheme_label(job.scheme.bits, job.scheme.group_size, job.scheme.sym)
+    settings = [
+        "| | |", "|---|---|",
+        f"| source | `{source}` |",
+        f"| method | {METHOD_NAMES.get(job.method, job.method)}: {_method_settings(job)} |",
+        f"| default scheme | {default} |",
+        f"| rules | {'; '.join(_rules(job)) or 'none'} |",
+        f"| calibration | {calibration} |",
+        f"| format | {fmt} (checkpoint format `{ckpt}`) |",
+        f"| quantizer | QuantDesk {qtapp.__version__} |",
+    ]
+    module_rows = ["| scheme | modules | parameters | modules (pattern) |", "|---|---|---|---|"]
+    for label, s in schemes.items():
+        module_rows.append(f"| {label} | {s['modules']} | {s['params'] / 1e6:,.2f} M | "
+                           f"{', '.join(f'`{p}`' for p in s['patterns'])} |")
+    floats = modules.get("float_linears") or []
+    if floats:
+        module_rows.append(f"| 16-bit | {len(floats)} | | "
+                           f"{', '.join(f'`{p}`' for p in floats)} |")
+    if not schemes:
+        module_rows = ["Per-module details were not recorded."]
+
+    parts = [
+        "\n".join(front), "",
+        f"# {name} — {job.method.upper()} {job.scheme.label} ({fmt})", "",
+        f"Quantized on the user's own machine by QuantDesk {qtapp.__version__} from `{source}`.",
+        "",
+        "## Method and settings", "", "\n".join(settings), "",
+        "## Modules", "", "\n".join(module_rows), "",
+        "## Measured", "", "| | |", "|---|---|", "\n".join(_measured(summary)), "",
+        "## How to load", "", _load_section(fmt, "path/to/this/folder"), "",
+    ]
+    notes = summary.get("format_notes") or []
+    if notes:
+        parts += ["## Notes", "", *(f"- {n}" for n in notes), ""]
+    return "\n".join(parts)
+
+
+def write_model_card(out_dir: Path, job: JobSpec, info: Any, summary: dict[str, Any]) -> Path:
+    """Write README.md into `out_dir` and return its path."""
+    path = Path(out_dir) / "README.md"
+    path.write_text(model_card(job, info, summary), encoding="utf-8")
+    return path
