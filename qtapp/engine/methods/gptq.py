@@ -17,8 +17,9 @@ Sec. 3 of the paper turns this into Algorithm 1:
 Options beyond the paper, as in IST-DASLab/gptq and AutoGPTQ/GPTQModel: act-order
 (desc_act) processes columns by descending diag(H); with groups, each group's scale/zero
 come from the group's weights as updated so far, taken when the sweep reaches the group's
-first column, or, with static groups, from the original weights before the sweep. The
-stored g_idx follows FORMATS.md §1.
+first column (blocks are aligned to groups so that these are exact; the reference reads W,
+which misses the updates made earlier in the same block), or, with static groups, from the
+original weights before the sweep. The stored g_idx follows FORMATS.md §1.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def invert_upper_triangular(R: Tensor, leaf: int = 512) -> Tensor:
         [0 D]   = [0     D⁻¹      ]
 
     This costs about K³/3 flops in large products, where a triangular solve against the
-    identity costs K³; it is 2× faster on a CPU and on an H100 for K ≥ 2048.
+    identity costs K³ (measured: K = 4096 on one CPU thread 2.0 s instead of 4.4 s;
+    K = 14336 on an H100 0.049 s instead of 0.078 s).
     """
     K = R.shape[0]
     if K <= leaf:
@@ -99,7 +101,8 @@ def inverse_hessian_cholesky(H: Tensor, percdamp: float) -> tuple[Tensor, float]
     Cholesky factor L of JHJ gives H = RRᵀ with R = JLJ upper triangular, so
     H⁻¹ = R⁻ᵀR⁻¹ and U = R⁻¹. This is the U of the reference's
     cholesky(cholesky_inverse(cholesky(H)), upper=True) at about half the flops
-    (K³/3 + K³/3 instead of 4K³/3).
+    (K³/3 + K³/3 instead of 4K³/3; measured: K = 4096 on one CPU thread 4.2 s instead of
+    6.2 s, K = 14336 on an H100 0.086 s instead of 0.224 s).
     """
     K = H.shape[0]
     if not bool(torch.isfinite(H).all()):
