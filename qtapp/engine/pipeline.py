@@ -111,7 +111,7 @@ class LayerStreamer:
         config = AutoConfig.from_pretrained(info.path, trust_remote_code=False)
         config.use_cache = False
         with init_empty_weights(include_buffers=False):
-            self.model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         self.model.eval()
         self.blocks = self._resolve(info.arch.layers_prefix)
         self.n_blocks = len(self.blocks)
@@ -199,16 +199,35 @@ def _linear(block: nn.Module, name: str) -> nn.Linear:
 
 def collect_hessians(block: nn.Module, names: list[str], inputs: BlockInputs,
                      ) -> dict[str, HessianAccumulator]:
-    """One forward over the calibration set, accumulating H = 2/n Σ x xᵀ for each linear."""
+    """Accumulate H = 2/n Σ x xᵀ for each named linear over the calibration set.
+
+    Each mini-batch's forward stops as soon as every named linear has seen its input: the
+    rest of the block would only compute outputs nobody reads (true-sequential GPTQ runs
+    this once per group, so this saves most of the block's forward for q/k/v and gate/up).
+    """
     acc = {n: HessianAccumulator(_linear(block, n).in_features, inputs.x.device) for n in names}
+    pending: set[str] = set()
+
+    def hook(name: str, x: torch.Tensor) -> None:
+        acc[name].add_batch(x.detach())
+        pending.discard(name)
+        if not pending:
+            raise _StopForward
+
     hooks = [
         _linear(block, n).register_forward_hook(
-            lambda _m, args, _out, n=n: acc[n].add_batch(args[0].detach())
+            lambda _m, args, _out, n=n: hook(n, args[0])
         )
         for n in names
     ]
     try:
-        forward_block(block, inputs)
+        with torch.no_grad():
+            for xb, kw in inputs.batches():
+                pending.update(names)
+                try:
+                    block(xb.to(block_dtype(block)), **kw)
+                except _StopForward:
+                    pass
     finally:
         for h in hooks:
             h.remove()
