@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from PySide6.QtCore import QByteArray, QSettings, QSize, Qt, QUrl
+from PySide6.QtCore import QByteArray, QSettings, QSize, Qt, QTimer, QUrl
 from PySide6.QtCore import __version__ as qt_version
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices
 from PySide6.QtWidgets import (
@@ -97,8 +97,8 @@ class MainWindow(QMainWindow):
         self._menus()
         self._connect()
         self._restore()
-        if scan:
-            self.hardware_page.scan()
+        if scan:  # after the first frame: the scan imports torch, which takes seconds
+            QTimer.singleShot(300, self.hardware_page.scan)
 
     @property
     def hardware_page(self) -> HardwarePage:

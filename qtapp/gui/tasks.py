@@ -25,7 +25,7 @@ class TaskContext:
         self.cancelled = threading.Event()
 
     def report(self, value: Any) -> None:
-        self._task._progress.emit(value)
+        self._task._deliver(self._task._progress, value)
 
 
 class Task(QObject):
@@ -57,9 +57,15 @@ class Task(QObject):
         try:
             result = self.fn(self.ctx)
         except BaseException as e:  # noqa: BLE001 - delivered to the UI thread
-            self._failed.emit(e)
+            self._deliver(self._failed, e)
         else:
-            self._succeeded.emit(result)
+            self._deliver(self._succeeded, result)
+
+    def _deliver(self, signal: Any, value: Any) -> None:
+        try:
+            signal.emit(value)
+        except RuntimeError:  # the window closed while this ran: nobody is left to tell
+            log.info("background task finished after its receiver was deleted")
 
     @Slot(object)
     def _deliver_progress(self, value: Any) -> None:

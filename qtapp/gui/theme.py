@@ -96,6 +96,7 @@ QHeaderView {{ qproperty-defaultAlignment: AlignLeft; }}
 QTableWidget, QTableView {{ background: {CARD}; border: 1px solid {CARD_BORDER};
     border-radius: 10px; gridline-color: transparent; alternate-background-color: #22242b;
     selection-background-color: #2c3350; }}
+QTableWidget::item {{ padding: 0px 8px; }}
 QHeaderView::section {{ background: {CARD}; color: {MUTED}; border: none;
     border-bottom: 1px solid {CARD_BORDER}; padding: 7px 8px; font-weight: 600; }}
 QTableCornerButton::section {{ background: {CARD}; border: none; }}

@@ -146,3 +146,29 @@ def test_advice_rows_and_json() -> None:
     assert data["recommendation"]["method"] == "awq"
     with pytest.raises(ValueError, match="goal"):
         advise(machine(8), small, goal="fast")
+
+
+def test_recommend_command_reads_the_model(tiny_llama_dir, capsys) -> None:
+    from qtapp.cli import main
+
+    assert main(["recommend", str(tiny_llama_dir), "--goal", "accuracy", "--target", "cpu",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rec = data["recommendation"]
+    assert (rec["method"], rec["gguf_type"], rec["target"]) == ("gguf", "Q5_K_M", "cpu")
+    tiny = data["rows"][-1]
+    assert tiny["selected"] and tiny["label"] == "tiny-llama"
+    assert tiny["weights"]["FP16"] == 2 * tiny["n_params"]
+    assert main(["recommend", str(tiny_llama_dir)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("Recommendation: ") and "tiny-llama *" in text
+
+
+def test_hw_command_prints_the_table(capsys) -> None:
+    from qtapp.cli import main
+
+    assert main(["hw"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("CPU ") and "RAM " in out and "Recommendation: " in out
+    for row in ("7B ", "13B ", "70B "):
+        assert row in out

@@ -31,7 +31,7 @@ from qtapp.gui.i18n import tr
 from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import Card, PageHeader, button, label, page_layout
 
-TARGET_CHOICES = (("auto", None), ("this machine's GPU", "gpu"), ("the CPU", "cpu"),
+TARGET_CHOICES = (("this machine (automatic)", None), ("this machine's GPU", "gpu"), ("the CPU", "cpu"),
                   ("an edge device", "edge"))
 FIT_TEXT = {"gpu": "GPU", "ram": "RAM", "none": "—"}
 FIT_WHERE = {"gpu": "on the GPU", "ram": "in RAM"}
@@ -109,8 +109,8 @@ class HardwarePage(QWidget):
         self.table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.table.setShowGrid(False)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header.setMinimumSectionSize(70)
         layout.addWidget(self.table)
         self.table_note = label("", "Muted", wrap=True)
         layout.addWidget(self.table_note)
@@ -210,6 +210,8 @@ class HardwarePage(QWidget):
                 item.setToolTip(tr("{p}: weights {w}; with a {ctx}-token context about {run} "
                                    "to run").format(p=p, w=format_size(r.weights[p]), ctx=ctx,
                                                     run=format_size(r.run[p])))
+            if col == 5 and text == tr("does not fit"):
+                item.setForeground(QColor(theme.BAD))
             if col == 6:
                 item.setForeground(QColor(theme.FIT_COLORS[r.quantize_fit]))
             self.table.setItem(i, col, item)

@@ -128,7 +128,7 @@ class MethodPage(QWidget):
         form = QFormLayout()
         form.setHorizontalSpacing(14)
         form.setVerticalSpacing(9)
-        form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         self.bits = QComboBox()
         for b in BIT_CHOICES:
             self.bits.addItem(tr("{b}-bit").format(b=b), b)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QTextCursor
+from PySide6.QtGui import QShowEvent, QTextCursor
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QPlainTextEdit,
@@ -22,7 +23,9 @@ from qtapp.gui.engine_process import EngineProcess, Outcome
 from qtapp.gui.i18n import tr
 from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import Card, button, label, page_layout, set_role
-from qtapp.gui.widgets.layer_chart import LayerErrorChart
+
+if TYPE_CHECKING:
+    from qtapp.gui.widgets.layer_chart import LayerErrorChart
 
 LOG_LINES = 3000
 STATUS_ROLES = {"running": "Muted", "result": "OkText", "failed": "ErrorText",
@@ -121,16 +124,15 @@ class RunPage(QWidget):
         layout.addWidget(self.error)
 
         split = QSplitter(Qt.Orientation.Vertical)
-        chart_card = Card(tr("Relative output error per layer"))
-        self.chart = LayerErrorChart()
-        chart_card.body.addWidget(self.chart)
+        self.chart_card = Card(tr("Relative output error per layer"))
+        self._chart: LayerErrorChart | None = None
         log_card = Card(tr("Log"))
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setFont(theme.mono_font())
         self.log_view.setMaximumBlockCount(LOG_LINES)
         log_card.body.addWidget(self.log_view)
-        split.addWidget(chart_card)
+        split.addWidget(self.chart_card)
         split.addWidget(log_card)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 1)
@@ -148,6 +150,20 @@ class RunPage(QWidget):
         engine.artifact.connect(self._on_artifact)
         engine.finished.connect(self._on_finished)
         self._set_buttons(running=False)
+
+    @property
+    def chart(self) -> LayerErrorChart:
+        """Built on first use: pyqtgraph takes a while to import, the window opens faster."""
+        if self._chart is None:
+            from qtapp.gui.widgets.layer_chart import LayerErrorChart
+
+            self._chart = LayerErrorChart()
+            self.chart_card.body.addWidget(self._chart)
+        return self._chart
+
+    def showEvent(self, event: QShowEvent) -> None:
+        self.chart  # noqa: B018 - build the chart when the page is first shown
+        super().showEvent(event)
 
     # -- control -----------------------------------------------------------------------
 

@@ -1,0 +1,175 @@
+"""Screenshots of every page of the window, for docs/screenshots/.
+
+    xvfb-run -a -s "-screen 0 1400x900x24" .venv/bin/python scripts/gui_screenshots.py \
+        --events RUN.jsonl --out docs/screenshots
+
+RUN.jsonl is the `--json` output of a real `quantdesk quantize` run of the demo model whose
+output folder still exists. The window is the real one: a real hardware scan, the demo model
+loaded through engine.sources, and the run's recorded events replayed through the real
+EngineProcess by this same script in `--replay` mode (paused part-way for the live view),
+then the chat page loading the original and the quantized model and answering a prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PROMPT = "In one sentence, what does quantization do to a neural network?"
+
+
+def replay(events: Path, pause_after_layers: int | None, delay: bool = True) -> int:
+    """Worker mode: write the recorded events again; pause (until cancelled) if asked."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def watch() -> None:
+        for line in sys.stdin:
+            if line.strip() == "cancel":
+                stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    layers = 0
+    for line in events.read_text(encoding="utf-8").splitlines():
+        kind = json.loads(line)["type"]
+        if pause_after_layers is not None and layers >= pause_after_layers:
+            stop.wait()
+            print(json.dumps({"v": 1, "type": "cancelled", "t": time.time(),
+                              "message": "cancelled by the user; no output was written"}))
+            return 3
+        print(line, flush=True)
+        layers += kind == "layer"
+        if delay:
+            time.sleep(0.02 if kind == "layer" else 0.05)
+    return 0
+
+
+def wait(app, condition, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the window did not reach the expected state in time")
+        app.processEvents()
+        time.sleep(0.02)
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def shoot(app, widget, path: Path) -> None:
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
+    widget.grab().save(str(path))
+    print(f"wrote {path}")
+
+
+def take(events: Path, out: Path) -> None:
+    data = Path(tempfile.mkdtemp(prefix="quantdesk-shots-"))
+    os.environ["QUANTDESK_DATA_DIR"] = str(data / "user-data")
+    from PySide6.QtCore import QSettings
+
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
+                      str(data / "settings"))
+    from qtapp.gui.app import create_app
+
+    app = create_app(["quantdesk"])
+    from qtapp.gui.engine_process import EngineProcess
+    from qtapp.gui.main_window import MainWindow
+    from qtapp.gui.welcome import WelcomeDialog
+
+    layers = sum(json.loads(x)["type"] == "layer" for x in events.read_text().splitlines())
+    pause = [int(layers * 0.6)]
+
+    def command(job_path: str) -> list[str]:
+        extra = ["--pause-after-layers", str(pause[0])] if pause[0] else []
+        return [sys.executable, __file__, "--replay", str(events), *extra]
+
+    out.mkdir(parents=True, exist_ok=True)
+    window = MainWindow(engine=EngineProcess(command=command))
+    window.resize(1280, 820)
+    window.show()
+    welcome = WelcomeDialog(window)
+    welcome.show()
+    shoot(app, welcome, out / "welcome.png")
+    welcome.close()
+    wait(app, lambda: window.state.advice is not None)
+    shoot(app, window, out / "hardware.png")
+
+    model = window.page("model")
+    window.go("model")
+    model.radio["demo"].setChecked(True)
+    model.load()
+    wait(app, lambda: window.state.model is not None)
+    shoot(app, window, out / "model.png")
+
+    method = window.page("method")
+    window.go("method")
+    method.method_radio["gptq"].setChecked(True)
+    method.bits.setCurrentIndex(method.bits.findData(4))
+    method.group.setCurrentIndex(method.group.findData(64))
+    method.mixed.setCurrentIndex(1)
+    method.samples.setValue(16)
+    method.seq_len.setValue(256)
+    shoot(app, window, out / "method.png")
+
+    run = window.page("run")
+    method.mixed.setCurrentIndex(0)
+    method.start_button.click()
+    wait(app, lambda: len(run.chart.points.get("down", [])) >= pause[0] // 7 - 1)
+    time.sleep(1.5)
+    run._tick()
+    run.chart.plot.getPlotItem().vb.autoRange()
+    shoot(app, window, out / "run.png")
+    run.cancel()
+    wait(app, lambda: not window.engine.is_running())
+
+    pause[0] = 0
+    method.refresh_output_name()
+    method.start_button.click()
+    wait(app, lambda: run.outcome is not None and run.outcome.ok)
+    window.go("results")
+    shoot(app, window, out / "results.png")
+
+    chat = window.page("chat")
+    window.page("results").chat_button.click()
+    wait(app, lambda: chat.quantized.backend is not None and chat.original.backend is not None,
+         timeout_s=600)
+    chat.max_tokens.setValue(48)
+    chat.prompt.setPlainText(PROMPT)
+    chat.send()
+    wait(app, lambda: chat.quantized.task is None and chat.original.task is None,
+         timeout_s=600)
+    chat.prompt.setPlainText("And what does it cost?")
+    shoot(app, window, out / "chat.png")
+    window.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=Path, help="JSON lines of a real quantize run")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    p.add_argument("--replay", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--pause-after-layers", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--no-delay", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.replay:
+        return replay(args.replay, args.pause_after_layers, delay=not args.no_delay)
+    if args.events is None:
+        p.error("--events is required")
+    take(args.events, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
