@@ -28,22 +28,41 @@ AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # logical column j sits at nibble 
 
 
 # bit streams --------------------------------------------------------------------------
-def unpack_stream(words: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    """int32 words (..., W) → `count` unsigned `bits`-bit values (..., count), int64.
+def unpack_stream(words: torch.Tensor, bits: int, count: int, dim: int = -1) -> torch.Tensor:
+    """int32 words packed along `dim` (0 or −1 of a 2-D tensor, or −1) → `count` unsigned
+    `bits`-bit values along that dim, int32.
 
     Value j is read from stream bits [j·b, j·b + b), where stream bit i is bit i % 32 of
-    word i // 32; a value may continue into the next word.
+    word i // 32. When b divides 32 no value crosses a word: value j is word j // (32/b)
+    shifted by (j mod 32/b)·b. Otherwise every b words hold a run of exactly 32 values, and
+    a value may continue into the next word of its run.
     """
-    if count * bits > words.shape[-1] * 32:
-        raise UserError(f"a packed tensor of {words.shape[-1]} words cannot hold {count} "
+    if count * bits > words.shape[dim] * 32:
+        raise UserError(f"a packed tensor of {words.shape[dim]} words cannot hold {count} "
                         f"{bits}-bit values; the file is damaged or its config is wrong")
+    mask = 2**bits - 1
+    if dim == 0:
+        if 32 % bits:
+            return unpack_stream(words.T.contiguous(), bits, count).T
+        shifts = torch.arange(0, 32, bits, dtype=torch.int32).view(1, -1, 1)
+        values = (words.to(torch.int32).unsqueeze(1) >> shifts) & mask  # (W, 32/b, C)
+        return values.reshape(-1, words.shape[1])[:count]
+    lead = words.shape[:-1]
+    if 32 % bits == 0:  # int32 arithmetic shifts are fine: the mask drops the sign copies
+        shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+        values = (words.to(torch.int32).unsqueeze(-1) >> shifts) & mask  # (..., W, 32/b)
+        return values.reshape(*lead, -1)[..., :count]
     w = words.to(torch.int64) & 0xFFFFFFFF
-    w = torch.cat([w, torch.zeros_like(w[..., :1])], dim=-1)  # the last value's spill word
-    start = torch.arange(count, dtype=torch.int64) * bits
-    idx, off = start // 32, start % 32
-    lo = w[..., idx] >> off
-    hi = w[..., idx + 1] << (32 - off)
-    return (lo | hi) & (2**bits - 1)
+    w = torch.nn.functional.pad(w, (0, (-w.shape[-1]) % bits))
+    runs = w.reshape(*lead, -1, bits)  # (..., R, b): b words, 32 values each
+    values = []
+    for j in range(32):
+        i, off = divmod(j * bits, 32)
+        v = runs[..., i] >> off
+        if off + bits > 32:
+            v = v | (runs[..., i + 1] << (32 - off))
+        values.append((v & mask).to(torch.int32))
+    return torch.stack(values, dim=-1).reshape(*lead, -1)[..., :count]
 
 
 # tensor access ------------------------------------------------------------------------
@@ -111,9 +130,9 @@ def _gptq_weight(qc: dict[str, Any]) -> Dequantizer:
             raise UserError(f"{m}: qweight {tuple(qweight.shape)} does not hold {k} "
                             f"{_gptq_dynamic_bits(qc, m)}-bit columns as config.json says; "
                             "the checkpoint is damaged")
-        q = unpack_stream(qweight.T.contiguous(), bits, k)  # (N, K): packed along K
+        q = unpack_stream(qweight, bits, k, dim=0)  # (K, N): packed along K
         z = unpack_stream(qzeros, bits, n) + zero_offset  # (G, N): packed along N
-        return scales[g_idx].T * (q - z[g_idx].T).float()
+        return (scales[g_idx] * (q - z[g_idx]).float()).T
 
     return dequantize
 
@@ -139,7 +158,7 @@ def _awq_weight(qc: dict[str, Any]) -> Dequantizer:
 
         q, z = logical(qweight), logical(folder.get(f"{m}.qzeros"))  # (K, N), (K/gs, N)
         g = torch.arange(k) // gs
-        return (scales[g] * (q - z[g]).float()).T
+        return (scales[g] * (q.float() - z.float()[g])).T
 
     return dequantize
 
@@ -181,7 +200,7 @@ def _ct_weight(qc: dict[str, Any], modules: dict[str, nn.Module]) -> Dequantizer
             q = unpack_stream(folder.get(f"{m}.weight_packed"), bits, k) - offset
             zp = folder.get(f"{m}.weight_zero_point") if has_zp else None
             if zp is not None and zp.dtype == torch.int32:  # packed along N (dim 0)
-                zp = unpack_stream(zp.T.contiguous(), bits, n).T - offset
+                zp = unpack_stream(zp, bits, n, dim=0) - offset
         else:  # naive-quantized: int8 q_s and zp_s as they are
             q = folder.get(f"{m}.weight").to(torch.int64)
             n, k = q.shape
@@ -211,12 +230,6 @@ def _quantized_modules(method: str, folder: _Folder) -> tuple[list[str], tuple[s
              ".weight_g_idx")
     mods = folder.modules_with(".weight_scale")
     return mods, parts + (".weight",)
-
-
-def _float_tensors(folder: _Folder, consumed: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    for name in folder.names():
-        if name not in consumed:
-            yield name, folder.get(name)
 
 
 def _build_model(path: Path, dtype: torch.dtype) -> nn.Module:
@@ -291,7 +304,7 @@ def load_dequantized(path: Path, dtype: torch.dtype = torch.float32, device: str
         model.load_state_dict({k: v.to(dtype) for k, v in batch.items()}, strict=False)
         loaded.update(batch)
 
-    with torch.no_grad():
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
         for m in quantized:
             if m not in modules:
                 raise UserError(f"{path}: quantized module {m} does not exist in a "
@@ -300,13 +313,16 @@ def load_dequantized(path: Path, dtype: torch.dtype = torch.float32, device: str
             if tuple(w.shape) != tuple(modules[m].weight.shape):
                 raise UserError(f"{m}: dequantized weight {tuple(w.shape)} does not match the "
                                 f"model's {tuple(modules[m].weight.shape)}")
-            put({f"{m}.weight": w})
+            yield f"{m}.weight", w
+        for name in folder.names():
+            if name not in consumed and not name.endswith("rotary_emb.inv_freq"):
+                yield name, folder.get(name)
+
+    with torch.no_grad():
         batch: dict[str, torch.Tensor] = {}
-        for name, t in _float_tensors(folder, consumed):
-            if name.endswith("rotary_emb.inv_freq"):
-                continue
+        for name, t in tensors():
             batch[name] = t
-            if len(batch) >= 16:
+            if len(batch) >= 32:
                 put(batch)
                 batch = {}
         put(batch)
