@@ -82,8 +82,9 @@ class AwqBlockResult:
         linears' input columns multiplied by s.
     clips: linear name → c (N, n_groups): after scaling, w[n, k] is clamped to ±c[n, g(k)].
     group_sizes: linear name → the group size of its clip tensor (−1: one group per row).
-    losses: group (prev name) → {"target", "alpha", "loss_rtn", "loss", "seconds"} or
-        {"skipped": reason}, for the log.
+    losses: group (prev name) → {"target", "linears", "alpha" (None when s = 1, plain RTN,
+        won), "loss_rtn", "loss", "history" (losses of s = 1, α = 0, 1/n, …), "seconds"} or
+        {"target", "skipped": reason}; JSON-ready, for the log.
     """
 
     scales: dict[str, Tensor] = field(default_factory=dict)
