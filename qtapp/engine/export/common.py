@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import save_file
 
+from qtapp.engine.arch import arch_for
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
 from qtapp.engine.primitives import QuantizedWeight
@@ -84,8 +85,6 @@ class ExportPlan:
             self.config = json.loads((self.source_dir / "config.json").read_text())
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {self.source_dir / 'config.json'}: {e}") from None
-        from qtapp.engine.arch import arch_for
-
         self.layers_prefix = arch_for(self.config).layers_prefix
         self.source = SafetensorsReader(self.source_dir)
         self.modules, self.floats = {}, {}
@@ -214,11 +213,13 @@ class ShardWriter:
         self._buf: dict[str, torch.Tensor] = {}
         self._buf_bytes = 0
         self._shards: list[tuple[Path, list[str]]] = []
+        self._seen: set[str] = set()
         self.total_bytes = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        if name in self._buf or any(name in names for _, names in self._shards):
+        if name in self._seen:
             raise ValueError(f"tensor {name} written twice")
+        self._seen.add(name)
         nbytes = tensor.numel() * tensor.element_size()
         if self._buf and self._buf_bytes + nbytes > self.max_bytes:
             self._flush()
