@@ -98,6 +98,7 @@ def test_layout_and_config(src: Path, tmp_path: Path) -> None:
              ModuleRule("*.mlp.down_proj", skip=True))
     out, summary, store = _export(src, tmp_path, job_for(bits=4, group_size=32, sym=False,
                                                          rules=rules))
+    assert any("llm-compressor#1618" in n for n in summary["format_notes"])
     q = json.loads((out / "config.json").read_text())["quantization_config"]
     assert q["quant_method"] == "compressed-tensors" and q["format"] == "pack-quantized"
     assert q["quantization_status"] == "compressed"
