@@ -1,9 +1,8 @@
-"""Shared by the export / loader / QuantStore tests: a tiny random Llama as a safetensors
-folder, RTN-quantized into a QuantStore, and a float reference model built from the store."""
+"""Shared by the export and loader tests: RTN-quantize a tiny model folder (conftest's
+`make_tiny_model`) into a QuantStore, and build a float reference model from the store."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -12,39 +11,9 @@ from qtapp.engine.config import JobSpec, ModuleRule, QuantScheme
 from qtapp.engine.primitives import QuantizedWeight, default_g_idx, quantize, quantize_weight
 from qtapp.engine.qstore import QuantStore
 
-WORDS = ["hello", "world", "the", "a", "cat", "dog", "sat", "on", "mat", "is", "good", "bad"]
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 N_LAYERS = 2
-
-
-def make_tiny_llama(folder: Path, dtype: torch.dtype = torch.bfloat16,
-                    tie: bool = False) -> Path:
-    """Llama with hidden 64, 2 layers, GQA (4 heads, 2 kv heads), a word-level tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", *WORDS])}
-    vocab.update({f"w{i}": len(vocab) + i for i in range(96 - len(vocab))})
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>",
-                                  eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=N_LAYERS, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1,
-                         eos_token_id=2, tie_word_embeddings=tie)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # weights of realistic spread so that 2–8-bit codes all differ
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.05)
-    model.to(dtype).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 1,
-                                                               "eos_token_id": 2}))
-    return folder
 
 
 def job_for(method: str = "rtn", bits: int = 4, group_size: int = 32, sym: bool = True,

@@ -14,7 +14,6 @@ from export_helpers import (
     LINEARS,
     job_for,
     logits,
-    make_tiny_llama,
     quantize_to_store,
     reference_model,
 )
@@ -31,8 +30,8 @@ AWQ_REVERSE_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]
 
 
 @pytest.fixture(scope="module")
-def src(tmp_path_factory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "src")
+def src(make_tiny_model, tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "src", dtype=torch.bfloat16)
 
 
 def reference_from_linear(weight: torch.Tensor, w_bit: int, group_size: int,

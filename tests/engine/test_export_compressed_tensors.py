@@ -19,7 +19,6 @@ from export_helpers import (
     LINEARS,
     job_for,
     logits,
-    make_tiny_llama,
     quantize_to_store,
     reference_model,
 )
@@ -37,8 +36,8 @@ ATTN8_FFN4 = (ModuleRule("*.self_attn.*", QuantScheme(8, -1, True)),
 
 
 @pytest.fixture(scope="module")
-def src(tmp_path_factory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "src")
+def src(make_tiny_model, tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "src", dtype=torch.bfloat16)
 
 
 def _export(src: Path, tmp: Path, job, act_order: bool = False):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from export_helpers import job_for, logits, make_tiny_llama, quantize_to_store, reference_model
+from export_helpers import job_for, logits, quantize_to_store, reference_model
 from safetensors import safe_open
 
 from qtapp.engine.config import GPTQOptions, ModuleRule, QuantScheme
@@ -20,8 +20,8 @@ ATTN8 = (ModuleRule("*.self_attn.*", QuantScheme(8, 32, True)),)
 
 
 @pytest.fixture(scope="module")
-def src(tmp_path_factory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "src")
+def src(make_tiny_model, tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "src", dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize(("job", "fmt"), [
@@ -106,8 +106,8 @@ def test_float_tensors_from_the_store_replace_the_source(src: Path, tmp_path: Pa
                        norm.to(torch.bfloat16).float())
 
 
-def test_tied_embeddings(tmp_path: Path) -> None:
-    src = make_tiny_llama(tmp_path / "tied", tie=True)
+def test_tied_embeddings(make_tiny_model, tmp_path: Path) -> None:
+    src = make_tiny_model(tmp_path / "tied", dtype=torch.bfloat16, tie_word_embeddings=True)
     job = job_for("rtn", 4, 32)
     store = quantize_to_store(src, tmp_path / "store", job)
     export_checkpoint("compressed-tensors", src, store, job, tmp_path / "out", {})
@@ -121,15 +121,9 @@ def test_tied_embeddings(tmp_path: Path) -> None:
     assert (logits(ours) - logits(ref)).abs().max().item() < 1e-5
 
 
-def test_store_of_another_model_is_refused(src: Path, tmp_path: Path) -> None:
-    other = make_tiny_llama(tmp_path / "other")
-    cfg = json.loads((other / "config.json").read_text())
-    cfg["intermediate_size"] = 96
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    LlamaForCausalLM(LlamaConfig(**{k: v for k, v in cfg.items()
-                                    if k not in ("architectures", "transformers_version")})
-                     ).to(torch.bfloat16).save_pretrained(other)
+def test_store_of_another_model_is_refused(src: Path, make_tiny_model,
+                                            tmp_path: Path) -> None:
+    other = make_tiny_model(tmp_path / "other", dtype=torch.bfloat16, intermediate_size=96)
     job = job_for("rtn", 4, 32)
     store = quantize_to_store(other, tmp_path / "store", job)
     with pytest.raises(UserError, match="belongs to another model"):

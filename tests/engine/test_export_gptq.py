@@ -16,7 +16,6 @@ from export_helpers import (
     LINEARS,
     job_for,
     logits,
-    make_tiny_llama,
     quantize_to_store,
     reference_model,
 )
@@ -30,8 +29,8 @@ from qtapp.engine.primitives import quantize_weight
 
 
 @pytest.fixture(scope="module")
-def src(tmp_path_factory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "src")
+def src(make_tiny_model, tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "src", dtype=torch.bfloat16)
 
 
 def reference_pack(W: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,

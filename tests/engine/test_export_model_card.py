@@ -6,7 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from export_helpers import job_for, make_tiny_llama, quantize_to_store
+import torch
+from export_helpers import job_for, quantize_to_store
 
 from qtapp.engine.config import CalibrationSpec, GPTQOptions, ModuleRule, QuantScheme
 from qtapp.engine.export import export_checkpoint
@@ -16,10 +17,10 @@ INFO = SimpleNamespace(name="SmolLM2-135M-Instruct", source="HuggingFaceTB/SmolL
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(make_tiny_model, tmp_path_factory):
     """A GPTQ job with the attn8-ffn4 rules and a skipped module, exported; its summary."""
     tmp = tmp_path_factory.mktemp("card")
-    src = make_tiny_llama(tmp / "src")
+    src = make_tiny_model(tmp / "src", dtype=torch.bfloat16)
     rules = (ModuleRule("*.self_attn.*", QuantScheme(8, 32, True)),
              ModuleRule("*.mlp.*", QuantScheme(4, 32, True)),
              ModuleRule("*.mlp.down_proj", skip=True))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from export_helpers import job_for, logits, make_tiny_llama, quantize_to_store
+from export_helpers import job_for, logits, quantize_to_store
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -18,8 +18,8 @@ from qtapp.engine.primitives import pack_int32
 
 
 @pytest.fixture(scope="module")
-def src(tmp_path_factory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "src")
+def src(make_tiny_model, tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "src", dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
