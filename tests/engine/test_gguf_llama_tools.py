@@ -1,0 +1,104 @@
+"""Against llama.cpp's own tools (built from the llama-cpp-python sdist into
+.cache/llama-build): llama-quantize writes the same bytes and keys as quantize_to_gguf,
+reads our imatrix files, and llama-imatrix's statistics equal our collector's."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf_helpers import llama_tool, tensor_bytes, with_demo_tokenizer
+
+from qtapp.engine.gguf.convert import convert_to_gguf
+from qtapp.engine.gguf.hf_model import HfModel
+from qtapp.engine.gguf.imatrix import ImatrixCollector, compute_imatrix, read_imatrix, write_imatrix
+from qtapp.engine.gguf.quantize import quantize_to_gguf
+
+QUANTIZE = llama_tool("llama-quantize")
+IMATRIX = llama_tool("llama-imatrix")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    QUANTIZE is None or IMATRIX is None, reason="llama.cpp tools are not built (.cache/llama-build)")]
+
+
+def run(*args: object, cwd: Path) -> str:
+    result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def kv(path: Path) -> dict[str, object]:
+    reader = gguf.GGUFReader(path)
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+@pytest.fixture(scope="module")
+def model256(tmp_path_factory, make_tiny_model, demo_dir) -> Path:
+    folder = make_tiny_model(tmp_path_factory.mktemp("gguf-tools") / "llama256", "llama",
+                             vocab_size=49152, hidden_size=256, intermediate_size=512,
+                             num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=8)
+    return with_demo_tokenizer(folder, demo_dir)
+
+
+@pytest.fixture(scope="module")
+def f32_file(model256, tmp_path_factory) -> Path:
+    return convert_to_gguf(model256, tmp_path_factory.mktemp("f32") / "m-f32.gguf", "F32").path
+
+
+@pytest.fixture(scope="module")
+def imatrix_file(model256, tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    c = ImatrixCollector()
+    for t in HfModel(model256).tensors():
+        if t.gguf_name.startswith("blk.") and len(t.shape) == 2:
+            c.add(t.gguf_name, rng.lognormal(0, 1, (32, t.shape[1])).astype(np.float32))
+    path = tmp_path_factory.mktemp("imatrix") / "imatrix.gguf"
+    write_imatrix(c.to_imatrix("calibration.txt", chunk_size=16), path)
+    return path
+
+
+@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_0", "Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M",
+                                   "Q5_K_M", "Q6_K"])
+def test_same_bytes_and_keys_as_llama_quantize(model256, f32_file, tmp_path, ftype):
+    run(QUANTIZE, f32_file, tmp_path / "ref.gguf", ftype, 1, cwd=tmp_path)
+    ours = quantize_to_gguf(model256, tmp_path / "ours.gguf", ftype).path
+    assert tensor_bytes(ours) == tensor_bytes(tmp_path / "ref.gguf")
+    assert kv(ours) == kv(tmp_path / "ref.gguf")
+
+
+@pytest.mark.parametrize("ftype", ["Q4_0", "Q4_K_M", "Q5_K_S"])
+def test_same_bytes_with_our_imatrix_file(model256, f32_file, imatrix_file, tmp_path, ftype):
+    """llama-quantize reads the imatrix file we write and quantizes exactly as we do."""
+    run(QUANTIZE, "--imatrix", imatrix_file.name, f32_file, tmp_path / "ref.gguf", ftype, 1,
+        cwd=imatrix_file.parent)
+    ours = quantize_to_gguf(model256, tmp_path / "ours.gguf", ftype,
+                            read_imatrix(imatrix_file)).path
+    assert tensor_bytes(ours) == tensor_bytes(tmp_path / "ref.gguf")
+    assert kv(ours) == kv(tmp_path / "ref.gguf")
+
+
+def test_llama_imatrix_equals_our_collector(model256, f32_file, tmp_path):
+    """Same token windows through llama.cpp and through transformers: same E[x²]."""
+    from llama_cpp import Llama
+
+    from qtapp.engine.calibration import builtin_calibration_text
+
+    text = builtin_calibration_text()[:6000]
+    (tmp_path / "calib.txt").write_text(text, encoding="utf-8")
+    run(IMATRIX, "-m", f32_file, "-f", "calib.txt", "-c", 64, "-b", 64, "-o", "ref.gguf",
+        "-t", 1, cwd=tmp_path)
+    ref = read_imatrix(tmp_path / "ref.gguf")
+    llm = Llama(str(f32_file), vocab_only=True, verbose=False)
+    ids = llm.tokenize(text.encode(), add_bos=False, special=False)
+    llm.close()
+    n = len(ids) // 64
+    ours = compute_imatrix(model256, torch.tensor(ids[: n * 64]).reshape(n, 64))
+    assert ref.chunk_size == 64 and ref.chunk_count == n
+    assert set(ref.sums) == set(ours.sums)
+    for name, values in ours.importance().items():
+        assert ref.counts[name].tolist() == [n * 64]
+        np.testing.assert_allclose(ref.importance()[name], values, rtol=2e-3, atol=1e-6)
