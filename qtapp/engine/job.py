@@ -123,7 +123,7 @@ def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     from qtapp.engine.qstore import QuantStore
 
     device = pick_device(job.device)
-    fmt = resolve_format(job)
+    fmt = resolve_format(job, info.path)
     if tokens is None:
         tokens = _calibration_tokens(job, info, emit)
     work = cache_root() / "jobs" / job_fingerprint(job, info)
@@ -149,6 +149,7 @@ def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     summary["size_bytes"] = folder_size(partial)
     summary["source_size_bytes"] = info.size_bytes
     write_model_card(partial, job, info, summary)
+    summary["files"] = sorted({*summary["files"], "README.md"})
     shutil.rmtree(work, ignore_errors=True)
     return summary
 
