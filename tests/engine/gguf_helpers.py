@@ -65,3 +65,11 @@ def tensor_bytes(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
     reader = gguf.GGUFReader(path)
     return {t.name: (t.tensor_type.name, tuple(int(d) for d in t.shape),
                      np.asarray(t.data).tobytes()) for t in reader.tensors}
+
+
+def build_model256(folder: Path, make_tiny_model, demo_dir: Path, n_layer: int = 4) -> Path:
+    """A small random Llama whose rows (256, 512) fit the K types' 256-blocks, with the
+    demo's tokenizer."""
+    make_tiny_model(folder, "llama", vocab_size=49152, hidden_size=256, intermediate_size=512,
+                    num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=n_layer)
+    return with_demo_tokenizer(folder, demo_dir)

@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from gguf_helpers import llama_tool, tensor_bytes, with_demo_tokenizer
+from gguf_helpers import build_model256, llama_tool, tensor_bytes
 
 from qtapp.engine.gguf.convert import convert_to_gguf
 from qtapp.engine.gguf.hf_model import HfModel
@@ -38,10 +38,8 @@ def kv(path: Path) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def model256(tmp_path_factory, make_tiny_model, demo_dir) -> Path:
-    folder = make_tiny_model(tmp_path_factory.mktemp("gguf-tools") / "llama256", "llama",
-                             vocab_size=49152, hidden_size=256, intermediate_size=512,
-                             num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=8)
-    return with_demo_tokenizer(folder, demo_dir)
+    return build_model256(tmp_path_factory.mktemp("gguf-tools") / "m", make_tiny_model,
+                          demo_dir, n_layer=8)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from gguf_helpers import fields, with_demo_tokenizer
+from gguf_helpers import build_model256, fields
 
 from qtapp.engine.errors import UserError
 from qtapp.engine.gguf import ggml_quant
@@ -32,11 +32,7 @@ TYPES = ("F16", "BF16", "Q8_0", "Q4_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_
 
 @pytest.fixture(scope="module")
 def model256(tmp_path_factory, make_tiny_model, demo_dir) -> Path:
-    """A small random Llama whose rows (256, 512) fit the K types' 256-blocks."""
-    folder = make_tiny_model(tmp_path_factory.mktemp("gguf-q") / "llama256", "llama",
-                             vocab_size=49152, hidden_size=256, intermediate_size=512,
-                             num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4)
-    return with_demo_tokenizer(folder, demo_dir)
+    return build_model256(tmp_path_factory.mktemp("gguf-q") / "m", make_tiny_model, demo_dir)
 
 
 @pytest.fixture(scope="module")
