@@ -23,18 +23,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qtapp.engine.config import JobSpec, QuantScheme, preset_rules  # noqa: E402
+from qtapp.engine.config import JobSpec, QuantScheme, preset_rules
 
 ROWS = {
-    "rtn-w4g64": dict(method="rtn", scheme=QuantScheme(4, 64, True)),
-    "gptq-w4g64": dict(method="gptq", scheme=QuantScheme(4, 64, True)),
-    "gptq-w8g64": dict(method="gptq", scheme=QuantScheme(8, 64, True)),
-    "gptq-attn8-ffn4": dict(method="gptq", scheme=QuantScheme(4, 64, True),
-                            rules=preset_rules("attn8-ffn4", QuantScheme(4, 64, True))),
-    "rtn-w4g64-asym": dict(method="rtn", scheme=QuantScheme(4, 64, False)),
-    "awq-w4g64": dict(method="awq", scheme=QuantScheme(4, 64, False)),
-    "awq-attn8-ffn4": dict(method="awq", scheme=QuantScheme(4, 64, False),
-                           rules=preset_rules("attn8-ffn4", QuantScheme(4, 64, False))),
+    "rtn-w4g64": {"method": "rtn", "scheme": QuantScheme(4, 64, True)},
+    "gptq-w4g64": {"method": "gptq", "scheme": QuantScheme(4, 64, True)},
+    "gptq-w8g64": {"method": "gptq", "scheme": QuantScheme(8, 64, True)},
+    "gptq-attn8-ffn4": {"method": "gptq", "scheme": QuantScheme(4, 64, True),
+                            "rules": preset_rules("attn8-ffn4", QuantScheme(4, 64, True))},
+    "rtn-w4g64-asym": {"method": "rtn", "scheme": QuantScheme(4, 64, False)},
+    "awq-w4g64": {"method": "awq", "scheme": QuantScheme(4, 64, False)},
+    "awq-attn8-ffn4": {"method": "awq", "scheme": QuantScheme(4, 64, False),
+                           "rules": preset_rules("attn8-ffn4", QuantScheme(4, 64, False))},
 }
 
 
@@ -46,7 +46,7 @@ def run_row(name: str, model: str, samples: int, seq_len: int, tmp: Path) -> dic
                   calibration=CalibrationSpec(samples=samples, seq_len=seq_len), **spec)
     job_file = tmp / f"{name}.json"
     job_file.write_text(job.to_json())
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_one.py"), str(job_file)],
+    out = subprocess.run(check=False, args=[sys.executable, str(ROOT / "benchmarks" / "run_one.py"), str(job_file)],
                          capture_output=True, text=True, env=dict(os.environ))
     if out.returncode != 0:
         raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 PEER_SCRIPT = ROOT.parent / "shared" / "peers" / "llm_compressor_cpu.py"
 PEER_PY = ROOT / ".peer-venv" / "bin" / "python"
 
-from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme  # noqa: E402
+from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme
 
 
 def calibration_rows(model_dir: Path, text: str, n: int, seq_len: int = 512) -> torch.Tensor:
@@ -45,7 +45,7 @@ def run_ours(method: str, sym: bool, model_dir: Path, tokens_file: Path, out: Pa
                   calibration=CalibrationSpec(samples=int(torch.load(tokens_file).shape[0])))
     job_file = out.parent / f"{out.name}.json"
     job_file.write_text(job.to_json())
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_one.py"), str(job_file),
+    r = subprocess.run(check=False, args=[sys.executable, str(ROOT / "benchmarks" / "run_one.py"), str(job_file),
                         str(tokens_file)], capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
@@ -56,7 +56,7 @@ def run_ours(method: str, sym: bool, model_dir: Path, tokens_file: Path, out: Pa
 
 def run_peer(method: str, sym: bool, model_dir: Path, calib: Path, out: Path, n: int) -> dict:
     env = dict(os.environ, ASYM="0" if sym else "1", HF_HUB_OFFLINE="1")
-    r = subprocess.run([str(PEER_PY), str(PEER_SCRIPT), str(model_dir), str(calib), str(out),
+    r = subprocess.run(check=False, args=[str(PEER_PY), str(PEER_SCRIPT), str(model_dir), str(calib), str(out),
                         method, str(n)], capture_output=True, text=True, env=env)
     if r.returncode:
         raise SystemExit(f"llm-compressor {method} failed:\n{r.stderr[-3000:]}")

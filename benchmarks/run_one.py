@@ -8,6 +8,7 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -17,7 +18,7 @@ from qtapp.engine.job import run_job
 
 
 def main() -> None:
-    job = JobSpec.from_json(open(sys.argv[1], encoding="utf-8").read())
+    job = JobSpec.from_json(Path(sys.argv[1]).read_text(encoding="utf-8"))
     tokens = torch.load(sys.argv[2]) if len(sys.argv) > 2 else None
     layers: list[dict] = []
 

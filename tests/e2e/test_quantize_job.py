@@ -55,8 +55,8 @@ def source(tiny_llama_dir, tmp_path) -> Path:
 
 
 def job_for(source: Path, out: Path, **kw) -> JobSpec:
-    base = dict(model=str(source), method="gptq", out=str(out), calibration=CALIB,
-                scheme=QuantScheme(4, 64, True))
+    base = {"model": str(source), "method": "gptq", "out": str(out), "calibration": CALIB,
+                "scheme": QuantScheme(4, 64, True)}
     base.update(kw)
     return JobSpec(**base)
 
@@ -98,7 +98,7 @@ def test_cancel_leaves_no_output_and_resume_gives_the_same_result(source, tmp_pa
     with pytest.raises(Cancelled):
         run(job, cancel_after=8)  # inside block 1: block 0 is checkpointed
     assert not out.exists() and not partial_path(out).exists()
-    summary, seen = run(job)
+    _summary, seen = run(job)
     logs = [e.message for e in seen if isinstance(e, ev.Log)]
     assert any("resuming: 1 of 2 blocks" in m for m in logs)
     assert len([e for e in seen if isinstance(e, ev.Layer)]) == 7  # only block 1 again
@@ -161,7 +161,7 @@ def test_worker_cancel_on_stdin(source, tmp_path):
 def test_worker_reports_a_bad_job_file(tmp_path):
     spec = tmp_path / "job.json"
     spec.write_text('{"model": "demo", "method": "gptq", "out": "x", "scheme": {"bits": 9}}')
-    r = subprocess.run([sys.executable, "-m", "qtapp.engine.worker", "--job", str(spec)],
+    r = subprocess.run(check=False, args=[sys.executable, "-m", "qtapp.engine.worker", "--job", str(spec)],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2
     (event,) = [ev.decode(line) for line in r.stdout.splitlines()]
@@ -169,7 +169,7 @@ def test_worker_reports_a_bad_job_file(tmp_path):
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "qtapp", *args], capture_output=True,
+    return subprocess.run(check=False, args=[sys.executable, "-m", "qtapp", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
 

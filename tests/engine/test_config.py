@@ -16,7 +16,7 @@ from qtapp.engine.config import (
 
 
 def job(**kw):
-    base = dict(model="demo", method="gptq", out="/tmp/x")
+    base = {"model": "demo", "method": "gptq", "out": "/tmp/x"}
     base.update(kw)
     return JobSpec(**base)
 
