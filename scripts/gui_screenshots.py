@@ -143,8 +143,9 @@ def take(events: Path, out: Path) -> None:
 
     chat = window.page("chat")
     window.page("results").chat_button.click()
-    wait(app, lambda: chat.quantized.backend is not None and chat.original.backend is not None,
-         timeout_s=600)
+    wait(app, lambda: not chat.quantized.loading and not chat.original.loading, timeout_s=600)
+    if chat.quantized.backend is None or chat.original.backend is None:
+        raise RuntimeError(f"chat: {chat.original.status.text()} / {chat.quantized.status.text()}")
     chat.max_tokens.setValue(48)
     chat.prompt.setPlainText(PROMPT)
     chat.send()

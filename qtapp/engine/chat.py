@@ -9,6 +9,7 @@ Python objects or change state; a model without a template gets a plain fallback
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -116,6 +117,9 @@ class TransformersChat(ChatBackend):
         self.device = device
         super().__init__(folder.name, getattr(tokenizer, "chat_template", None) or None)
         self.eos_ids = _eos_ids(tokenizer, model)
+        # transformers 5.2x renamed past_key_values to cache (argument and output field)
+        params = inspect.signature(self.model.forward).parameters
+        self.cache_name = "cache" if "cache" in params else "past_key_values"
 
     def stream(self, messages: Sequence[Message], settings: GenerationSettings | None = None,
                stop: threading.Event | None = None) -> Iterator[str]:
@@ -135,8 +139,8 @@ class TransformersChat(ChatBackend):
             for _ in range(settings.max_new_tokens):
                 if stop is not None and stop.is_set():
                     return
-                out = self.model(input_ids=x, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = self.model(input_ids=x, use_cache=True, **{self.cache_name: past})
+                past = getattr(out, self.cache_name)
                 token = next_token(out.logits[0, -1].float().cpu(), settings, seen, generator)
                 if token in self.eos_ids:
                     return
@@ -221,8 +225,20 @@ class LlamaCppChat(ChatBackend):
         self.llm.close()
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def open_chat(model: str, device: str = "cpu", allow_download: bool = False) -> ChatBackend:
-    """A backend for 'demo', a Hub id, a Hugging Face folder, a .gguf file or a folder with one."""
+    """A backend for 'demo', a Hub id, a Hugging Face folder, a .gguf file or a folder with one.
+
+    Thread-safe: loads run one at a time (transformers' lazy imports are not safe to race,
+    and two loads at once only compete for the same memory bandwidth).
+    """
+    with _LOAD_LOCK:
+        return _open_chat(model, device, allow_download)
+
+
+def _open_chat(model: str, device: str, allow_download: bool) -> ChatBackend:
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":

@@ -6,4 +6,4 @@ from PySide6.QtCore import QCoreApplication
 
 
 def tr(text: str) -> str:
-    return QCoreApplication.translate("QuantDesk", text)
+    return QCoreApplication.translate("", text)

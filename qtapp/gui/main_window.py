@@ -98,7 +98,12 @@ class MainWindow(QMainWindow):
         self._connect()
         self._restore()
         if scan:  # after the first frame: the scan imports torch, which takes seconds
-            QTimer.singleShot(300, self.hardware_page.scan)
+            QTimer.singleShot(300, self, self.hardware_page.scan)
+        # Build the chart (pyqtgraph) while the user reads the first page, not when a job starts.
+        QTimer.singleShot(800, self, self._build_chart)
+
+    def _build_chart(self) -> None:
+        self.pages["run"].chart  # noqa: B018 - the property builds it
 
     @property
     def hardware_page(self) -> HardwarePage:

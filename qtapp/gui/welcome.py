@@ -52,9 +52,11 @@ class WelcomeDialog(QDialog):
             row.addWidget(number)
             row.addLayout(col, 1)
             steps.body.addLayout(row)
+            steps.body.addSpacing(4)
         layout.addWidget(steps)
         layout.addWidget(label(tr("Your results and quantized models are kept in {path}").format(
             path=data_dir()), "Muted", wrap=True))
+        layout.addStretch(1)
         bottom = QHBoxLayout()
         self.show_again = QCheckBox(tr("Show this at startup"))
         self.show_again.setChecked(QSettings().contains(SETTING) and should_show())

@@ -41,6 +41,7 @@ from qtapp.engine.config import (
 )
 from qtapp.engine.errors import UserError
 from qtapp.gui.i18n import tr
+from qtapp.gui.pages.run import job_title
 from qtapp.gui.paths import outputs_dir
 from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import Card, PageHeader, button, label, set_role
@@ -335,9 +336,8 @@ class MethodPage(QWidget):
             return None
         self.start_button.setEnabled(True)
         set_role(self.validation, "OkText")
-        self.validation.setText(tr("✓ Ready: {method} {settings} → {out}").format(
-            method=METHODS[job.method][0], out=job.out,
-            settings=job.gguf.type if job.method == "gguf" else job.scheme.label))
+        self.validation.setText(tr("✓ Ready: {title} → {out}").format(title=job_title(job),
+                                                                     out=job.out))
         return job
 
     # -- reacting ----------------------------------------------------------------------

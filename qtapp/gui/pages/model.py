@@ -51,8 +51,8 @@ class ModelPage(QWidget):
         self.radio: dict[str, QRadioButton] = {}
 
         self.radio["demo"] = self._option(source, tr("Built-in demo: SmolLM2-135M-Instruct"),
-                                          tr("135 M parameters, works offline; a job takes "
-                                             "a minute or two on a laptop CPU."))
+                                          tr("135 M parameters, works offline; small enough "
+                                             "to try every method on a laptop CPU."))
         self.radio["folder"] = self._option(source, tr("A folder on this computer"),
                                             tr("A Hugging Face model folder: config.json, "
                                                "*.safetensors and the tokenizer files."))

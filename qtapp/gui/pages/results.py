@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -52,7 +52,7 @@ class ResultsPage(QWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.itemSelectionChanged.connect(self._selection_changed)
-        layout.addWidget(self.table, 2)
+        layout.addWidget(self.table, 1)
         self.empty = label(tr("No results yet. Finished runs appear here and stay across "
                               "restarts."), "Muted")
         layout.addWidget(self.empty)
@@ -72,7 +72,7 @@ class ResultsPage(QWidget):
         buttons.addStretch(1)
         buttons.addWidget(self.remove_button)
         detail.body.addLayout(buttons)
-        layout.addWidget(detail, 1)
+        layout.addWidget(detail)
         self.row_records: list[tuple[str, RunRecord]] = []
         state.results_changed.connect(self.refresh)
         self.refresh()
@@ -95,6 +95,8 @@ class ResultsPage(QWidget):
         for i, (kind, r) in enumerate(rows):
             self._fill(i, kind, r)
         self.table.resizeRowsToContents()
+        self.table.setColumnHidden(COLUMNS.index("Verdict"),
+                                   not any(r.verdict for _, r in rows))
         self.empty.setVisible(not rows)
         if select_id is not None:
             for i, (kind, r) in enumerate(rows):
@@ -122,9 +124,6 @@ class ResultsPage(QWidget):
                 item.setForeground(muted)
             elif c == 6 and r.verdict in theme.VERDICT_COLORS:
                 item.setForeground(QColor(theme.VERDICT_COLORS[r.verdict]))
-            if c in (3, 4, 5, 7):
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight |
-                                      Qt.AlignmentFlag.AlignVCenter)
             self.table.setItem(i, c, item)
 
     def selected(self) -> tuple[str, RunRecord] | None:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from qtapp.gui.widgets.layer_chart import LayerErrorChart
 
 LOG_LINES = 3000
+STAGE_WORDS = {"calibration": "Preparing calibration data", "quantize": "Quantizing",
+               "export": "Writing the output", "evaluate": "Measuring perplexity"}
 STATUS_ROLES = {"running": "Muted", "result": "OkText", "failed": "ErrorText",
                 "crashed": "ErrorText", "cancelled": "WarnText"}
 
@@ -205,9 +207,8 @@ class RunPage(QWidget):
     def _on_progress(self, e: ev.Progress) -> None:
         self.progress.setRange(0, max(e.total, 1))
         self.progress.setValue(min(e.step, e.total))
-        text = tr("Block {step} of {total}").format(step=e.step, total=e.total) \
-            if e.stage == "quantize" else e.stage.capitalize()
-        self.stage.setText(f"{text} · {e.message}" if e.message else text)
+        words = tr(STAGE_WORDS.get(e.stage, e.stage.capitalize()))
+        self.stage.setText(f"{words}: {e.message}" if e.message else words)
         if e.eta_s is not None:
             self.last_eta = float(e.eta_s)
         elif e.step > 0 and e.total > e.step:

@@ -50,14 +50,13 @@ class LayerErrorChart(QWidget):
         self.plot.showGrid(x=True, y=True, alpha=0.15)
         self.plot.setLabel("bottom", tr("block"), color=theme.MUTED)
         self.plot.setLabel("left", tr("relative output error"), color=theme.MUTED)
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
         self.plot.setMenuEnabled(False)
         self.plot.getPlotItem().hideButtons()
         for axis in ("bottom", "left"):
             ax = self.plot.getAxis(axis)
             ax.setPen(pg.mkPen(theme.CARD_BORDER))
             ax.setTextPen(pg.mkPen(theme.MUTED))
-        self.legend = self.plot.addLegend(offset=(-10, 10), labelTextColor=theme.MUTED,
-                                          brush=pg.mkBrush(theme.CARD + "d0"), colCount=7)
         self.bits_label = QLabel()
         self.bits_label.setObjectName("Muted")
         layout = QVBoxLayout(self)
@@ -67,7 +66,6 @@ class LayerErrorChart(QWidget):
         layout.addWidget(self.bits_label)
         self.points: dict[str, list[Point]] = {}
         self.items: dict[str, pg.PlotDataItem] = {}
-        self.legend_samples: dict[str, pg.PlotDataItem] = {}
         self.pending: list[Layer] = []
         self.hover_text = ""
         self._timer = QTimer(self)
@@ -89,9 +87,8 @@ class LayerErrorChart(QWidget):
         self.points.clear()
         for item in self.items.values():
             self.plot.removeItem(item)
-        self.legend.clear()
         self.items.clear()
-        self.legend_samples.clear()
+        self.plot.getAxis("left").setTicks(None)
         self.hover_text = ""
         self._update_bits_label()
 
@@ -109,6 +106,7 @@ class LayerErrorChart(QWidget):
         self.pending.clear()
         for kind in touched:
             self._redraw(kind)
+        self._fit_decades()
         self._update_bits_label()
 
     # -- data out (also what tests read) -------------------------------------------------
@@ -177,24 +175,27 @@ class LayerErrorChart(QWidget):
                                   symbolBrush=pg.mkBrush(color), symbolPen=pg.mkPen(theme.CARD),
                                   symbolSize=8)
             self.items[kind] = item
-            # The legend gets a stand-in with one symbol: its sample cannot draw a symbol list.
-            self.legend_samples[kind] = pg.PlotDataItem(
-                pen=pg.mkPen(color, width=1.4), symbol="o", symbolBrush=pg.mkBrush(color),
-                symbolPen=pg.mkPen(theme.CARD), symbolSize=8)
-            self._sort_legend()
         else:
             item.setData(x, y, symbol=syms)
 
-    def _sort_legend(self) -> None:
-        order = sorted(self.items, key=lambda k: (KINDS.index(k) if k in KINDS else 99, k))
-        self.legend.clear()
-        for kind in order:
-            self.legend.addItem(self.legend_samples[kind], kind)
+    def _fit_decades(self) -> None:
+        """Show whole decades around the data, so the log axis always has labels."""
+        ys = [p.rel_error for pts in self.points.values() for p in pts]
+        lo = math.floor(math.log10(min(ys)))
+        hi = max(math.ceil(math.log10(max(ys))), lo + 1)
+        self.plot.setYRange(lo, hi, padding=0.02)
+        decades = [(d, f"{10.0 ** d:g}") for d in range(lo, hi + 1)]
+        minor = [(d + math.log10(k), "") for d in range(lo, hi) for k in range(2, 10)]
+        self.plot.getAxis("left").setTicks([decades, minor])  # labels on decades only
 
     def _update_bits_label(self) -> None:
+        kinds = sorted(self.points, key=lambda k: (KINDS.index(k) if k in KINDS else 99, k))
+        series = "  ".join(f"<span style='color:{self._color(k)}'>●</span> {k}"
+                           for k in kinds or KINDS)
         bits = sorted({p.event.bits for pts in self.points.values() for p in pts}) or [4, 8]
-        parts = [f"{BIT_GLYPHS.get(b, '✕')} {b}-bit" for b in bits]
-        self.bits_label.setText(tr("Markers: ") + "   ".join(parts) + "   ·   "
+        markers = "  ".join(f"{BIT_GLYPHS.get(b, '✕')} {b}-bit" for b in bits)
+        self.bits_label.setText(f"{series} &nbsp;&nbsp;·&nbsp;&nbsp; {tr('markers')}: {markers}"
+                                f" &nbsp;&nbsp;·&nbsp;&nbsp; "
                                 + tr("lower is better; hover a point for details"))
 
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:
