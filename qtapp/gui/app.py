@@ -8,11 +8,10 @@ import time
 import traceback
 from types import TracebackType
 
-from PySide6.QtCore import QLocale, QTranslator
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from qtapp import __version__
-from qtapp.gui.i18n import tr
+from qtapp.gui.i18n import install_translator, tr
 from qtapp.gui.paths import data_dir
 
 log = logging.getLogger("quantdesk")
@@ -44,15 +43,6 @@ def _install_excepthook() -> None:
     sys.excepthook = hook
 
 
-def _install_translator(app: QApplication) -> None:
-    from importlib.resources import files
-
-    translator = QTranslator(app)
-    folder = files("qtapp") / "resources" / "translations"
-    if translator.load(QLocale(), "quantdesk", "_", str(folder)):
-        app.installTranslator(translator)
-
-
 def create_app(argv: list[str] | None = None) -> QApplication:
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setOrganizationName("QuantDesk")
@@ -61,7 +51,7 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     from qtapp.gui import theme
 
     theme.apply(app)
-    _install_translator(app)
+    install_translator(app)
     return app  # type: ignore[return-value]
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import platform
 
-from PySide6.QtCore import QByteArray, QSettings, QSize, Qt, QTimer, QUrl
+from PySide6.QtCore import QT_TR_NOOP, QByteArray, QSettings, QSize, Qt, QTimer, QUrl
 from PySide6.QtCore import __version__ as qt_version
-from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDesktopServices
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QListWidget,
@@ -22,7 +22,7 @@ from qtapp import __version__
 from qtapp.engine.advisor import format_size
 from qtapp.engine.hardware import Hardware
 from qtapp.gui.engine_process import EngineProcess, Outcome
-from qtapp.gui.i18n import tr
+from qtapp.gui.i18n import LANGUAGE_SETTING, LANGUAGES, tr
 from qtapp.gui.pages.chat import ChatPage
 from qtapp.gui.pages.hardware import HardwarePage
 from qtapp.gui.pages.method import MethodPage
@@ -37,7 +37,8 @@ from qtapp.gui.welcome import WelcomeDialog
 from qtapp.gui.widgets.common import label
 
 PAGES = ("hardware", "model", "method", "run", "results", "chat")
-PAGE_TITLES = ("Hardware", "Model", "Method", "Run", "Results", "Chat")
+PAGE_TITLES = (QT_TR_NOOP("Hardware"), QT_TR_NOOP("Model"), QT_TR_NOOP("Method"),
+               QT_TR_NOOP("Run"), QT_TR_NOOP("Results"), QT_TR_NOOP("Chat"))
 
 
 class MainWindow(QMainWindow):
@@ -135,7 +136,21 @@ class MainWindow(QMainWindow):
         about = QAction(tr("About QuantDesk"), self)
         about.triggered.connect(self.about)
         help_menu.addAction(welcome)
+        language = help_menu.addMenu(tr("Language"))
+        group = QActionGroup(self)
+        current = str(QSettings().value(LANGUAGE_SETTING, "system"))
+        for code, name in LANGUAGES:
+            action = QAction(tr(name) if code == "system" else name, self, checkable=True)
+            action.setChecked(code == current)
+            action.triggered.connect(lambda _checked, c=code: self._set_language(c))
+            group.addAction(action)
+            language.addAction(action)
         help_menu.addAction(about)
+
+    def _set_language(self, code: str) -> None:
+        QSettings().setValue(LANGUAGE_SETTING, code)
+        QMessageBox.information(self, tr("Language"),
+                                tr("The language changes the next time QuantDesk starts."))
 
     def _connect(self) -> None:
         model: ModelPage = self.pages["model"]  # type: ignore[assignment]

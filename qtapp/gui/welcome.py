@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QT_TR_NOOP, QSettings, Qt
 from PySide6.QtWidgets import QCheckBox, QDialog, QHBoxLayout, QVBoxLayout, QWidget
 
 from qtapp.gui.i18n import tr
@@ -10,15 +10,20 @@ from qtapp.gui.paths import data_dir
 from qtapp.gui.widgets.common import Card, button, label
 
 STEPS = (
-    ("Hardware", ("QuantDesk looks at your CPU, memory and GPU, and recommends a method: "
-                 "AWQ or GPTQ for NVIDIA GPUs, GGUF for CPUs, Macs and small devices.")),
-    ("Model", "Pick the small built-in demo model, a model folder, or a Hugging Face id."),
-    ("Method", ("Check the settings: bits, group size, calibration data, mixed precision. "
-               "Start is enabled once they make sense.")),
-    ("Run", ("Quantizing runs in the background, one block at a time; a chart shows the "
-            "error of every layer as it goes. You can cancel at any time.")),
-    ("Results and chat", ("Compare size and perplexity with the original, open the output "
-                         "folder, and chat with both models side by side.")),
+    (QT_TR_NOOP("Hardware"), QT_TR_NOOP(
+        "QuantDesk looks at your CPU, memory and GPU, and recommends a method: AWQ or GPTQ "
+        "for NVIDIA GPUs, GGUF for CPUs, Macs and small devices.")),
+    (QT_TR_NOOP("Model"), QT_TR_NOOP(
+        "Pick the small built-in demo model, a model folder, or a Hugging Face id.")),
+    (QT_TR_NOOP("Method"), QT_TR_NOOP(
+        "Check the settings: bits, group size, calibration data, mixed precision. Start is "
+        "enabled once they make sense.")),
+    (QT_TR_NOOP("Run"), QT_TR_NOOP(
+        "Quantizing runs in the background, one block at a time; a chart shows the error of "
+        "every layer as it goes. You can cancel at any time.")),
+    (QT_TR_NOOP("Results and chat"), QT_TR_NOOP(
+        "Compare size and perplexity with the original, open the output folder, and chat with "
+        "both models side by side.")),
 )
 SETTING = "welcome/show"
 

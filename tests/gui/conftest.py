@@ -21,8 +21,11 @@ def qapp_args() -> list[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def themed_app(qapp):
+    from PySide6.QtCore import QLocale
+
     from qtapp.gui.app import create_app
 
+    QLocale.setDefault(QLocale(QLocale.Language.English, QLocale.Country.UnitedStates))
     return create_app()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QT_TR_NOOP, Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -31,10 +31,11 @@ from qtapp.gui.i18n import tr
 from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import Card, PageHeader, button, label, page_layout
 
-TARGET_CHOICES = (("this machine (automatic)", None), ("this machine's GPU", "gpu"), ("the CPU", "cpu"),
-                  ("an edge device", "edge"))
+TARGET_CHOICES = ((QT_TR_NOOP("this machine (automatic)"), None),
+                  (QT_TR_NOOP("this machine's GPU"), "gpu"), (QT_TR_NOOP("the CPU"), "cpu"),
+                  (QT_TR_NOOP("an edge device"), "edge"))
 FIT_TEXT = {"gpu": "GPU", "ram": "RAM", "none": "—"}
-FIT_WHERE = {"gpu": "on the GPU", "ram": "in RAM"}
+FIT_WHERE = {"gpu": QT_TR_NOOP("on the GPU"), "ram": QT_TR_NOOP("in RAM")}
 
 
 class HardwarePage(QWidget):

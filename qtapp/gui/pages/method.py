@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QT_TR_NOOP, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QButtonGroup,
@@ -47,19 +47,22 @@ from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import Card, PageHeader, button, label, set_role
 
 METHODS = {
-    "rtn": ("RTN", ("Round to nearest. The fast baseline: no calibration data; every other "
-                   "method should beat it.")),
-    "gptq": ("GPTQ", ("Corrects rounding errors column by column with second-order "
-                     "information. The accuracy choice for GPU inference.")),
-    "awq": ("AWQ", ("Scales up the weights that matter most for real activations before "
-                   "rounding. The speed choice for GPU inference.")),
-    "gguf": ("GGUF", ("llama.cpp's file format: runs on CPUs and Apple GPUs, and opens in "
-                     "LM Studio and Ollama.")),
+    "rtn": ("RTN", QT_TR_NOOP("Round to nearest. The fast baseline: no calibration data; "
+                              "every other method should beat it.")),
+    "gptq": ("GPTQ", QT_TR_NOOP("Corrects rounding errors column by column with second-order "
+                                "information. The accuracy choice for GPU inference.")),
+    "awq": ("AWQ", QT_TR_NOOP("Scales up the weights that matter most for real activations "
+                              "before rounding. The speed choice for GPU inference.")),
+    "gguf": ("GGUF", QT_TR_NOOP("llama.cpp's file format: runs on CPUs and Apple GPUs, and "
+                                "opens in LM Studio and Ollama.")),
 }
 BIT_CHOICES = (2, 3, 4, 5, 6, 8)
-GROUP_CHOICES = ((32, "32"), (64, "64"), (128, "128"), (256, "256"), (-1, "per channel"))
-MIXED_CHOICES = ("Off", "Attention 8-bit, FFN 4-bit (preset)", "Custom rules")
-RULE_COLUMNS = ("Module pattern", "Bits", "Group", "Symmetric", "GGUF type", "Keep 16-bit")
+GROUP_CHOICES = ((32, "32"), (64, "64"), (128, "128"), (256, "256"),
+                 (-1, QT_TR_NOOP("per channel")))
+MIXED_CHOICES = (QT_TR_NOOP("Off"), QT_TR_NOOP("Attention 8-bit, FFN 4-bit (preset)"),
+                 QT_TR_NOOP("Custom rules"))
+RULE_COLUMNS = (QT_TR_NOOP("Module pattern"), QT_TR_NOOP("Bits"), QT_TR_NOOP("Group"),
+                QT_TR_NOOP("Symmetric"), QT_TR_NOOP("GGUF type"), QT_TR_NOOP("Keep 16-bit"))
 
 
 def friendly(message: str) -> str:
@@ -165,18 +168,24 @@ class MethodPage(QWidget):
         self.seq_len.setSingleStep(128)
         self.seq_len.setValue(512)
         self.device = QComboBox()
-        for d, text in (("auto", "Automatic"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)")):
+        for d, text in (("auto", QT_TR_NOOP("Automatic")), ("cpu", "CPU"),
+                        ("cuda", QT_TR_NOOP("NVIDIA GPU (CUDA)"))):
             self.device.addItem(tr(text), d)
         self.evaluate = QCheckBox(tr("Measure perplexity against the original when done"))
         self.evaluate.setChecked(True)
         self.form_rows: dict[str, QWidget] = {}
         for key, text, widget in (
-            ("bits", "Bits", self.bits), ("group", "Group size", self.group),
-            ("sym", "Zero point", self.sym), ("gguf_type", "GGUF type", self.gguf_type),
+            ("bits", QT_TR_NOOP("Bits"), self.bits),
+            ("group", QT_TR_NOOP("Group size"), self.group),
+            ("sym", QT_TR_NOOP("Zero point"), self.sym),
+            ("gguf_type", QT_TR_NOOP("GGUF type"), self.gguf_type),
             ("imatrix", "", self.imatrix), ("act_order", "", self.act_order),
-            ("clip", "", self.clip), ("calib_source", "Calibration", self.calib_source),
-            ("calib_file", "", self.calib_row), ("samples", "Samples", self.samples),
-            ("seq_len", "Tokens per sample", self.seq_len), ("device", "Device", self.device),
+            ("clip", "", self.clip),
+            ("calib_source", QT_TR_NOOP("Calibration"), self.calib_source),
+            ("calib_file", "", self.calib_row),
+            ("samples", QT_TR_NOOP("Samples"), self.samples),
+            ("seq_len", QT_TR_NOOP("Tokens per sample"), self.seq_len),
+            ("device", QT_TR_NOOP("Device"), self.device),
             ("evaluate", "", self.evaluate),
         ):
             form.addRow(tr(text) if text else "", widget)

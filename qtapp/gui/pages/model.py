@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, Signal
+from PySide6.QtCore import QT_TR_NOOP, QSettings, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -32,8 +32,9 @@ from qtapp.gui.widgets.common import (
 )
 
 SOURCES = ("demo", "folder", "hub")
-INFO_KEYS = ["Name", "Architecture", "Parameters", "Blocks", "Hidden size", "Weights",
-             "Size on disk", "Location"]
+INFO_KEYS = [QT_TR_NOOP("Name"), QT_TR_NOOP("Architecture"), QT_TR_NOOP("Parameters"),
+             QT_TR_NOOP("Blocks"), QT_TR_NOOP("Hidden size"), QT_TR_NOOP("Weights"),
+             QT_TR_NOOP("Size on disk"), QT_TR_NOOP("Location")]
 
 
 class ModelPage(QWidget):

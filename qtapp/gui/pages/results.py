@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QUrl, Signal
+from PySide6.QtCore import QT_TR_NOOP, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -24,9 +24,11 @@ from qtapp.gui.results_store import RunRecord
 from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import Card, KeyValues, PageHeader, button, label, page_layout
 
-COLUMNS = ("Model", "Method", "Settings", "Size", "Perplexity", "vs original", "Verdict",
-           "Time", "Finished")
-DETAIL_KEYS = ["Folder", "Format", "Files", "Calibration", "Compared with"]
+COLUMNS = (QT_TR_NOOP("Model"), QT_TR_NOOP("Method"), QT_TR_NOOP("Settings"),
+           QT_TR_NOOP("Size"), QT_TR_NOOP("Perplexity"), QT_TR_NOOP("vs original"),
+           QT_TR_NOOP("Verdict"), QT_TR_NOOP("Time"), QT_TR_NOOP("Finished"))
+DETAIL_KEYS = [QT_TR_NOOP("Folder"), QT_TR_NOOP("Format"), QT_TR_NOOP("Files"),
+               QT_TR_NOOP("Calibration"), QT_TR_NOOP("Compared with")]
 ORIGINAL = "original"
 
 

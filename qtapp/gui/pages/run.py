@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QT_TR_NOOP, Qt, QTimer, Signal
 from PySide6.QtGui import QShowEvent, QTextCursor
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -28,8 +28,9 @@ if TYPE_CHECKING:
     from qtapp.gui.widgets.layer_chart import LayerErrorChart
 
 LOG_LINES = 3000
-STAGE_WORDS = {"calibration": "Preparing calibration data", "quantize": "Quantizing",
-               "export": "Writing the output", "evaluate": "Measuring perplexity"}
+STAGE_WORDS = {"calibration": QT_TR_NOOP("Preparing calibration data"),
+               "quantize": QT_TR_NOOP("Quantizing"), "export": QT_TR_NOOP("Writing the output"),
+               "evaluate": QT_TR_NOOP("Measuring perplexity")}
 STATUS_ROLES = {"running": "Muted", "result": "OkText", "failed": "ErrorText",
                 "crashed": "ErrorText", "cancelled": "WarnText"}
 

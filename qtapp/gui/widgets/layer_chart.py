@@ -194,8 +194,8 @@ class LayerErrorChart(QWidget):
                            for k in kinds or KINDS)
         bits = sorted({p.event.bits for pts in self.points.values() for p in pts}) or [4, 8]
         markers = "  ".join(f"{BIT_GLYPHS.get(b, '✕')} {b}-bit" for b in bits)
-        self.bits_label.setText(f"{series} &nbsp;&nbsp;·&nbsp;&nbsp; {tr('markers')}: {markers}"
-                                f" &nbsp;&nbsp;·&nbsp;&nbsp; "
+        sep = " &nbsp;&nbsp;·&nbsp;&nbsp; "
+        self.bits_label.setText(series + sep + tr("markers:") + f" {markers}" + sep
                                 + tr("lower is better; hover a point for details"))
 
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:

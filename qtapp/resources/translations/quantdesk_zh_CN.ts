@@ -1,0 +1,1300 @@
+<?xml version="1.0" encoding="utf-8"?>
+<!DOCTYPE TS>
+<TS version="2.1" language="zh_CN">
+<context>
+    <name></name>
+    <message>
+        <location filename="../../gui/app.py" line="36"/>
+        <source>Something went wrong</source>
+        <translation>出错了</translation>
+    </message>
+    <message>
+        <location filename="../../gui/app.py" line="37"/>
+        <source>QuantDesk hit an unexpected error: {kind}: {error}
+
+It was written to the log in {folder}.</source>
+        <translation>QuantDesk 遇到意外错误：{kind}: {error}
+
+详情已写入 {folder} 中的日志。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/engine_process.py" line="189"/>
+        <source>The worker wrote a line that is not an event ({reason}): {text}</source>
+        <translation>后台进程输出了一行非事件内容（{reason}）：{text}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/engine_process.py" line="204"/>
+        <source>Could not start the engine worker ({program}): {error}</source>
+        <translation>无法启动引擎进程（{program}）：{error}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/engine_process.py" line="219"/>
+        <location filename="../../gui/pages/results.py" line="29"/>
+        <source>Finished</source>
+        <translation>已完成</translation>
+    </message>
+    <message>
+        <location filename="../../gui/engine_process.py" line="226"/>
+        <source>Cancelled. The worker did not stop in time and was ended; no output was kept.</source>
+        <translation>已取消。后台进程未能及时停止，已被结束；没有保留任何输出。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/engine_process.py" line="229"/>
+        <source>it was killed or crashed (for example, out of memory)</source>
+        <translation>进程被终止或崩溃（例如内存不足）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/engine_process.py" line="230"/>
+        <source>exit code {code}</source>
+        <translation>退出码 {code}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/engine_process.py" line="231"/>
+        <source>The engine worker stopped unexpectedly ({how}). Nothing was written to the output folder. You can start the job again.</source>
+        <translation>引擎进程意外停止（{how}）。输出文件夹中没有写入任何内容。你可以重新开始这个任务。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="40"/>
+        <location filename="../../gui/welcome.py" line="13"/>
+        <source>Hardware</source>
+        <translation>硬件</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="40"/>
+        <location filename="../../gui/pages/chat.py" line="172"/>
+        <location filename="../../gui/pages/hardware.py" line="105"/>
+        <location filename="../../gui/pages/model.py" line="99"/>
+        <location filename="../../gui/pages/results.py" line="27"/>
+        <location filename="../../gui/welcome.py" line="16"/>
+        <source>Model</source>
+        <translation>模型</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="40"/>
+        <location filename="../../gui/pages/method.py" line="108"/>
+        <location filename="../../gui/pages/results.py" line="27"/>
+        <location filename="../../gui/welcome.py" line="18"/>
+        <source>Method</source>
+        <translation>方法</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="41"/>
+        <location filename="../../gui/welcome.py" line="21"/>
+        <source>Run</source>
+        <translation>运行</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="41"/>
+        <location filename="../../gui/pages/results.py" line="42"/>
+        <source>Results</source>
+        <translation>结果</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="41"/>
+        <location filename="../../gui/pages/chat.py" line="203"/>
+        <source>Chat</source>
+        <translation>对话</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="73"/>
+        <source>Quantize LLMs locally</source>
+        <translation>在本机量化大语言模型</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="123"/>
+        <source>&amp;File</source>
+        <translation>文件(&amp;F)</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="124"/>
+        <source>Open data folder</source>
+        <translation>打开数据文件夹</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="127"/>
+        <source>&amp;Quit</source>
+        <translation>退出(&amp;Q)</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="133"/>
+        <source>&amp;Help</source>
+        <translation>帮助(&amp;H)</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="134"/>
+        <source>Welcome and steps</source>
+        <translation>欢迎与步骤</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="136"/>
+        <location filename="../../gui/main_window.py" line="205"/>
+        <source>About QuantDesk</source>
+        <translation>关于 QuantDesk</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="139"/>
+        <location filename="../../gui/main_window.py" line="152"/>
+        <source>Language</source>
+        <translation>语言</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="153"/>
+        <source>The language changes the next time QuantDesk starts.</source>
+        <translation>语言将在 QuantDesk 下次启动时切换。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="196"/>
+        <source>CPU only · {ram} RAM</source>
+        <translation>仅 CPU · {ram} 内存</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="198"/>
+        <source>Model: {name}</source>
+        <translation>模型：{name}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="200"/>
+        <source>● A job is running</source>
+        <translation>● 有任务正在运行</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="206"/>
+        <source>&lt;h3&gt;QuantDesk {version}&lt;/h3&gt;&lt;p&gt;Quantize large language models on your own machine: GPTQ, AWQ, GGUF.&lt;/p&gt;&lt;p&gt;Python {py} · Qt {qt}{torch}&lt;br&gt;{os}&lt;/p&gt;&lt;p&gt;Data: {data}&lt;/p&gt;</source>
+        <translation>&lt;h3&gt;QuantDesk {version}&lt;/h3&gt;&lt;p&gt;在你自己的电脑上量化大语言模型：GPTQ、AWQ、GGUF。&lt;/p&gt;&lt;p&gt;Python {py} · Qt {qt}{torch}&lt;br&gt;{os}&lt;/p&gt;&lt;p&gt;数据：{data}&lt;/p&gt;</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="226"/>
+        <source>A job is running</source>
+        <translation>有任务正在运行</translation>
+    </message>
+    <message>
+        <location filename="../../gui/main_window.py" line="227"/>
+        <source>Quantizing is still running. Stop it and quit? Nothing partial is kept.</source>
+        <translation>量化仍在进行。要停止并退出吗？不会保留任何不完整的输出。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="50"/>
+        <source>Not loaded</source>
+        <translation>未加载</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="78"/>
+        <source>Loading…</source>
+        <translation>正在加载…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="84"/>
+        <source>{kind} · template: {template}</source>
+        <translation>{kind} · 模板：{template}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="86"/>
+        <location filename="../../gui/pages/chat.py" line="143"/>
+        <source>Ready</source>
+        <translation>就绪</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="91"/>
+        <source>Could not load: {error}</source>
+        <translation>无法加载：{error}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="111"/>
+        <source>Generating…</source>
+        <translation>正在生成…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="143"/>
+        <source>Stopped</source>
+        <translation>已停止</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="151"/>
+        <source>Generation failed: {error}</source>
+        <translation>生成失败：{error}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="172"/>
+        <source>You</source>
+        <translation>你</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="204"/>
+        <source>Ask the quantized model and the original the same question and compare.</source>
+        <translation>向量化后的模型和原始模型提出同一个问题，比较它们的回答。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="207"/>
+        <source>Quantized model</source>
+        <translation>量化模型</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="210"/>
+        <source>Finish a run, or open a .gguf file or a model folder</source>
+        <translation>先完成一次运行，或打开 .gguf 文件或模型文件夹</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="213"/>
+        <source>Open file or folder…</source>
+        <translation>打开文件或文件夹…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="216"/>
+        <source>Compare with the original</source>
+        <translation>与原始模型比较</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="219"/>
+        <source>Load</source>
+        <translation>加载</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="225"/>
+        <source>Original</source>
+        <translation>原始模型</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="226"/>
+        <source>Quantized</source>
+        <translation>量化模型</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="233"/>
+        <source>Type a message; Enter sends, Shift+Enter adds a line</source>
+        <translation>输入消息；Enter 发送，Shift+Enter 换行</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="244"/>
+        <source>max </source>
+        <translation>最多 </translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="245"/>
+        <location filename="../../gui/pages/hardware.py" line="87"/>
+        <source> tokens</source>
+        <translation> 个词元</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="250"/>
+        <source>temperature </source>
+        <translation>温度 </translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="251"/>
+        <source>0 = greedy: the same answer every time, best for comparing the two models</source>
+        <translation>0 = 贪心解码：每次回答相同，最适合比较两个模型</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="253"/>
+        <source>Send</source>
+        <translation>发送</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="255"/>
+        <source>Stop</source>
+        <translation>停止</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="257"/>
+        <source>New chat</source>
+        <translation>新对话</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="297"/>
+        <source>Open a GGUF file</source>
+        <translation>打开 GGUF 文件</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="298"/>
+        <source>GGUF (*.gguf);;All files (*)</source>
+        <translation>GGUF (*.gguf);;所有文件 (*)</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="300"/>
+        <source>Or choose a model folder</source>
+        <translation>或选择模型文件夹</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="34"/>
+        <source>this machine (automatic)</source>
+        <translation>本机（自动）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="35"/>
+        <source>this machine&apos;s GPU</source>
+        <translation>本机的 GPU</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="35"/>
+        <source>the CPU</source>
+        <translation>CPU</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="36"/>
+        <source>an edge device</source>
+        <translation>边缘设备</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="38"/>
+        <source>on the GPU</source>
+        <translation>在 GPU 上</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="38"/>
+        <source>in RAM</source>
+        <translation>在内存中</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="47"/>
+        <source>Your hardware</source>
+        <translation>你的硬件</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="48"/>
+        <source>What this machine can run and quantize, and the method that suits it best.</source>
+        <translation>这台电脑能运行和量化什么，以及最适合它的方法。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="49"/>
+        <source>Scan again</source>
+        <translation>重新检测</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="56"/>
+        <source>Processor</source>
+        <translation>处理器</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="57"/>
+        <source>Memory</source>
+        <translation>内存</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="58"/>
+        <source>Graphics</source>
+        <translation>显卡</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="63"/>
+        <source>Optimise for</source>
+        <translation>优化目标</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="66"/>
+        <source>Speed</source>
+        <translation>速度</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="66"/>
+        <source>Accuracy</source>
+        <translation>精度</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="75"/>
+        <source>The model will run on</source>
+        <translation>模型将运行在</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="82"/>
+        <source>Context</source>
+        <translation>上下文</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="95"/>
+        <location filename="../../gui/pages/hardware.py" line="135"/>
+        <source>Looking at this machine…</source>
+        <translation>正在检测这台电脑…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="105"/>
+        <location filename="../../gui/pages/model.py" line="35"/>
+        <source>Parameters</source>
+        <translation>参数量</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="105"/>
+        <source>Runs here</source>
+        <translation>可在本机运行</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="106"/>
+        <source>Quantizing needs</source>
+        <translation>量化所需</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="143"/>
+        <source>Could not read the hardware: {error}</source>
+        <translation>无法读取硬件信息：{error}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="155"/>
+        <source>{cores} cores, {threads} threads · {os}</source>
+        <translation>{cores} 核，{threads} 线程 · {os}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="157"/>
+        <source>{total} RAM</source>
+        <translation>{total} 内存</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="158"/>
+        <source>{free} available now</source>
+        <translation>当前可用 {free}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="164"/>
+        <source>{total} {kind} memory, {free} free</source>
+        <translation>{total} {kind}内存，空闲 {free}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="166"/>
+        <source>shared</source>
+        <translation>共享</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="168"/>
+        <source> (this torch build cannot use it)</source>
+        <translation>（当前 torch 版本无法使用）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="172"/>
+        <source>No GPU</source>
+        <translation>没有 GPU</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="173"/>
+        <source>That is fine: quantizing runs on the CPU, and GGUF models run well on a CPU.</source>
+        <translation>没关系：量化可以在 CPU 上进行，GGUF 模型在 CPU 上也运行良好。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="178"/>
+        <source>Recommended: {summary}</source>
+        <translation>推荐：{summary}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="190"/>
+        <source>Weights at each precision (GB = 10⁹ bytes; INT8/INT4 include group scales, embeddings stay 16-bit). “Runs here” adds a {ctx}-token KV cache and runtime overhead: green fits in GPU memory, blue in RAM. “Quantizing needs” is the peak working memory with {method}, one block at a time.</source>
+        <translation>各精度下的权重大小（GB = 10⁹ 字节；INT8/INT4 含分组缩放因子，嵌入层保持 16 位）。“可在本机运行”另加 {ctx} 个词元的 KV 缓存和运行开销：绿色表示可放入显存，蓝色表示可放入内存。“量化所需”是使用 {method} 逐块量化时的峰值工作内存。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="197"/>
+        <source>{name} (selected)</source>
+        <translation>{name}（已选）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="211"/>
+        <source>{p}: weights {w}; with a {ctx}-token context about {run} to run</source>
+        <translation>{p}：权重 {w}；使用 {ctx} 个词元的上下文运行约需 {run}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/hardware.py" line="214"/>
+        <location filename="../../gui/pages/hardware.py" line="226"/>
+        <source>does not fit</source>
+        <translation>放不下</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="50"/>
+        <source>Round to nearest. The fast baseline: no calibration data; every other method should beat it.</source>
+        <translation>就近取整。最快的基线方法：不需要校准数据；其他方法都应该比它好。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="52"/>
+        <source>Corrects rounding errors column by column with second-order information. The accuracy choice for GPU inference.</source>
+        <translation>利用二阶信息逐列修正取整误差。GPU 推理时注重精度的选择。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="54"/>
+        <source>Scales up the weights that matter most for real activations before rounding. The speed choice for GPU inference.</source>
+        <translation>在取整前放大对真实激活最重要的权重。GPU 推理时注重速度的选择。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="56"/>
+        <source>llama.cpp&apos;s file format: runs on CPUs and Apple GPUs, and opens in LM Studio and Ollama.</source>
+        <translation>llama.cpp 的文件格式：可在 CPU 和 Apple GPU 上运行，可用 LM Studio 和 Ollama 打开。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="61"/>
+        <source>per channel</source>
+        <translation>按通道</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="62"/>
+        <source>Off</source>
+        <translation>关闭</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="62"/>
+        <source>Attention 8-bit, FFN 4-bit (preset)</source>
+        <translation>注意力 8 位，FFN 4 位（预设）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="63"/>
+        <source>Custom rules</source>
+        <translation>自定义规则</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="64"/>
+        <source>Module pattern</source>
+        <translation>模块匹配模式</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="64"/>
+        <location filename="../../gui/pages/method.py" line="178"/>
+        <source>Bits</source>
+        <translation>位数</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="64"/>
+        <source>Group</source>
+        <translation>分组</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="65"/>
+        <source>Symmetric</source>
+        <translation>对称</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="65"/>
+        <location filename="../../gui/pages/method.py" line="181"/>
+        <source>GGUF type</source>
+        <translation>GGUF 类型</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="65"/>
+        <source>Keep 16-bit</source>
+        <translation>保持 16 位</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="70"/>
+        <source>Mixed-precision rule {n}</source>
+        <translation>混合精度规则 {n}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="98"/>
+        <source>Method and settings</source>
+        <translation>方法与设置</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="99"/>
+        <source>The defaults follow the recommendation for this machine; change what you need.</source>
+        <translation>默认值遵循针对本机的推荐；按需修改。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="101"/>
+        <source>Use recommended settings</source>
+        <translation>使用推荐设置</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="131"/>
+        <location filename="../../gui/pages/results.py" line="27"/>
+        <source>Settings</source>
+        <translation>设置</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="138"/>
+        <source>{b}-bit</source>
+        <translation>{b} 位</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="143"/>
+        <source>Symmetric (no zero point)</source>
+        <translation>对称（无零点）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="144"/>
+        <source>Asymmetric (with zero point)</source>
+        <translation>非对称（有零点）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="148"/>
+        <source>Importance matrix from calibration data</source>
+        <translation>用校准数据计算重要性矩阵</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="149"/>
+        <source>Activation order (desc_act)</source>
+        <translation>按激活排序（desc_act）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="150"/>
+        <source>Search weight clipping</source>
+        <translation>搜索权重裁剪</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="152"/>
+        <source>Built-in text (offline)</source>
+        <translation>内置文本（离线）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="153"/>
+        <source>A text file…</source>
+        <translation>文本文件…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="155"/>
+        <source>path of a .txt or .jsonl file</source>
+        <translation>.txt 或 .jsonl 文件的路径</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="156"/>
+        <location filename="../../gui/pages/method.py" line="229"/>
+        <location filename="../../gui/pages/model.py" line="63"/>
+        <source>Browse…</source>
+        <translation>浏览…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="171"/>
+        <source>Automatic</source>
+        <translation>自动</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="172"/>
+        <source>NVIDIA GPU (CUDA)</source>
+        <translation>NVIDIA GPU（CUDA）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="174"/>
+        <source>Measure perplexity against the original when done</source>
+        <translation>完成后与原始模型比较困惑度</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="179"/>
+        <source>Group size</source>
+        <translation>分组大小</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="180"/>
+        <source>Zero point</source>
+        <translation>零点</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="184"/>
+        <location filename="../../gui/pages/results.py" line="31"/>
+        <source>Calibration</source>
+        <translation>校准数据</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="186"/>
+        <source>Samples</source>
+        <translation>样本数</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="187"/>
+        <source>Tokens per sample</source>
+        <translation>每个样本的词元数</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="188"/>
+        <source>Device</source>
+        <translation>设备</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="199"/>
+        <source>Mixed precision</source>
+        <translation>混合精度</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="201"/>
+        <source>Per-module rules</source>
+        <translation>逐模块规则</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="207"/>
+        <source>Add rule</source>
+        <translation>添加规则</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="208"/>
+        <source>Remove rule</source>
+        <translation>删除规则</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="213"/>
+        <source>A rule gives every module whose full name matches the pattern (a glob such as *.self_attn.* or *.mlp.down_proj) its own precision; later rules win. Modules no rule matches use the settings above; lm_head stays 16-bit.</source>
+        <translation>规则为全名匹配该模式（如 *.self_attn.* 或 *.mlp.down_proj 这样的通配符）的每个模块指定精度；后面的规则优先。没有规则匹配的模块使用上面的设置；lm_head 保持 16 位。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="225"/>
+        <source>Output</source>
+        <translation>输出</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="234"/>
+        <source>A new folder; it must not exist yet. GGUF jobs put the .gguf file, an Ollama Modelfile and the model card in it.</source>
+        <translation>一个新文件夹，必须尚不存在。GGUF 任务会在其中放入 .gguf 文件、Ollama Modelfile 和模型卡片。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="243"/>
+        <source>Start quantizing</source>
+        <translation>开始量化</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="307"/>
+        <source>Choose a model on the Model page first.</source>
+        <translation>请先在“模型”页面选择一个模型。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="312"/>
+        <source>Choose a calibration text file, or use the built-in text.</source>
+        <translation>请选择校准文本文件，或使用内置文本。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="315"/>
+        <source>The calibration file {path} does not exist.</source>
+        <translation>校准文件 {path} 不存在。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="332"/>
+        <source>The output folder {path} already exists; choose a new name.</source>
+        <translation>输出文件夹 {path} 已存在；请换一个名字。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="335"/>
+        <source>A job is running; wait for it to finish or cancel it.</source>
+        <translation>有任务正在运行；请等待完成或取消它。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="348"/>
+        <source>✓ Ready: {title} → {out}</source>
+        <translation>✓ 就绪：{title} → {out}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="430"/>
+        <source>recommended</source>
+        <translation>推荐</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="475"/>
+        <source>Folder to put the output in</source>
+        <translation>存放输出的文件夹</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="483"/>
+        <source>Calibration text</source>
+        <translation>校准文本</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="484"/>
+        <source>Text (*.txt *.jsonl);;All files (*)</source>
+        <translation>文本 (*.txt *.jsonl);;所有文件 (*)</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="35"/>
+        <source>Name</source>
+        <translation>名称</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="35"/>
+        <source>Architecture</source>
+        <translation>架构</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="36"/>
+        <source>Blocks</source>
+        <translation>块数</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="36"/>
+        <source>Hidden size</source>
+        <translation>隐藏层大小</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="36"/>
+        <source>Weights</source>
+        <translation>权重</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="37"/>
+        <source>Size on disk</source>
+        <translation>磁盘占用</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="37"/>
+        <source>Location</source>
+        <translation>位置</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="47"/>
+        <source>Choose a model</source>
+        <translation>选择模型</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="48"/>
+        <source>Start with the small built-in model to learn the steps, or pick your own.</source>
+        <translation>可以先用内置的小模型熟悉步骤，也可以选择你自己的模型。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="50"/>
+        <source>Source</source>
+        <translation>来源</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="54"/>
+        <source>Built-in demo: SmolLM2-135M-Instruct</source>
+        <translation>内置演示模型：SmolLM2-135M-Instruct</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="55"/>
+        <source>135 M parameters, works offline; small enough to try every method on a laptop CPU.</source>
+        <translation>1.35 亿参数，可离线使用；足够小，可以在笔记本 CPU 上尝试每种方法。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="57"/>
+        <source>A folder on this computer</source>
+        <translation>本机上的文件夹</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="58"/>
+        <source>A Hugging Face model folder: config.json, *.safetensors and the tokenizer files.</source>
+        <translation>Hugging Face 模型文件夹：包含 config.json、*.safetensors 和分词器文件。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="61"/>
+        <source>/path/to/model-folder</source>
+        <translation>/模型/文件夹/路径</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="74"/>
+        <source>A Hugging Face model id</source>
+        <translation>Hugging Face 模型 ID</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="75"/>
+        <source>Uses the local Hugging Face cache; downloads only when you allow it and are online.</source>
+        <translation>使用本地 Hugging Face 缓存；仅在你允许且联网时才下载。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="79"/>
+        <source>Download if it is not in the cache</source>
+        <translation>缓存中没有时下载</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="86"/>
+        <source>Use this model</source>
+        <translation>使用此模型</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="105"/>
+        <source>Next: choose a method →</source>
+        <translation>下一步：选择方法 →</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="146"/>
+        <source>Choose a model folder</source>
+        <translation>选择模型文件夹</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="160"/>
+        <source>⚠ This folder does not exist.</source>
+        <translation>⚠ 此文件夹不存在。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="162"/>
+        <source>⚠ No config.json here: choose the folder that holds the model files.</source>
+        <translation>⚠ 这里没有 config.json：请选择包含模型文件的文件夹。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="165"/>
+        <source>⚠ No *.safetensors weights in this folder.</source>
+        <translation>⚠ 此文件夹中没有 *.safetensors 权重。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="167"/>
+        <source>✓ Looks like a model folder.</source>
+        <translation>✓ 看起来是一个模型文件夹。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="174"/>
+        <source>Enter a folder or a model id first.</source>
+        <translation>请先输入文件夹或模型 ID。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="185"/>
+        <source>Reading {source}… (the demo model is prepared once, which takes a few seconds)</source>
+        <translation>正在读取 {source}…（演示模型只需准备一次，需要几秒钟）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="201"/>
+        <source>Downloading: {done} of {total}</source>
+        <translation>正在下载：{done} / {total}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="208"/>
+        <source>✓ Ready: {name}</source>
+        <translation>✓ 就绪：{name}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="220"/>
+        <source>Could not read the model: {kind}: {error}</source>
+        <translation>无法读取模型：{kind}: {error}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="28"/>
+        <source>Size</source>
+        <translation>大小</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="28"/>
+        <source>Perplexity</source>
+        <translation>困惑度</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="28"/>
+        <source>vs original</source>
+        <translation>相比原始模型</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="29"/>
+        <source>Verdict</source>
+        <translation>结论</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="29"/>
+        <source>Time</source>
+        <translation>用时</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="30"/>
+        <source>Folder</source>
+        <translation>文件夹</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="30"/>
+        <source>Format</source>
+        <translation>格式</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="30"/>
+        <source>Files</source>
+        <translation>文件</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="31"/>
+        <source>Compared with</source>
+        <translation>比较对象</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="43"/>
+        <source>Each finished run beside its original model. Lower perplexity is better; a few percent above the original is typical for 4-bit.</source>
+        <translation>每次完成的运行与其原始模型并列显示。困惑度越低越好；4 位量化通常比原始模型高几个百分点。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="58"/>
+        <source>No results yet. Finished runs appear here and stay across restarts.</source>
+        <translation>还没有结果。完成的运行会显示在这里，重启后仍会保留。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="62"/>
+        <source>Selected run</source>
+        <translation>所选运行</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="66"/>
+        <source>Open folder</source>
+        <translation>打开文件夹</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="68"/>
+        <source>Chat with it</source>
+        <translation>与它对话</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="70"/>
+        <source>Remove from list</source>
+        <translation>从列表中移除</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="112"/>
+        <source>original</source>
+        <translation>原始</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="151"/>
+        <source>{n} samples × {L} tokens</source>
+        <translation>{n} 个样本 × {L} 个词元</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="31"/>
+        <source>Preparing calibration data</source>
+        <translation>正在准备校准数据</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="32"/>
+        <source>Quantizing</source>
+        <translation>正在量化</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="32"/>
+        <source>Writing the output</source>
+        <translation>正在写入输出</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="33"/>
+        <source>Measuring perplexity</source>
+        <translation>正在测量困惑度</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="41"/>
+        <source>{s} s</source>
+        <translation>{s} 秒</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="43"/>
+        <source>{m} min {s:02d} s</source>
+        <translation>{m} 分 {s:02d} 秒</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="44"/>
+        <source>{h} h {m:02d} min</source>
+        <translation>{h} 小时 {m:02d} 分</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="49"/>
+        <source> + mixed precision</source>
+        <translation> + 混合精度</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="75"/>
+        <source>No job yet</source>
+        <translation>还没有任务</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="82"/>
+        <source>Cancel</source>
+        <translation>取消</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="84"/>
+        <source>See results →</source>
+        <translation>查看结果 →</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="86"/>
+        <source>Back to settings</source>
+        <translation>返回设置</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="91"/>
+        <source>Choose a model and a method, then press Start quantizing.</source>
+        <translation>选择模型和方法，然后点击“开始量化”。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="100"/>
+        <source>Waiting</source>
+        <translation>等待中</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="114"/>
+        <source>Show details</source>
+        <translation>显示详情</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="130"/>
+        <source>Relative output error per layer</source>
+        <translation>每层的相对输出误差</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="132"/>
+        <source>Log</source>
+        <translation>日志</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="181"/>
+        <source>{model} → {out}</source>
+        <translation>{model} → {out}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="182"/>
+        <source>running</source>
+        <translation>运行中</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="183"/>
+        <source>Starting the worker…</source>
+        <translation>正在启动后台进程…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="197"/>
+        <source>Cancelling… (the worker stops after the current module)</source>
+        <translation>正在取消…（后台进程会在当前模块完成后停止）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="206"/>
+        <source>Loading {model}</source>
+        <translation>正在加载 {model}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="223"/>
+        <source>{module} · {bits}-bit · relative error {err:.2e} · {secs:.2f} s</source>
+        <translation>{module} · {bits} 位 · 相对误差 {err:.2e} · {secs:.2f} 秒</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="234"/>
+        <source>wrote {path} ({size})</source>
+        <translation>已写入 {path}（{size}）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="245"/>
+        <source>done in {t}</source>
+        <translation>用时 {t} 完成</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="250"/>
+        <source>Finished: {size}{ppl}</source>
+        <translation>已完成：{size}{ppl}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="252"/>
+        <source>, perplexity {p:.2f}</source>
+        <translation>，困惑度 {p:.2f}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="256"/>
+        <source>cancelled</source>
+        <translation>已取消</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="256"/>
+        <source>failed</source>
+        <translation>失败</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="257"/>
+        <source>worker crashed</source>
+        <translation>后台进程崩溃</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="267"/>
+        <source>The job failed</source>
+        <translation>任务失败</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="268"/>
+        <source>The engine worker crashed</source>
+        <translation>引擎进程崩溃</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="271"/>
+        <source>Last lines the worker wrote to stderr:
+</source>
+        <translation>后台进程写入 stderr 的最后几行：
+</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="273"/>
+        <source>(the worker wrote nothing to stderr)</source>
+        <translation>（后台进程没有向 stderr 写入内容）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="278"/>
+        <source>elapsed {t}</source>
+        <translation>已用 {t}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/run.py" line="281"/>
+        <source> · about {t} left</source>
+        <translation> · 约剩 {t}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/welcome.py" line="14"/>
+        <source>QuantDesk looks at your CPU, memory and GPU, and recommends a method: AWQ or GPTQ for NVIDIA GPUs, GGUF for CPUs, Macs and small devices.</source>
+        <translation>QuantDesk 检测你的 CPU、内存和 GPU，并推荐一种方法：NVIDIA GPU 用 AWQ 或 GPTQ，CPU、Mac 和小型设备用 GGUF。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/welcome.py" line="17"/>
+        <source>Pick the small built-in demo model, a model folder, or a Hugging Face id.</source>
+        <translation>选择内置的小型演示模型、模型文件夹或 Hugging Face ID。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/welcome.py" line="19"/>
+        <source>Check the settings: bits, group size, calibration data, mixed precision. Start is enabled once they make sense.</source>
+        <translation>检查设置：位数、分组大小、校准数据、混合精度。设置合理后即可开始。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/welcome.py" line="22"/>
+        <source>Quantizing runs in the background, one block at a time; a chart shows the error of every layer as it goes. You can cancel at any time.</source>
+        <translation>量化在后台逐块进行；图表实时显示每一层的误差。你可以随时取消。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/welcome.py" line="24"/>
+        <source>Results and chat</source>
+        <translation>结果与对话</translation>
+    </message>
+    <message>
+        <location filename="../../gui/welcome.py" line="25"/>
+        <source>Compare size and perplexity with the original, open the output folder, and chat with both models side by side.</source>
+        <translation>与原始模型比较大小和困惑度，打开输出文件夹，并排与两个模型对话。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/welcome.py" line="38"/>
+        <location filename="../../gui/welcome.py" line="43"/>
+        <source>Welcome to QuantDesk</source>
+        <translation>欢迎使用 QuantDesk</translation>
+    </message>
+    <message>
+        <location filename="../../gui/welcome.py" line="45"/>
+        <source>Make large language models smaller so they run on your own computer. Everything happens on this machine; nothing is uploaded.</source>
+        <translation>把大语言模型变小，让它们能在你自己的电脑上运行。一切都在本机完成，不会上传任何内容。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/welcome.py" line="62"/>
+        <source>Your results and quantized models are kept in {path}</source>
+        <translation>你的结果和量化模型保存在 {path}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/welcome.py" line="66"/>
+        <source>Show this at startup</source>
+        <translation>启动时显示</translation>
+    </message>
+    <message>
+        <location filename="../../gui/welcome.py" line="68"/>
+        <source>Get started</source>
+        <translation>开始使用</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/layer_chart.py" line="51"/>
+        <source>block</source>
+        <translation>块</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/layer_chart.py" line="52"/>
+        <source>relative output error</source>
+        <translation>相对输出误差</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/layer_chart.py" line="144"/>
+        <source>per-channel</source>
+        <translation>按通道</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/layer_chart.py" line="144"/>
+        <source>per-tensor</source>
+        <translation>按张量</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/layer_chart.py" line="147"/>
+        <source>block {block} · {kind} · {bits}-bit {group}</source>
+        <translation>块 {block} · {kind} · {bits} 位 {group}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/layer_chart.py" line="149"/>
+        <source>relative error {err:.3e} · {secs:.2f} s</source>
+        <translation>相对误差 {err:.3e} · {secs:.2f} 秒</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/layer_chart.py" line="198"/>
+        <source>markers:</source>
+        <translation>标记：</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/layer_chart.py" line="199"/>
+        <source>lower is better; hover a point for details</source>
+        <translation>越低越好；悬停在点上查看详情</translation>
+    </message>
+    <message>
+        <location filename="../../gui/i18n.py" line="14"/>
+        <source>System default</source>
+        <translation>跟随系统</translation>
+    </message>
+</context>
+</TS>
