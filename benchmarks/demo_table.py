@@ -80,7 +80,10 @@ def main() -> None:
                           "size_mb": s["size_bytes"] / 2**20, "ppl": s["ppl"],
                           "quant_s": s["quantize_seconds"], "job_s": r["seconds"],
                           "rss_mb": r["peak_rss_mb"]})
-            print(f"done {name}: ppl {s['ppl']:.3f}", file=sys.stderr)
+            t = table[-1]
+            print(f"row {name}: size {t['size_mb']:.1f} MiB, ppl {t['ppl']:.3f}, quantize "
+                  f"{t['quant_s']:.0f} s, job {t['job_s']:.0f} s, peak RSS {t['rss_mb']} MiB",
+                  file=sys.stderr, flush=True)
     print(f"\n{info.name}: {args.samples} × {args.seq_len} calibration tokens, "
           f"perplexity on the built-in evaluation text (ctx 512)\n")
     print(f"| {'row':<18} | {'method':<6} | bits | group | size MiB | perplexity | "
