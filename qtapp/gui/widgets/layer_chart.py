@@ -179,11 +179,14 @@ class LayerErrorChart(QWidget):
             item.setData(x, y, symbol=syms)
 
     def _fit_decades(self) -> None:
-        """Show whole decades around the data, so the log axis always has labels."""
+        """Show whole decades around the data (so the log axis always has labels) and every
+        block."""
         ys = [p.rel_error for pts in self.points.values() for p in pts]
         lo = math.floor(math.log10(min(ys)))
         hi = max(math.ceil(math.log10(max(ys))), lo + 1)
-        self.plot.setYRange(lo, hi, padding=0.02)
+        self.plot.setYRange(lo, hi, padding=0.06)
+        blocks = [p.block for pts in self.points.values() for p in pts]
+        self.plot.setXRange(min(blocks) - 0.6, max(blocks) + 0.6, padding=0)
         decades = [(d, f"{10.0 ** d:g}") for d in range(lo, hi + 1)]
         minor = [(d + math.log10(k), "") for d in range(lo, hi) for k in range(2, 10)]
         self.plot.getAxis("left").setTicks([decades, minor])  # labels on decades only
