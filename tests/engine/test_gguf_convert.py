@@ -46,8 +46,8 @@ def tiny_models(tmp_path_factory, make_tiny_model, demo_dir) -> dict[str, Path]:
 
 @pytest.fixture(autouse=True)
 def qwen_tokenizer_known(monkeypatch, tiny_models):
-    """transformers loads a qwen-typed folder's tokenizer as Qwen2Tokenizer, whose split of
-    the demo vocabulary llama.cpp has no hash for; name it "qwen2" for these tests only."""
+    """transformers 5 loads a qwen2-typed folder's tokenizer as Qwen2Tokenizer, whose split
+    of the demo vocabulary llama.cpp has no hash for; name it "qwen2" for these tests only."""
     from transformers import AutoTokenizer
 
     from qtapp.engine.gguf import vocab
@@ -55,7 +55,8 @@ def qwen_tokenizer_known(monkeypatch, tiny_models):
     for arch in ("qwen2", "qwen3"):
         tok = AutoTokenizer.from_pretrained(tiny_models[arch])
         digest = sha256(str(tok.encode(vocab.CHKTXT)).encode()).hexdigest()
-        monkeypatch.setitem(vocab.PRE_BY_HASH, digest, "qwen2")
+        if digest not in vocab.PRE_BY_HASH:
+            monkeypatch.setitem(vocab.PRE_BY_HASH, digest, "qwen2")
 
 
 def test_permute_rows_interleaves_rotary_halves():
@@ -69,10 +70,11 @@ def test_permute_rows_interleaves_rotary_halves():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["llama", "mistral"])
-def test_tiny_model_equals_llama_cpp_converter(tiny_models, tmp_path, arch):
-    ours = convert_to_gguf(tiny_models[arch], tmp_path / "ours.gguf", "F16").path
-    ref = reference_convert(tiny_models[arch], tmp_path / "ref.gguf", "f16")
+@pytest.mark.parametrize("arch, out_type", [("llama", "F32"), ("mistral", "BF16"),
+                                            ("tied", "F16")])
+def test_tiny_model_equals_llama_cpp_converter(tiny_models, tmp_path, arch, out_type):
+    ours = convert_to_gguf(tiny_models[arch], tmp_path / "ours.gguf", out_type).path
+    ref = reference_convert(tiny_models[arch], tmp_path / "ref.gguf", out_type.lower())
     assert tensor_bytes(ours) == tensor_bytes(ref)
     assert fields(ours) == fields(ref)
 
