@@ -165,34 +165,28 @@ def _evaluate(job: JobSpec, info: ModelInfo, folder: Path, emit: Emit) -> dict[s
     return {"ppl": round(ppl, 4), "ppl_source": round(ppl_source, 4)}
 
 
-def _gguf_overrides(job: JobSpec) -> dict[str, str]:
-    """Per-module rules as GGUF tensor types: an explicit gguf_type, else one by bits."""
-    by_bits = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K", 7: "Q8_0", 8: "Q8_0"}
-    out: dict[str, str] = {}
-    for rule in job.rules:
-        if rule.skip:
-            out[rule.pattern] = "F16"
-        elif rule.gguf_type:
-            out[rule.pattern] = rule.gguf_type
-        elif rule.scheme is not None:
-            out[rule.pattern] = by_bits[rule.scheme.bits]
-    return out
-
-
 def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
               should_cancel: Callable[[], bool], tokens: Any = None) -> dict[str, Any]:
     from qtapp.engine.gguf.hf_model import HfModel
     from qtapp.engine.gguf.imatrix import ImatrixCollector, read_imatrix, write_imatrix
+    from qtapp.engine.gguf.llama_runtime import write_modelfile
+    from qtapp.engine.gguf.output import (
+        chat_template_of,
+        imatrix_is_useful,
+        overrides_from_rules,
+    )
     from qtapp.engine.gguf.quantize import quantize_to_gguf
     from qtapp.engine.pipeline import collect_input_stats, pick_device
 
     ftype = job.gguf.type
+    overrides = overrides_from_rules(job.rules)
     imatrix = None
     if job.gguf.imatrix not in ("auto", "none"):
         imatrix = read_imatrix(Path(job.gguf.imatrix).expanduser())
         emit(ev.Log(level="info", message=f"importance matrix from {job.gguf.imatrix} "
                     f"({len(imatrix)} entries)"))
-    elif job.gguf.imatrix == "auto" and "_K" in ftype:
+    elif job.gguf.imatrix == "auto" and imatrix_is_useful(ftype, overrides):
+        # Streamed through the layer pipeline: never the whole float model in memory.
         if tokens is None:
             tokens = _calibration_tokens(job, info, emit)
         hf = HfModel(info.path)
@@ -205,14 +199,11 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     partial.mkdir(parents=True)
     stem = f"{info.name}-{ftype}".replace("/", "_")
     out_file = partial / f"{stem}.gguf"
-    total = [0]
-
     def progress(tensor: str, done: int, n: int) -> None:
-        total[0] = n
         if done % 8 == 0 or done == n:
             emit(ev.Progress(step=done, total=n, stage="gguf", message=tensor))
 
-    report = quantize_to_gguf(info.path, out_file, ftype, imatrix, _gguf_overrides(job) or None,
+    report = quantize_to_gguf(info.path, out_file, ftype, imatrix, overrides or None,
                               progress, should_cancel)
     files = [out_file.name]
     if imatrix is not None:
@@ -220,13 +211,13 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
         files.append("imatrix.gguf")
     summary: dict[str, Any] = {
         "method": "gguf", "format": "gguf", "model": info.name, "source": str(info.path),
-        "type": ftype, "imatrix": imatrix is not None, "types": report.types(),
+        "gguf_type": ftype, "gguf_file": out_file.name, "tensor_types": report.types(),
+        "imatrix": imatrix is not None, "overrides": overrides,
+        "quantize_seconds": round(report.seconds, 2),
         "mixed": job.is_mixed, "size_bytes": report.size_bytes,
         "source_size_bytes": info.size_bytes,
     }
-    from qtapp.engine.gguf.llama_runtime import write_modelfile
-
-    files.append(write_modelfile(partial, out_file.name, _chat_template(info.path)).name)
+    files.append(write_modelfile(partial, out_file.name, chat_template_of(info.path)).name)
     if job.evaluate:
         summary.update(_evaluate_gguf(info, out_file, emit))
     from qtapp.engine.export.model_card import write_model_card
@@ -234,19 +225,6 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     write_model_card(partial, job, info, summary)
     summary["files"] = sorted({*files, "README.md"})
     return summary
-
-
-def _chat_template(folder: Path) -> str | None:
-    """The model's chat template (chat_template.jinja or tokenizer_config.json), if any."""
-    jinja = folder / "chat_template.jinja"
-    if jinja.exists():
-        return jinja.read_text(encoding="utf-8")
-    try:
-        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    template = config.get("chat_template")
-    return template if isinstance(template, str) else None
 
 
 def _evaluate_gguf(info: ModelInfo, gguf_file: Path, emit: Emit) -> dict[str, Any]:

@@ -234,3 +234,27 @@ def test_cli_quantize_json_then_eval(source, tmp_path):
     # 8-bit RTN changes the tiny model's perplexity by well under 1 %.
     assert abs(d["ppl"] / d["ppl_source"] - 1) < 0.01
     assert d["size_bytes"] < d["size_source_bytes"]
+
+
+@pytest.mark.slow
+@pytest.mark.llama_cpp
+def test_gguf_job_on_the_demo_streams_an_imatrix_and_llama_cpp_reads_it(demo_dir, tmp_path):
+    pytest.importorskip("llama_cpp")
+    import gguf
+
+    out = tmp_path / "gguf"
+    job = JobSpec(model=str(demo_dir), method="gguf", out=str(out), evaluate=False,
+                  calibration=CalibrationSpec(samples=4, seq_len=128),
+                  rules=preset_rules("attn8-ffn4", QuantScheme()))
+    summary, seen = run(job)
+    assert summary["imatrix"] and summary["gguf_type"] == "Q4_K_M"
+    assert any(isinstance(e, ev.Progress) and e.stage == "imatrix" for e in seen)
+    files = sorted(p.name for p in out.iterdir())
+    assert {"Modelfile", "README.md", "imatrix.gguf", summary["gguf_file"]} <= set(files)
+    reader = gguf.GGUFReader(out / summary["gguf_file"])
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == "Q8_0"  # the rule: attention at 8 bit
+    assert types["blk.0.ffn_down.weight"] == "Q4_K"  # FFN at 4 bit (rows of 1536)
+    # rows of 576 are not a multiple of 256: llama.cpp's fallback for Q4_K is Q5_0
+    assert types["blk.0.ffn_up.weight"] == "Q5_0"
+    assert "quantize.imatrix.entries_count" in reader.fields
