@@ -129,7 +129,6 @@ def take(events: Path, out: Path) -> None:
     wait(app, lambda: len(run.chart.points.get("down", [])) >= pause[0] // 7 - 1)
     time.sleep(1.5)
     run._tick()
-    run.chart.plot.getPlotItem().vb.autoRange()
     shoot(app, window, out / "run.png")
     run.cancel()
     wait(app, lambda: not window.engine.is_running())

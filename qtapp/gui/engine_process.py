@@ -26,6 +26,7 @@ from qtapp.engine.config import JobSpec
 from qtapp.gui.i18n import tr
 
 STDERR_TAIL_LINES = 40
+LINES_PER_BATCH = 40
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class EngineProcess(QObject):
         self._final: ev.Event | None = None
         self._cancel_requested = False
         self._job_dir: str | None = None
+        self._pending: deque[bytes] = deque()
+        self._drain_scheduled = False
+        self._finished_args: tuple[int, QProcess.ExitStatus] | None = None
         self._timers: list[QTimer] = []
 
     def is_running(self) -> bool:
@@ -140,6 +144,9 @@ class EngineProcess(QObject):
         self._stderr_partial = b""
         self._final = None
         self._cancel_requested = False
+        self._pending.clear()
+        self._drain_scheduled = False
+        self._finished_args = None
         self._stop_timers()
 
     def _later(self, seconds: float, fn: Callable[[], None]) -> None:
@@ -169,8 +176,22 @@ class EngineProcess(QObject):
         assert self.process is not None
         self._stdout += bytes(self.process.readAllStandardOutput().data())
         *lines, self._stdout = self._stdout.split(b"\n")
-        for line in lines:
-            self._handle_line(line)
+        self._pending.extend(lines)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Handle queued lines a batch at a time, so a burst never blocks the window."""
+        for _ in range(min(len(self._pending), LINES_PER_BATCH)):
+            self._handle_line(self._pending.popleft())
+        if self._pending and not self._drain_scheduled:
+            self._drain_scheduled = True
+            QTimer.singleShot(0, self, self._drain_later)
+
+    def _drain_later(self) -> None:
+        self._drain_scheduled = False
+        self._drain()
+        if not self._pending and self._finished_args is not None:
+            self._on_finished(*self._finished_args)
 
     def _read_stderr(self) -> None:
         assert self.process is not None
@@ -206,11 +227,16 @@ class EngineProcess(QObject):
         self._finish(Outcome("failed", message))
 
     def _on_finished(self, exit_code: int, exit_status: QProcess.ExitStatus) -> None:
-        self._read_stdout()
-        self._read_stderr()
-        if self._stdout.strip():
-            self._handle_line(self._stdout)
-            self._stdout = b""
+        if self._finished_args is None:
+            self._read_stdout()
+            self._read_stderr()
+            if self._stdout.strip():
+                self._pending.append(self._stdout)
+                self._stdout = b""
+        self._finished_args = (exit_code, exit_status)
+        self._drain()
+        if self._pending:  # _drain_later handles the rest, then calls this again
+            return
         tail = self.stderr_tail()
         crashed = exit_status == QProcess.ExitStatus.CrashExit
         code = None if crashed else exit_code

@@ -1,7 +1,7 @@
 """A scripted stand-in for the engine worker, for GUI tests.
 
     fake_worker.py --job JOB.json --mode ok|cooperative|hang|crash|exit|fail|noise
-                   [--blocks N] [--delay SECONDS]
+                   [--blocks N] [--delay SECONDS] [--burst]
 
 ok: started, progress and 7 layer events per block, an artifact, a result. cooperative:
 like ok but slow, and answers `cancel` on stdin with a cancelled event. hang: ignores
@@ -29,7 +29,13 @@ KINDS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj
          ("mlp", "down_proj"))
 
 
+BURST: list[str] = []  # with --burst, every event is written at the end in one write
+
+
 def emit(event: ev.Event) -> None:
+    if BURST:
+        BURST.append(ev.encode(event) + "\n")
+        return
     sys.stdout.write(ev.encode(event) + "\n")
     sys.stdout.flush()
 
@@ -40,7 +46,10 @@ def main() -> int:
     p.add_argument("--mode", default="ok")
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--burst", action="store_true")
     args = p.parse_args()
+    if args.burst:
+        BURST.append("")
     job = json.loads(Path(args.job).read_text(encoding="utf-8"))
     cancel = threading.Event()
     if args.mode == "hang":
@@ -99,5 +108,13 @@ def main() -> int:
     return 0
 
 
+def run() -> int:
+    code = main()
+    if BURST:
+        sys.stdout.write("".join(BURST))
+        sys.stdout.flush()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -133,3 +133,18 @@ def test_one_job_at_a_time(qtbot) -> None:
         with pytest.raises(RuntimeError, match="already running"):
             engine.start(JOB)
         engine.cancel()
+
+
+def test_a_burst_is_handled_in_batches_and_nothing_is_lost(qtbot) -> None:
+    # 280 layer events written at once
+    engine = EngineProcess(command=fake_command("ok", "--blocks", "40", "--burst"))
+    layers = []
+    engine.layer.connect(layers.append)
+    batches = []
+    original = engine._drain
+    engine._drain = lambda: (batches.append(len(engine._pending)), original())
+    outcome = run_to_end(qtbot, engine)
+    assert outcome.status == "result"
+    assert len(layers) == 280
+    assert [e.block for e in layers[::7]] == list(range(40))
+    assert max(batches) > 40  # a burst arrived, and was split into batches of 40

@@ -73,6 +73,8 @@ class LayerErrorChart(QWidget):
         self._timer.setInterval(refresh_ms)
         self._timer.timeout.connect(self.flush)
         self.plot.scene().sigMouseMoved.connect(self._on_mouse_moved)
+        for kind in KINDS:  # made now, while idle: the first points of a run then draw fast
+            self._item(kind)
         self._update_bits_label()
 
     # -- data in ------------------------------------------------------------------------
@@ -85,9 +87,12 @@ class LayerErrorChart(QWidget):
     def clear(self) -> None:
         self.pending.clear()
         self.points.clear()
-        for item in self.items.values():
-            self.plot.removeItem(item)
-        self.items.clear()
+        for kind, item in list(self.items.items()):
+            if kind in KINDS:
+                item.setData([], [])
+            else:
+                self.plot.removeItem(item)
+                del self.items[kind]
         self.plot.getAxis("left").setTicks(None)
         self.hover_text = ""
         self._update_bits_label()
@@ -114,9 +119,9 @@ class LayerErrorChart(QWidget):
     def series(self, kind: str) -> tuple[list[float], list[float]]:
         """(x, y) as given to the plot item of `kind` (y in data units, not log)."""
         item = self.items.get(kind)
-        if item is None:
+        x, y = item.getOriginalDataset() if item is not None else (None, None)
+        if x is None or y is None:
             return [], []
-        x, y = item.getOriginalDataset()
         return list(map(float, x)), list(map(float, y))
 
     def symbols(self, kind: str) -> list[str]:
@@ -168,15 +173,17 @@ class LayerErrorChart(QWidget):
         x = [p.x for p in pts]
         y = [p.rel_error for p in pts]
         syms = [bits_symbol(p.event.bits) for p in pts]
+        self._item(kind).setData(x, y, symbol=syms)
+
+    def _item(self, kind: str) -> pg.PlotDataItem:
         item = self.items.get(kind)
         if item is None:
             color = self._color(kind)
-            item = self.plot.plot(x, y, pen=pg.mkPen(color, width=1.4), symbol=syms,
+            item = self.plot.plot([], [], pen=pg.mkPen(color, width=1.4), symbol="o",
                                   symbolBrush=pg.mkBrush(color), symbolPen=pg.mkPen(theme.CARD),
                                   symbolSize=8)
             self.items[kind] = item
-        else:
-            item.setData(x, y, symbol=syms)
+        return item
 
     def _fit_decades(self) -> None:
         """Show whole decades around the data (so the log axis always has labels) and every
