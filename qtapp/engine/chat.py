@@ -183,18 +183,10 @@ class LlamaCppChat(ChatBackend):
 
     kind = "llama.cpp"
 
-    def __init__(self, path: Path, n_ctx: int = 4096, gpu_layers: int = 0) -> None:
-        try:
-            from llama_cpp import Llama
-        except ImportError:
-            raise UserError("chatting with a .gguf file needs llama-cpp-python; install it "
-                            "with `pip install llama-cpp-python`") from None
-        try:
-            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_gpu_layers=gpu_layers,
-                             verbose=False)
-        except (ValueError, RuntimeError) as e:
-            raise UserError(f"llama.cpp cannot open {path}: {e}; check that the file is a "
-                            "complete GGUF file") from None
+    def __init__(self, path: Path, n_ctx: int = 4096) -> None:
+        from qtapp.engine.gguf.llama_runtime import load_llama
+
+        self.llm = load_llama(path, n_ctx=n_ctx)
         super().__init__(path.name, self.llm.metadata.get("tokenizer.chat_template"))
         self.bos = self._token_text(self.llm.token_bos())
         self.eos = self._token_text(self.llm.token_eos())

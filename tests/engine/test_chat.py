@@ -135,3 +135,24 @@ def test_chat_command_one_shot(tiny_chat: Path, capsys) -> None:
     expected = TransformersChat(tiny_chat).reply(HELLO, GenerationSettings(
         max_new_tokens=8, temperature=0, repetition_penalty=1.1))
     assert out == expected + "\n"
+
+
+@pytest.mark.llama_cpp
+def test_gguf_stream_equals_llama_cpp_own_chat_formatter() -> None:
+    pytest.importorskip("llama_cpp")
+    from qtapp.engine.gguf.llama_runtime import chat_stream
+    from qtapp.engine.sources import demo_gguf_path
+
+    chat = open_chat(str(demo_gguf_path()))
+    try:
+        assert chat.kind == "llama.cpp" and chat.template  # the template stored in the file
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        ours = "".join(chat.stream(messages, GenerationSettings(max_new_tokens=12,
+                                                                temperature=0)))
+        reference = "".join(chat_stream(chat.llm, messages, max_tokens=12, temperature=0))
+        assert ours == reference and ours.strip()
+        stop = threading.Event()
+        stop.set()
+        assert list(chat.stream(messages, GenerationSettings(max_new_tokens=12), stop)) == []
+    finally:
+        chat.close()
