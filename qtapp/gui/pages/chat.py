@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
+    QMenu,
     QPlainTextEdit,
     QSpinBox,
     QSplitter,
@@ -211,7 +212,10 @@ class ChatPage(QWidget):
                                           "folder"))
         top.addWidget(self.choice, 1)
         browse = button(tr("Open file or folder…"))
-        browse.clicked.connect(self._browse)
+        menu = QMenu(browse)
+        menu.addAction(tr("A GGUF file…"), self._browse_file)
+        menu.addAction(tr("A model folder…"), self._browse_folder)
+        browse.setMenu(menu)
         top.addWidget(browse)
         self.compare = QCheckBox(tr("Compare with the original"))
         self.compare.setChecked(True)
@@ -293,14 +297,17 @@ class ChatPage(QWidget):
         self._select(record)
         self.load_selected()
 
-    def _browse(self) -> None:
+    def _browse_file(self) -> None:
         file, _ = QFileDialog.getOpenFileName(self, tr("Open a GGUF file"), "",
                                               tr("GGUF (*.gguf);;All files (*)"))
-        if not file:
-            folder = QFileDialog.getExistingDirectory(self, tr("Or choose a model folder"))
-            file = folder
-        if file:
-            self.choice.addItem(file, file)
+        self._add_choice(file)
+
+    def _browse_folder(self) -> None:
+        self._add_choice(QFileDialog.getExistingDirectory(self, tr("Choose a model folder")))
+
+    def _add_choice(self, path: str) -> None:
+        if path:
+            self.choice.addItem(path, path)
             self.choice.setCurrentIndex(self.choice.count() - 1)
             self._update_buttons()
 

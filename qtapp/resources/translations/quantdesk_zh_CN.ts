@@ -18,38 +18,38 @@ It was written to the log in {folder}.</source>
 详情已写入 {folder} 中的日志。</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="189"/>
+        <location filename="../../gui/engine_process.py" line="210"/>
         <source>The worker wrote a line that is not an event ({reason}): {text}</source>
         <translation>后台进程输出了一行非事件内容（{reason}）：{text}</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="204"/>
+        <location filename="../../gui/engine_process.py" line="225"/>
         <source>Could not start the engine worker ({program}): {error}</source>
         <translation>无法启动引擎进程（{program}）：{error}</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="219"/>
+        <location filename="../../gui/engine_process.py" line="245"/>
         <location filename="../../gui/pages/results.py" line="29"/>
         <source>Finished</source>
         <translation>已完成</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="226"/>
+        <location filename="../../gui/engine_process.py" line="252"/>
         <source>Cancelled. The worker did not stop in time and was ended; no output was kept.</source>
         <translation>已取消。后台进程未能及时停止，已被结束；没有保留任何输出。</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="229"/>
+        <location filename="../../gui/engine_process.py" line="255"/>
         <source>it was killed or crashed (for example, out of memory)</source>
         <translation>进程被终止或崩溃（例如内存不足）</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="230"/>
+        <location filename="../../gui/engine_process.py" line="256"/>
         <source>exit code {code}</source>
         <translation>退出码 {code}</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="231"/>
+        <location filename="../../gui/engine_process.py" line="257"/>
         <source>The engine worker stopped unexpectedly ({how}). Nothing was written to the output folder. You can start the job again.</source>
         <translation>引擎进程意外停止（{how}）。输出文件夹中没有写入任何内容。你可以重新开始这个任务。</translation>
     </message>
@@ -61,7 +61,7 @@ It was written to the log in {folder}.</source>
     </message>
     <message>
         <location filename="../../gui/main_window.py" line="40"/>
-        <location filename="../../gui/pages/chat.py" line="172"/>
+        <location filename="../../gui/pages/chat.py" line="173"/>
         <location filename="../../gui/pages/hardware.py" line="105"/>
         <location filename="../../gui/pages/model.py" line="99"/>
         <location filename="../../gui/pages/results.py" line="27"/>
@@ -91,7 +91,7 @@ It was written to the log in {folder}.</source>
     </message>
     <message>
         <location filename="../../gui/main_window.py" line="41"/>
-        <location filename="../../gui/pages/chat.py" line="203"/>
+        <location filename="../../gui/pages/chat.py" line="204"/>
         <source>Chat</source>
         <translation>对话</translation>
     </message>
@@ -173,146 +173,151 @@ It was written to the log in {folder}.</source>
         <translation>量化仍在进行。要停止并退出吗？不会保留任何不完整的输出。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="50"/>
+        <location filename="../../gui/pages/chat.py" line="51"/>
         <source>Not loaded</source>
         <translation>未加载</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="78"/>
+        <location filename="../../gui/pages/chat.py" line="79"/>
         <source>Loading…</source>
         <translation>正在加载…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="84"/>
+        <location filename="../../gui/pages/chat.py" line="85"/>
         <source>{kind} · template: {template}</source>
         <translation>{kind} · 模板：{template}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="86"/>
-        <location filename="../../gui/pages/chat.py" line="143"/>
+        <location filename="../../gui/pages/chat.py" line="87"/>
+        <location filename="../../gui/pages/chat.py" line="144"/>
         <source>Ready</source>
         <translation>就绪</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="91"/>
+        <location filename="../../gui/pages/chat.py" line="92"/>
         <source>Could not load: {error}</source>
         <translation>无法加载：{error}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="111"/>
+        <location filename="../../gui/pages/chat.py" line="112"/>
         <source>Generating…</source>
         <translation>正在生成…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="143"/>
+        <location filename="../../gui/pages/chat.py" line="144"/>
         <source>Stopped</source>
         <translation>已停止</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="151"/>
+        <location filename="../../gui/pages/chat.py" line="152"/>
         <source>Generation failed: {error}</source>
         <translation>生成失败：{error}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="172"/>
+        <location filename="../../gui/pages/chat.py" line="173"/>
         <source>You</source>
         <translation>你</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="204"/>
+        <location filename="../../gui/pages/chat.py" line="205"/>
         <source>Ask the quantized model and the original the same question and compare.</source>
         <translation>向量化后的模型和原始模型提出同一个问题，比较它们的回答。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="207"/>
+        <location filename="../../gui/pages/chat.py" line="208"/>
         <source>Quantized model</source>
         <translation>量化模型</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="210"/>
+        <location filename="../../gui/pages/chat.py" line="211"/>
         <source>Finish a run, or open a .gguf file or a model folder</source>
         <translation>先完成一次运行，或打开 .gguf 文件或模型文件夹</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="213"/>
+        <location filename="../../gui/pages/chat.py" line="214"/>
         <source>Open file or folder…</source>
         <translation>打开文件或文件夹…</translation>
     </message>
     <message>
         <location filename="../../gui/pages/chat.py" line="216"/>
+        <source>A GGUF file…</source>
+        <translation>GGUF 文件…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="217"/>
+        <source>A model folder…</source>
+        <translation>模型文件夹…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/chat.py" line="220"/>
         <source>Compare with the original</source>
         <translation>与原始模型比较</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="219"/>
+        <location filename="../../gui/pages/chat.py" line="223"/>
         <source>Load</source>
         <translation>加载</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="225"/>
+        <location filename="../../gui/pages/chat.py" line="229"/>
         <source>Original</source>
         <translation>原始模型</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="226"/>
+        <location filename="../../gui/pages/chat.py" line="230"/>
         <source>Quantized</source>
         <translation>量化模型</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="233"/>
+        <location filename="../../gui/pages/chat.py" line="237"/>
         <source>Type a message; Enter sends, Shift+Enter adds a line</source>
         <translation>输入消息；Enter 发送，Shift+Enter 换行</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="244"/>
+        <location filename="../../gui/pages/chat.py" line="248"/>
         <source>max </source>
         <translation>最多 </translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="245"/>
+        <location filename="../../gui/pages/chat.py" line="249"/>
         <location filename="../../gui/pages/hardware.py" line="87"/>
         <source> tokens</source>
         <translation> 个词元</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="250"/>
+        <location filename="../../gui/pages/chat.py" line="254"/>
         <source>temperature </source>
         <translation>温度 </translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="251"/>
+        <location filename="../../gui/pages/chat.py" line="255"/>
         <source>0 = greedy: the same answer every time, best for comparing the two models</source>
         <translation>0 = 贪心解码：每次回答相同，最适合比较两个模型</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="253"/>
+        <location filename="../../gui/pages/chat.py" line="257"/>
         <source>Send</source>
         <translation>发送</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="255"/>
+        <location filename="../../gui/pages/chat.py" line="259"/>
         <source>Stop</source>
         <translation>停止</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="257"/>
+        <location filename="../../gui/pages/chat.py" line="261"/>
         <source>New chat</source>
         <translation>新对话</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="297"/>
+        <location filename="../../gui/pages/chat.py" line="301"/>
         <source>Open a GGUF file</source>
         <translation>打开 GGUF 文件</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="298"/>
+        <location filename="../../gui/pages/chat.py" line="302"/>
         <source>GGUF (*.gguf);;All files (*)</source>
         <translation>GGUF (*.gguf);;所有文件 (*)</translation>
-    </message>
-    <message>
-        <location filename="../../gui/pages/chat.py" line="300"/>
-        <source>Or choose a model folder</source>
-        <translation>或选择模型文件夹</translation>
     </message>
     <message>
         <location filename="../../gui/pages/hardware.py" line="34"/>
@@ -879,6 +884,7 @@ It was written to the log in {folder}.</source>
         <translation>下一步：选择方法 →</translation>
     </message>
     <message>
+        <location filename="../../gui/pages/chat.py" line="306"/>
         <location filename="../../gui/pages/model.py" line="146"/>
         <source>Choose a model folder</source>
         <translation>选择模型文件夹</translation>
@@ -1262,32 +1268,32 @@ It was written to the log in {folder}.</source>
         <translation>相对输出误差</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/layer_chart.py" line="144"/>
+        <location filename="../../gui/widgets/layer_chart.py" line="149"/>
         <source>per-channel</source>
         <translation>按通道</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/layer_chart.py" line="144"/>
+        <location filename="../../gui/widgets/layer_chart.py" line="149"/>
         <source>per-tensor</source>
         <translation>按张量</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/layer_chart.py" line="147"/>
+        <location filename="../../gui/widgets/layer_chart.py" line="152"/>
         <source>block {block} · {kind} · {bits}-bit {group}</source>
         <translation>块 {block} · {kind} · {bits} 位 {group}</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/layer_chart.py" line="149"/>
+        <location filename="../../gui/widgets/layer_chart.py" line="154"/>
         <source>relative error {err:.3e} · {secs:.2f} s</source>
         <translation>相对误差 {err:.3e} · {secs:.2f} 秒</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/layer_chart.py" line="198"/>
+        <location filename="../../gui/widgets/layer_chart.py" line="208"/>
         <source>markers:</source>
         <translation>标记：</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/layer_chart.py" line="199"/>
+        <location filename="../../gui/widgets/layer_chart.py" line="209"/>
         <source>lower is better; hover a point for details</source>
         <translation>越低越好；悬停在点上查看详情</translation>
     </message>
