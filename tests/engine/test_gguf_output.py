@@ -1,23 +1,11 @@
-"""The GGUF job output: rules to overrides, imatrix auto/none/file, Modelfile beside."""
+"""GGUF job settings: module rules to per-tensor overrides, imatrix usefulness, template."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import gguf
-import pytest
-import torch
-from gguf_helpers import build_model256
+import json
 
 from qtapp.engine.config import ModuleRule, QuantScheme
-from qtapp.engine.errors import UserError
-from qtapp.engine.gguf.imatrix import read_imatrix
-from qtapp.engine.gguf.output import imatrix_is_useful, overrides_from_rules, write_gguf_output
-
-
-@pytest.fixture(scope="module")
-def model256(tmp_path_factory, make_tiny_model, demo_dir) -> Path:
-    return build_model256(tmp_path_factory.mktemp("gguf-out") / "m", make_tiny_model, demo_dir)
+from qtapp.engine.gguf.output import chat_template_of, imatrix_is_useful, overrides_from_rules
 
 
 def test_rules_become_overrides():
@@ -34,25 +22,9 @@ def test_which_types_use_an_imatrix():
     assert imatrix_is_useful("Q8_0", {"*.mlp.*": "Q4_K"})
 
 
-def test_auto_imatrix_files_and_summary(model256, tmp_path):
-    tokens = torch.randint(3, 40000, (2, 32), generator=torch.Generator().manual_seed(0))
-    stages = set()
-    summary = write_gguf_output(model256, tmp_path, "tiny", "Q4_K_M", "auto", tokens,
-                                progress=lambda stage, *_: stages.add(stage))
-    assert summary["files"] == ["Modelfile", "imatrix.gguf", "tiny-Q4_K_M.gguf"]
-    assert summary["imatrix"] == "computed" and summary["imatrix_entries"] == 28
-    assert "imatrix" in stages and "output.weight" in stages
-    assert read_imatrix(tmp_path / "imatrix.gguf").counts["blk.0.attn_q.weight"].tolist() == [64]
-    reader = gguf.GGUFReader(tmp_path / "tiny-Q4_K_M.gguf")
-    assert reader.fields["quantize.imatrix.entries_count"].contents() == 28
-    assert (tmp_path / "Modelfile").read_text().startswith("FROM ./tiny-Q4_K_M.gguf")
-
-
-def test_imatrix_none_and_from_file(model256, tmp_path):
-    plain = write_gguf_output(model256, tmp_path / "a", "tiny", "Q8_0", "auto",
-                              torch.zeros(1, 16, dtype=torch.long))
-    assert plain["imatrix"] == "none" and "imatrix.gguf" not in plain["files"]  # Q8_0
-    none = write_gguf_output(model256, tmp_path / "b", "tiny", "Q4_0", "none")
-    assert none["imatrix_entries"] == 0
-    with pytest.raises(UserError, match="Cannot read"):
-        write_gguf_output(model256, tmp_path / "c", "tiny", "Q4_0", str(tmp_path / "nope.dat"))
+def test_chat_template_from_jinja_file_or_tokenizer_config(tmp_path):
+    assert chat_template_of(tmp_path) is None
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ a }}"}))
+    assert chat_template_of(tmp_path) == "{{ a }}"
+    (tmp_path / "chat_template.jinja").write_text("{{ b }}")
+    assert chat_template_of(tmp_path) == "{{ b }}"

@@ -107,14 +107,3 @@ def write_modelfile(out_dir: Path, gguf_name: str, chat_template: str | None,
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
-
-def eval_perplexity(gguf_path: Path, model_dir: Path, text: str | None = None,
-                    ctx: int = DEFAULT_CTX) -> float:
-    """Perplexity of a GGUF file on the evaluation text (built-in unless `text`), tokenized
-    by the source model's Hugging Face tokenizer: comparable to evaluate.model_perplexity."""
-    from transformers import AutoTokenizer
-
-    from qtapp.engine.calibration import eval_tokens
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return perplexity(gguf_path, eval_tokens(tokenizer, text)[0].numpy(), ctx)

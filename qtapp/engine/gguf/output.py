@@ -1,8 +1,5 @@
-"""A GGUF job's output folder: the .gguf file, an Ollama Modelfile, the imatrix it used.
-
-`write_gguf_output` is what the job runner calls for method "gguf": it turns the job's
-settings (file type, imatrix "auto"/"none"/path, module rules) into one quantize_to_gguf
-call and writes the files beside it. The model card is the job runner's.
+"""What a GGUF job needs from its settings: module rules as per-tensor type overrides,
+whether an importance matrix is worth computing, and the chat template for the Modelfile.
 """
 
 from __future__ import annotations
@@ -10,15 +7,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from qtapp.engine.config import ModuleRule
-from qtapp.engine.gguf.convert import Progress, ShouldCancel
-from qtapp.engine.gguf.imatrix import Imatrix, compute_imatrix, read_imatrix, write_imatrix
-from qtapp.engine.gguf.llama_runtime import write_modelfile
-from qtapp.engine.gguf.quantize import quantize_to_gguf
 from qtapp.engine.gguf.types import DEFAULT_TYPE, FLOAT_TYPES, Q, file_type
 
 # the GGUF type a rule without gguf_type gets from its scheme's bits
@@ -54,40 +44,3 @@ def chat_template_of(model_dir: Path) -> str | None:
         template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
         return template if isinstance(template, str) else None
     return None
-
-
-def write_gguf_output(model_dir: Path, out_dir: Path, name: str, ftype: str = "Q4_K_M",
-                      imatrix: str = "auto", tokens: torch.Tensor | None = None,
-                      rules: Sequence[ModuleRule] = (), progress: Progress | None = None,
-                      should_cancel: ShouldCancel | None = None) -> dict[str, Any]:
-    """Quantize `model_dir` into `out_dir`/`name`-`ftype`.gguf plus a Modelfile.
-
-    imatrix: "auto" computes one from `tokens` (n, L) when the type can use it, "none"
-    uses none, anything else is the path of a llama.cpp imatrix file. Returns the summary
-    the job reports (files relative to out_dir).
-    """
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    overrides = overrides_from_rules(rules)
-    used: Imatrix | None = None
-    files: list[str] = []
-    if imatrix == "auto":
-        if tokens is not None and imatrix_is_useful(ftype, overrides):
-            used = compute_imatrix(model_dir, tokens, "builtin", progress, should_cancel)
-            write_imatrix(used, out_dir / "imatrix.gguf")
-            files.append("imatrix.gguf")
-    elif imatrix != "none":
-        used = read_imatrix(Path(imatrix).expanduser())
-    gguf_name = f"{name}-{ftype.upper()}.gguf"
-    report = quantize_to_gguf(model_dir, out_dir / gguf_name, ftype, used, overrides or None,
-                              progress, should_cancel)
-    write_modelfile(out_dir, gguf_name, chat_template_of(model_dir))
-    files += [gguf_name, "Modelfile"]
-    return {
-        "method": "gguf", "format": "gguf", "gguf_type": ftype.upper(), "files": sorted(files),
-        "gguf_file": gguf_name, "quantize_seconds": round(report.seconds, 2),
-        "tensor_types": report.types(), "imatrix_entries": report.imatrix_entries,
-        "imatrix": ("computed" if imatrix == "auto" and used is not None
-                    else used.source if used is not None else "none"),
-        "overrides": overrides,
-    }
