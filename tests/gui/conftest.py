@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QSettings
 
-FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
-
 
 @pytest.fixture(scope="session")
 def qapp_args() -> list[str]:
@@ -37,13 +35,3 @@ def isolated_user_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
                       str(tmp_path / "settings"))
     return data
-
-
-def fake_command(mode: str, *extra: str):
-    """A command factory for EngineProcess that runs the scripted fake worker."""
-    import sys
-
-    def command(job_path: str) -> list[str]:
-        return [sys.executable, str(FAKE_WORKER), "--job", job_path, "--mode", mode, *extra]
-
-    return command

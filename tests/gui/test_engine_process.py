@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import fake_command
+from gui_helpers import fake_command
 
 from qtapp.engine.config import JobSpec, QuantScheme
 from qtapp.gui.engine_process import EngineProcess, Outcome

@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import fake_command
+from gui_helpers import fake_command
 from PySide6.QtCore import Qt
 
 from qtapp.engine.hardware import GPU, Hardware

@@ -1,0 +1,17 @@
+"""Helpers shared by the GUI tests (a module with a unique name: every conftest is
+"conftest", so tests cannot import from theirs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
+
+
+def fake_command(mode: str, *extra: str):
+    """A command factory for EngineProcess that runs the scripted fake worker."""
+    def command(job_path: str) -> list[str]:
+        return [sys.executable, str(FAKE_WORKER), "--job", job_path, "--mode", mode, *extra]
+
+    return command
