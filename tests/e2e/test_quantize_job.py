@@ -258,3 +258,21 @@ def test_gguf_job_on_the_demo_streams_an_imatrix_and_llama_cpp_reads_it(demo_dir
     # rows of 576 are not a multiple of 256: llama.cpp's fallback for Q4_K is Q5_0
     assert types["blk.0.ffn_up.weight"] == "Q5_0"
     assert "quantize.imatrix.entries_count" in reader.fields
+
+
+@pytest.mark.slow
+def test_cli_convert_refuses_bad_input_and_writes_gguf(tiny_llama_dir, demo_dir, tmp_path):
+    r = cli("convert", str(tiny_llama_dir), "--out", str(tmp_path / "x.bin"))
+    assert r.returncode == 2 and "must end in .gguf" in r.stderr
+    # The tiny test tokenizer is unknown to llama.cpp: refused, never guessed.
+    r = cli("convert", str(tiny_llama_dir), "--out", str(tmp_path / "tiny.gguf"))
+    assert r.returncode == 2 and "pre-tokenizer" in r.stderr
+    assert not (tmp_path / "tiny.gguf").exists()
+    out = tmp_path / "demo.gguf"
+    r = cli("convert", str(demo_dir), "--out", str(out), "--type", "F16")
+    assert r.returncode == 0, r.stderr
+    import gguf
+
+    reader = gguf.GGUFReader(out)
+    assert any(t.name == "blk.0.attn_q.weight" and t.tensor_type.name == "F16"
+               for t in reader.tensors)

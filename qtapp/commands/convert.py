@@ -1,0 +1,45 @@
+"""`quantdesk convert MODEL --out FILE.gguf [--type F16]`: HF folder → one GGUF file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from qtapp.engine.config import GGUF_TYPES
+from qtapp.engine.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a model to one GGUF file (llama.cpp, "
+                       "LM Studio, Ollama)")
+    p.add_argument("model", help="'demo', a local folder or a Hub id in the local cache")
+    p.add_argument("--out", required=True, type=Path, help="the .gguf file to write")
+    p.add_argument("--type", default="F16", choices=GGUF_TYPES,
+                   help="F16/BF16/F32 convert only; other types quantize without an "
+                   "importance matrix (use `quantdesk quantize --method gguf` for one)")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from qtapp.engine.gguf.quantize import quantize_to_gguf
+    from qtapp.engine.sources import resolve_model
+
+    out: Path = args.out.expanduser().resolve()
+    if out.suffix != ".gguf":
+        raise UserError(f"--out {out} must end in .gguf")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} already exists; choose another name or pass --overwrite")
+    info = resolve_model(args.model)
+    if info.path.resolve() in out.parents:
+        raise UserError(f"{out} is inside the source model folder; write it elsewhere")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def progress(tensor: str, done: int, total: int) -> None:
+        print(f"\r[{done}/{total}] {tensor[:60]:<60}", end="", file=sys.stderr, flush=True)
+
+    report = quantize_to_gguf(info.path, out, args.type, None, None, progress)
+    print(file=sys.stderr)
+    print(f"{out}: {args.type}, {len(report.tensors)} tensors, "
+          f"{report.size_bytes / 2**20:.1f} MiB in {report.seconds:.1f} s")
+    return 0
