@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from qtapp.engine import events as ev
+from qtapp.engine.batching import first_output, fit_batch
 from qtapp.engine.config import JobSpec, QuantScheme
 from qtapp.engine.errors import Cancelled, UserError
 from qtapp.engine.methods.gptq import HessianAccumulator, gptq_quantize, relative_output_error
@@ -65,23 +66,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _fit_batch(obj: Any, full: int, b: int) -> Any:
-    """Slice captured kwargs made for a batch of `full` samples down to `b` samples."""
-    if isinstance(obj, torch.Tensor):
-        return obj[:b] if obj.dim() > 0 and obj.shape[0] == full and b != full else obj
-    if isinstance(obj, tuple):
-        return tuple(_fit_batch(o, full, b) for o in obj)
-    if isinstance(obj, list):
-        return [_fit_batch(o, full, b) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _fit_batch(v, full, b) for k, v in obj.items()}
-    return obj
-
-
-def _block_output(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
-
-
 @dataclass
 class BlockInputs:
     """Calibration activations entering the current block, and the kwargs blocks need."""
@@ -94,7 +78,7 @@ class BlockInputs:
         n = self.x.shape[0]
         for i in range(0, n, self.batch):
             xb = self.x[i : i + self.batch]
-            yield xb, _fit_batch(self.kwargs, self.batch, xb.shape[0])
+            yield xb, fit_batch(self.kwargs, self.batch, xb.shape[0])
 
 
 class LayerStreamer:
@@ -178,7 +162,7 @@ def forward_block(block: nn.Module, inputs: BlockInputs, out: torch.Tensor | Non
     i = 0
     with torch.no_grad():
         for xb, kw in inputs.batches():
-            y = _block_output(block(xb.to(block_dtype(block)), **kw))
+            y = first_output(block(xb.to(block_dtype(block)), **kw))
             if out is not None:
                 out[i : i + xb.shape[0]] = y.to(out.dtype)
             i += xb.shape[0]

@@ -64,6 +64,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from qtapp.engine.arch import AwqGroup
+from qtapp.engine.batching import first_output, fit_batch
 from qtapp.engine.config import AWQOptions, QuantScheme
 from qtapp.engine.errors import UserError
 from qtapp.engine.primitives import default_g_idx, fake_quantize, n_groups, qparams_from_range
@@ -133,23 +134,6 @@ class AwqBlockResult:
 # ---------------------------------------------------------------------------- capture
 
 
-def _fit_batch(obj: Any, full: int, b: int) -> Any:
-    """Slice kwargs captured for a batch of `full` samples down to `b` samples."""
-    if isinstance(obj, Tensor):
-        return obj[:b] if obj.dim() > 0 and obj.shape[0] == full and b != full else obj
-    if isinstance(obj, tuple):
-        return tuple(_fit_batch(o, full, b) for o in obj)
-    if isinstance(obj, list):
-        return [_fit_batch(o, full, b) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _fit_batch(v, full, b) for k, v in obj.items()}
-    return obj
-
-
-def _first(out: Any) -> Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 @dataclass
 class _Call:
     """How the block called a target on one mini-batch: its input and the other arguments."""
@@ -161,8 +145,8 @@ class _Call:
 
     def run(self, module: nn.Module) -> Tensor:
         if self.key is None:
-            return _first(module(self.x, *self.args, **self.kwargs))
-        return _first(module(*self.args, **{self.key: self.x}, **self.kwargs))
+            return first_output(module(self.x, *self.args, **self.kwargs))
+        return first_output(module(*self.args, **{self.key: self.x}, **self.kwargs))
 
 
 @dataclass
@@ -251,7 +235,7 @@ def _capture(block: nn.Module, x: Tensor, block_kwargs: dict[str, Any], gram_tar
         with torch.no_grad():
             for i in range(0, n, batch_size):
                 xb = x[i:i + batch_size].to(device, dtype)
-                block(xb, **_fit_batch(block_kwargs, batch_size, xb.shape[0]))
+                block(xb, **fit_batch(block_kwargs, batch_size, xb.shape[0]))
                 offset += xb.shape[0] * seq
     finally:
         for h in handles:
