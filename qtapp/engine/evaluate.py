@@ -19,7 +19,7 @@ DEFAULT_CTX = 512
 
 
 def perplexity(model: nn.Module, tokens: torch.Tensor, ctx: int = DEFAULT_CTX,
-               batch: int = 4) -> float:
+               batch: int = 1) -> float:
     """exp(mean NLL) of `tokens` (1, T) in windows of `ctx` tokens."""
     model.eval()
     device = next(model.parameters()).device
