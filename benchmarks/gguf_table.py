@@ -37,7 +37,6 @@ import torch
 from degrid import degrid_demo_dir
 
 from qtapp.engine.calibration import builtin_calibration_text, eval_tokens, tokenize
-from qtapp.engine.gguf.convert import convert_to_gguf
 from qtapp.engine.gguf.imatrix import compute_imatrix, write_imatrix
 from qtapp.engine.gguf.llama_runtime import perplexity
 from qtapp.engine.gguf.quantize import quantize_to_gguf
@@ -78,7 +77,8 @@ def _children_cpu() -> float:
 def run(*args: object, cwd: Path | None = None) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     src = llama_cpp_dir()
-    if src is not None:
+    if src is not None and str(args[0]) == sys.executable and "convert_hf_to_gguf" in str(
+            args[1]):
         env["PYTHONPATH"] = str(src / "gguf-py")
     result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
                             text=True, check=False)
@@ -95,7 +95,7 @@ def main() -> None:
     args = ap.parse_args()
     model = {"degrid": degrid_demo_dir, "demo": demo_model_dir}.get(args.model)
     src = model() if model else Path(args.model)
-    out = args.out or Path(tempfile.mkdtemp(prefix="gguf-bench-"))
+    out = (args.out or Path(tempfile.mkdtemp(prefix="gguf-bench-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     from transformers import AutoTokenizer
 
@@ -115,11 +115,16 @@ def main() -> None:
                      "cpu_s": clock.cpu if clock else None})
         print(json.dumps(rows[-1]), flush=True)
 
-    # conversion to F16, twice each, alternating, so that both see the same machine load
+    # conversion to F16 in fresh processes (imports included for both), twice each,
+    # alternating, so that both see the same machine load
     vendor = llama_cpp_dir()
+    ours_cmd = [sys.executable, "-c", ("import sys; from pathlib import Path; "
+                "from qtapp.engine.gguf.convert import convert_to_gguf; "
+                "convert_to_gguf(Path(sys.argv[1]), Path(sys.argv[2]), 'F16')"),
+                src, out / "ours-F16.gguf"]
     for rep in range(2):
         with Clock() as c:
-            convert_to_gguf(src, out / "ours-F16.gguf", "F16")
+            run(*ours_cmd, cwd=ROOT)
         timings[f"quantdesk_convert_f16_wall_{rep}"] = c.wall
         timings[f"quantdesk_convert_f16_cpu_{rep}"] = c.cpu
         if vendor is not None:
