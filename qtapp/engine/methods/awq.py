@@ -22,8 +22,8 @@ statistic w̄. On the demo model (SmolLM2-135M, W4 asym, 8 held-out windows) the
 output MSE relative to RTN was, x̄ alone vs duo: block 2 g64 0.39 / 0.38, g128 0.51 / 0.38;
 block 15 g64 0.46 / 0.45, g128 0.41 / 0.40. So we use duo scaling.
 
-A linear target needs no forward pass: with the Gram matrix G = Σ_t x_t x_tᵀ of its input
-(all tokens), L = tr(ΔW G ΔWᵀ) / (T·N). Attention and MLP targets are rerun on at most
+A linear target of at most LOSS_TOKENS inputs needs no forward pass: with the Gram matrix
+G = Σ_t x_t x_tᵀ of its input (all tokens), L = tr(ΔW G ΔWᵀ) / (T·N); wider ones are rerun. Attention and MLP targets are rerun on at most
 LOSS_TOKENS tokens of their captured inputs (whole mini-batches of samples). On the demo
 model (block 2, W4 g64/g128, 32 calibration windows of 256 tokens) 2048, 4096 and 8192
 tokens chose the same α for every group, at 20, 30 and 43 CPU-seconds per block.
@@ -375,9 +375,14 @@ def _search_group(block: nn.Module, group: AwqGroup, loss: _Loss, x_mean: Tensor
 
 
 def _linear_target(block: nn.Module, group: AwqGroup) -> bool:
-    """The target is the group's only linear: its loss follows from the Gram matrix."""
-    return group.linears == (group.target,) and isinstance(
-        block.get_submodule(group.target), nn.Linear)
+    """The target is the group's only linear, with at most LOSS_TOKENS inputs: its loss
+    follows from the Gram matrix. Evaluating tr(ΔW G ΔWᵀ) costs N·K² per candidate against
+    N·K·LOSS_TOKENS for a rerun, so wider inputs (8B-class down_proj, K = 14 336) are rerun
+    on their captured tokens instead (on 2 CPU cores the Gram route took 170 s per block of
+    a 1B-shape Llama, K = 8192)."""
+    target = block.get_submodule(group.target)
+    return group.linears == (group.target,) and isinstance(target, nn.Linear) and \
+        target.in_features <= LOSS_TOKENS
 
 
 def _skip_reason(block: nn.Module, group: AwqGroup,
