@@ -23,6 +23,7 @@ from qtapp.engine.config import (
     rules_from_json,
 )
 from qtapp.engine.errors import UserError
+from qtapp.engine.outputs import discard_partial
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +56,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip the perplexity evaluation")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept *.bin/*.pt pickle weights (read with weights_only=True); only "
+                   "for models you trust")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let Python code shipped with the model run (custom tokenizers); "
+                   "off by default, only for models you trust")
     p.add_argument("--worker", action="store_true",
                    help="run in a child worker process (as the window does)")
     p.add_argument("--dry-run", action="store_true", help="print the job spec and stop")
@@ -83,15 +90,16 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
                                     seq_len=args.seq_len),
         export_format=args.export_format, device=args.device, evaluate=not args.no_eval,
         resume=not args.no_resume, overwrite=args.overwrite,
+        allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
     ).validate()
 
 
 class ProgressPrinter:
     """Renders events as a one-line progress bar with ETA, plus the final summary."""
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced
+        self.tty = self.stream.isatty()
         self.last = ""
 
     def __call__(self, event: ev.Event) -> None:
@@ -192,12 +200,21 @@ def _run_in_worker(job: JobSpec, render) -> int:
             assert proc.stdin is not None
             proc.stdin.write("cancel\n")
             proc.stdin.flush()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                discard_partial(job.out)
             return 130
         code = proc.wait()
     if final is None:
-        render(ev.Failed(message=f"the worker stopped without a result (exit code {code})",
-                         kind="internal"))
+        how = (f"killed by signal {-code} ({signal.strsignal(-code) or 'unknown'})"
+               if code < 0 else f"exit code {code}")
+        kept = "; its partial output was removed" if discard_partial(job.out) else ""
+        render(ev.Failed(message=f"the worker stopped without a result ({how}){kept}. Nothing "
+                         f"was written to {job.out}; start the job again (finished blocks are "
+                         "resumed from the checkpoint)", kind="internal"))
         return 1
     return {"result": 0, "cancelled": 130}.get(final.type, 1)
 

@@ -20,6 +20,7 @@ from typing import Any
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
+from qtapp.engine.outputs import free_bytes, is_disk_full, partial_path
 from qtapp.engine.sources import ModelInfo, cache_root, resolve_model
 
 Emit = Callable[[ev.Event], None]
@@ -34,9 +35,16 @@ def check_output_path(out: Path, source: Path, overwrite: bool) -> None:
     if out in src.parents:
         raise UserError(f"the output {out} contains the source model {src}; choose another "
                         "output folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"the output {out} is an existing file, not a folder; choose a folder "
+                        "name that does not exist yet")
     if out.exists() and not overwrite:
         raise UserError(f"the output {out} already exists; choose a new name or pass "
                         "--overwrite to replace it")
+    if out.exists() and any(out.iterdir()) and not _looks_like_output(out):
+        raise UserError(f"the output {out} exists and is not a model folder (no config.json or "
+                        ".gguf file in it); QuantDesk replaces only earlier outputs, even with "
+                        "--overwrite. Choose a new output folder name")
     parent = out.parent
     if not parent.exists():
         try:
@@ -47,9 +55,62 @@ def check_output_path(out: Path, source: Path, overwrite: bool) -> None:
         raise UserError(f"cannot write into {parent}; choose an output folder you can write to")
 
 
-def partial_path(out: Path) -> Path:
-    """The hidden temporary folder beside the output, renamed into place when complete."""
-    return out.parent / f".{out.name}.partial"
+def _looks_like_output(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or any(folder.glob("*.gguf"))
+
+
+def check_memory(job: JobSpec, info: ModelInfo, device: Any) -> None:
+    """Refuse a job that the advisor predicts cannot fit in memory, before it starts."""
+    from qtapp.engine.advisor import ModelShape, format_size, quantize_peak_bytes
+
+    c = job.calibration
+    shape = ModelShape.from_config(info.config, info.name, info.n_params)
+    need = quantize_peak_bytes(shape, job.method, c.samples, c.seq_len)
+    if str(device).startswith("cuda"):
+        import torch
+
+        have, where = torch.cuda.mem_get_info(device)[0], "free GPU memory"
+    else:
+        import psutil
+
+        have, where = psutil.virtual_memory().available, "available RAM"
+    if need > have:
+        raise UserError(
+            f"{info.name} with {job.method} and {c.samples} calibration samples × {c.seq_len} "
+            f"tokens needs about {format_size(need)} of working memory, but this machine has "
+            f"{format_size(have)} of {where}. Use fewer samples (--samples) or a shorter "
+            "--seq-len, close other programs, or use a machine with more memory."
+        )
+
+
+def _disk_full(e: BaseException, out: Path, work: Path) -> UserError:
+    from qtapp.engine.advisor import format_size
+
+    def free(p: Path) -> str:
+        n = free_bytes(p)
+        return "unknown" if n is None else format_size(n)
+
+    return UserError(
+        f"The disk is full: writing the job's files failed ({e}). Free space: output folder "
+        f"{out.parent} {free(out.parent)}, checkpoint folder {work} {free(work)}. Nothing was "
+        f"kept in {out}; free some space or choose an output folder on another disk, then "
+        "start the job again (finished blocks stay in the checkpoint)."
+    )
+
+
+def _replace_output(partial: Path, out: Path) -> None:
+    """Move the finished ``partial`` to ``out``; an old ``out`` is kept until that succeeds."""
+    if not out.exists():
+        os.replace(partial, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.replace(out, old)
+    try:
+        os.replace(partial, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def job_fingerprint(job: JobSpec, info: ModelInfo) -> str:
@@ -70,8 +131,12 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
     out = Path(job.out).expanduser().resolve()
     info = resolve_model(job.model, allow_pickle=job.allow_pickle)
     check_output_path(out, info.path, job.overwrite)
+    from qtapp.engine.pipeline import pick_device
+
+    check_memory(job, info, pick_device(job.device))
     emit(ev.Started(model=info.name, method=job.method, out=str(out),
                     total_steps=info.n_layers, job=job.to_dict()))
+    _warn_unsafe_options(job, info, emit)
     emit(ev.Log(level="info", message=f"{info.name}: {info.arch.name}, {info.n_layers} blocks, "
                 f"{info.n_params / 1e6:.1f} M parameters, {info.size_bytes / 2**20:.0f} MiB"))
     partial = partial_path(out)
@@ -86,11 +151,11 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
             from qtapp.engine.errors import Cancelled
 
             raise Cancelled()
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(partial, out)
-    except BaseException:
+        _replace_output(partial, out)
+    except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
+        if is_disk_full(e):
+            raise _disk_full(e, out, cache_root() / "jobs") from None
         raise
     summary["out"] = str(out)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
@@ -102,12 +167,40 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
     return summary
 
 
-def _calibration_tokens(job: JobSpec, info: ModelInfo, emit: Emit):  # -> torch.Tensor
+def _warn_unsafe_options(job: JobSpec, info: ModelInfo, emit: Emit) -> None:
+    if job.allow_pickle:
+        emit(ev.Log(level="warning", message="pickle weights are allowed (--allow-pickle): "
+                    "*.bin/*.pt files are read with torch.load(weights_only=True), which loads "
+                    "only tensors, but pickle is still a code-execution format; use it only "
+                    "for models from authors you trust"))
+    if job.trust_remote_code:
+        code = sorted(p.name for p in info.path.glob("*.py"))
+        emit(ev.Log(level="warning", message="trust_remote_code is ON: Python code shipped with "
+                    f"the model in {info.path} ({', '.join(code) or 'no .py files found'}) may "
+                    "run on this machine when its tokenizer is loaded. Turn it off unless you "
+                    "trust the model's author."))
+
+
+def load_tokenizer(job: JobSpec, path: Path) -> Any:
+    """The model's tokenizer; code shipped with the model runs only with trust_remote_code."""
     from transformers import AutoTokenizer
 
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=job.trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise UserError(
+            f"The tokenizer of {path} is custom Python code shipped with the model "
+            "(auto_map in tokenizer_config.json). QuantDesk does not run code from models "
+            "unless asked; if you trust the model's author, pass --trust-remote-code."
+        ) from None
+
+
+def _calibration_tokens(job: JobSpec, info: ModelInfo, emit: Emit):  # -> torch.Tensor
     from qtapp.engine.calibration import calibration_batches
 
-    tokenizer = AutoTokenizer.from_pretrained(info.path)
+    tokenizer = load_tokenizer(job, info.path)
     c = job.calibration
     tokens = calibration_batches(tokenizer, c.source, c.samples, c.seq_len, c.seed)
     emit(ev.Log(level="info", message=f"calibration: {tokens.shape[0]} samples × "
@@ -150,6 +243,10 @@ def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     summary["source_size_bytes"] = info.size_bytes
     write_model_card(partial, job, info, summary)
     summary["files"] = sorted({*summary["files"], "README.md"})
+    if should_cancel():  # keep the checkpoint: a cancelled job resumes without re-quantizing
+        from qtapp.engine.errors import Cancelled
+
+        raise Cancelled()
     shutil.rmtree(work, ignore_errors=True)
     return summary
 

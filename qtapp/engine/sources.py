@@ -325,7 +325,9 @@ def _model_info(folder: Path, source: str, name: str) -> ModelInfo:
                 f"{folder} holds only pickle weights ({', '.join(pickles[:3])}), which can run "
                 "code when loaded and are refused for safety. Use a copy of the model in "
                 "*.safetensors format, or, only for a model you trust, allow pickle weights "
-                "(allow_pickle=True); they are then converted to safetensors once."
+                "(--allow-pickle on the command line, allow_pickle=True in a job file); they "
+                "are then read with torch.load(weights_only=True) and converted to "
+                "safetensors once."
             )
         raise UserError(f"No *.safetensors weight files in {folder}. Choose a folder that "
                         "holds the model's weights.")

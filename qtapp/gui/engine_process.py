@@ -23,6 +23,7 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signa
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
+from qtapp.engine.outputs import discard_partial
 from qtapp.gui.i18n import tr
 
 STDERR_TAIL_LINES = 40
@@ -76,6 +77,7 @@ class EngineProcess(QObject):
         self._final: ev.Event | None = None
         self._cancel_requested = False
         self._job_dir: str | None = None
+        self._out = ""
         self._pending: deque[bytes] = deque()
         self._drain_scheduled = False
         self._finished_args: tuple[int, QProcess.ExitStatus] | None = None
@@ -88,8 +90,10 @@ class EngineProcess(QObject):
         """Start a job; raises RuntimeError when one is still running."""
         if self.is_running():
             raise RuntimeError("a job is already running")
-        spec = job.to_json() if isinstance(job, JobSpec) else JobSpec.from_dict(job).to_json()
+        spec_job = job if isinstance(job, JobSpec) else JobSpec.from_dict(job)
+        spec = spec_job.to_json()
         self._reset()
+        self._out = spec_job.out
         self._job_dir = tempfile.mkdtemp(prefix="quantdesk-job-")
         job_path = Path(self._job_dir) / "job.json"
         job_path.write_text(spec, encoding="utf-8")
@@ -262,6 +266,8 @@ class EngineProcess(QObject):
 
     def _finish(self, outcome: Outcome) -> None:
         self._stop_timers()
+        if outcome.status in ("crashed", "cancelled") and self._out:
+            discard_partial(self._out)  # a killed worker could not remove its own
         if self._job_dir:
             shutil.rmtree(self._job_dir, ignore_errors=True)
             self._job_dir = None

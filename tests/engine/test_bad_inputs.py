@@ -1,0 +1,223 @@
+"""Bad inputs through the command line: one clear error line, a non-zero exit, nothing written.
+
+Each case damages a copy of the tiny model (or its calibration / imatrix / rules file) and runs
+`quantdesk quantize` in-process through `qtapp.cli.main`, the function `python -m qtapp` exits
+with. After each: exactly one error line naming the input and what to do, no Traceback, no
+output folder, no hidden partial folder, no checkpoint in the cache, and the source model
+byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from qtapp.cli import main
+from qtapp.engine.outputs import partial_path
+
+
+def tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _config(model: Path, change: Callable[[dict], None]) -> None:
+    cfg = json.loads((model / "config.json").read_text())
+    change(cfg)
+    (model / "config.json").write_text(json.dumps(cfg))
+
+
+def _safetensors_header(file: Path) -> tuple[dict, bytes]:
+    raw = file.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _write_safetensors(file: Path, header: dict, data: bytes) -> None:
+    head = json.dumps(header).encode()
+    file.write_bytes(struct.pack("<Q", len(head)) + head + data)
+
+
+def lie_about_shape(model: Path) -> None:
+    file = model / "model.safetensors"
+    header, data = _safetensors_header(file)
+    header["model.norm.weight"]["shape"] = [128]  # the offsets still span 64 floats
+    _write_safetensors(file, header, data)
+
+
+def split_into_absent_shards(model: Path) -> None:
+    header, _ = _safetensors_header(model / "model.safetensors")
+    names = sorted(k for k in header if k != "__metadata__")
+    (model / "model.safetensors").rename(model / "model-00001-of-00002.safetensors")
+    weight_map = {n: "model-00001-of-00002.safetensors" for n in names[:-3]}
+    weight_map.update({n: "model-00002-of-00002.safetensors" for n in names[-3:]})
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def pickle_only(model: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(model / "model.safetensors"))
+    (model / "model.safetensors").unlink()
+    torch.save(state, model / "pytorch_model.bin")
+
+
+def truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def calibration(content: bytes) -> Callable[[Path, Path], list[str]]:
+    def make(model: Path, tmp: Path) -> list[str]:
+        f = tmp / "calib.txt"
+        f.write_bytes(content)
+        return ["--calibration", str(f)]
+    return make
+
+
+def truncated_imatrix(model: Path, tmp: Path) -> list[str]:
+    import numpy as np
+
+    from qtapp.engine.gguf.imatrix import Imatrix, write_imatrix
+
+    f = tmp / "imatrix.gguf"
+    write_imatrix(Imatrix({"blk.0.attn_q.weight": np.ones(64, dtype=np.float32)},
+                          {"blk.0.attn_q.weight": 4}, "test", 64), f)
+    truncate(f)
+    return ["--method", "gguf", "--type", "Q4_K_M", "--imatrix", str(f)]
+
+
+def gguf_as_model(model: Path, tmp: Path) -> list[str]:
+    f = tmp / "model.gguf"
+    f.write_bytes(b"GGUF" + bytes(60))
+    return ["--model", str(f)]
+
+
+def rules_not_json(model: Path, tmp: Path) -> list[str]:
+    f = tmp / "rules.json"
+    f.write_text("[{pattern: *.mlp.*}")
+    return ["--rules", str(f)]
+
+
+# (id, damage to the model copy, extra arguments, words the one error line must hold)
+CASES: list[tuple[str, Callable[[Path], None] | None,
+                  Callable[[Path, Path], list[str]] | None, tuple[str, ...]]] = [
+    ("missing path", lambda m: shutil.rmtree(m), None,
+     ("does not exist", "Check the path")),
+    ("empty folder", lambda m: [p.unlink() for p in m.iterdir()], None,
+     ("is empty", "Copy or download")),
+    ("config.json not JSON", lambda m: (m / "config.json").write_text("{'model_type': llama"),
+     None, ("config.json is not valid JSON", "Restore the file")),
+    ("config.json without model_type", lambda m: _config(
+        m, lambda c: [c.pop("model_type"), c.pop("architectures")]),
+     None, ("names neither 'model_type' nor 'architectures'", "config.json")),
+    ("config.json without num_hidden_layers", lambda m: _config(
+        m, lambda c: c.pop("num_hidden_layers")),
+     None, ("lacks valid 'num_hidden_layers'", "Restore the file")),
+    ("unsupported architecture", lambda m: _config(
+        m, lambda c: c.update(model_type="gpt_neox", architectures=["GPTNeoXForCausalLM"])),
+     None, ("gpt_neox",)),
+    ("tokenizer missing", lambda m: [(m / f).unlink() for f in
+                                      ("tokenizer.json", "tokenizer_config.json")],
+     None, ("No tokenizer", "Copy the tokenizer files")),
+    ("safetensors truncated", lambda m: truncate(m / "model.safetensors"), None,
+     ("model.safetensors is damaged", "truncated", "download or copy the model again")),
+    ("safetensors header lies about sizes", lie_about_shape, None,
+     ("model.safetensors is damaged", "model.norm.weight", "has shape [128]")),
+    ("shard in the index but absent", split_into_absent_shards, None,
+     ("lists 2 weight shards but 1 are missing", "model-00002-of-00002.safetensors",
+      "download the model again")),
+    ("pickle weights without --allow-pickle", pickle_only, None,
+     ("pytorch_model.bin", "refused for safety", "--allow-pickle")),
+    ("GGUF file given as the model", None, gguf_as_model,
+     ("is a file, not a model folder", "original Hugging Face folder")),
+    ("calibration file empty", None, calibration(b""), ("calib.txt is empty",)),
+    ("calibration file binary", None, calibration(b"\x00\x01\x02PK\x03\x04" * 50),
+     ("calib.txt looks binary",)),
+    ("calibration file not UTF-8", None, calibration("naïve café".encode("latin-1") * 40),
+     ("calib.txt is not UTF-8",)),
+    ("imatrix truncated", None, truncated_imatrix,
+     ("imatrix.gguf is truncated or damaged", "copy or compute it again")),
+    ("rules file not JSON", None, rules_not_json, ("rules.json: is not valid JSON",)),
+    ("Hub id malformed", None, lambda m, t: ["--model", "org/model name"],
+     ("'org/model name' is neither an existing folder nor a valid Hugging Face model id",)),
+    ("Hub id not in the offline cache", None, lambda m, t: ["--model", "nobody-xyz/no-model"],
+     ("'nobody-xyz/no-model' is not in the local Hugging Face cache",
+      "huggingface-cli download")),
+]
+
+
+@pytest.fixture()
+def isolated(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QUANTDESK_CACHE", str(cache))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def quantize(capfd, *args: str) -> tuple[int, list[str], str]:
+    capfd.readouterr()
+    code = main(["quantize", "--method", "rtn", "--bits", "4", "--group-size", "64",
+                 "--samples", "4", "--seq-len", "32", "--no-eval", *args])
+    err = capfd.readouterr().err
+    return code, [line for line in err.splitlines() if "error" in line.lower()], err
+
+
+@pytest.mark.parametrize("name,damage,extra,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_error_and_nothing_is_written(
+        name, damage, extra, words, tiny_llama_dir, tmp_path, isolated, capfd):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    if damage is not None:
+        damage(model)
+    args = ["--model", str(model)]
+    if extra is not None:
+        args += extra(model, tmp_path)  # a later --model/--method wins in argparse
+    before = tree_digest(model) if model.exists() else None
+    out = tmp_path / "out"
+    listed = sorted(tmp_path.iterdir())
+    code, errors, err = quantize(capfd, *args, "--out", str(out))
+    assert code != 0
+    assert len(errors) == 1, err
+    for w in words:
+        assert w in errors[0], (w, errors[0])
+    assert "Traceback" not in err
+    assert not out.exists() and not partial_path(out).exists()
+    assert sorted(tmp_path.iterdir()) == listed
+    assert not isolated.exists()  # no checkpoint, no converted copy
+    if before is not None:
+        assert tree_digest(model) == before
+
+
+def test_cli_process_exit_code_is_non_zero(tiny_llama_dir, tmp_path):
+    """The real `python -m qtapp quantize` process: exit code 1 and the same single line."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    calib = tmp_path / "calib.txt"
+    calib.write_bytes(b"\xff\xfe\x00\x00binary")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "qtapp", "quantize", "--model", str(tiny_llama_dir),
+                        "--method", "rtn", "--out", str(out), "--calibration", str(calib),
+                        "--group-size", "64", "--no-eval"], capture_output=True, text=True, cwd=root, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(root),
+                                QUANTDESK_CACHE=str(tmp_path / "cache")), check=False)
+    assert r.returncode == 1, r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if "error" in x.lower()]
+    assert "looks binary" in line and str(calib) in line
+    assert not out.exists() and not partial_path(out).exists()
