@@ -221,3 +221,161 @@ def test_cli_process_exit_code_is_non_zero(tiny_llama_dir, tmp_path):
     (line,) = [x for x in r.stderr.splitlines() if "error" in x.lower()]
     assert "looks binary" in line and str(calib) in line
     assert not out.exists() and not partial_path(out).exists()
+
+
+# ----------------------------------------------------------------------------- output paths
+
+
+def _existing_output(folder: Path) -> str:
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"old output")
+    return tree_digest(folder)
+
+
+@pytest.mark.parametrize("case,words", [
+    ("exists", "already exists; choose a new name or pass --overwrite to replace it"),
+    ("inside source", "is inside the source model folder"),
+    ("source itself", "is inside the source model folder"),
+    ("contains source", "contains the source model"),
+    ("a file", "is an existing file, not a folder"),
+    ("not a model folder", "is not a model folder (no config.json or .gguf file in it)"),
+])
+def test_output_path_refusals(case, words, tiny_llama_dir, tmp_path, isolated, capfd):
+    model = tmp_path / "models" / "src"
+    shutil.copytree(tiny_llama_dir, model)
+    before = tree_digest(model)
+    extra: list[str] = []
+    out = {"exists": tmp_path / "old", "inside source": model / "q4",
+           "source itself": model, "contains source": tmp_path / "models",
+           "a file": tmp_path / "file", "not a model folder": tmp_path / "docs"}[case]
+    if case == "exists":
+        _existing_output(out)
+    elif case == "a file":
+        out.write_text("keep me")
+    elif case == "not a model folder":
+        out.mkdir()
+        (out / "thesis.tex").write_text("keep me")
+        extra = ["--overwrite"]
+    listed = sorted(tmp_path.rglob("*"))
+    code, errors, err = quantize(capfd, "--model", str(model), "--out", str(out), *extra)
+    assert code != 0 and len(errors) == 1 and words in errors[0], err
+    assert sorted(tmp_path.rglob("*")) == listed  # nothing written, nothing removed
+    assert tree_digest(model) == before
+
+
+def test_overwrite_replaces_only_when_the_new_output_is_complete(tiny_llama_dir, tmp_path,
+                                                                  isolated, capfd):
+    out = tmp_path / "out"
+    old = _existing_output(out)
+    bad = tmp_path / "calib.txt"
+    bad.write_bytes(b"")
+    code, _, _ = quantize(capfd, "--model", str(tiny_llama_dir), "--out", str(out),
+                          "--overwrite", "--calibration", str(bad))
+    assert code != 0 and tree_digest(out) == old  # a failed job keeps the old output
+    code, _, err = quantize(capfd, "--model", str(tiny_llama_dir), "--out", str(out),
+                            "--overwrite")
+    assert code == 0, err
+    assert (out / "model.safetensors").read_bytes() != b"old output"
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["bits"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ----------------------------------------------------------------------------- no code from models
+
+
+def test_unsafe_options_are_off_by_default():
+    from qtapp.cli import build_parser
+    from qtapp.commands.quantize import job_from_args
+    from qtapp.engine.config import JobSpec
+
+    spec = JobSpec(model="demo", method="rtn", out="x")
+    assert not spec.allow_pickle and not spec.trust_remote_code
+    args = build_parser().parse_args(["quantize", "--model", "demo", "--method", "rtn",
+                                      "--out", "x"])
+    job = job_from_args(args)
+    assert not job.allow_pickle and not job.trust_remote_code
+
+
+class _Payload:
+    """Unpickling this runs os.system: what a malicious .bin file does."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.sentinel}",)
+
+
+def test_malicious_pickle_never_runs_even_when_pickle_is_allowed(tiny_llama_dir, tmp_path,
+                                                                   isolated, capfd):
+    import torch
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    (model / "model.safetensors").unlink()
+    sentinel = tmp_path / "pwned"
+    torch.save({"model.embed_tokens.weight": _Payload(sentinel)}, model / "pytorch_model.bin")
+    out = tmp_path / "out"
+    code, errors, err = quantize(capfd, "--model", str(model), "--out", str(out))
+    assert code != 0 and "refused for safety" in errors[0]
+    code, errors, err = quantize(capfd, "--model", str(model), "--out", str(out),
+                                 "--allow-pickle")
+    assert code != 0 and len(errors) == 1, err
+    assert "Could not read the pickle weights" in errors[0] and "pytorch_model.bin" in errors[0]
+    assert "Weights only load failed" in errors[0]
+    assert not sentinel.exists()
+    assert not out.exists() and not partial_path(out).exists()
+
+
+def test_allowed_pickle_weights_quantize_with_a_warning(tiny_llama_dir, tmp_path, isolated,
+                                                        capfd):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    pickle_only(model)
+    before = tree_digest(model)
+    out = tmp_path / "out"
+    code, _, err = quantize(capfd, "--model", str(model), "--out", str(out), "--allow-pickle")
+    assert code == 0, err
+    assert "warning: pickle weights are allowed (--allow-pickle)" in err
+    assert "torch.load(weights_only=True)" in err
+    assert (out / "model.safetensors").is_file() and tree_digest(model) == before
+
+
+CUSTOM_TOKENIZER = '''
+from pathlib import Path
+from transformers import PreTrainedTokenizerFast
+
+Path(__file__).resolve().parents[0].joinpath("ran").touch()
+Path({sentinel!r}).touch()
+
+
+class CustomTokenizer(PreTrainedTokenizerFast):
+    pass
+'''
+
+
+def test_remote_code_runs_only_with_trust_remote_code(tiny_llama_dir, tmp_path, isolated,
+                                                       capfd, monkeypatch):
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    sentinel = tmp_path / "code-ran"
+    (model / "custom_tok.py").write_text(CUSTOM_TOKENIZER.format(sentinel=str(sentinel)))
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    cfg["tokenizer_class"] = "CustomTokenizer"
+    cfg["auto_map"] = {"AutoTokenizer": [None, "custom_tok.CustomTokenizer"]}
+    (model / "tokenizer_config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    code, errors, err = quantize(capfd, "--model", str(model), "--out", str(out))
+    assert code != 0 and len(errors) == 1, err
+    assert "is custom Python code shipped with the model" in errors[0]
+    assert "pass --trust-remote-code" in errors[0]
+    assert not sentinel.exists() and not out.exists()
+    code, _, err = quantize(capfd, "--model", str(model), "--out", str(out),
+                            "--trust-remote-code")
+    assert "warning: trust_remote_code is ON: Python code shipped with the model" in err
+    assert "custom_tok.py" in err
+    assert code == 0 and sentinel.exists(), err  # asked for: the model's code did run
