@@ -231,6 +231,8 @@ class JobSpec:
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    target_bytes: int = 0  # size budget of the written model (allocate.py); 0: none
+    target_bpw: float = 0.0  # or bits per parameter of the written model; 0: none
 
     def validate(self) -> JobSpec:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -250,6 +252,17 @@ class JobSpec:
         if self.export_format not in EXPORT_FORMATS:
             raise ConfigError("job.export_format", f"{self.export_format!r} is not allowed; "
                               f"choose one of {_choices(EXPORT_FORMATS)}")
+        if isinstance(self.target_bytes, bool) or not isinstance(self.target_bytes, int) \
+                or self.target_bytes < 0:
+            raise ConfigError("job.target_bytes", f"{self.target_bytes!r} is not allowed; use "
+                              "a size in bytes, or 0 for no size budget")
+        if isinstance(self.target_bpw, bool) or not isinstance(self.target_bpw, (int, float)) \
+                or not 0 <= self.target_bpw <= 32:
+            raise ConfigError("job.target_bpw", f"{self.target_bpw!r} is not allowed; use bits "
+                              "per parameter between 1 and 32 (e.g. 4.5), or 0 for none")
+        if self.target_bytes and self.target_bpw:
+            raise ConfigError("job.target_bpw", "give a target size or a target bits per "
+                              "weight, not both")
         if self.device not in DEVICES:
             raise ConfigError("job.device", f"{self.device!r} is not allowed; choose one of "
                               f"{_choices(DEVICES)}")

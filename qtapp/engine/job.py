@@ -139,6 +139,13 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
     _warn_unsafe_options(job, info, emit)
     emit(ev.Log(level="info", message=f"{info.name}: {info.arch.name}, {info.n_layers} blocks, "
                 f"{info.n_params / 1e6:.1f} M parameters, {info.size_bytes / 2**20:.0f} MiB"))
+    plan = None
+    if job.target_bytes or job.target_bpw:
+        from qtapp.engine.allocate import plan_for_job
+
+        job, tokens, plan = plan_for_job(job, info, tokens,
+                                         lambda: _calibration_tokens(job, info, emit),
+                                         emit, should_cancel)
     partial = partial_path(out)
     if partial.exists():
         shutil.rmtree(partial)
@@ -157,6 +164,8 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
         if is_disk_full(e):
             raise _disk_full(e, out, cache_root() / "jobs") from None
         raise
+    if plan is not None:
+        summary["plan"] = plan
     summary["out"] = str(out)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     for f in summary.get("files", []):

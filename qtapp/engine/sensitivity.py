@@ -1,0 +1,257 @@
+"""How much each module's quantization would degrade the model, for every candidate scheme,
+from one streamed calibration pass over the float model.
+
+Estimator. For a linear y = W x inside block l and a candidate c with quantized weight
+Ŵ_c, the error it adds to the module's output over the calibration tokens is
+
+    E_m(c) = (1/n) Σ_t ‖(W − Ŵ_c) x_t‖² = ½ tr((W − Ŵ_c) H (W − Ŵ_c)ᵀ),   H = (2/n) Σ_t x_t x_tᵀ
+
+(H is the pipeline's GPTQ Hessian; GGUF's importance matrix is its diagonal / 2). How
+much of that error reaches the residual stream depends on the module: o_proj and
+down_proj add their output to it directly, q/k pass through the softmax, gate through the
+activation, v through the attention average. A per-module gain measures it once, on the
+block itself: with only module m replaced by a reference candidate (the one nearest 3
+bits), a forward of the block on a few calibration samples gives
+
+    g_m = ‖Y_l(Ŵ_ref) − Y_l(W)‖² / Σ_t ‖(W − Ŵ_ref) x_t‖²,
+
+the block-output error per unit of module-output error. The predicted degradation is
+
+    D_m(c) = g_m · E_m(c),
+
+the mean squared change of the residual stream after block l, and a plan's prediction is
+Σ_m D_m(c_m) (first order: errors of different modules are taken as independent and
+additive). The residual stream carries every block's error unchanged to the final norm,
+so errors are compared in its absolute units; amplification by later blocks is not
+modelled (benchmarks/size_budget.py measures the rank correlation of D with the
+end-to-end KL divergence on the demo model).
+
+Ŵ_c is what the job's method would produce, so the estimate includes how well the method
+compensates: GPTQ candidates are solved with GPTQ on H (the solve is cheap next to the
+forwards), GGUF candidates are quantized by ggml itself with the importance matrix diag(H)/2,
+AWQ and RTN candidates are rounded to nearest (AWQ's scale search, which needs the whole
+block, is not repeated per candidate; its gain over RTN is similar across modules).
+
+Cost: one streamed pass (a Hessian pass and a forward per block, as GPTQ does) plus, per
+block, one forward of `gain_samples` samples per linear. No pass is repeated per candidate.
+Profiles are cached under the QuantDesk cache by model, method, scheme and calibration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from qtapp.engine import events as ev
+from qtapp.engine.budget import Candidate, ModuleSlot
+from qtapp.engine.config import JobSpec
+from qtapp.engine.errors import Cancelled
+from qtapp.engine.sources import ModelInfo, cache_root
+
+Emit = Callable[[ev.Event], None]
+GAIN_SAMPLES = 4
+
+
+@dataclass
+class ModuleSensitivity:
+    """E_m(c) per candidate key and the gain g_m of one module."""
+
+    name: str
+    gain: float
+    error: dict[str, float]
+    reference: str = ""
+
+    def degradation(self, key: str) -> float:
+        return self.gain * self.error[key]
+
+
+@dataclass
+class SensitivityProfile:
+    """Every module's sensitivity for one (model, method, scheme, calibration)."""
+
+    key: str
+    method: str
+    tokens: int
+    modules: dict[str, ModuleSensitivity]
+    block_energy: list[float] = field(default_factory=list)  # mean ‖x‖² entering each block
+
+    def cost(self, name: str, key: str) -> float:
+        return self.modules[name].degradation(key)
+
+    def predicted(self, choice: dict[str, str]) -> float:
+        """Σ_m D_m(c_m) for a plan {module: candidate key}."""
+        return sum(self.cost(n, k) for n, k in choice.items())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SensitivityProfile:
+        d = json.loads(text)
+        d["modules"] = {n: ModuleSensitivity(**m) for n, m in d["modules"].items()}
+        return cls(**d)
+
+
+def profile_key(job: JobSpec, info: ModelInfo, slots: list[ModuleSlot]) -> str:
+    """What the estimates depend on: weights, method (+GPTQ settings), candidates, calibration."""
+    d = {"model": str(info.path.resolve()),
+         "weights": [(p.name, p.stat().st_size, int(p.stat().st_mtime))
+                     for p in info.weight_files],
+         "method": job.method, "gptq": asdict(job.gptq) if job.method == "gptq" else None,
+         "calibration": asdict(job.calibration),
+         "candidates": sorted({(c.key, str(c.scheme)) for s in slots for c in s.options}),
+         "gain_samples": GAIN_SAMPLES, "version": 1}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_file(key: str) -> Path:
+    return cache_root() / "sensitivity" / f"{key}.json"
+
+
+def cached_profile(key: str) -> SensitivityProfile | None:
+    path = cache_file(key)
+    if not path.is_file():
+        return None
+    try:
+        return SensitivityProfile.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, KeyError):
+        path.unlink(missing_ok=True)
+        return None
+
+
+def quantized_weight(method: str, W: torch.Tensor, H: torch.Tensor, c: Candidate,
+                     job: JobSpec) -> torch.Tensor:
+    """Ŵ_c: W (N, K) as the job's method would quantize it to candidate `c` (float32)."""
+    if c.kept:
+        return W
+    if method == "gguf":
+        import gguf
+        import numpy as np
+
+        from qtapp.engine.gguf import ggml_quant
+
+        t = gguf.GGMLQuantizationType[c.gguf_type]
+        imatrix = (torch.diagonal(H) / 2).clamp_min(0).cpu().numpy().astype(np.float32)
+        data = ggml_quant.quantize(W.cpu().numpy(), t, imatrix)
+        return torch.from_numpy(gguf.quants.dequantize(data, t).astype(np.float32)).to(W)
+    assert c.scheme is not None
+    if method == "gptq":
+        from qtapp.engine.methods.gptq import gptq_quantize
+
+        return gptq_quantize(W, H, c.scheme, job.gptq).dequantize()
+    from qtapp.engine.methods.rtn import rtn
+
+    return rtn(W, c.scheme).dequantize()
+
+
+def output_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """E = ½ tr(ΔW H ΔWᵀ): the mean over calibration tokens of ‖(W − Ŵ) x‖²."""
+    dW = W - W_hat
+    return float(((dW @ H) * dW).sum()) / 2
+
+
+def _reference(options: tuple[Candidate, ...]) -> Candidate | None:
+    quantized = [c for c in options if not c.kept]
+    return min(quantized, key=lambda c: (abs(c.bits - 3), c.bits)) if quantized else None
+
+
+def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
+                    slots: list[ModuleSlot], emit: Emit, should_cancel: Callable[[], bool],
+                    device: torch.device, batch: int = 8) -> SensitivityProfile:
+    """Stream the float model once and estimate every slot's candidates (see module doc)."""
+    from qtapp.engine.pipeline import BlockInputs, LayerStreamer, collect_hessians, forward_block
+
+    by_name = {s.name: s for s in slots}
+    names = list(info.arch.linears)
+    streamer = LayerStreamer(info, device)
+    modules: dict[str, ModuleSensitivity] = {}
+    energy: list[float] = []
+    try:
+        inputs = streamer.capture_inputs(tokens, batch)
+        for i in range(streamer.n_blocks):
+            if should_cancel():
+                raise Cancelled()
+            prefix = streamer.block_prefix(i)
+            block = streamer.materialize(streamer.blocks[i], prefix)
+            if i + 1 < streamer.n_blocks:
+                streamer.prefetch(streamer.block_prefix(i + 1))
+            todo = [n for n in names if prefix + n in by_name]
+            energy.append(float(inputs.x.pow(2).sum(-1).mean()))
+            hessians = collect_hessians(block, todo, inputs)
+            sub = BlockInputs(inputs.x[:GAIN_SAMPLES], inputs.kwargs, inputs.batch)
+            y_ref = forward_block(block, sub, out=torch.empty_like(sub.x))
+            for n in todo:
+                if should_cancel():
+                    raise Cancelled()
+                slot = by_name[prefix + n]
+                H = hessians.pop(n).H
+                linear = block.get_submodule(n)
+                W = linear.weight.data.float().clone()
+                errors, ref_w = {}, None
+                ref = _reference(slot.options)
+                for c in slot.options:
+                    W_hat = quantized_weight(job.method, W, H, c, job)
+                    errors[c.key] = 0.0 if c.kept else output_error(W, W_hat, H)
+                    if ref is not None and c.key == ref.key:
+                        ref_w = W_hat
+                gain = 0.0
+                if ref_w is not None:
+                    gain = _block_gain(block, linear, W, ref_w, sub, y_ref)
+                modules[slot.name] = ModuleSensitivity(slot.name, gain, errors,
+                                                       ref.key if ref else "")
+                del H
+            forward_block(block, inputs, out=inputs.x)
+            streamer.release(block)
+            emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="sensitivity",
+                             message=f"sensitivity: block {i + 1}/{streamer.n_blocks}"))
+    finally:
+        streamer.close()
+    return SensitivityProfile("", job.method, int(tokens.numel()), modules, energy)
+
+
+def _block_gain(block: torch.nn.Module, linear: torch.nn.Linear, W: torch.Tensor,
+                W_hat: torch.Tensor, sub, y_ref: torch.Tensor) -> float:
+    """g = ‖ΔY_block‖² / Σ‖ΔW x‖² with only `linear` replaced by Ŵ (see module doc)."""
+    from qtapp.engine.pipeline import forward_block
+
+    dW = (W - W_hat).to(linear.weight.dtype)
+    module_err = [0.0]
+
+    def hook(_m: torch.nn.Module, args: tuple, _out: torch.Tensor) -> None:
+        module_err[0] += float((args[0].float() @ dW.float().T).pow(2).sum())
+
+    handle = linear.register_forward_hook(hook)
+    linear.weight.data.copy_(W_hat.to(linear.weight.dtype))
+    try:
+        y = forward_block(block, sub, out=torch.empty_like(sub.x))
+    finally:
+        handle.remove()
+        linear.weight.data.copy_(W.to(linear.weight.dtype))
+    if module_err[0] <= 0:
+        return 0.0
+    return float((y - y_ref).double().pow(2).sum()) / module_err[0]
+
+
+def sensitivity_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
+                        slots: list[ModuleSlot], emit: Emit,
+                        should_cancel: Callable[[], bool], device: torch.device,
+                        ) -> SensitivityProfile:
+    """The cached profile for (job, model, slots), or a measured one (then cached)."""
+    key = profile_key(job, info, slots)
+    profile = cached_profile(key)
+    if profile is not None and all(s.name in profile.modules for s in slots):
+        emit(ev.Log(level="info", message=f"sensitivity profile from the cache ({key})"))
+        return profile
+    profile = measure_profile(job, info, tokens, slots, emit, should_cancel, device)
+    profile.key = key
+    path = cache_file(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(profile.to_json(), encoding="utf-8")
+    tmp.replace(path)
+    return profile
