@@ -5,6 +5,10 @@ tokens of the evaluation text (disjoint from the calibration text), the first to
 each window unpredicted, as `llama-perplexity` does with its default settings
 (it scores only the second half of each window; we score all but the first token, which
 is why the figures are comparable between our models but not to llama.cpp's numbers).
+
+The quality gate (KL divergence, top-1 agreement and a generation check against the source,
+with the llama-perplexity protocol and a verdict) is `quality_report`, from
+qtapp.engine.quality.
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from qtapp.engine.quality import QualityReport, Thresholds, quality_report
+
+__all__ = ["DEFAULT_CTX", "QualityReport", "Thresholds", "folder_size", "model_perplexity",
+           "perplexity", "quality_report", "source_perplexity"]
 
 DEFAULT_CTX = 512
 

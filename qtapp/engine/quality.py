@@ -1,0 +1,386 @@
+"""Quality gate: is a quantized model still its source? Perplexity, KL divergence, top-1
+agreement and a generation check, with a verdict good / degraded / broken.
+
+    quality_report(model, source, ctx=512, text=None) -> QualityReport
+
+`model` and `source` are anything QuantDesk can load: a Hugging Face folder (plain, GPTQ,
+AWQ, compressed-tensors; dequantized by qtapp.engine.loader), a `.gguf` file, or a folder
+holding one model `.gguf` (run through llama-cpp-python with logits for every position).
+
+Protocol (that of `llama-perplexity --kl-divergence`): the evaluation text (built-in unless
+`text` is given) is tokenized once by the source's tokenizer, a BOS token prepended when the
+tokenizer adds one, and cut into ⌊T/ctx⌋ non-overlapping windows of `ctx` tokens whose first
+token is replaced by BOS (when used). In each window only the second half is scored: the
+logits at positions ctx/2 … ctx−2 predict tokens ctx/2+1 … ctx−1, so every scored token has
+at least ctx/2 tokens of context. Over all scored positions t:
+
+    ppl        = exp(mean_t −log Q(x_{t+1}))          (ppl_source likewise with P)
+    kld_mean   = mean_t KL(P_t‖Q_t),  kld_p99 its 99th percentile (linear interpolation)
+    top1_agree = 100 · mean_t [argmax Q_t = argmax P_t]
+
+P is the source's next-token distribution, Q the model's; KL uses the source's cached top-k
+(qtapp.engine.kld explains the tail bucket and its error). The source's distributions and
+its generation check are computed once and cached under <cache>/quality/, keyed by a
+content fingerprint of the source's weights, the token ids and ctx; later reports pay only
+for the quantized model's pass. One model is in memory at a time.
+
+Verdict (THRESHOLDS; a quantized model is judged against its own source):
+
+    broken    kld_mean > 1.0 nat, or top1_agree < 50 %, or ppl > 2 × ppl_source, or a
+              non-finite figure, or degenerate answers (qtapp.engine.gencheck) to at least
+              2 of the 3 prompts that the source answers without that flag;
+    degraded  kld_mean > 0.1 nat, or top1_agree < 85 %, or ppl > 1.2 × ppl_source, or one
+              such degenerate answer;
+    good      otherwise.
+
+For scale: on the demo model (SmolLM2-135M-Instruct) 8-bit RTN gives kld_mean ≈ 0.001 and
+top1_agree ≈ 98 %; 4-bit formats 0.05–0.1; 2-bit per-tensor RTN a model that prints noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qtapp.engine import kld as K
+from qtapp.engine.errors import UserError
+from qtapp.engine.gencheck import GenerationCheck
+
+DEFAULT_CTX = 512
+CACHE_VERSION = "quality-1"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    degraded_kld: float = 0.1
+    broken_kld: float = 1.0
+    degraded_top1: float = 85.0
+    broken_top1: float = 50.0
+    degraded_ppl_ratio: float = 1.2
+    broken_ppl_ratio: float = 2.0
+    broken_generations: int = 2
+
+
+THRESHOLDS = Thresholds()
+
+
+@dataclass
+class QualityReport:
+    ppl: float
+    ppl_source: float
+    kld_mean: float
+    kld_p99: float
+    top1_agree: float          # percent
+    positions: int             # scored positions
+    ctx: int
+    verdict: str               # "good" | "degraded" | "broken"
+    reasons: list[str] = field(default_factory=list)
+    generation: list[GenerationCheck] = field(default_factory=list)
+    source_generation: list[GenerationCheck] = field(default_factory=list)
+    thresholds: Thresholds = THRESHOLDS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (f"{self.verdict}: perplexity {self.ppl:.3f} (source {self.ppl_source:.3f}), "
+                f"KLD mean {self.kld_mean:.4f} / p99 {self.kld_p99:.4f}, top-1 agreement "
+                f"{self.top1_agree:.1f} %")
+
+
+# models -------------------------------------------------------------------------------
+def gguf_file_of(path: Path) -> Path | None:
+    """The model .gguf of `path` (a .gguf file, or a folder without config.json holding
+    exactly one .gguf besides imatrix files), else None."""
+    path = Path(path)
+    if path.is_file():
+        return path if path.suffix.lower() == ".gguf" else None
+    if (path / "config.json").exists():
+        return None
+    files = [p for p in sorted(path.glob("*.gguf")) if not p.name.startswith("imatrix")]
+    if len(files) > 1:
+        raise UserError(f"{path} holds {len(files)} .gguf files; give the one to evaluate")
+    return files[0] if files else None
+
+
+class _Scorer:
+    """Logits per position and greedy answers of one loaded model."""
+
+    tokenizer: Any = None
+
+    def token_ids(self, text: str) -> tuple[list[int], int | None]:
+        """Token ids of `text` without special tokens, and the BOS id if one is added."""
+        raise NotImplementedError
+
+    def logits(self, window: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generate(self, tokenizer: Any = None) -> list[GenerationCheck]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free the model."""
+
+
+class _TorchScorer(_Scorer):
+    def __init__(self, path: Path) -> None:
+        from qtapp.engine.loader import load_dequantized
+
+        if not (path / "config.json").exists():
+            raise UserError(f"{path} is neither a model folder (no config.json) nor a .gguf "
+                            "file; give what QuantDesk wrote or a Hugging Face folder")
+        self.model, self.tokenizer = load_dequantized(path)
+
+    def token_ids(self, text: str) -> tuple[list[int], int | None]:
+        from qtapp.engine.calibration import tokenize
+
+        tok = self.tokenizer
+        if tok is None:
+            raise UserError("the source model folder has no tokenizer; it is needed to "
+                            "tokenize the evaluation text")
+        bos = tok.bos_token_id
+        adds_bos = bos is not None and tok("a").input_ids[:1] == [bos]
+        return tokenize(tok, text).tolist(), bos if adds_bos else None
+
+    def logits(self, window: np.ndarray) -> torch.Tensor:
+        ids = torch.from_numpy(window).view(1, -1)
+        with torch.inference_mode():
+            return self.model(input_ids=ids, use_cache=False).logits[0].float()
+
+    def generate(self, tokenizer: Any = None) -> list[GenerationCheck]:
+        from qtapp.engine.gencheck import check_torch
+
+        tok = self.tokenizer or tokenizer
+        return check_torch(self.model, tok) if tok is not None else []
+
+    def close(self) -> None:
+        self.model = None
+
+
+class _LlamaScorer(_Scorer):
+    def __init__(self, file: Path, ctx: int) -> None:
+        from qtapp.engine.gguf.llama_runtime import load_llama
+
+        self.ctx = ctx
+        self.llm = load_llama(file, n_ctx=max(ctx, 512), logits_all=True)
+
+    def token_ids(self, text: str) -> tuple[list[int], int | None]:
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return list(ids), self.llm.token_bos() if self.llm._model.add_bos_token() else None
+
+    def logits(self, window: np.ndarray) -> torch.Tensor:
+        self.llm.reset()
+        self.llm.eval(window.tolist())
+        return torch.from_numpy(np.array(self.llm.scores[: len(window)], dtype=np.float32))
+
+    def generate(self, tokenizer: Any = None) -> list[GenerationCheck]:
+        from qtapp.engine.gencheck import check_llama
+
+        return check_llama(self.llm)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def _open(path: Path, ctx: int) -> _Scorer:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give a model folder or a .gguf file")
+    file = gguf_file_of(path)
+    return _LlamaScorer(file, ctx) if file is not None else _TorchScorer(path)
+
+
+# protocol -----------------------------------------------------------------------------
+def windows(ids: list[int], ctx: int, bos: int | None) -> np.ndarray:
+    """(n, ctx) int64 windows as llama-perplexity cuts them (see the module docstring)."""
+    if ctx < 4:
+        raise UserError(f"the window length must be at least 4 tokens (got {ctx})")
+    stream = ([bos] if bos is not None else []) + list(ids)
+    n = len(stream) // ctx
+    if n == 0:
+        raise UserError(f"the evaluation text has {len(stream)} tokens; a window of {ctx} "
+                        "needs more: give a longer text or a smaller window")
+    w = np.asarray(stream[: n * ctx], dtype=np.int64).reshape(n, ctx)
+    if bos is not None:
+        w[:, 0] = bos
+    return w
+
+
+def _scored(window: np.ndarray, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits at positions ctx/2 … ctx−2, the tokens they predict)."""
+    first = len(window) // 2
+    return logits[first:-1], torch.from_numpy(window[first + 1:])
+
+
+def fingerprint(path: Path) -> str:
+    """Content fingerprint of a model's weights: per weight file its name, size and the
+    SHA-256 of its first and last MiB (a safetensors or GGUF header lists every tensor's
+    name, type and offset), plus config.json. Fast for any size; renaming or copying a
+    folder keeps it."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.suffix in (".safetensors", ".gguf", ".json"))
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(2**20))
+            if size > 2**20:
+                fh.seek(max(2**20, size - 2**20))
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+def _cache_file(source: Path, tokens: np.ndarray, ctx: int) -> Path:
+    from qtapp.engine.sources import cache_root
+
+    h = hashlib.sha256(f"{CACHE_VERSION}\0{K.TOP_K}\0{ctx}\0{fingerprint(source)}".encode())
+    h.update(tokens.tobytes())
+    return cache_root() / "quality" / f"{h.hexdigest()[:24]}.npz"
+
+
+def _checks_from(data: list[dict[str, Any]]) -> list[GenerationCheck]:
+    return [GenerationCheck(**d) for d in data]
+
+
+def _source_pass(scorer: _Scorer, w: np.ndarray, generation: bool, progress: Progress
+                 ) -> tuple[K.SourceDistributions, list[GenerationCheck]]:
+    parts = []
+    for i, window in enumerate(w):
+        progress(f"source model: window {i + 1} of {len(w)}")
+        parts.append(K.summarize(*_scored(window, scorer.logits(window))))
+    checks = scorer.generate() if generation else []
+    return K.SourceDistributions.concat(parts), checks
+
+
+def source_distributions(source: Path, ctx: int = DEFAULT_CTX, text: str | None = None,
+                         generation: bool = True, progress: Progress | None = None
+                         ) -> tuple[np.ndarray, K.SourceDistributions, list[GenerationCheck]]:
+    """(windows, the source's compact distributions, its generation check), from the cache
+    when present. A cache entry without a generation check is completed by one."""
+    from qtapp.engine.calibration import builtin_eval_text
+
+    progress = progress or (lambda _m: None)
+    text = builtin_eval_text() if text is None else text
+    if not text.strip():
+        raise UserError("the evaluation text is empty; give a text to evaluate on")
+    scorer = _open(Path(source), ctx)
+    try:
+        ids, bos = scorer.token_ids(text)
+        w = windows(ids, ctx, bos)
+        file = _cache_file(Path(source), w, ctx)
+        meta = file.with_suffix(".json")
+        dist, checks = None, None
+        try:
+            dist = K.SourceDistributions.load(file)
+            saved = json.loads(meta.read_text(encoding="utf-8"))
+            checks = _checks_from(saved["generation"]) if saved["generation"] else None
+        except (OSError, ValueError, KeyError, TypeError):
+            dist = None
+        if dist is None:
+            dist, checks = _source_pass(scorer, w, generation, progress)
+            dist.save(file)
+        elif generation and checks is None:
+            checks = scorer.generate()
+        meta.write_text(json.dumps({"source": str(source), "ctx": ctx,
+                                    "generation": [asdict(c) for c in checks or []]}),
+                        encoding="utf-8")
+        return w, dist, checks or []
+    finally:
+        scorer.close()
+
+
+# verdict ------------------------------------------------------------------------------
+def judge(ppl: float, ppl_source: float, kld_mean: float, top1_agree: float,
+          new_flags: int, t: Thresholds = THRESHOLDS) -> tuple[str, list[str]]:
+    """(verdict, reasons) from the figures; new_flags = prompts with a degenerate answer
+    that the source's answer does not share."""
+    ratio = ppl / ppl_source if ppl_source > 0 else math.inf
+    figures = (ppl, ppl_source, kld_mean, top1_agree)
+    if not all(math.isfinite(x) for x in figures):
+        return "broken", ["a figure is not finite (the model's outputs overflow)"]
+    broken, degraded = [], []
+    for value, bad, worse, text in (
+            (kld_mean, t.degraded_kld, t.broken_kld, "mean KL divergence {:.3f} nat"),
+            (ratio, t.degraded_ppl_ratio, t.broken_ppl_ratio, "perplexity {:.2f}× the source's"),
+    ):
+        if value > worse:
+            broken.append(text.format(value) + f" > {worse}")
+        elif value > bad:
+            degraded.append(text.format(value) + f" > {bad}")
+    if top1_agree < t.broken_top1:
+        broken.append(f"top-1 agreement {top1_agree:.1f} % < {t.broken_top1} %")
+    elif top1_agree < t.degraded_top1:
+        degraded.append(f"top-1 agreement {top1_agree:.1f} % < {t.degraded_top1} %")
+    if new_flags >= t.broken_generations:
+        broken.append(f"degenerate answers to {new_flags} prompts the source answers well")
+    elif new_flags:
+        degraded.append(f"a degenerate answer to {new_flags} prompt the source answers well")
+    if broken:
+        return "broken", broken + degraded
+    return ("degraded", degraded) if degraded else ("good", [])
+
+
+def _new_flags(model: list[GenerationCheck], source: list[GenerationCheck]) -> int:
+    if not source:
+        return sum(bool(c.flags) for c in model)
+    return sum(bool(set(m.flags) - set(s.flags)) for m, s in zip(model, source, strict=False))
+
+
+def quality_report(model: Path, source: Path, ctx: int = DEFAULT_CTX, text: str | None = None,
+                   *, generation: bool = True, progress: Progress | None = None,
+                   thresholds: Thresholds = THRESHOLDS) -> QualityReport:
+    """Compare `model` with `source` on the evaluation text (see the module docstring).
+
+    generation=False skips the generation check (then only the figures decide).
+    progress(message) is called per window. Raises UserError for unusable inputs."""
+    progress = progress or (lambda _m: None)
+    w, dist, source_checks = source_distributions(source, ctx, text, generation, progress)
+    scorer = _open(Path(model), ctx)
+    try:
+        parts = []
+        start = 0
+        for i, window in enumerate(w):
+            progress(f"quantized model: window {i + 1} of {len(w)}")
+            logits, targets = _scored(window, scorer.logits(window))
+            n = len(targets)
+            part = K.SourceDistributions(*(getattr(dist, f)[start:start + n] for f in
+                                           ("top_ids", "top_logp", "log_tail", "nll")))
+            parts.append(K.compare(part, logits, targets))
+            start += n
+        checks = scorer.generate(_source_tokenizer(scorer, source)) if generation else []
+    finally:
+        scorer.close()
+    kld = np.concatenate([p.kld for p in parts]).astype(np.float64)
+    nll = np.concatenate([p.nll for p in parts]).astype(np.float64)
+    agree = np.concatenate([p.agree for p in parts])
+    ppl = math.exp(nll.mean()) if nll.mean() < 700 else math.inf
+    ppl_source = math.exp(float(dist.nll.astype(np.float64).mean()))
+    kld_mean, kld_p99 = float(kld.mean()), float(np.percentile(kld, 99))
+    top1 = float(agree.mean() * 100)
+    verdict, reasons = judge(ppl, ppl_source, kld_mean, top1,
+                             _new_flags(checks, source_checks), thresholds)
+    return QualityReport(ppl=ppl, ppl_source=ppl_source, kld_mean=kld_mean, kld_p99=kld_p99,
+                         top1_agree=top1, positions=int(kld.size), ctx=ctx, verdict=verdict,
+                         reasons=reasons, generation=checks, source_generation=source_checks,
+                         thresholds=thresholds)
+
+
+def _source_tokenizer(scorer: _Scorer, source: Path) -> Any:
+    """The source folder's tokenizer when a quantized folder lacks its own, else None."""
+    from qtapp.engine.loader import _load_tokenizer
+
+    path = Path(source)
+    if scorer.tokenizer is not None or not isinstance(scorer, _TorchScorer):
+        return None
+    return _load_tokenizer(path) if path.is_dir() and gguf_file_of(path) is None else None
