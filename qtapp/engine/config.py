@@ -308,6 +308,8 @@ class JobSpec:
         except json.JSONDecodeError as e:
             raise ConfigError("job", f"is not valid JSON ({e.msg} at line {e.lineno}, "
                               f"column {e.colno})") from None
+        except RecursionError:
+            raise ConfigError("job", "is nested too deeply to be a job file") from None
         return cls.from_dict(data)
 
 
@@ -317,6 +319,8 @@ def rules_from_json(text: str, path: str = "rules") -> tuple[ModuleRule, ...]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(path, f"is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ConfigError(path, "is nested too deeply to be a rules file") from None
     if not isinstance(data, list):
         raise ConfigError(path, "must be a JSON list of rules such as "
                           '[{"pattern": "*.self_attn.*", "scheme": {"bits": 8}}]')

@@ -135,7 +135,8 @@ def decode(line: str | bytes) -> Event:
         raise EventDecodeError("an event is a JSON object")
     if body.get("v") != SCHEMA_VERSION:
         raise EventDecodeError(f"schema version {body.get('v')!r}, expected {SCHEMA_VERSION}")
-    cls = EVENT_TYPES.get(body.get("type"))  # type: ignore[arg-type]
+    kind = body.get("type")
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise EventDecodeError(f"unknown event type {body.get('type')!r}")
     names = {f.name: f for f in dataclasses.fields(cls)}
