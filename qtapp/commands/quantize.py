@@ -43,6 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imatrix", default="auto", help="GGUF: auto, none or an imatrix file")
     p.add_argument("--preset", choices=tuple(PRESETS), help="mixed precision preset")
     p.add_argument("--rules", type=Path, help="JSON file of per-module rules")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--target-size", metavar="SIZE",
+                        help="size budget of the written model (e.g. 90MiB, 4.5GB): every "
+                        "module gets the scheme that minimises the predicted degradation; "
+                        "the plan is shown before quantizing")
+    budget.add_argument("--target-bpw", type=float, metavar="X",
+                        help="the same budget as bits per parameter of the written model "
+                        "(e.g. 4.5)")
     p.add_argument("--calibration", default="builtin", help="builtin, or a .txt/.jsonl file")
     p.add_argument("--samples", type=int, default=128,
                    help="calibration samples (512 is the usual choice on a GPU)")
@@ -69,6 +77,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def job_from_args(args: argparse.Namespace) -> JobSpec:
+    from qtapp.engine.budget import parse_size
+
     sym = args.sym if args.sym is not None else args.method != "awq"
     scheme = QuantScheme(bits=args.bits, group_size=args.group_size, sym=sym)
     scheme.validate("--bits/--group-size")
@@ -86,6 +96,9 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         gptq=GPTQOptions(percdamp=args.percdamp, act_order=args.act_order,
                          static_groups=args.static_groups),
         gguf=GGUFOptions(type=args.type, imatrix=args.imatrix),
+        target_bytes=parse_size(args.target_size) if getattr(args, "target_size", None)
+        else 0,
+        target_bpw=getattr(args, "target_bpw", None) or 0.0,
         calibration=CalibrationSpec(source=args.calibration, samples=args.samples,
                                     seq_len=args.seq_len),
         export_format=args.export_format, device=args.device, evaluate=not args.no_eval,
@@ -154,6 +167,8 @@ def _fmt_s(s: float | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     job = job_from_args(args)
+    if job.target_bytes or job.target_bpw:
+        job = _plan(job, args.json)
     if args.dry_run:
         print(job.to_json())
         return 0
@@ -165,6 +180,27 @@ def run(args: argparse.Namespace) -> int:
     if args.worker:
         return _run_in_worker(job, render)
     return _run_in_process(job, render)
+
+
+def _plan(job: JobSpec, as_json: bool) -> JobSpec:
+    """Plan a budgeted job (refusing an impossible budget first) and show the plan; the job
+    that runs carries the plan as ordinary per-module rules."""
+    from qtapp.engine.allocate import plan_before_running
+
+    def show(e: ev.Event) -> None:
+        if as_json:
+            print(ev.encode(e), flush=True)
+        elif isinstance(e, ev.Progress):
+            printer(e)
+
+    printer = ProgressPrinter()
+    planned, plan = plan_before_running(job, show)
+    if as_json:
+        for line in plan.table().splitlines():
+            show(ev.Log(level="info", message=f"plan: {line}"))
+    else:
+        printer._print(plan.table())
+    return planned
 
 
 def _run_in_process(job: JobSpec, render) -> int:

@@ -231,3 +231,22 @@ def plan_for_job(job: JobSpec, info: ModelInfo, tokens, calibration: Callable[[]
                "schemes": dict(Counter(plan.choice.values())),
                "rules": [dataclasses.asdict(r) for r in planned.rules]}
     return planned, tokens, summary
+
+
+def plan_before_running(job: JobSpec, emit: Callable[[ev.Event], None],
+                        should_cancel: Callable[[], bool] = lambda: False,
+                        ) -> tuple[JobSpec, Plan]:
+    """Plan a budgeted job on its own (the CLI shows the plan before quantizing): resolve the
+    model, refuse an impossible budget, sample the calibration tokens, plan."""
+    from qtapp.engine.calibration import calibration_batches
+    from qtapp.engine.job import load_tokenizer
+    from qtapp.engine.pipeline import pick_device
+    from qtapp.engine.sources import resolve_model
+
+    job.validate()
+    info = resolve_model(job.model, allow_pickle=job.allow_pickle)
+    budget_model(job, info)
+    c = job.calibration
+    tokens = calibration_batches(load_tokenizer(job, info.path), c.source, c.samples,
+                                 c.seq_len, c.seed)
+    return plan_job(job, info, tokens, emit, should_cancel, pick_device(job.device))

@@ -130,7 +130,15 @@ def check_budget(model: SizeModel, budget: int, what: str) -> None:
             f"smallest file this model can be written as with this method and format, "
             f"{format_size(low)} ({low:,} bytes, every module at its lowest scheme; the "
             f"embeddings, norms and other fixed parts alone take "
-            f"{format_size(model.fixed_bytes)}). Ask for at least {math.ceil(low / 2**20)}MiB.")
+            f"{format_size(model.fixed_bytes)}). Ask for at least {size_at_least(low)}.")
+
+
+def size_at_least(n: int) -> str:
+    """A size string (for --target-size) of at least `n` bytes, rounded up: '88.5MiB'."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{math.ceil(n / scale * 10) / 10:g}{unit}"
+    return f"{n}B"
 
 
 # ------------------------------------------------------------------ Hugging Face formats

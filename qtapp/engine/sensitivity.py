@@ -208,7 +208,7 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
             forward_block(block, inputs, out=inputs.x)
             streamer.release(block)
             emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="sensitivity",
-                             message=f"sensitivity: block {i + 1}/{streamer.n_blocks}"))
+                             message=f"block {i + 1}/{streamer.n_blocks}"))
     finally:
         streamer.close()
     return SensitivityProfile("", job.method, int(tokens.numel()), modules, energy)

@@ -180,3 +180,27 @@ def test_plan_rules_reproduce_the_choice(tiny128, tmp_path):
         assert (scheme is None) if key == "16-bit" else (f"W{scheme.bits}" == key)
     again = JobSpec.from_json(planned.to_json())
     assert all(again.scheme_for(n) == planned.scheme_for(n) for n in choice)
+
+
+def test_cli_refuses_an_impossible_target_and_dry_runs_a_plan(tiny128, tmp_path, capsys):
+    from qtapp.cli import main
+
+    args = ["quantize", "--model", str(tiny128), "--method", "rtn", "--group-size", "64",
+            "--out", str(tmp_path / "o"), "--samples", "2", "--seq-len", "32"]
+    assert main([*args, "--target-size", "10KiB"]) == 2
+    err = capsys.readouterr().err
+    assert "smallest file" in err and "10.0 KiB" in err
+    smallest = size_model(_base(tiny128, "rtn", tmp_path / "o"), resolve_model(str(tiny128)))
+    assert f"{smallest.smallest():,} bytes" in err
+    assert parse_size(err.split("Ask for at least ")[1].rstrip(".\n")) >= smallest.smallest()
+    assert main([*args, "--target-bpw", "12", "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert "predicted file size" in out.err  # the plan, shown before anything runs
+    planned = JobSpec.from_json(out.out)
+    assert planned.rules and planned.target_bpw == 0
+    info = resolve_model(str(tiny128))
+    assert size_model(planned, info).total(
+        {m.name: "16-bit" if planned.scheme_for(m.name) is None
+         else f"W{planned.scheme_for(m.name).bits}"
+         for m in size_model(planned, info).modules}) <= 12 * info.n_params / 8
+    assert not (tmp_path / "o").exists()
