@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from qtapp.engine import events as ev
+from qtapp.engine.attention import gpu_attention
 from qtapp.engine.batching import first_output, fit_batch
 from qtapp.engine.config import JobSpec, QuantScheme
 from qtapp.engine.errors import Cancelled, UserError
@@ -102,8 +103,12 @@ class LayerStreamer:
         self.reader = SafetensorsReader(info.path)
         config = AutoConfig.from_pretrained(info.path, trust_remote_code=False)
         config.use_cache = False
+        extra = {}
+        if device.type == "cuda" and getattr(config, "_attn_implementation", None) in (
+                None, "sdpa"):
+            extra["attn_implementation"] = gpu_attention()
         with init_empty_weights(include_buffers=False):
-            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, **extra)
         self.model.eval()
         self.blocks = self._resolve(info.arch.layers_prefix)
         self.n_blocks = len(self.blocks)

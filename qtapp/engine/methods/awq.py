@@ -189,12 +189,18 @@ def _capture(block: nn.Module, x: Tensor, block_kwargs: dict[str, Any], gram_tar
             if offset >= LOSS_TOKENS:
                 return
             if args:
-                call = _Call(args[0].detach(), args[1:], kwargs, None)
+                x_in, rest_args, rest, key = args[0], args[1:], kwargs, None
             else:
                 key = _input_key(module, kwargs)
+                x_in, rest_args = kwargs[key], ()
                 rest = {k: v for k, v in kwargs.items() if k != key}
-                call = _Call(kwargs[key].detach(), (), rest, key)
-            cap.calls[name].append(call)
+            # keep whole samples, no more than the LOSS_TOKENS budget (a batch of 8 × 2048
+            # tokens would otherwise be kept whole, 4× the budget, and rerun per candidate)
+            full = x_in.shape[0]
+            keep = min(full, -(-(LOSS_TOKENS - offset) // seq))
+            cap.calls[name].append(_Call(
+                x_in[:keep].detach(), fit_batch(rest_args, full, keep),
+                fit_batch(rest, full, keep), key))
         return hook
 
     def add_gram(name: str):
