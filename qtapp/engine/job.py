@@ -91,7 +91,8 @@ def _disk_full(e: BaseException, out: Path, work: Path) -> UserError:
         return "unknown" if n is None else format_size(n)
 
     return UserError(
-        f"The disk is full: writing the job's files failed ({e}). Free space: output folder "
+        f"The disk is full: writing the job's files failed ({e}). Free space after clean-up: "
+        f"output folder "
         f"{out.parent} {free(out.parent)}, checkpoint folder {work} {free(work)}. Nothing was "
         f"kept in {out}; free some space or choose an output folder on another disk, then "
         "start the job again (finished blocks stay in the checkpoint)."

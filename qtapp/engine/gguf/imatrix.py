@@ -260,8 +260,11 @@ def _read_gguf(path: Path) -> Imatrix:
                     if KEY_DATASETS in fields else [])
         chunk_count = int(fields[KEY_CHUNK_COUNT].contents()) if KEY_CHUNK_COUNT in fields else 0
         chunk_size = int(fields[KEY_CHUNK_SIZE].contents()) if KEY_CHUNK_SIZE in fields else 0
-    except (ValueError, IndexError, KeyError, struct.error, OSError) as e:
+    except OSError as e:
         raise _truncated(path, str(e)) from e
+    except (ValueError, IndexError, KeyError, struct.error) as e:
+        raise _truncated(path, f"its {path.stat().st_size} bytes end before the data its "
+                         f"header describes: {type(e).__name__}") from e
     if KEY_CHUNK_COUNT not in fields or KEY_CHUNK_SIZE not in fields:
         raise UserError(f"{path} is a GGUF file but not a llama.cpp importance matrix "
                         "(imatrix.chunk_count / chunk_size are missing).")
