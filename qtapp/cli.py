@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Run without arguments to open the window.",
     )
     parser.add_argument("--version", action="version", version=f"quantdesk {__version__}")
+    parser.add_argument("--smoke", action="store_true",
+                        help="open the window, print how long it took and quit "
+                        "(checks an installed build)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         from qtapp.gui.app import main as gui_main  # imported late: the CLI needs no Qt
 
-        return gui_main()
+        return gui_main(smoke=args.smoke)
     if args.command == "worker":
         from qtapp.engine.worker import main as worker_main
 

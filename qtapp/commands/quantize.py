@@ -24,6 +24,7 @@ from qtapp.engine.config import (
 )
 from qtapp.engine.errors import UserError
 from qtapp.engine.outputs import discard_partial
+from qtapp.engine.worker import worker_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -253,11 +254,3 @@ def _run_in_worker(job: JobSpec, render) -> int:
                          "resumed from the checkpoint)", kind="internal"))
         return 1
     return {"result": 0, "cancelled": 130}.get(final.type, 1)
-
-
-def worker_command(job_file: Path) -> list[str]:
-    """The command that starts a worker: this Python, or the frozen app in worker mode."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable, "worker", "--job", str(job_file)]
-    return [sys.executable, "-m", "qtapp.engine.worker", "--job", str(job_file)]
-

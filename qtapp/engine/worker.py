@@ -89,6 +89,15 @@ def execute(job: JobSpec, emit: Callable[[ev.Event], None],
     return 0
 
 
+def worker_command(job_file: str | os.PathLike[str]) -> list[str]:
+    """The command line that runs a worker on `job_file`: `python -m qtapp.engine.worker`, or
+    in a frozen app (PyInstaller sets sys.frozen) the app's own executable as `<exe> worker`,
+    since there is no Python to run `-m` with."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "worker", "--job", str(job_file)]
+    return [sys.executable, "-m", "qtapp.engine.worker", "--job", str(job_file)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qtapp.engine.worker")
     parser.add_argument("--job", required=True, help="path of a JobSpec JSON file")

@@ -8,6 +8,7 @@ import time
 import traceback
 from types import TracebackType
 
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from qtapp import __version__
@@ -55,7 +56,8 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     return app  # type: ignore[return-value]
 
 
-def main() -> int:
+def main(smoke: bool = False) -> int:
+    """Open the window. smoke: print when it is shown (and whether the welcome is) and quit."""
     t0 = time.perf_counter()
     _setup_logging()
     app = create_app()
@@ -65,7 +67,14 @@ def main() -> int:
 
     window = MainWindow()
     window.show()
-    log.info("window shown in %.2f s", time.perf_counter() - t0)
-    if should_show():
+    app.processEvents()
+    shown_s = time.perf_counter() - t0
+    log.info("window shown in %.2f s", shown_s)
+    welcome = should_show()
+    if welcome:
         WelcomeDialog(window).open()
+    if smoke:
+        print(f"smoke: window shown in {shown_s:.2f} s, visible={window.isVisible()}, "
+              f"welcome={welcome}, data={data_dir()}", flush=True)
+        QTimer.singleShot(0, app.quit)
     return app.exec()

@@ -11,7 +11,6 @@ tail of its stderr. `cancel()` writes `cancel` on the worker's stdin, sends SIGT
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signa
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
 from qtapp.engine.outputs import discard_partial
+from qtapp.engine.worker import worker_command
 from qtapp.gui.i18n import tr
 
 STDERR_TAIL_LINES = 40
@@ -45,13 +45,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.status == "result"
-
-
-def worker_command(job_path: str) -> list[str]:
-    """The command line that runs the worker on `job_path`, frozen app or not."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable, "worker", "--job", job_path]
-    return [sys.executable, "-m", "qtapp.engine.worker", "--job", job_path]
 
 
 class EngineProcess(QObject):

@@ -1,0 +1,54 @@
+"""The worker command line: `python -m qtapp.engine.worker`, or the frozen app's own executable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qtapp.cli import build_parser
+from qtapp.commands import quantize
+from qtapp.engine import worker
+from qtapp.engine.worker import worker_command
+
+
+def test_python_runs_the_worker_module(monkeypatch):
+    monkeypatch.delattr(sys, "frozen", raising=False)
+    job = Path("/tmp/job.json")
+    assert worker_command(job) == [sys.executable, "-m", "qtapp.engine.worker", "--job",
+                                   str(job)]
+
+
+def test_frozen_app_runs_itself_in_worker_mode(monkeypatch):
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", "/opt/QuantDesk/quantdesk")
+    assert worker_command("/tmp/q/job.json") == ["/opt/QuantDesk/quantdesk", "worker", "--job",
+                                                 "/tmp/q/job.json"]
+
+
+def test_frozen_arguments_reach_the_worker_through_the_cli(monkeypatch):
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    args = build_parser().parse_args(worker_command("/tmp/q/job.json")[1:])
+    assert (args.command, args.job) == ("worker", "/tmp/q/job.json")
+
+
+def test_cli_and_window_share_one_worker_command():
+    assert quantize.worker_command is worker.worker_command
+    engine_process = pytest.importorskip("qtapp.gui.engine_process")
+    assert engine_process.worker_command is worker.worker_command
+
+
+def test_frozen_style_command_runs_the_worker(tmp_path):
+    """`<app> worker --job FILE`, with `python -m qtapp` standing in for the frozen executable:
+    the worker answers a bad job file with one `failed` event and exit code 2."""
+    job = tmp_path / "job.json"
+    job.write_text("{not json", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "qtapp", "worker", "--job", str(job)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert proc.returncode == 2
+    assert [e["type"] for e in events] == ["failed"]
+    assert str(job) in events[0]["message"]
