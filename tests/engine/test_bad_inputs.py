@@ -380,3 +380,19 @@ def test_remote_code_runs_only_with_trust_remote_code(tiny_llama_dir, tmp_path, 
     assert "warning: trust_remote_code is ON: Python code shipped with the model" in err
     assert "custom_tok.py" in err
     assert code == 0 and sentinel.exists(), err  # asked for: the model's code did run
+
+
+@pytest.mark.llama_cpp
+def test_truncated_gguf_is_refused_by_chat(tmp_path, capfd):
+    pytest.importorskip("llama_cpp")
+    from qtapp.engine.sources import demo_gguf_path
+
+    gguf = tmp_path / "model.gguf"
+    with open(demo_gguf_path(), "rb") as f:
+        gguf.write_bytes(f.read(3 * 2**20))  # the header and the first tensors only
+    capfd.readouterr()
+    code = main(["chat", str(gguf), "--prompt", "hi"])
+    err = capfd.readouterr().err
+    (line,) = [x for x in err.splitlines() if "error" in x]
+    assert code == 2 and "llama.cpp cannot open model.gguf" in line
+    assert "damaged, truncated" in line and "download or convert it again" in line

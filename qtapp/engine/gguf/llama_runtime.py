@@ -46,7 +46,8 @@ def load_llama(gguf_path: Path, n_ctx: int = 2048, logits_all: bool = False,
                      verbose=False)
     except ValueError as e:
         raise UserError(f"llama.cpp cannot open {path.name} ({e}); the file is damaged, "
-                        "truncated, or of an architecture this llama.cpp does not know.") from e
+                        "truncated, or of an architecture this llama.cpp does not know; "
+                        "download or convert it again.") from e
 
 
 def perplexity(gguf_path: Path, tokens: Sequence[int] | np.ndarray, ctx: int = DEFAULT_CTX,
