@@ -471,6 +471,22 @@ def demo_model_dir() -> Path:
 # --------------------------------------------------------------------------- pickle weights
 
 
+def _pickle_error(file: Path, e: Exception) -> UserError:
+    """Why torch.load(weights_only=True) refused ``file``, without torch's advice to retry
+    with weights_only=False (which would run whatever code the file holds)."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" (it asks to call {found.group(1)})" if found else ""
+        return UserError(
+            f"Refused to load the pickle weights {file}: besides tensors the file holds Python "
+            f"objects that would run code when loaded{what}. QuantDesk never loads such files; "
+            "do not use this model, or get it in *.safetensors format from a source you trust."
+        )
+    return UserError(f"Could not read the pickle weights {file}: {text.splitlines()[0]}. The "
+                     "file is damaged or not a PyTorch state dict.")
+
+
 def _convert_pickle_folder(folder: Path) -> Path:
     """A safetensors copy of a folder with pickle (*.bin) weights, cached by path and stamps.
 
@@ -494,8 +510,7 @@ def _convert_pickle_folder(folder: Path) -> Path:
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
-                raise UserError(f"Could not read the pickle weights {file}: {e}. The file is "
-                                "damaged or not a PyTorch state dict.") from None
+                raise _pickle_error(file, e) from None
             if not isinstance(state, dict):
                 raise UserError(f"{file} holds no state dict of tensors; it cannot be used.")
             seen: set[int] = set()
