@@ -1,48 +1,96 @@
-"""`quantdesk eval MODEL`: perplexity on the built-in evaluation text, and size."""
+"""`quantdesk eval MODEL [--against SOURCE]`: perplexity and size; with a source, the quality
+gate (KL divergence, top-1 agreement, generation check, verdict; qtapp.engine.quality)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 from qtapp.engine.errors import UserError
 
+VERDICT_MARK = {"good": "GOOD", "degraded": "DEGRADED", "broken": "BROKEN"}
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="perplexity and size of a model or a quantized output")
-    p.add_argument("model", help="'demo', a folder (plain, GPTQ, AWQ, compressed-tensors)")
-    p.add_argument("--against", help="source model to compare with")
+    p = sub.add_parser("eval", help="perplexity and size of a model; with --against, the "
+                       "quality gate against its source")
+    p.add_argument("model", help="'demo', a folder (plain, GPTQ, AWQ, compressed-tensors), a "
+                   ".gguf file or a folder with one")
+    p.add_argument("--against", help="source model to compare with ('demo', a folder or a "
+                   ".gguf file): KL divergence, top-1 agreement, generation check, verdict")
     p.add_argument("--text", type=Path, help="evaluate on this UTF-8 text file instead")
     p.add_argument("--ctx", type=int, default=512, help="window length in tokens")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-generation", action="store_true",
+                   help="skip the generation check (figures only)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _path(name: str) -> Path:
+    from qtapp.engine.sources import demo_model_dir
+
+    path = demo_model_dir() if name == "demo" else Path(name).expanduser()
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give 'demo', a model folder or a .gguf file")
+    return path
+
+
+def _read_text(file: Path | None) -> str | None:
+    if file is None:
+        return None
+    try:
+        return file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {file} as UTF-8 text: {e}") from None
+
+
+def _print_report(path: Path, against: Path, d: dict[str, Any]) -> None:
+    print(f"{path} against {against} ({d['positions']} positions, window {d['ctx']}):")
+    print(f"  perplexity      {d['ppl']:.3f}   (source {d['ppl_source']:.3f})")
+    print(f"  KL divergence   mean {d['kld_mean']:.4f}, 99th percentile {d['kld_p99']:.4f}")
+    print(f"  top-1 agreement {d['top1_agree']:.1f} %")
+    print(f"  size            {d['size_bytes'] / 2**20:.1f} MiB (source "
+          f"{d['size_source_bytes'] / 2**20:.1f} MiB)")
+    for check in d["generation"]:
+        flags = ", ".join(check["flags"]) or "ok"
+        print(f"  [{flags}] {check['prompt']}\n      → {check['text'][:100]!r}")
+    print(f"verdict: {VERDICT_MARK[d['verdict']]}")
+    for reason in d["reasons"]:
+        print(f"  - {reason}")
 
 
 def run(args: argparse.Namespace) -> int:
     from qtapp.engine.evaluate import folder_size, model_perplexity
-    from qtapp.engine.sources import demo_model_dir
 
-    path = demo_model_dir() if args.model == "demo" else Path(args.model)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; give 'demo' or the folder of a model")
-    text = None
-    if args.text:
-        try:
-            text = args.text.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read {args.text} as UTF-8 text: {e}") from None
-    result = {"model": str(path), "ppl": model_perplexity(path, args.ctx, text),
-              "size_bytes": folder_size(path)}
-    if args.against:
-        against = demo_model_dir() if args.against == "demo" else Path(args.against)
-        result["ppl_source"] = model_perplexity(against, args.ctx, text)
-        result["size_source_bytes"] = folder_size(against)
+    path = _path(args.model)
+    text = _read_text(args.text)
+    if args.against is None:
+        result = {"model": str(path), "ppl": model_perplexity(path, args.ctx, text),
+                  "size_bytes": folder_size(path)}
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"{path}: perplexity {result['ppl']:.3f}, size "
+                  f"{result['size_bytes'] / 2**20:.1f} MiB")
+        return 0
+    from qtapp.engine.quality import quality_report
+
+    against = _path(args.against)
+
+    def progress(message: str) -> None:
+        if not args.json:
+            print(f"\r{message}   ", end="", file=sys.stderr, flush=True)
+
+    report = quality_report(path, against, args.ctx, text,
+                            generation=not args.no_generation, progress=progress)
+    if not args.json:
+        print(file=sys.stderr)
+    d = {"model": str(path), "source": str(against), **report.to_dict(),
+         "size_bytes": folder_size(path), "size_source_bytes": folder_size(against)}
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(d))
     else:
-        print(f"{path}: perplexity {result['ppl']:.3f}, size "
-              f"{result['size_bytes'] / 2**20:.1f} MiB")
-        if "ppl_source" in result:
-            print(f"source {args.against}: perplexity {result['ppl_source']:.3f}, size "
-                  f"{result['size_source_bytes'] / 2**20:.1f} MiB")
+        _print_report(path, against, d)
     return 0

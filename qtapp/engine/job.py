@@ -262,14 +262,27 @@ def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
 
 
 def _evaluate(job: JobSpec, info: ModelInfo, folder: Path, emit: Emit) -> dict[str, Any]:
-    from qtapp.engine.evaluate import model_perplexity, source_perplexity
+    return _quality(folder, info, emit)
 
-    emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="evaluate",
-                     message="perplexity on the built-in evaluation text"))
-    ppl = model_perplexity(folder)
-    ppl_source = source_perplexity(info.path)
-    emit(ev.Log(level="info", message=f"perplexity {ppl:.3f} (source {ppl_source:.3f})"))
-    return {"ppl": round(ppl, 4), "ppl_source": round(ppl_source, 4)}
+
+def _quality(model: Path, info: ModelInfo, emit: Emit) -> dict[str, Any]:
+    """The quality gate against the source (qtapp.engine.quality), as summary entries."""
+    from qtapp.engine.quality import quality_report
+
+    def progress(message: str) -> None:
+        emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="evaluate",
+                         message=message))
+
+    progress("quality gate: perplexity, KL divergence and generation against the source")
+    r = quality_report(model, info.path, progress=progress)
+    emit(ev.Log(level="info" if r.verdict == "good" else "warning",
+                message=f"quality {r.summary()}" + "".join(f"; {x}" for x in r.reasons)))
+    return {"ppl": round(r.ppl, 4), "ppl_source": round(r.ppl_source, 4),
+            "kld_mean": round(r.kld_mean, 5), "kld_p99": round(r.kld_p99, 5),
+            "top1_agree": round(r.top1_agree, 2), "verdict": r.verdict,
+            "verdict_reasons": r.reasons,
+            "generation": [{"prompt": c.prompt, "text": c.text, "flags": c.flags}
+                           for c in r.generation]}
 
 
 def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
@@ -335,15 +348,4 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
 
 
 def _evaluate_gguf(info: ModelInfo, gguf_file: Path, emit: Emit) -> dict[str, Any]:
-    from transformers import AutoTokenizer
-
-    from qtapp.engine.calibration import eval_tokens
-    from qtapp.engine.evaluate import source_perplexity
-    from qtapp.engine.gguf.llama_runtime import perplexity
-
-    emit(ev.Progress(step=1, total=1, stage="evaluate",
-                     message="perplexity on the built-in evaluation text (llama.cpp)"))
-    ppl = perplexity(gguf_file, eval_tokens(AutoTokenizer.from_pretrained(info.path)))
-    ppl_source = source_perplexity(info.path)
-    emit(ev.Log(level="info", message=f"perplexity {ppl:.3f} (source {ppl_source:.3f})"))
-    return {"ppl": round(ppl, 4), "ppl_source": round(ppl_source, 4)}
+    return _quality(gguf_file, info, emit)

@@ -4,7 +4,8 @@ measured, and how to load it.
     write_model_card(out_dir, job, info, summary) → out_dir / README.md
 
 `summary` is the job's result dict: method, format, scheme, calibration [n, L], modules
-(from export_checkpoint), format_notes, ppl / ppl_source, size_bytes / source_size_bytes,
+(from export_checkpoint), format_notes, ppl / ppl_source, kld_mean / kld_p99 / top1_agree /
+verdict / verdict_reasons (qtapp.engine.quality), size_bytes / source_size_bytes,
 quantize_seconds. Whatever is missing is shown as "not measured", never invented.
 """
 
@@ -95,9 +96,14 @@ def _measured(summary: dict[str, Any]) -> list[str]:
     for key, label in (("quantize_seconds", "quantization time"), ("seconds", "total time")):
         if summary.get(key) is not None:
             rows.append(f"| {label} | {float(summary[key]):.1f} s |")
-    for key, label in (("kld", "KL divergence vs source"), ("top1", "top-1 agreement")):
-        if summary.get(key) is not None:
-            rows.append(f"| {label} | {summary[key]} |")
+    if summary.get("kld_mean") is not None:
+        rows.append(f"| KL divergence vs source (mean / 99th percentile) | "
+                    f"{summary['kld_mean']:.4f} / {summary.get('kld_p99', float('nan')):.4f} |")
+    if summary.get("top1_agree") is not None:
+        rows.append(f"| top-1 agreement with the source | {summary['top1_agree']:.1f} % |")
+    if summary.get("verdict") is not None:
+        why = "; ".join(summary.get("verdict_reasons") or [])
+        rows.append(f"| quality verdict | **{summary['verdict']}**{f' ({why})' if why else ''} |")
     return rows
 
 

@@ -28,7 +28,7 @@ COLUMNS = (QT_TR_NOOP("Model"), QT_TR_NOOP("Method"), QT_TR_NOOP("Settings"),
            QT_TR_NOOP("Size"), QT_TR_NOOP("Perplexity"), QT_TR_NOOP("vs original"),
            QT_TR_NOOP("Verdict"), QT_TR_NOOP("Time"), QT_TR_NOOP("Finished"))
 DETAIL_KEYS = [QT_TR_NOOP("Folder"), QT_TR_NOOP("Format"), QT_TR_NOOP("Files"),
-               QT_TR_NOOP("Calibration"), QT_TR_NOOP("Compared with")]
+               QT_TR_NOOP("Calibration"), QT_TR_NOOP("Compared with"), QT_TR_NOOP("Quality")]
 ORIGINAL = "original"
 
 
@@ -150,7 +150,7 @@ class ResultsPage(QWidget):
                   ", ".join(map(str, files)) or "—",
                   tr("{n} samples × {L} tokens").format(n=calib[0], L=calib[1])
                   if isinstance(calib, list) and len(calib) == 2 else "—",
-                  r.source]
+                  r.source, _quality(r.summary) if kind == "run" else "—"]
         for k, v in zip(DETAIL_KEYS, values):
             self.detail.set(tr(k), v)
 
@@ -173,6 +173,17 @@ class ResultsPage(QWidget):
     def table_text(self) -> list[list[str]]:
         return [[self.table.item(r, c).text() for c in range(self.table.columnCount())]
                 for r in range(self.table.rowCount())]
+
+
+def _quality(summary: dict) -> str:
+    """KL divergence, top-1 agreement and the verdict's reasons of a run's quality gate."""
+    if summary.get("kld_mean") is None:
+        return "—"
+    text = tr("KL divergence {kld:.4f} (99th percentile {p99:.3f}), top-1 agreement "
+              "{top1:.1f} %").format(kld=summary["kld_mean"], p99=summary.get("kld_p99", 0.0),
+                                     top1=summary.get("top1_agree", 0.0))
+    reasons = summary.get("verdict_reasons") or []
+    return text + "".join(f"\n• {x}" for x in reasons)
 
 
 def _ppl(value: float | None) -> str:
