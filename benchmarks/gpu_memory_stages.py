@@ -27,6 +27,21 @@ def gib() -> float:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
+def trace_awq_stages() -> None:
+    """Print the peak VRAM after each internal step of the AWQ search."""
+    from qtapp.engine.methods import awq
+
+    def traced(name: str, fn):
+        def wrapper(*a, **k):
+            out = fn(*a, **k)
+            print(f"|  |  | awq: after {name} | {gib()} |", flush=True)
+            return out
+        return wrapper
+
+    for name in ("_capture", "_search_group", "_clip_search"):
+        setattr(awq, name, traced(name, getattr(awq, name)))
+
+
 def main() -> None:
     from qtapp.engine.config import AWQOptions, CalibrationSpec, JobSpec, QuantScheme
     from qtapp.engine.pipeline import BlockQuantizer, LayerStreamer, forward_block
@@ -37,7 +52,10 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--trace-awq", action="store_true")
     args = ap.parse_args()
+    if args.trace_awq:
+        trace_awq_stages()
     work = Path(tempfile.gettempdir()) / "gpu-bench"
     folder = build_random_llama(work / f"llama-{args.shape}-{args.layers}", args.shape,
                                 args.layers)

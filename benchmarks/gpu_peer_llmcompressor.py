@@ -19,7 +19,19 @@ from llmcompressor.modifiers.quantization import GPTQModifier
 from transformers import AutoModelForCausalLM
 
 
+def _no_hashing() -> None:
+    """datasets fingerprints every map() by pickling its arguments with dill, which fails on
+    the GPU machine's pandas/pyarrow (MonthDayNano); a random fingerprint is what datasets
+    itself falls back to for unhashable transforms."""
+    import uuid
+
+    import datasets.fingerprint as fp
+
+    fp.update_fingerprint = lambda *a, **k: uuid.uuid4().hex
+
+
 def main() -> None:
+    _no_hashing()
     folder, tokens_file, method, group = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     tokens = torch.load(tokens_file)
     n, seq = tokens.shape

