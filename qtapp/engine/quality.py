@@ -33,8 +33,10 @@ Verdict (THRESHOLDS; a quantized model is judged against its own source):
               such degenerate answer;
     good      otherwise.
 
-For scale: on the demo model (SmolLM2-135M-Instruct) 8-bit RTN gives kld_mean ≈ 0.001 and
-top1_agree ≈ 98 %; 4-bit formats 0.05–0.1; 2-bit per-tensor RTN a model that prints noise.
+Measured on the demo model (SmolLM2-135M-Instruct, first 20 000 characters of the built-in
+text, 3 570 positions): 8-bit RTN g128 kld_mean 0.0017, top1_agree 97.7 %, perplexity
++0.6 % → good; 4-bit symmetric RTN g128 0.41, 65 %, +48 % → degraded; 2-bit per-tensor RTN
+27 nats, 0 %, one token repeated for every prompt → broken.
 """
 
 from __future__ import annotations
