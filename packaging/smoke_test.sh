@@ -58,7 +58,7 @@ app() {
         QT_QPA_PLATFORM=offscreen "$APP" "$@"
 }
 
-now() { date +%s.%N; }
+now() { perl -MTime::HiRes=time -e 'printf "%.3f", time'; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 fail() { echo "smoke: FAILED: $*" >&2; exit 1; }
 report=()
@@ -70,8 +70,10 @@ note() { report+=("$1=$2"); echo "smoke: $1 = $2"; }
 version=$(app --version) || fail "--version"
 echo "smoke: $version"
 
-# Cold start: drop this artefact's pages from the page cache (only its own files).
-if [[ -d $(dirname "$APP")/_internal ]]; then
+# Cold start: drop this artefact's pages from the page cache (only its own files; GNU dd).
+if [[ $(uname) != Linux ]]; then
+    echo "smoke: page cache not dropped on $(uname): the start below is warm"
+elif [[ -d $(dirname "$APP")/_internal ]]; then
     find "$(dirname "$APP")" -type f -exec dd if={} iflag=nocache count=0 status=none \;
 else
     dd if="$APP" iflag=nocache count=0 status=none
