@@ -48,10 +48,11 @@ MAX_CELLS = 100_000
 
 
 def solve_mckp(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]],
-               capacity: int, max_cells: int = MAX_CELLS) -> list[int]:
+               capacity: int, max_cells: int = MAX_CELLS, fill: bool = True) -> list[int]:
     """Index of the chosen option per item minimising Σ values with Σ costs ≤ capacity.
 
-    Raises ValueError when even the cheapest options exceed `capacity`.
+    Raises ValueError when even the cheapest options exceed `capacity`. `fill=False` skips
+    the exact-byte fill after the DP (quick previews).
     """
     base = [min(c) for c in costs]
     slack = capacity - sum(base)
@@ -80,7 +81,7 @@ def solve_mckp(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]]
     for i in range(len(costs) - 1, -1, -1):
         choice[i] = int(picks[i][b])
         b -= weights[i][choice[i]]
-    return _fill(costs, values, capacity, choice)
+    return _fill(costs, values, capacity, choice) if fill else choice
 
 
 def _fill(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]], capacity: int,
@@ -142,13 +143,15 @@ def _four_bit_key(options: Sequence) -> str:
     return min(quantized or options, key=lambda c: abs(c.bits - 4.5)).key
 
 
-def allocate(model: SizeModel, profile: SensitivityProfile, budget: int) -> Plan:
-    """The least predicted degradation whose written size is at most `budget`."""
+def allocate(model: SizeModel, profile: SensitivityProfile, budget: int,
+             max_cells: int = MAX_CELLS, fill: bool = True) -> Plan:
+    """The least predicted degradation whose written size is at most `budget` (a coarser
+    `max_cells` and no fill give a quick preview, as the window's size slider does)."""
     check_budget(model, budget, "target size")
     slots = model.modules
     costs = [list(s.nbytes) for s in slots]
     values = [[profile.cost(s.name, c.key) for c in s.options] for s in slots]
-    picks = solve_mckp(costs, values, budget - model.fixed_bytes)
+    picks = solve_mckp(costs, values, budget - model.fixed_bytes, max_cells, fill)
     choice = {s.name: s.options[j].key for s, j in zip(slots, picks, strict=True)}
     rows = [(s.name, s.options[j].key, s.nbytes[j], values[i][j])
             for i, (s, j) in enumerate(zip(slots, picks, strict=True))]
@@ -229,6 +232,7 @@ def plan_for_job(job: JobSpec, info: ModelInfo, tokens, calibration: Callable[[]
     summary = {"budget_bytes": plan.budget, "predicted_bytes": plan.total_bytes,
                "predicted_degradation": plan.predicted, "uniform4_degradation": plan.uniform4,
                "schemes": dict(Counter(plan.choice.values())),
+               "scheme": dataclasses.asdict(planned.scheme),
                "rules": [dataclasses.asdict(r) for r in planned.rules]}
     return planned, tokens, summary
 
@@ -250,3 +254,17 @@ def plan_before_running(job: JobSpec, emit: Callable[[ev.Event], None],
     tokens = calibration_batches(load_tokenizer(job, info.path), c.source, c.samples,
                                  c.seq_len, c.seed)
     return plan_job(job, info, tokens, emit, should_cancel, pick_device(job.device))
+
+
+def budget_preview(job: JobSpec, info: ModelInfo) -> tuple[SizeModel, SensitivityProfile | None]:
+    """What the window's size field needs: the size model of `job` and, when an earlier job
+    measured this model with this method and calibration, its cached sensitivity profile."""
+    from qtapp.engine.sensitivity import cached_profile, profile_key
+
+    model = size_model(job, info)
+    return model, cached_profile(profile_key(job, info, model.modules))
+
+
+def uniform_four_bytes(model: SizeModel) -> int:
+    """Written size with every module at 4 bits (W4, or Q4_K / its fallback)."""
+    return model.total({s.name: _four_bit_key(s.options) for s in model.modules})

@@ -180,6 +180,8 @@ class MainWindow(QMainWindow):
             results: ResultsPage = self.pages["results"]  # type: ignore[assignment]
             results.refresh(select_id=record.id)
         method: MethodPage = self.pages["method"]  # type: ignore[assignment]
+        if outcome.ok:
+            method.plan_finished(outcome.summary)
         method.refresh_output_name()
 
     def _chat_with(self, record: RunRecord) -> None:

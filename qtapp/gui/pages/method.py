@@ -3,7 +3,9 @@ reason is shown otherwise, in JobSpec.validate()'s words."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -20,6 +23,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QRadioButton,
     QScrollArea,
+    QSlider,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -197,6 +201,7 @@ class MethodPage(QWidget):
         layout.addLayout(top)
 
         mixed = Card(tr("Mixed precision"))
+        self._build_budget(mixed)
         mixed_line = QHBoxLayout()
         mixed_line.addWidget(label(tr("Per-module rules"), "Muted"))
         self.mixed = QComboBox()
@@ -318,7 +323,9 @@ class MethodPage(QWidget):
         job = JobSpec(
             model=str(getattr(info, "source", "") or info.path), method=method,
             out=self.out_edit.text().strip(), scheme=self.scheme(),
-            rules=self.rules_from_table(),
+            rules=() if self.budget_on.isChecked() else self.rules_from_table(),
+            target_bytes=int(self.budget_mib.value() * 2**20) if self.budget_on.isChecked()
+            else 0,
             gptq=GPTQOptions(act_order=self.act_order.isChecked()),
             awq=AWQOptions(clip=self.clip.isChecked()),
             gguf=GGUFOptions(type=self.gguf_type.currentData(),
@@ -356,6 +363,158 @@ class MethodPage(QWidget):
             return
         self._update_default_out()
         self.revalidate()
+        self._refresh_budget()
+
+    # -- size budget -------------------------------------------------------------------
+
+    def _build_budget(self, card: Card) -> None:
+        self._budget: tuple[Any, Any] | None = None  # (SizeModel, profile or None)
+        self._budget_for: Any = None
+        self._last_plan: dict[str, Any] | None = None
+        line = QHBoxLayout()
+        self.budget_on = QCheckBox(tr("Fit a size budget"))
+        self.budget_mib = QDoubleSpinBox()
+        self.budget_mib.setDecimals(1)
+        self.budget_mib.setRange(0.1, 10**7)
+        self.budget_mib.setSuffix(" MiB")
+        self.budget_mib.setValue(100.0)
+        self.budget_slider = QSlider(Qt.Orientation.Horizontal)
+        self.budget_slider.setRange(0, 1000)
+        line.addWidget(self.budget_on)
+        line.addWidget(self.budget_mib)
+        line.addWidget(self.budget_slider, 1)
+        card.body.addLayout(line)
+        self.budget_info = label(tr(
+            "Give the size of the file you want: each module then gets the precision that "
+            "hurts the model least, measured on the calibration data."), "Muted", wrap=True)
+        card.body.addWidget(self.budget_info)
+        self.use_plan = button(tr("Edit the last plan as rules"))
+        self.use_plan.setVisible(False)
+        self.use_plan.clicked.connect(self._plan_to_rules)
+        card.body.addWidget(self.use_plan, 0, Qt.AlignmentFlag.AlignLeft)
+        self.budget_on.toggled.connect(self._budget_toggled)
+        self.budget_mib.valueChanged.connect(self._budget_value)
+        self.budget_slider.valueChanged.connect(self._budget_slid)
+        self.budget_mib.setEnabled(False)
+        self.budget_slider.setEnabled(False)
+
+    def _budget_toggled(self, on: bool) -> None:
+        for w in (self.budget_mib, self.budget_slider):
+            w.setEnabled(on)
+        for w in (self.mixed, self.rules, self.add_rule, self.remove_rule):
+            w.setEnabled(not on)
+        self._changed()
+
+    def _budget_key(self) -> Any:
+        info = self.state.model
+        if info is None or not self.budget_on.isChecked():
+            return None
+        return (str(info.path), self.method(), self.scheme(), self.gguf_type.currentData(),
+                self.imatrix.isChecked(), self.act_order.isChecked(), self.samples.value(),
+                self.seq_len.value(), self.calib_file.text())
+
+    def _refresh_budget(self) -> None:
+        key = self._budget_key()
+        if key is None or key == self._budget_for:
+            self._predict()
+            return
+        from qtapp.engine.allocate import budget_preview
+
+        self._budget_for, self._budget = key, None
+        try:
+            job = dataclasses.replace(self.build_job(), target_bytes=0)
+        except UserError:
+            return
+        info = self.state.model
+        self.budget_info.setText(tr("Reading the model's tensor sizes…"))
+        self.state.background.run(lambda _ctx: budget_preview(job, info),
+                                  lambda result, key=key: self._budget_ready(key, result),
+                                  lambda e: self.budget_info.setText("⚠ " + str(e)))
+
+    def _budget_ready(self, key: Any, result: tuple[Any, Any]) -> None:
+        if key != self._budget_for:
+            return  # the settings changed meanwhile; a newer request is on its way
+        from qtapp.engine.allocate import uniform_four_bytes
+
+        self._budget = result
+        model = result[0]
+        low, high = model.smallest() / 2**20, model.largest() / 2**20
+        self._filling = True
+        self.budget_mib.setRange(round(low + 0.05, 1), round(high, 1))
+        self.budget_mib.setValue(uniform_four_bytes(model) / 2**20)
+        self._filling = False
+        self._budget_value(self.budget_mib.value())
+
+    def _budget_value(self, mib: float) -> None:
+        if self._budget is not None:
+            low, high = self.budget_mib.minimum(), self.budget_mib.maximum()
+            self.budget_slider.blockSignals(True)
+            self.budget_slider.setValue(round((mib - low) / max(high - low, 1e-9) * 1000))
+            self.budget_slider.blockSignals(False)
+        if not self._filling:
+            self.revalidate()
+            self._predict()
+
+    def _budget_slid(self, value: int) -> None:
+        low, high = self.budget_mib.minimum(), self.budget_mib.maximum()
+        self.budget_mib.setValue(low + (high - low) * value / 1000)
+
+    def _predict(self) -> None:
+        """The predicted plan at the field's size, when a profile of this model exists."""
+        if self._budget is None or not self.budget_on.isChecked():
+            return
+        from qtapp.engine.allocate import allocate
+        from qtapp.engine.budget import format_size
+
+        model, profile = self._budget
+        budget = int(self.budget_mib.value() * 2**20)
+        span = tr("Possible: {low} (every module at its lowest precision) to {high} (all "
+                  "16-bit).").format(low=format_size(model.smallest()),
+                                     high=format_size(model.largest()))
+        if profile is None:
+            self.budget_info.setText(span + " " + tr(
+                "Predicted quality: the job measures each module's sensitivity first (one "
+                "calibration pass, kept for later runs) and logs the plan; after that it is "
+                "predicted here as you move the slider."))
+            return
+        try:
+            plan = allocate(model, profile, budget, max_cells=4000, fill=False)
+        except UserError as e:
+            self.budget_info.setText("⚠ " + str(e))
+            return
+        counts = ", ".join(f"{k} × {n}" for k, n in sorted(
+            Counter(plan.choice.values()).items()))
+        self.budget_info.setText(span + " " + tr(
+            "Predicted: {ratio:.2f}× the output error of every module at 4 bits; "
+            "{size}: {counts}.").format(ratio=plan.predicted / max(plan.uniform4, 1e-30),
+                                        size=format_size(plan.total_bytes), counts=counts))
+
+    def plan_finished(self, summary: dict[str, Any]) -> None:
+        """A job planned for a size budget finished: offer its plan as editable rules."""
+        self._last_plan = summary.get("plan")
+        self.use_plan.setVisible(self._last_plan is not None)
+        self._budget_for = None  # the job cached a sensitivity profile: predict from it
+        self._refresh_budget()
+
+    def _plan_to_rules(self) -> None:
+        if not self._last_plan:
+            return
+        plan = self._last_plan
+        rules = tuple(ModuleRule(r["pattern"], QuantScheme(**r["scheme"]) if r["scheme"]
+                                 else None, r["skip"], r["gguf_type"]) for r in plan["rules"])
+        self._filling = True
+        self.budget_on.setChecked(False)
+        bits = plan.get("scheme", {}).get("bits")
+        if bits in BIT_CHOICES:
+            self.bits.setCurrentIndex(BIT_CHOICES.index(bits))
+        self.mixed.setCurrentIndex(2)
+        self._filling = False
+        self._budget_toggled(False)
+        self.rules.setVisible(True)
+        self.add_rule.setVisible(True)
+        self.remove_rule.setVisible(True)
+        self._fill_rules(rules)
+        self._changed()
 
     def _method_changed(self) -> None:
         m = self.method()

@@ -1,0 +1,95 @@
+"""The method page's size budget: the field's range comes from the size model, the job
+carries the budget, the prediction follows the slider once a profile exists, and a
+finished plan can be edited as ordinary rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gui_helpers import fake_command
+
+from qtapp.engine.allocate import budget_preview
+from qtapp.engine.sensitivity import (
+    ModuleSensitivity,
+    SensitivityProfile,
+    cache_file,
+    profile_key,
+)
+from qtapp.engine.sources import resolve_model
+from qtapp.gui.engine_process import EngineProcess
+from qtapp.gui.main_window import MainWindow
+
+
+@pytest.fixture
+def page(qtbot, tmp_path, make_tiny_model):
+    folder = make_tiny_model(tmp_path / "tiny", "llama", hidden_size=128,
+                             intermediate_size=256)
+    w = MainWindow(engine=EngineProcess(command=fake_command("ok", "--blocks", "2")),
+                   scan=False)
+    qtbot.addWidget(w)
+    info = resolve_model(str(folder))
+    w.state.set_model(info)
+    method = w.pages["method"]
+    method.method_radio["rtn"].setChecked(True)
+    method.group.setCurrentIndex(1)  # 64: divides the tiny model's 128 / 256 inputs
+    method.out_edit.setText(str(tmp_path / "out"))
+    method._out_auto = False
+    return method, info
+
+
+def test_budget_field_spans_the_possible_sizes_and_goes_into_the_job(page, qtbot):
+    method, _info = page
+    method.budget_on.setChecked(True)
+    qtbot.waitUntil(lambda: method._budget is not None, timeout=20000)
+    model = method._budget[0]
+    assert method.budget_mib.minimum() == pytest.approx(model.smallest() / 2**20, abs=0.1)
+    assert method.budget_mib.maximum() == pytest.approx(model.largest() / 2**20, abs=0.1)
+    assert "measures each module's sensitivity" in method.budget_info.text()
+    method.budget_slider.setValue(1000)
+    assert method.budget_mib.value() == pytest.approx(method.budget_mib.maximum())
+    job = method.build_job()
+    assert job.target_bytes == int(method.budget_mib.value() * 2**20) and job.rules == ()
+    assert not method.mixed.isEnabled()
+    method.budget_on.setChecked(False)
+    assert method.build_job().target_bytes == 0 and method.mixed.isEnabled()
+
+
+def test_prediction_follows_the_slider_once_a_profile_exists(page, qtbot):
+    method, info = page
+    method.budget_on.setChecked(True)
+    qtbot.waitUntil(lambda: method._budget is not None, timeout=20000)
+    job = method.build_job()
+    model, _ = budget_preview(job, info)
+    # a made-up profile: errors fall with bits, the first module matters 100× more
+    modules = {}
+    for i, slot in enumerate(model.modules):
+        err = {c.key: (0.0 if c.kept else 2.0 ** -c.bits) * (100 if i == 0 else 1)
+               for c in slot.options}
+        modules[slot.name] = ModuleSensitivity(slot.name, 1.0, err)
+    key = profile_key(job, info, model.modules)
+    path = cache_file(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(SensitivityProfile(key, "rtn", 1, modules).to_json())
+    try:
+        method.plan_finished({"plan": {"rules": [
+            {"pattern": model.modules[0].name, "scheme": None, "skip": True, "gguf_type": ""}],
+            "scheme": {"bits": 3, "group_size": 64, "sym": True}}})
+        qtbot.waitUntil(lambda: method._budget is not None and method._budget[1] is not None,
+                        timeout=20000)
+        method.budget_slider.setValue(0)
+        low = method.budget_info.text()
+        method.budget_slider.setValue(600)
+        high = method.budget_info.text()
+        assert "× the output error" in low and "× the output error" in high
+        ratio = [float(t.split("Predicted: ")[1].split("×")[0]) for t in (low, high)]
+        assert ratio[1] < ratio[0]
+        # the finished plan becomes ordinary, editable rules
+        assert method.use_plan.isVisible() or not method.isVisible()
+        method.use_plan.click()
+        assert not method.budget_on.isChecked() and method.mixed.currentIndex() == 2
+        rules = method.rules_from_table()
+        assert [r.pattern for r in rules] == [model.modules[0].name] and rules[0].skip
+        assert method.bits.currentData() == 3
+    finally:
+        Path(path).unlink(missing_ok=True)
