@@ -20,15 +20,22 @@ from transformers import AutoModelForCausalLM
 
 
 def _no_hashing() -> None:
-    """datasets fingerprints every map() by pickling its arguments with dill, which fails on
-    the GPU machine's pandas/pyarrow (MonthDayNano); a random fingerprint is what datasets
-    itself falls back to for unhashable transforms."""
+    """datasets fingerprints datasets and map() calls by pickling them with dill, which fails
+    on the GPU machine's pandas/pyarrow (MonthDayNano); fall back to a random hash, as datasets
+    itself does for transforms it cannot hash."""
     import uuid
 
-    import datasets.arrow_dataset as ad
     import datasets.fingerprint as fp
 
-    fp.update_fingerprint = ad.update_fingerprint = lambda *a, **k: uuid.uuid4().hex
+    original = fp.Hasher.hash.__func__
+
+    def safe_hash(cls, value):
+        try:
+            return original(cls, value)
+        except Exception:  # noqa: BLE001 - any unpicklable value, as datasets does
+            return uuid.uuid4().hex
+
+    fp.Hasher.hash = classmethod(safe_hash)
 
 
 def main() -> None:

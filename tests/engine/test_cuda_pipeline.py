@@ -42,27 +42,26 @@ def _run(folder: Path, method: str, device: str, store_dir: Path, n: int = 8, se
 
 
 @pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
-def test_cuda_codes_match_cpu(method: str, make_tiny_model, tmp_path: Path) -> None:
+def test_cuda_quality_matches_cpu(method: str, make_tiny_model, tmp_path: Path) -> None:
+    """Same per-layer output error on the GPU as on the CPU; RTN gives the same codes.
+
+    GPTQ's scales come from the weights as its error feedback leaves them and AWQ picks a
+    scale from losses that can nearly tie, so float32 sums taken in another order on the GPU
+    may change individual codes or the α chosen: the errors are what must agree.
+    """
     folder = make_tiny_model(tmp_path / "m", hidden_size=128, intermediate_size=256)
     cpu, _, cpu_errors = _run(folder, method, "cpu", tmp_path)
     gpu, peak, gpu_errors = _run(folder, method, "cuda", tmp_path)
     assert peak > 0
-    assert cpu_errors.keys() == gpu_errors.keys()
+    assert cpu_errors.keys() == gpu_errors.keys() and len(cpu_errors) == 14
     for name, err in cpu_errors.items():
-        # the same quality: float32 sums in another order move errors by a few percent
         assert abs(gpu_errors[name] - err) <= 0.1 * err + 1e-6, (name, err, gpu_errors[name])
-    for i in range(2):
-        a, _, fa = cpu.load_block(i)
-        b, _, fb = gpu.load_block(i)
-        assert a.keys() == b.keys()
-        for name in a:
-            same = (a[name].q == b[name].q).float().mean().item()
-            # rounding ties flip a few codes, and GPTQ's error feedback spreads each flip
-            assert same > 0.9, (method, i, name, same)
-            close = torch.isclose(a[name].scale, b[name].scale, rtol=2e-2, atol=1e-6)
-            assert close.float().mean().item() > 0.9, (method, i, name)
-        for name in fa:
-            assert torch.allclose(fa[name], fb[name], rtol=1e-3, atol=1e-5)
+    if method == "rtn":
+        for i in range(2):
+            a, _, _ = cpu.load_block(i)
+            b, _, _ = gpu.load_block(i)
+            for name in a:
+                assert (a[name].q == b[name].q).float().mean().item() > 0.999, (i, name)
 
 
 def test_peak_vram_does_not_grow_with_depth(make_tiny_model, tmp_path: Path) -> None:

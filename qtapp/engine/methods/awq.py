@@ -199,7 +199,7 @@ def _capture(block: nn.Module, x: Tensor, block_kwargs: dict[str, Any], gram_tar
             full = x_in.shape[0]
             keep = min(full, -(-(LOSS_TOKENS - offset) // seq))
             cap.calls[name].append(_Call(
-                x_in[:keep].detach(), fit_batch(rest_args, full, keep),
+                x_in[:keep].detach().clone(), fit_batch(rest_args, full, keep),
                 fit_batch(rest, full, keep), key))
         return hook
 
@@ -223,7 +223,9 @@ def _capture(block: nn.Module, x: Tensor, block_kwargs: dict[str, Any], gram_tar
         cap.clip_x[name] = []
 
         def hook(_module: nn.Module, args: tuple) -> None:
-            cap.clip_x[name].append(_rows(args[0])[(-offset) % stride::stride])
+            # a copy: a strided view would keep every mini-batch's whole input alive (14 GiB
+            # over 128 × 2048 tokens of a Llama-1B block, measured on an H100)
+            cap.clip_x[name].append(_rows(args[0])[(-offset) % stride::stride].clone())
         return hook
 
     handles = []
