@@ -160,6 +160,8 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--peer", action="store_true")
+    ap.add_argument("--tf32", action="store_true",
+                    help="let float32 matrix products use TF32 tensor cores (a row of its own)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "gpu-bench")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -174,10 +176,14 @@ def main() -> None:
     torch.save(tokens, tokens_file)
     rows = []
     for method in args.methods.split(","):
-        row = run_ours(folder, method, tokens, args.group, args.batch)
-        row["predicted_vram_gib"] = predicted_gib(folder, method, tokens)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        for tf32 in (False, True) if args.tf32 else (False,):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            row = run_ours(folder, method, tokens, args.group, args.batch)
+            row["predicted_vram_gib"] = predicted_gib(folder, method, tokens)
+            row["who"] += " (tf32)" if tf32 else ""
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        torch.backends.cuda.matmul.allow_tf32 = False
         if args.peer:
             rows.append(run_peer(folder, method, tokens_file, args.group))
             print(json.dumps(rows[-1]), flush=True)
