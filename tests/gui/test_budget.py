@@ -93,3 +93,25 @@ def test_prediction_follows_the_slider_once_a_profile_exists(page, qtbot):
         assert method.bits.currentData() == 3
     finally:
         Path(path).unlink(missing_ok=True)
+
+
+def test_size_plot_separates_budgeted_runs_and_uses_kld(qtbot):
+    from qtapp.gui.results_store import RunRecord
+    from qtapp.gui.widgets.size_plot import SizeQualityPlot
+
+    def record(size_mib: float, kld: float | None, ppl: float, planned: bool) -> RunRecord:
+        summary = {"kld_mean": kld} if kld is not None else {}
+        if planned:
+            summary["plan"] = {"budget_bytes": int(size_mib * 2**20)}
+        return RunRecord("m", "src", "gptq", "W4", "out", size_bytes=int(size_mib * 2**20),
+                         ppl=ppl, summary=summary)
+
+    plot = SizeQualityPlot()
+    qtbot.addWidget(plot)
+    plot.show_runs([record(100, 0.05, 13.0, False), record(90, 0.04, 12.9, True),
+                    record(80, 0.07, 13.4, True), record(120, None, 12.5, False)])
+    # the run without a KL divergence is left out rather than mixed with perplexities
+    assert plot.points["uniform"] == [(100.0, 0.05)]
+    assert sorted(plot.points["planned"]) == [(80.0, 0.07), (90.0, 0.04)]
+    plot.show_runs([record(100, None, 13.0, False)])
+    assert plot.points["uniform"] == [(100.0, 13.0)] and plot.points["planned"] == []

@@ -23,6 +23,7 @@ from qtapp.gui.pages.run import format_duration
 from qtapp.gui.results_store import RunRecord
 from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import Card, KeyValues, PageHeader, button, label, page_layout
+from qtapp.gui.widgets.size_plot import SizeQualityPlot
 
 COLUMNS = (QT_TR_NOOP("Model"), QT_TR_NOOP("Method"), QT_TR_NOOP("Settings"),
            QT_TR_NOOP("Size"), QT_TR_NOOP("Perplexity"), QT_TR_NOOP("vs original"),
@@ -75,6 +76,10 @@ class ResultsPage(QWidget):
         buttons.addWidget(self.remove_button)
         detail.body.addLayout(buttons)
         layout.addWidget(detail)
+        self.size_plot = SizeQualityPlot()
+        plot_card = Card(tr("Size vs quality of this model's runs"))
+        plot_card.body.addWidget(self.size_plot)
+        layout.addWidget(plot_card)
         self.row_records: list[tuple[str, RunRecord]] = []
         state.results_changed.connect(self.refresh)
         self.refresh()
@@ -144,6 +149,8 @@ class ResultsPage(QWidget):
                 self.detail.set(tr(k), "—")
             return
         kind, r = chosen
+        self.size_plot.show_runs([x for k, x in self.row_records
+                                  if k == "run" and x.source == r.source])
         files = r.summary.get("files") or []
         calib = r.summary.get("calibration")
         values = [r.out if kind == "run" else r.source, r.format or "—",
