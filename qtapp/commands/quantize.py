@@ -73,7 +73,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "off by default, only for models you trust")
     p.add_argument("--worker", action="store_true",
                    help="run in a child worker process (as the window does)")
-    p.add_argument("--dry-run", action="store_true", help="print the job spec and stop")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the job spec, and the memory, disk and time plan (timed on one "
+                   "block), and stop")
+    p.add_argument("--ignore-plan", action="store_true",
+                   help="start even when the plan says the job does not fit")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
 
 
@@ -170,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
     job = job_from_args(args)
     if job.target_bytes or job.target_bpw:
         job = _plan(job, args.json)
+    if args.dry_run or not args.ignore_plan:
+        _resource_plan(job, probe=args.dry_run, refuse=not args.dry_run)
     if args.dry_run:
         print(job.to_json())
         return 0
@@ -181,6 +187,20 @@ def run(args: argparse.Namespace) -> int:
     if args.worker:
         return _run_in_worker(job, render)
     return _run_in_process(job, render)
+
+
+def _resource_plan(job: JobSpec, probe: bool, refuse: bool) -> None:
+    """Show the memory, disk and time plan on stderr (a dry run times one block); refuse a
+    job that does not fit unless --ignore-plan."""
+    from qtapp.engine.planner import plan_job
+    from qtapp.engine.sources import resolve_model
+
+    plan = plan_job(job, resolve_model(job.model, allow_pickle=job.allow_pickle), probe=probe)
+    if probe or not plan.fits:
+        print(plan.table(), file=sys.stderr)
+    if refuse and not plan.fits:
+        raise UserError(f"the job does not fit on this machine ({'; '.join(plan.problems)}). "
+                        f"Fixes: {'; '.join(plan.fixes)}. Pass --ignore-plan to start anyway.")
 
 
 def _plan(job: JobSpec, as_json: bool) -> JobSpec:

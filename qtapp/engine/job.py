@@ -147,6 +147,7 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
         job, tokens, plan = plan_for_job(job, info, tokens,
                                          lambda: _calibration_tokens(job, info, emit),
                                          emit, should_cancel)
+    predicted = _resource_plan(job, info, out, emit)
     partial = partial_path(out)
     if partial.exists():
         shutil.rmtree(partial)
@@ -169,12 +170,26 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
         summary["plan"] = plan
     summary["out"] = str(out)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
+    from qtapp.engine.planner import peak_rss  # of this process: the worker runs one job
+
+    summary["resources"] = {"predicted": predicted, "measured": {
+        "peak_ram": peak_rss(), "seconds": summary["seconds"]}}
     for f in summary.get("files", []):
         p = out / f
         if p.exists():
             emit(ev.Artifact(path=str(p), kind=p.suffix.lstrip(".") or "file",
                              bytes=p.stat().st_size))
     return summary
+
+
+def _resource_plan(job: JobSpec, info: ModelInfo, out: Path, emit: Emit) -> dict[str, Any]:
+    """The planner's prediction (formulas, no probe), logged and kept for the result."""
+    from qtapp.engine.planner import plan_job
+
+    plan = plan_job(job, info, out=out)
+    emit(ev.Log(level="info", message=plan.table()))
+    return {k: v for k, v in plan.to_dict().items()
+            if k in ("peak_ram", "peak_vram", "temp_disk", "final_disk", "seconds", "device")}
 
 
 def _warn_unsafe_options(job: JobSpec, info: ModelInfo, emit: Emit) -> None:

@@ -1,0 +1,100 @@
+"""The memory, disk and time plan: numbers from the formulas, refusal with fixes, the CLI's
+dry run (timed on one block) and refusal, predicted against measured in a job's result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from qtapp.engine import advisor as A
+from qtapp.engine.config import CalibrationSpec, JobSpec
+from qtapp.engine.hardware import Hardware
+from qtapp.engine.planner import BASE_RSS, memory, plan_job
+
+GiB = 2**30
+LLAMA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+            "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32,
+            "num_hidden_layers": 32, "vocab_size": 32000}
+
+
+def machine(ram_gib: float) -> Hardware:
+    return Hardware("Fake CPU", 2, 2, int(ram_gib * GiB), int(ram_gib * GiB), "TestOS", ())
+
+
+def llama7b() -> SimpleNamespace:
+    return SimpleNamespace(name="Llama-7B", config=LLAMA_7B, n_params=6_738_415_616,
+                           size_bytes=13_476_831_232, n_layers=32)
+
+
+def test_memory_follows_the_documented_formulas():
+    info = llama7b()
+    job = JobSpec(model="x", method="gptq", out="o", evaluate=False,
+                  calibration=CalibrationSpec(samples=128, seq_len=512))
+    shape = A.ModelShape.from_config(LLAMA_7B, "Llama-7B", info.n_params)
+    ram, vram = memory(job, info, gpu=False)
+    work = A.quantize_peak_bytes(shape, "gptq", 128, 512) - A.RUNTIME_OVERHEAD_FIXED
+    block16 = int(shape.block_linear_params * 2)  # bf16 source: 2 bytes per parameter
+    assert vram == 0
+    assert ram == pytest.approx(BASE_RSS + 32000 * 4096 * 4 + work + block16, rel=1e-3)
+    evaluating = memory(JobSpec(model="x", method="gptq", out="o"), info, gpu=False)[0]
+    assert evaluating == pytest.approx(BASE_RSS + info.n_params * 4
+                                       + 3 * 512 * 32000 * 4, rel=1e-3)  # the whole model
+    ram_gpu, vram_gpu = memory(job, info, gpu=True)
+    assert vram_gpu == work and ram_gpu < ram
+
+
+def test_a_plan_that_does_not_fit_says_so_with_numbers_and_fixes(tmp_path):
+    plan = plan_job(JobSpec(model="x", method="gptq", out=str(tmp_path / "o")), llama7b(),
+                    machine(16))
+    assert not plan.fits
+    assert "RAM" in plan.problems[0] and "12.8 GiB of 16.0 GiB" in plan.problems[0]
+    assert any("--no-eval" in f for f in plan.fixes)
+    assert all("GiB" in f for f in plan.fixes)
+    table = plan.table()
+    assert "DOES NOT FIT" in table and "fix:" in table
+    small = plan_job(JobSpec(model="x", method="gptq", out=str(tmp_path / "o")), llama7b(),
+                     machine(64))
+    assert small.fits and small.final_disk == A.weight_bytes(
+        A.ModelShape.from_config(LLAMA_7B, "", 6_738_415_616), 4, 128)
+
+
+def test_cli_refuses_a_job_that_does_not_fit_and_writes_nothing(tiny_llama_dir, tmp_path,
+                                                                monkeypatch, capsys):
+    from qtapp.cli import main
+    from qtapp.engine import hardware
+
+    monkeypatch.setattr(hardware, "detect", lambda use_torch=True: machine(0.25))
+    out = tmp_path / "o"
+    code = main(["quantize", "--model", str(tiny_llama_dir), "--method", "rtn", "--out",
+                 str(out), "--samples", "2", "--seq-len", "32"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "does not fit" in err and "GiB of RAM" in err and "--ignore-plan" in err
+    assert not out.exists() and not list(tmp_path.glob(".o*"))
+
+
+def test_cli_dry_run_times_one_block(tiny_llama_dir, tmp_path, capsys):
+    from qtapp.cli import main
+
+    out = tmp_path / "o"
+    assert main(["quantize", "--model", str(tiny_llama_dir), "--method", "gptq", "--out",
+                 str(out), "--samples", "4", "--seq-len", "32", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "timed on one block" in captured.err and "peak RAM" in captured.err
+    assert JobSpec.from_json(captured.out).method == "gptq"
+    assert not out.exists()
+
+
+def test_a_job_records_predicted_against_measured(tiny_llama_dir, tmp_path):
+    from qtapp.engine.config import QuantScheme
+    from qtapp.engine.job import run_job
+
+    job = JobSpec(model=str(tiny_llama_dir), method="rtn", out=str(tmp_path / "o"),
+                  scheme=QuantScheme(bits=8, group_size=32), evaluate=False, calibration=CalibrationSpec(samples=2, seq_len=32))
+    summary = run_job(job, lambda e: None, lambda: False)
+    r = summary["resources"]
+    assert r["predicted"]["final_disk"] > 0 and r["predicted"]["peak_ram"] > BASE_RSS
+    assert r["measured"]["peak_ram"] > 0 and r["measured"]["seconds"] == summary["seconds"]
+    assert Path(summary["out"]).is_dir()
