@@ -13,7 +13,7 @@ import sys
 from qtapp import __version__
 from qtapp.engine.errors import UserError
 
-COMMANDS = ("quantize", "eval", "chat", "hw", "recommend", "convert")
+COMMANDS = ("quantize", "eval", "chat", "hw", "recommend", "convert", "check")
 
 
 def build_parser() -> argparse.ArgumentParser:

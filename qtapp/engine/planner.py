@@ -39,12 +39,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtapp.engine import advisor as A
 from qtapp.engine.config import JobSpec
 from qtapp.engine.hardware import Hardware
-from qtapp.engine.sources import ModelInfo
+
+if TYPE_CHECKING:
+    from qtapp.engine.sources import ModelInfo
 
 BASE_RSS = 600 * 2**20
 EVAL_TOKENS = 18_000  # the built-in evaluation text, in tokens of a 49k BPE vocabulary

@@ -1,0 +1,336 @@
+"""Will this model quantize, and with which method? Answered before any weights download.
+
+    check_model(model, hw=None) -> CompatReport
+
+`model` is 'demo', a local folder, or a Hugging Face id. For an id only config.json, the
+tokenizer files and the file list are read: from the local Hugging Face cache when it has
+them (always when HF_HUB_OFFLINE is set), else from the Hub (huggingface-hub). Per method:
+
+    rtn, gptq, awq  the architecture is one qtapp.engine.arch knows (a causal LM of the
+                    Llama / Mistral / Qwen2 / Qwen3 families);
+    gguf            the architecture is one qtapp.engine.gguf.archs converts, and the
+                    tokenizer is SentencePiece or a BPE whose pre-tokenizer llama.cpp knows
+                    (qtapp.engine.gguf.pretokenizers);
+    all             the planner's memory for the job with default settings fits this machine.
+
+It also warns when the tokenizer has no chat template or no end-of-turn token (a chat
+then never stops where the model means to).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from qtapp.engine.errors import UserError
+
+METHODS = ("rtn", "gptq", "awq", "gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                   "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja",
+                   "chat_template.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+@dataclass
+class MethodCheck:
+    method: str
+    ok: bool
+    reason: str = ""
+
+
+@dataclass
+class CompatReport:
+    model: str
+    where: str                       # "local folder", "Hub", "Hub (from the local cache)"
+    architectures: list[str]
+    model_type: str
+    n_params: int
+    weights_bytes: int
+    methods: list[MethodCheck] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def works(self) -> list[str]:
+        return [m.method for m in self.methods if m.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "works": self.works}
+
+    def text(self) -> str:
+        archs = ", ".join(self.architectures) or "no architectures"
+        lines = [(f"{self.model} ({self.where}): {archs}, model_type "
+                  f"{self.model_type or '?'}, about {self.n_params / 1e9:.2f} B parameters, "
+                  f"{self.weights_bytes / 2**30:.2f} GiB of weights")]
+        for m in self.methods:
+            lines.append(f"  {m.method:5} {'yes' if m.ok else 'no '}  {m.reason}")
+        works = self.works
+        lines.append(f"use: {', '.join(works)}" if works else
+                     "no QuantDesk method works for this model")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+# fetching -----------------------------------------------------------------------------
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def _hub_error(repo_id: str, e: Exception) -> UserError:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    if isinstance(e, GatedRepoError):
+        return UserError(f"'{repo_id}' is gated: accept its licence on "
+                         f"https://huggingface.co/{repo_id} and log in with "
+                         "`huggingface-cli login`, then check again.")
+    if isinstance(e, RepositoryNotFoundError):
+        return UserError(f"'{repo_id}' does not exist on the Hugging Face Hub (or it is private "
+                         "and you are not logged in). Check the spelling, e.g. "
+                         "HuggingFaceTB/SmolLM2-135M-Instruct.")
+    if isinstance(e, LocalEntryNotFoundError) or _offline():
+        return UserError(f"'{repo_id}' is not in the local Hugging Face cache and the Hub cannot "
+                         "be reached (offline, or HF_HUB_OFFLINE is set). Connect to the "
+                         "internet, or download the model on a connected machine.")
+    return UserError(f"cannot read '{repo_id}' from the Hugging Face Hub: {e}")
+
+
+def _validate_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        if repo_id.count("/") != 1:
+            raise HFValidationError("an id has exactly one '/'")
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise UserError(f"'{repo_id}' is neither an existing folder nor a valid Hugging Face "
+                        f"model id ({e}). Give a folder path or an id like "
+                        "HuggingFaceTB/SmolLM2-135M-Instruct.") from None
+
+
+def _from_cache(repo_id: str) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True,
+                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                                      allow_patterns=["config.json", *TOKENIZER_FILES]))
+    except Exception:  # noqa: BLE001 - every failure here means "not in the cache"
+        return None
+
+
+def _cached_sizes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
+
+
+def _from_hub(repo_id: str, tmp: Path) -> tuple[Path, dict[str, int]]:
+    """(a folder holding config.json and the tokenizer files, file name -> size)."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    try:
+        info = HfApi().model_info(repo_id, files_metadata=True)
+        sizes = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
+        for name in ("config.json", *TOKENIZER_FILES):
+            if name in sizes:
+                hf_hub_download(repo_id, name, revision=info.sha, local_dir=tmp)
+    except Exception as e:  # noqa: BLE001 - network, auth and not-found errors end here
+        raise _hub_error(repo_id, e) from None
+    return tmp, sizes
+
+
+def _locate(model: str, tmp: Path) -> tuple[Path, dict[str, int], str]:
+    if model == "demo":
+        from qtapp.engine.sources import demo_model_dir  # imports torch: only for the demo
+
+        folder = demo_model_dir()
+        return folder, _cached_sizes(folder), "the demo model"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path, _cached_sizes(path), "local folder"
+    if path.exists():
+        raise UserError(f"{path} is a file; give a model folder or a Hugging Face id")
+    _validate_id(model)
+    cached = _from_cache(model)
+    if cached is not None:
+        sizes = _cached_sizes(cached)
+        if any(n.endswith(WEIGHT_SUFFIXES) for n in sizes) or _offline():
+            return cached, sizes, "Hub (from the local cache)"
+    if _offline():
+        raise _hub_error(model, RuntimeError("offline"))
+    folder, sizes = _from_hub(model, tmp)
+    return folder, sizes, "Hub"
+
+
+# checks -------------------------------------------------------------------------------
+def _config(folder: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{folder} has no config.json; it is not a Hugging Face model") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"config.json of {folder} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"config.json of {folder} does not hold a JSON object")
+    return config
+
+
+def _vision_reason(config: dict[str, Any]) -> str:
+    archs = config.get("architectures") or []
+    if "vision_config" in config or any(str(a).endswith("ForConditionalGeneration")
+                                        for a in archs):
+        return (f"a vision-language model ({', '.join(archs) or config.get('model_type')}); "
+                "QuantDesk quantizes text-only causal language models")
+    return ""
+
+
+def _linear_check(config: dict[str, Any]) -> MethodCheck:
+    from qtapp.engine.arch import arch_for
+
+    vision = _vision_reason(config)
+    if vision:
+        return MethodCheck("gptq", False, vision)
+    try:
+        spec = arch_for(config)
+    except UserError as e:
+        return MethodCheck("gptq", False, str(e))
+    return MethodCheck("gptq", True, f"architecture {spec.name} is supported")
+
+
+def _tokenizer_check(folder: Path, files: dict[str, int]) -> str:
+    """'' when llama.cpp can take the tokenizer, else why not."""
+    if "tokenizer.model" in files:
+        return ""
+    if "tokenizer.json" not in files:
+        return "the model has no tokenizer.json or tokenizer.model"
+    try:
+        kind = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["type"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"tokenizer.json cannot be read ({e})"
+    if kind != "BPE":
+        return f"the tokenizer is of type {kind}; the GGUF converter takes BPE or SentencePiece"
+    from hashlib import sha256
+
+    from tokenizers import Tokenizer
+
+    from qtapp.engine.gguf.pretokenizers import CHKTXT, PRE_BY_HASH
+
+    try:
+        ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(CHKTXT).ids
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own types
+        return f"the tokenizer cannot be loaded ({e})"
+    digest = sha256(str(ids).encode()).hexdigest()
+    if digest not in PRE_BY_HASH:
+        return (f"its BPE pre-tokenizer is not one llama.cpp knows (hash {digest[:16]}…); "
+                "QuantDesk does not guess it, because a wrong one silently changes how text "
+                "is split")
+    return ""
+
+
+def _gguf_check(config: dict[str, Any], folder: Path, files: dict[str, int]) -> MethodCheck:
+    from qtapp.engine.gguf.archs import arch_of
+
+    vision = _vision_reason(config)
+    if vision:
+        return MethodCheck("gguf", False, vision)
+    if not config.get("architectures"):
+        return MethodCheck("gguf", False, "config.json has no 'architectures'; the GGUF "
+                           "converter needs it to choose the family")
+    try:
+        arch = arch_of(config)
+    except UserError as e:
+        return MethodCheck("gguf", False, str(e))
+    problem = _tokenizer_check(folder, files)
+    if problem:
+        return MethodCheck("gguf", False, problem)
+    return MethodCheck("gguf", True, f"architecture {arch.name}, tokenizer known to llama.cpp")
+
+
+def _chat_warnings(folder: Path, files: dict[str, int]) -> list[str]:
+    from qtapp.engine.chat import END_OF_TURN_TOKENS
+
+    try:
+        tc = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        tc = {}
+    warnings = []
+    if not (tc.get("chat_template") or "chat_template.jinja" in files
+            or "chat_template.json" in files):
+        warnings.append("the tokenizer has no chat template: chat uses a plain "
+                        "'User: / Assistant:' fallback, and the GGUF file embeds none")
+    vocab_text = ""
+    if "tokenizer.json" in files:
+        vocab_text = (folder / "tokenizer.json").read_text(encoding="utf-8", errors="replace")
+    specials = json.dumps(tc.get("added_tokens_decoder", {})) + json.dumps(tc.get("eos_token"))
+    if not any(t in vocab_text or t in specials for t in END_OF_TURN_TOKENS) and \
+            not tc.get("eos_token"):
+        warnings.append("the tokenizer names no end-of-turn token (eos_token or one of "
+                        f"{', '.join(END_OF_TURN_TOKENS)}): generation will not stop by itself")
+    return warnings
+
+
+def _n_params(config: dict[str, Any]) -> int:
+    from qtapp.engine.advisor import ModelShape
+
+    try:
+        return ModelShape.from_config(config).n_params
+    except (TypeError, ValueError, ZeroDivisionError):
+        return 0
+
+
+def _fits(config: dict[str, Any], name: str, n_params: int, size: int, method: str,
+          hw: Any) -> str:
+    """'' when the planner's memory for the method (default settings) fits, else why not."""
+    from qtapp.engine import advisor as A
+    from qtapp.engine.config import JobSpec
+    from qtapp.engine.planner import memory
+
+    info = SimpleNamespace(name=name, config=config, n_params=n_params,
+                           size_bytes=size or 2 * n_params,
+                           n_layers=int(config.get("num_hidden_layers") or 0))
+    gpu = hw.best_gpu
+    ram, vram = memory(JobSpec(model=name, method=method, out="x"), info, gpu is not None)
+    if ram > hw.ram_total * A.RAM_USABLE:
+        return (f"needs about {ram / 2**30:.1f} GiB of RAM; "
+                f"{hw.ram_total * A.RAM_USABLE / 2**30:.1f} GiB are usable here")
+    if gpu is not None and vram > gpu.vram_total * A.VRAM_USABLE:
+        return f"needs about {vram / 2**30:.1f} GiB of GPU memory"
+    return ""
+
+
+def check_model(model: str, hw: Any = None) -> CompatReport:
+    """Per-method answer for `model` (see the module docstring); UserError for bad input."""
+    from qtapp.engine.hardware import detect
+
+    model = str(model).strip()
+    if not model:
+        raise UserError("no model given; give 'demo', a model folder or a Hugging Face id")
+    with tempfile.TemporaryDirectory(prefix="quantdesk-check-") as tmp:
+        folder, files, where = _locate(model, Path(tmp))
+        config = _config(folder)
+        if not (config.get("architectures") or config.get("model_type")):
+            raise UserError(f"config.json of {model} names neither 'architectures' nor "
+                            "'model_type'; it is not a model config QuantDesk can read")
+        n_params = _n_params(config)
+        weights = sum(s for n, s in files.items() if n.endswith(WEIGHT_SUFFIXES))
+        linear = _linear_check(config)
+        checks = [MethodCheck(m, linear.ok, linear.reason) for m in ("rtn", "gptq", "awq")]
+        checks.append(_gguf_check(config, folder, files))
+        hw = hw or detect(use_torch=False)
+        for c in checks:
+            if c.ok and n_params:
+                problem = _fits(config, model, n_params, weights, c.method, hw)
+                if problem:
+                    c.ok, c.reason = False, problem
+        report = CompatReport(model=model, where=where,
+                              architectures=[str(a) for a in config.get("architectures") or []],
+                              model_type=str(config.get("model_type") or ""),
+                              n_params=n_params, weights_bytes=weights, methods=checks,
+                              warnings=_chat_warnings(folder, files))
+    return report

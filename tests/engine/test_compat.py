@@ -1,0 +1,163 @@
+"""Compatibility check before download: per-method answers for fixture configs of several
+families, tokenizers llama.cpp does or does not know, and bad input (malformed, gated,
+absent ids; configs without architectures)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from qtapp.engine.compat import check_model
+from qtapp.engine.errors import UserError
+from qtapp.engine.hardware import Hardware
+
+GiB = 2**30
+BASE = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+        "num_key_value_heads": 3, "num_hidden_layers": 30, "vocab_size": 49152}
+CONFIGS = {
+    "llama": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **BASE},
+    "qwen2": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **BASE},
+    "mistral": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **BASE},
+    "gemma3": {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", **BASE},
+    "mamba": {"architectures": ["MambaForCausalLM"], "model_type": "mamba", "hidden_size": 768,
+              "num_hidden_layers": 24, "vocab_size": 50280, "state_size": 16},
+    "vlm": {"architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
+            "vision_config": {"depth": 32}, **BASE},
+}
+EXPECT = {  # family -> (GPTQ/AWQ/RTN work, GGUF works)
+    "llama": (True, True), "qwen2": (True, True), "mistral": (True, True),
+    "gemma3": (False, False), "mamba": (False, False), "vlm": (False, False),
+}
+
+
+def machine(ram_gib: float = 32) -> Hardware:
+    return Hardware("Fake CPU", 2, 2, int(ram_gib * GiB), int(ram_gib * GiB), "TestOS", ())
+
+
+def folder_with(tmp_path: Path, config: dict, tokenizer_from: Path | None) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    if tokenizer_from is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            if (tokenizer_from / name).exists():
+                shutil.copy(tokenizer_from / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_each_family_gets_the_documented_answer(family, demo_dir, tmp_path):
+    folder = folder_with(tmp_path, CONFIGS[family], demo_dir)
+    report = check_model(str(folder), machine())
+    by = {m.method: m for m in report.methods}
+    linear, gguf = EXPECT[family]
+    assert [by[m].ok for m in ("rtn", "gptq", "awq")] == [linear] * 3, report.text()
+    assert by["gguf"].ok == gguf, report.text()
+    if not linear:
+        assert by["gptq"].reason and "no QuantDesk method works" in report.text()
+    if family == "vlm":
+        assert "vision-language" in by["gptq"].reason
+    if family == "mamba":
+        assert "mamba" in by["gptq"].reason and "MambaForCausalLM" in by["gguf"].reason
+
+
+def test_an_unknown_pre_tokenizer_rules_out_gguf_only(tiny_llama_dir, tmp_path):
+    folder = folder_with(tmp_path, CONFIGS["llama"], tiny_llama_dir)  # byte-level, no merges
+    report = check_model(str(folder), machine())
+    by = {m.method: m for m in report.methods}
+    assert by["gptq"].ok and not by["gguf"].ok
+    assert "pre-tokenizer" in by["gguf"].reason
+    assert report.works == ["rtn", "gptq", "awq"]
+
+
+def test_a_config_without_architectures(demo_dir, tmp_path):
+    config = {k: v for k, v in CONFIGS["llama"].items() if k != "architectures"}
+    report = check_model(str(folder_with(tmp_path, config, demo_dir)), machine())
+    by = {m.method: m for m in report.methods}
+    assert by["gptq"].ok  # model_type names the family
+    assert not by["gguf"].ok and "no 'architectures'" in by["gguf"].reason
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps(BASE))
+    with pytest.raises(UserError, match="neither 'architectures' nor 'model_type'"):
+        check_model(str(bare), machine())
+
+
+def test_too_large_for_this_machine_names_the_memory(demo_dir, tmp_path):
+    big = {**CONFIGS["llama"], "hidden_size": 8192, "intermediate_size": 28672,
+           "num_attention_heads": 64, "num_key_value_heads": 8, "num_hidden_layers": 80,
+           "vocab_size": 128256}
+    report = check_model(str(folder_with(tmp_path, big, demo_dir)), machine(16))
+    assert not report.works
+    assert all("GiB of RAM" in m.reason for m in report.methods)
+
+
+def test_chat_warnings(tiny_llama_dir, demo_dir, tmp_path):
+    ok = check_model(str(folder_with(tmp_path, CONFIGS["llama"], demo_dir)), machine())
+    assert ok.warnings == []
+    folder = tmp_path / "model"
+    (folder / "chat_template.jinja").unlink()
+    tc = json.loads((folder / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc))
+    assert any("no chat template" in w for w in check_model(str(folder), machine()).warnings)
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("bad id//x", "neither an existing folder nor a valid Hugging Face model id"),
+    ("org/na me", "neither an existing folder nor a valid Hugging Face model id"),
+    ("nobody/absent-model", "not in the local Hugging Face cache"),
+    ("", "no model given"),
+])
+def test_bad_ids_are_user_errors(model, message, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UserError, match=message):
+        check_model(model, machine())
+
+
+def test_a_gated_model_says_how_to_get_access(monkeypatch):
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(self, repo_id, **kwargs):
+        raise GatedRepoError("403 gated", response=SimpleNamespace(headers={}, request=None))
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(HfApi, "model_info", gated)
+    with pytest.raises(UserError, match="gated: accept its licence.*huggingface-cli login"):
+        check_model("meta-llama/Llama-3.1-8B", machine())
+
+
+def test_a_cached_hub_model_is_answered_offline_and_quickly(demo_dir, tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    snapshot = hub / "models--org--tiny" / "snapshots" / ("a" * 40)
+    snapshot.parent.mkdir(parents=True)
+    shutil.copytree(folder_with(tmp_path, CONFIGS["qwen2"], demo_dir), snapshot)
+    (snapshot / "model.safetensors").write_bytes(b"\0" * 1000)
+    (hub / "models--org--tiny" / "refs").mkdir()
+    (hub / "models--org--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    check_model("org/tiny", machine())  # imports (gguf, tokenizers) are paid once
+    t0 = time.perf_counter()
+    report = check_model("org/tiny", machine())
+    seconds = time.perf_counter() - t0
+    assert report.where == "Hub (from the local cache)"
+    assert report.weights_bytes == 1000 and report.works == ["rtn", "gptq", "awq", "gguf"]
+    assert seconds < 2.0
+
+
+def test_cli_check(demo_dir, tmp_path, capsys):
+    from qtapp.cli import main
+
+    folder = folder_with(tmp_path, CONFIGS["mamba"], demo_dir)
+    assert main(["check", str(folder), "--json"]) == 1
+    d = json.loads(capsys.readouterr().out)
+    assert d["works"] == [] and d["model_type"] == "mamba"
