@@ -160,8 +160,8 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--peer", action="store_true")
-    ap.add_argument("--tf32", action="store_true",
-                    help="let float32 matrix products use TF32 tensor cores (a row of its own)")
+    ap.add_argument("--fp32", action="store_true",
+                    help="also run with TF32 off (pipeline.GPU_TF32 = False), a row of its own")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "gpu-bench")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -176,14 +176,16 @@ def main() -> None:
     torch.save(tokens, tokens_file)
     rows = []
     for method in args.methods.split(","):
-        for tf32 in (False, True) if args.tf32 else (False,):
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+        from qtapp.engine import pipeline
+
+        for tf32 in (True, False) if args.fp32 else (True,):
+            pipeline.GPU_TF32 = tf32
             row = run_ours(folder, method, tokens, args.group, args.batch)
             row["predicted_vram_gib"] = predicted_gib(folder, method, tokens)
-            row["who"] += " (tf32)" if tf32 else ""
+            row["who"] += "" if tf32 else " (TF32 off)"
             rows.append(row)
             print(json.dumps(row), flush=True)
-        torch.backends.cuda.matmul.allow_tf32 = False
+        pipeline.GPU_TF32 = True
         if args.peer:
             rows.append(run_peer(folder, method, tokens_file, args.group))
             print(json.dumps(rows[-1]), flush=True)

