@@ -252,9 +252,11 @@ def _gguf_check(config: dict[str, Any], folder: Path, files: dict[str, int]) -> 
     return MethodCheck("gguf", True, f"architecture {arch.name}, tokenizer known to llama.cpp")
 
 
-def _chat_warnings(folder: Path, files: dict[str, int]) -> list[str]:
+def chat_warnings(folder: Path, files: dict[str, int] | None = None) -> list[str]:
+    """Warnings for a model folder without a chat template or an end-of-turn token."""
     from qtapp.engine.chat import END_OF_TURN_TOKENS
 
+    files = _cached_sizes(folder) if files is None else files
     try:
         tc = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -332,5 +334,5 @@ def check_model(model: str, hw: Any = None) -> CompatReport:
                               architectures=[str(a) for a in config.get("architectures") or []],
                               model_type=str(config.get("model_type") or ""),
                               n_params=n_params, weights_bytes=weights, methods=checks,
-                              warnings=_chat_warnings(folder, files))
+                              warnings=chat_warnings(folder, files))
     return report

@@ -138,6 +138,10 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
     emit(ev.Started(model=info.name, method=job.method, out=str(out),
                     total_steps=info.n_layers, job=job.to_dict()))
     _warn_unsafe_options(job, info, emit)
+    from qtapp.engine.compat import chat_warnings
+
+    for warning in chat_warnings(info.path):
+        emit(ev.Log(level="warning", message=f"{info.name}: {warning}"))
     emit(ev.Log(level="info", message=f"{info.name}: {info.arch.name}, {info.n_layers} blocks, "
                 f"{info.n_params / 1e6:.1f} M parameters, {info.size_bytes / 2**20:.0f} MiB"))
     plan = None

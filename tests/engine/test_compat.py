@@ -161,3 +161,22 @@ def test_cli_check(demo_dir, tmp_path, capsys):
     assert main(["check", str(folder), "--json"]) == 1
     d = json.loads(capsys.readouterr().out)
     assert d["works"] == [] and d["model_type"] == "mamba"
+
+
+def test_a_job_warns_when_the_model_has_no_chat_template(tiny_llama_dir, tmp_path):
+    from qtapp.engine import events as ev
+    from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme
+    from qtapp.engine.job import run_job
+
+    model = shutil.copytree(tiny_llama_dir, tmp_path / "m")
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    tc = json.loads((model / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(tc))
+    seen: list[ev.Event] = []
+    run_job(JobSpec(model=str(model), method="rtn", out=str(tmp_path / "o"), evaluate=False,
+                    scheme=QuantScheme(bits=8, group_size=32),
+                    calibration=CalibrationSpec(samples=2, seq_len=32)),
+            seen.append, lambda: False)
+    warnings = [e.message for e in seen if isinstance(e, ev.Log) and e.level == "warning"]
+    assert any("no chat template" in w for w in warnings), warnings
