@@ -93,7 +93,11 @@ echo "smoke: quantize demo, RTN W8 (group 64), in the worker"
 t0=$(now)
 app quantize --model demo --method rtn --bits 8 --group-size 64 --samples 8 --seq-len 128 \
     --no-eval --worker --json --out "$WORK/rtn-w8" > "$WORK/events.jsonl" \
-    2> "$WORK/quantize.err" || { tail -20 "$WORK/quantize.err" >&2; fail "quantize"; }
+    2> "$WORK/quantize.err" || {
+    tail -20 "$WORK/quantize.err" >&2
+    tail -c 4000 "$WORK/events.jsonl" >&2
+    fail "quantize"
+}
 note quantize_s "$(since "$t0")"
 last=$(tail -n 1 "$WORK/events.jsonl")
 [[ $last == *'"type": "result"'* || $last == *'"type":"result"'* ]] \
