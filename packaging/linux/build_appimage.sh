@@ -5,8 +5,9 @@
 #
 # This is what appimagetool does, without its network-only extras (zsync update info,
 # signing). The runtime is $APPIMAGE_RUNTIME when set (for example the official
-# runtime-x86_64 from github.com/AppImage/type2-runtime/releases), else
-# build/appimage/runtime-x86_64, built from source by build_runtime.sh when missing.
+# runtime-x86_64 from github.com/AppImage/type2-runtime/releases), else the committed
+# packaging/linux/runtime-<arch> (made by build_runtime.sh, see packaging/README.md), else
+# build/appimage/runtime-<arch>, built from source by build_runtime.sh when missing.
 set -euo pipefail
 
 DIST=$(readlink -f "${1:?usage: build_appimage.sh DIST_FOLDER OUT.AppImage}")
@@ -14,7 +15,8 @@ OUT=$(readlink -f "${2:?usage: build_appimage.sh DIST_FOLDER OUT.AppImage}")
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BUILD=$ROOT/build/appimage
-RUNTIME=${APPIMAGE_RUNTIME:-$BUILD/runtime-x86_64}
+RUNTIME=${APPIMAGE_RUNTIME:-$HERE/runtime-$(uname -m)}
+[[ -f $RUNTIME ]] || RUNTIME=$BUILD/runtime-$(uname -m)
 
 [[ -x $DIST/quantdesk ]] || { echo "no $DIST/quantdesk: run PyInstaller first" >&2; exit 2; }
 command -v mksquashfs > /dev/null \
