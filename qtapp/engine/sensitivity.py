@@ -6,25 +6,33 @@ Estimator. For a linear y = W x inside block l and a candidate c with quantized 
 
     E_m(c) = (1/n) Σ_t ‖(W − Ŵ_c) x_t‖² = ½ tr((W − Ŵ_c) H (W − Ŵ_c)ᵀ),   H = (2/n) Σ_t x_t x_tᵀ
 
-(H is the pipeline's GPTQ Hessian; GGUF's importance matrix is its diagonal / 2). How
-much of that error reaches the residual stream depends on the module: o_proj and
-down_proj add their output to it directly, q/k pass through the softmax, gate through the
-activation, v through the attention average. A per-module gain measures it once, on the
-block itself: with only module m replaced by a reference candidate (the one nearest 3
-bits), a forward of the block on a few calibration samples gives
+(H is the pipeline's GPTQ Hessian; GGUF's importance matrix is its diagonal / 2).
 
-    g_m = ‖Y_l(Ŵ_ref) − Y_l(W)‖² / Σ_t ‖(W − Ŵ_ref) x_t‖²,
+How much of that reaches the block's output depends on the module: o_proj and down_proj
+add their output to the residual stream directly, q/k pass through the softmax, gate
+through the activation, v through the attention average. It is measured once per module
+on the block itself: with only module m replaced by a reference candidate (the one
+nearest 3 bits), a forward of the block on a few calibration samples gives, per residual
+channel i,
 
-the block-output error per unit of module-output error. The predicted degradation is
+    g_m,i = Σ_t (Y_l(Ŵ_ref) − Y_l(W))_{t,i}² / Σ_t ‖(W − Ŵ_ref) x_t‖².
 
-    D_m(c) = g_m · E_m(c),
+How much a change of the residual stream after block l changes the model's prediction
+is the Fisher information there. Its diagonal, F_l,i = mean_t (∂L/∂h_{t,i})² with L the
+negative log-likelihood of the calibration tokens, comes from one streamed backward pass
+(the head on the last block's outputs, then block by block back to the first, each block
+re-run on its saved inputs; one block in memory). To second order the mean KL divergence
+of the model's next-token distribution is ½ E[δᵀ F δ] for a small change δ of the
+residual stream, so, taking residual channels as independent,
 
-the mean squared change of the residual stream after block l, and a plan's prediction is
-Σ_m D_m(c_m) (first order: errors of different modules are taken as independent and
-additive). The residual stream carries every block's error unchanged to the final norm,
-so errors are compared in its absolute units; amplification by later blocks is not
-modelled (benchmarks/size_budget.py measures the rank correlation of D with the
-end-to-end KL divergence on the demo model).
+    D_m(c) = ½ E_m(c) Σ_i g_m,i F_l,i        (nats per token),
+
+and a plan's prediction is Σ_m D_m(c_m) (errors of different modules taken as
+independent and additive). The Fisher factor matters: on the de-gridded demo the ratio of
+measured KLD to the unweighted g_m · E_m falls about 40× from the first blocks to the last
+(later blocks carry a residual stream ~10⁵× larger, with massive activations), so without
+it a plan spends its bits on the last blocks (benchmarks/size_budget.py measures the rank
+correlations of each form with the end-to-end KLD).
 
 Ŵ_c is what the job's method would produce, so the estimate includes how well the method
 compensates: GPTQ candidates are solved with GPTQ on H (the solve is cheap next to the
@@ -33,7 +41,8 @@ AWQ and RTN candidates are rounded to nearest (AWQ's scale search, which needs t
 block, is not repeated per candidate; its gain over RTN is similar across modules).
 
 Cost: one streamed pass (a Hessian pass and a forward per block, as GPTQ does) plus, per
-block, one forward of `gain_samples` samples per linear. No pass is repeated per candidate.
+block, one forward of GAIN_SAMPLES samples per linear, and one streamed backward of
+FISHER_SAMPLES samples. No pass is repeated per candidate.
 Profiles are cached under the QuantDesk cache by model, method, scheme and calibration.
 """
 
@@ -56,6 +65,7 @@ from qtapp.engine.sources import ModelInfo, cache_root
 
 Emit = Callable[[ev.Event], None]
 GAIN_SAMPLES = 4
+FISHER_SAMPLES = 4
 
 
 @dataclass
@@ -63,12 +73,14 @@ class ModuleSensitivity:
     """E_m(c) per candidate key and the gain g_m of one module."""
 
     name: str
-    gain: float
-    error: dict[str, float]
+    gain: float  # g_m: block-output error per unit of module-output error
+    error: dict[str, float]  # E_m(c)
     reference: str = ""
+    fisher_gain: float = 0.0  # ½ Σ_i g_m,i F_l,i: predicted KLD per unit of E_m
 
     def degradation(self, key: str) -> float:
-        return self.gain * self.error[key]
+        """D_m(c): predicted mean KL divergence (nats per token) of candidate `key`."""
+        return self.fisher_gain * self.error[key]
 
 
 @dataclass
@@ -80,6 +92,7 @@ class SensitivityProfile:
     tokens: int
     modules: dict[str, ModuleSensitivity]
     block_energy: list[float] = field(default_factory=list)  # mean ‖x‖² entering each block
+    fisher: list[float] = field(default_factory=list)  # tr F_l / d at each block's output
 
     def cost(self, name: str, key: str) -> float:
         return self.modules[name].degradation(key)
@@ -106,7 +119,7 @@ def profile_key(job: JobSpec, info: ModelInfo, slots: list[ModuleSlot]) -> str:
          "method": job.method, "gptq": asdict(job.gptq) if job.method == "gptq" else None,
          "calibration": asdict(job.calibration),
          "candidates": sorted({(c.key, str(c.scheme)) for s in slots for c in s.options}),
-         "gain_samples": GAIN_SAMPLES, "version": 1}
+         "gain_samples": GAIN_SAMPLES, "fisher_samples": FISHER_SAMPLES, "version": 2}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -172,6 +185,8 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
     streamer = LayerStreamer(info, device)
     modules: dict[str, ModuleSensitivity] = {}
     energy: list[float] = []
+    saved: list[torch.Tensor] = []  # block inputs of the Fisher samples, for the backward
+    spread: dict[str, torch.Tensor] = {}  # g_m,i per module
     try:
         inputs = streamer.capture_inputs(tokens, batch)
         for i in range(streamer.n_blocks):
@@ -183,6 +198,7 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
                 streamer.prefetch(streamer.block_prefix(i + 1))
             todo = [n for n in names if prefix + n in by_name]
             energy.append(float(inputs.x.pow(2).sum(-1).mean()))
+            saved.append(inputs.x[:FISHER_SAMPLES].to("cpu", copy=True))
             hessians = collect_hessians(block, todo, inputs)
             sub = BlockInputs(inputs.x[:GAIN_SAMPLES], inputs.kwargs, inputs.batch)
             y_ref = forward_block(block, sub, out=torch.empty_like(sub.x))
@@ -201,19 +217,26 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
                         errors[c.key] = 0.0 if c.kept else output_error(W, W_hat, H)
                         if ref is not None and c.key == ref.key:
                             ref_w = W_hat
-                gain = 0.0
+                per_dim = torch.zeros(inputs.x.shape[-1])
                 if ref_w is not None:
-                    gain = _block_gain(block, linear, W, ref_w, sub, y_ref)
-                modules[slot.name] = ModuleSensitivity(slot.name, gain, errors,
+                    per_dim = _block_gain(block, linear, W, ref_w, sub, y_ref)
+                spread[slot.name] = per_dim
+                modules[slot.name] = ModuleSensitivity(slot.name, float(per_dim.sum()), errors,
                                                        ref.key if ref else "")
                 del H
             forward_block(block, inputs, out=inputs.x)
             streamer.release(block)
             emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="sensitivity",
                              message=f"block {i + 1}/{streamer.n_blocks}"))
+        fisher = fisher_diagonals(streamer, saved, inputs, tokens[:FISHER_SAMPLES], emit,
+                                  should_cancel)
     finally:
         streamer.close()
-    return SensitivityProfile("", job.method, int(tokens.numel()), modules, energy)
+    for name, m in modules.items():
+        block = int(name[len(info.arch.layers_prefix) + 1:].split(".")[0])
+        m.fisher_gain = 0.5 * float((spread[name] * fisher[block]).sum())
+    return SensitivityProfile("", job.method, int(tokens.numel()), modules, energy,
+                              [float(f.mean()) for f in fisher])
 
 
 @contextmanager
@@ -233,8 +256,9 @@ def _solver_threads(device: torch.device) -> Iterator[None]:
 
 
 def _block_gain(block: torch.nn.Module, linear: torch.nn.Linear, W: torch.Tensor,
-                W_hat: torch.Tensor, sub, y_ref: torch.Tensor) -> float:
-    """g = ‖ΔY_block‖² / Σ‖ΔW x‖² with only `linear` replaced by Ŵ (see module doc)."""
+                W_hat: torch.Tensor, sub, y_ref: torch.Tensor) -> torch.Tensor:
+    """g_i = Σ_t ΔY_{t,i}² / Σ_t ‖ΔW x_t‖² per output channel i of the block, with only
+    `linear` replaced by Ŵ (see module doc); Σ_i g_i is the scalar gain g_m."""
     from qtapp.engine.pipeline import forward_block
 
     dW = (W - W_hat).to(linear.weight.dtype)
@@ -250,9 +274,67 @@ def _block_gain(block: torch.nn.Module, linear: torch.nn.Linear, W: torch.Tensor
     finally:
         handle.remove()
         linear.weight.data.copy_(W.to(linear.weight.dtype))
+    d = y.shape[-1]
     if module_err[0] <= 0:
-        return 0.0
-    return float((y - y_ref).double().pow(2).sum()) / module_err[0]
+        return torch.zeros(d)
+    return ((y - y_ref).double().pow(2).reshape(-1, d).sum(0) / module_err[0]).float().cpu()
+
+
+def fisher_diagonals(streamer, saved: list[torch.Tensor], inputs, tokens: torch.Tensor,
+                     emit: Emit, should_cancel: Callable[[], bool]) -> list[torch.Tensor]:
+    """F_l,i = mean_t (∂L/∂h_{t,i})² at the output of every block, L = Σ_t −log p(x_{t+1}).
+
+    A streamed backward: the head (final norm, lm_head) on the last block's outputs gives
+    ∂L/∂h_L; then block by block, from the last, the block is run again on its saved
+    inputs and the gradient is carried to its input. One block in memory at a time, as in
+    the forward pass; `saved[l]` holds block l's inputs for the Fisher samples.
+    """
+    from qtapp.engine.batching import first_output, fit_batch
+
+    arch = streamer.info.arch
+    device = streamer.device
+    norm = streamer.materialize(streamer._resolve(arch.final_norm), arch.final_norm + ".")
+    reader = streamer.reader
+    head = arch.lm_head + ".weight" if reader.has(arch.lm_head + ".weight") \
+        else arch.embed + ".weight"
+    W_out = reader.get(head).to(device, torch.float32)
+    n = tokens.shape[0]
+    grads = []
+    h_last = inputs.x[:n].detach()
+    for b in range(n):  # one sample at a time: the logits are (L, vocabulary)
+        h = h_last[b:b + 1].clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = norm(h) @ W_out.T
+            labels = tokens[b:b + 1, 1:].to(device)
+            loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0],
+                                                     reduction="sum")
+            loss.backward()
+        grads.append(h.grad.detach())
+    del W_out
+    streamer.release(norm)
+    grad = torch.cat(grads)  # ∂L/∂h at the last block's output
+    fisher: list[torch.Tensor] = [torch.zeros(0)] * streamer.n_blocks
+    for i in range(streamer.n_blocks - 1, -1, -1):
+        if should_cancel():
+            raise Cancelled()
+        fisher[i] = grad.pow(2).reshape(-1, grad.shape[-1]).mean(0).cpu()
+        if i == 0:
+            break
+        block = streamer.materialize(streamer.blocks[i], streamer.block_prefix(i))
+        for p in block.parameters():
+            p.requires_grad_(False)
+        new = torch.empty_like(grad)
+        for b in range(n):
+            x = saved[i][b:b + 1].to(device).requires_grad_(True)
+            with torch.enable_grad():
+                y = first_output(block(x, **fit_batch(inputs.kwargs, inputs.batch, 1)))
+                y.backward(grad[b:b + 1])
+            new[b:b + 1] = x.grad
+        grad = new
+        streamer.release(block)
+        emit(ev.Progress(step=streamer.n_blocks - i, total=streamer.n_blocks,
+                         stage="sensitivity", message=f"output sensitivity: block {i + 1}"))
+    return fisher
 
 
 def sensitivity_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
