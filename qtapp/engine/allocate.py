@@ -119,7 +119,7 @@ class Plan:
 
     def table(self) -> str:
         """The plan as text: one line per module, then totals."""
-        lines = [f"{'module':<44} {'scheme':>8} {'bytes':>12} {'predicted':>11}"]
+        lines = [f"{'module':<44} {'scheme':>8} {'bytes':>12} {'pred. KLD':>11}"]
         for name, key, nbytes, d in self.rows:
             lines.append(f"{name:<44} {key:>8} {nbytes:>12,} {d:>11.3e}")
         counts = Counter(k for _, k, _, _ in self.rows)
@@ -130,8 +130,9 @@ class Plan:
                      f"({self.total_bytes:,} bytes) for a budget of {format_size(self.budget)} "
                      f"({self.budget:,} bytes), format {self.fmt}")
         if self.uniform4 > 0:
-            lines.append(f"predicted degradation {self.predicted:.4g} "
-                         f"({self.predicted / self.uniform4:.2f}× that of every module at 4 bit)")
+            lines.append(f"predicted KL divergence {self.predicted:.4g} nats/token "
+                         f"({self.predicted / self.uniform4:.2f}× that of every module at "
+                         "4 bit; the estimate of the modules' errors only)")
         return "\n".join(lines)
 
 

@@ -66,7 +66,7 @@ def test_prediction_follows_the_slider_once_a_profile_exists(page, qtbot):
     for i, slot in enumerate(model.modules):
         err = {c.key: (0.0 if c.kept else 2.0 ** -c.bits) * (100 if i == 0 else 1)
                for c in slot.options}
-        modules[slot.name] = ModuleSensitivity(slot.name, 1.0, err)
+        modules[slot.name] = ModuleSensitivity(slot.name, 1.0, err, fisher_gain=1.0)
     key = profile_key(job, info, model.modules)
     path = cache_file(key)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -485,9 +485,10 @@ class MethodPage(QWidget):
         counts = ", ".join(f"{k} × {n}" for k, n in sorted(
             Counter(plan.choice.values()).items()))
         self.budget_info.setText(span + " " + tr(
-            "Predicted: {ratio:.2f}× the output error of every module at 4 bits; "
-            "{size}: {counts}.").format(ratio=plan.predicted / max(plan.uniform4, 1e-30),
-                                        size=format_size(plan.total_bytes), counts=counts))
+            "Predicted: {ratio:.2f}× the output error of every module at 4 bits (KL "
+            "divergence ≈ {kld:.3g}); {size}: {counts}.").format(
+                ratio=plan.predicted / max(plan.uniform4, 1e-30), kld=plan.predicted,
+                size=format_size(plan.total_bytes), counts=counts))
 
     def plan_finished(self, summary: dict[str, Any]) -> None:
         """A job planned for a size budget finished: offer its plan as editable rules."""
