@@ -204,3 +204,21 @@ def test_cli_refuses_an_impossible_target_and_dry_runs_a_plan(tiny128, tmp_path,
          else f"W{planned.scheme_for(m.name).bits}"
          for m in size_model(planned, info).modules}) <= 12 * info.n_params / 8
     assert not (tmp_path / "o").exists()
+
+
+def test_sensitivity_orders_candidates_and_weights_by_the_fisher(tiny128, tmp_path):
+    from qtapp.engine.pipeline import pick_device
+    from qtapp.engine.sensitivity import measure_profile
+
+    job = _base(tiny128, "rtn", tmp_path / "x", "gptq")
+    info = resolve_model(str(tiny128))
+    slots = size_model(job, info).modules
+    profile = measure_profile(job, info, TOKENS, slots, lambda e: None, lambda: False,
+                              pick_device("cpu"))
+    assert set(profile.modules) == {s.name for s in slots}
+    assert len(profile.fisher) == info.n_layers and all(f > 0 for f in profile.fisher)
+    for m in profile.modules.values():
+        e = m.error
+        assert e["16-bit"] == 0 < e["W8"] < e["W4"] < e["W3"] < e["W2"]
+        assert m.gain > 0 and m.fisher_gain > 0
+        assert m.degradation("W2") == pytest.approx(m.fisher_gain * e["W2"])
