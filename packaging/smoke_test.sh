@@ -53,9 +53,13 @@ trap 'rm -rf "$WORK"' EXIT
 HOME_DIR=$WORK/home
 mkdir -p "$HOME_DIR"
 
+# Each step is killed after QUANTDESK_SMOKE_STEP_S seconds (default 900): a modal error box
+# offscreen would otherwise wait forever. perl's alarm survives exec, on Linux and macOS.
 app() {
     env -i PATH=/usr/bin:/bin HOME="$HOME_DIR" LANG=C.UTF-8 HF_HUB_OFFLINE=1 \
-        QT_QPA_PLATFORM=offscreen "$APP" "$@"
+        QT_QPA_PLATFORM=offscreen \
+        perl -e 'alarm shift; exec @ARGV or die "exec: $!"' "${QUANTDESK_SMOKE_STEP_S:-900}" \
+        "$APP" "$@"
 }
 
 now() { perl -MTime::HiRes=time -e 'printf "%.3f", time'; }
