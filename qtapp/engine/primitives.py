@@ -48,6 +48,34 @@ def qparams_from_range(
     return s, z
 
 
+def qparams_mse(
+    wg: torch.Tensor, bits: int, sym: bool, grid: int = 100, max_shrink: float = 0.8,
+    norm: float = 2.4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero per column of ``wg`` (G, N) that minimise Σ |Q(w) − w|^norm over the
+    range shrunk to p·[min, max], p = 1 − i/grid, i < max_shrink·grid.
+
+    The grid search of the GPTQ reference code (Quantizer.find_params with mse=True, its
+    defaults grid 100, maxshrink 0.8, norm 2.4); the seed's formulas give the scale and zero
+    for each shrunk range, so p = 1 is exactly `qparams_from_range`.
+    """
+    wg = wg.float()
+    wmin, wmax = wg.amin(dim=0), wg.amax(dim=0)
+    best_s, best_z = qparams_from_range(wmin, wmax, bits, sym)
+    best_err = torch.full_like(best_s, float("inf"))
+    maxq = 2**bits - 1
+    for i in range(max(1, int(max_shrink * grid))):
+        p = 1 - i / grid
+        s, z = qparams_from_range(p * wmin, p * wmax, bits, sym)
+        q = (torch.round(wg / s) + z).clamp_(0, maxq)
+        err = (s * (q - z) - wg).abs_().pow_(norm).sum(dim=0)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_s = torch.where(better, s, best_s)
+        best_z = torch.where(better, z, best_z)
+    return best_s, best_z
+
+
 def qparams(
     w: torch.Tensor, bits: int, group_size: int, sym: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:

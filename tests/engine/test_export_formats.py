@@ -31,7 +31,7 @@ def src(make_tiny_model, tmp_path_factory) -> Path:
     (job_for("rtn", 4, 32, rules=ATTN8), "compressed-tensors"),  # transformers ignores dynamic
     (job_for("awq", 4, 32, rules=ATTN8), "compressed-tensors"),
     (job_for("rtn", 6, 32), "compressed-tensors"),
-    (job_for("gptq", 4, 32, rules=ATTN8, gptq=GPTQOptions(act_order=True)), "gptq"),
+    (job_for("gptq", 4, 32, rules=ATTN8, gptq=GPTQOptions(act_order=True, static_groups=False)), "gptq"),
     (job_for("rtn", 4, 32, export_format="compressed-tensors"), "compressed-tensors"),
     (job_for("rtn", 4, 32, rules=ATTN8, export_format="gptq"), "gptq"),
 ])
@@ -42,7 +42,7 @@ def test_resolve_format(job, fmt: str) -> None:
 @pytest.mark.parametrize(("job", "message"), [
     (job_for("rtn", 8, 32, export_format="awq"), "AWQ format holds 4-bit"),
     (job_for("rtn", 5, 32, export_format="gptq"), "GPTQ format holds 2/3/4/8 bits"),
-    (job_for("gptq", 4, 32, gptq=GPTQOptions(act_order=True),
+    (job_for("gptq", 4, 32, gptq=GPTQOptions(act_order=True, static_groups=False),
              export_format="compressed-tensors"), "act-order"),
     (job_for("gguf", 4, 32), "GGUF"),
 ])

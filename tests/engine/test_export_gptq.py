@@ -224,12 +224,14 @@ def test_config_keys_and_side_files(src: Path, tmp_path: Path) -> None:
     c = json.loads((out / "config.json").read_text())
     q = c["quantization_config"]
     assert q == {
-        "quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False, "sym": True,
-        "static_groups": False, "true_sequential": True, "damp_percent": 0.01,
+        # the defaults: act order with static groups (AutoGPTQ's desc_act + static_groups;
+        # g_idx stays trivial)
+        "quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": True,
+        "static_groups": True, "true_sequential": True, "damp_percent": 0.01,
         "checkpoint_format": "gptq", "format": "gptq", "pack_dtype": "int32",
         "lm_head": False,
         "meta": {"quantizer": ["quantdesk:0.1.0"], "method": "gptq", "damp_percent": 0.01,
-                 "static_groups": False, "true_sequential": True},
+                 "static_groups": True, "true_sequential": True},
     }
     assert c["model_type"] == "llama" and c.get("dtype", c.get("torch_dtype")) == "bfloat16"
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):

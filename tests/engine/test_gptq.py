@@ -23,6 +23,11 @@ from qtapp.engine.primitives import default_g_idx, qparams, qparams_from_range
 N, K = 96, 256
 
 
+def _plain(**changes) -> GPTQOptions:
+    """Algorithm 1 as published (no act order, min/max ranges), with the given changes."""
+    return GPTQOptions(**{"act_order": False, "static_groups": False, "mse": False, **changes})
+
+
 def _correlated_inputs(n: int = 2048, k: int = K, seed: int = 0) -> torch.Tensor:
     """Inputs X (n, k) with correlated features of very different scales."""
     g = torch.Generator().manual_seed(seed)
@@ -87,7 +92,7 @@ def _gptq_reference(
 @pytest.mark.parametrize("blocksize", [32, 128])
 def test_identity_hessian_gives_rtn_exactly(scheme: QuantScheme, blocksize: int) -> None:
     W = _weight()
-    g = gptq_quantize(W, 3.0 * torch.eye(K), scheme, GPTQOptions(blocksize=blocksize))
+    g = gptq_quantize(W, 3.0 * torch.eye(K), scheme, _plain(blocksize=blocksize))
     r = rtn(W, scheme)
     assert torch.equal(g.q, r.q)
     assert torch.equal(g.scale, r.scale)
@@ -106,7 +111,7 @@ def test_gptq_beats_rtn_on_correlated_inputs(
 ) -> None:
     W = _weight()
     scheme = QuantScheme(bits, group_size, sym)
-    err_gptq = relative_output_error(W, gptq_quantize(W, H, scheme, GPTQOptions()).dequantize(), H)
+    err_gptq = relative_output_error(W, gptq_quantize(W, H, scheme, _plain()).dequantize(), H)
     err_rtn = relative_output_error(W, rtn(W, scheme).dequantize(), H)
     assert err_gptq < 0.9 * err_rtn, (err_gptq, err_rtn)
 
@@ -114,11 +119,11 @@ def test_gptq_beats_rtn_on_correlated_inputs(
 # (c) ----------------------------------------------------------------------------------------
 
 OPTION_CASES = {
-    "plain": GPTQOptions(),
-    "act_order": GPTQOptions(act_order=True),
-    "act_order+static": GPTQOptions(act_order=True, static_groups=True),
-    "static": GPTQOptions(static_groups=True),
-    "act_order+blocksize48": GPTQOptions(act_order=True, blocksize=48),
+    "plain": _plain(),
+    "act_order": _plain(act_order=True),
+    "act_order+static": _plain(act_order=True, static_groups=True),
+    "static": _plain(static_groups=True),
+    "act_order+blocksize48": _plain(act_order=True, blocksize=48),
 }
 
 
@@ -146,7 +151,7 @@ def test_matches_unblocked_reference(
 
 def test_act_order_g_idx_without_static_groups(H: torch.Tensor) -> None:
     W, G = _weight(), 32
-    qw = gptq_quantize(W, H, QuantScheme(4, G, True), GPTQOptions(act_order=True))
+    qw = gptq_quantize(W, H, QuantScheme(4, G, True), _plain(act_order=True))
     perm = torch.argsort(torch.diag(H), descending=True)
     invperm = torch.argsort(perm)
     # column k is quantized at sweep position invperm[k]; groups are runs of G positions
@@ -161,7 +166,7 @@ def test_act_order_g_idx_without_static_groups(H: torch.Tensor) -> None:
 def test_act_order_static_groups_g_idx_is_monotonic(H: torch.Tensor) -> None:
     W, G = _weight(), 64
     scheme = QuantScheme(3, G, False)
-    qw = gptq_quantize(W, H, scheme, GPTQOptions(act_order=True, static_groups=True))
+    qw = gptq_quantize(W, H, scheme, _plain(act_order=True, static_groups=True))
     assert torch.equal(qw.g_idx, default_g_idx(K, G))
     # static groups: scale/zero come from the original weights, as RTN's do
     r = rtn(W, scheme)
@@ -170,23 +175,23 @@ def test_act_order_static_groups_g_idx_is_monotonic(H: torch.Tensor) -> None:
 
 def test_act_order_helps_when_input_scales_differ(H: torch.Tensor) -> None:
     W, scheme = _weight(), QuantScheme(3, 32, False)
-    plain = gptq_quantize(W, H, scheme, GPTQOptions()).dequantize()
-    ordered = gptq_quantize(W, H, scheme, GPTQOptions(act_order=True)).dequantize()
+    plain = gptq_quantize(W, H, scheme, _plain()).dequantize()
+    ordered = gptq_quantize(W, H, scheme, _plain(act_order=True)).dequantize()
     assert relative_output_error(W, ordered, H) < relative_output_error(W, plain, H)
 
 
 @pytest.mark.parametrize("blocksize", [1, 7, 100, 512])
 def test_blocksize_changes_speed_not_result(H: torch.Tensor, blocksize: int) -> None:
     W, scheme = _weight(), QuantScheme(4, 32, False)
-    base = gptq_quantize(W, H, scheme, GPTQOptions(blocksize=128))
-    other = gptq_quantize(W, H, scheme, GPTQOptions(blocksize=blocksize))
+    base = gptq_quantize(W, H, scheme, _plain(blocksize=128))
+    other = gptq_quantize(W, H, scheme, _plain(blocksize=blocksize))
     assert (base.q == other.q).float().mean().item() > 0.999
 
 
 def test_inputs_are_not_modified_and_low_precision_weights_work(H: torch.Tensor) -> None:
     W, H0 = _weight().to(torch.bfloat16), H.clone()
     W0 = W.clone()
-    qw = gptq_quantize(W, H, QuantScheme(4, 128, True), GPTQOptions(act_order=True))
+    qw = gptq_quantize(W, H, QuantScheme(4, 128, True), _plain(act_order=True))
     assert torch.equal(W, W0) and torch.equal(H, H0)
     assert qw.dequantize().dtype == torch.float32
 
@@ -196,7 +201,7 @@ def test_dead_inputs_get_zero_weights(H: torch.Tensor) -> None:
     dead = torch.tensor([0, 5, 100, 255])
     Hd[dead, :] = 0
     Hd[:, dead] = 0
-    qw = gptq_quantize(W, Hd, QuantScheme(4, 64, False), GPTQOptions(act_order=True))
+    qw = gptq_quantize(W, Hd, QuantScheme(4, 64, False), _plain(act_order=True))
     W_hat = qw.dequantize()
     assert torch.all(W_hat[:, dead] == 0)
     assert torch.isfinite(W_hat).all()
@@ -233,12 +238,12 @@ def test_hessian_that_cannot_be_fixed_raises_clear_error() -> None:
     H = torch.eye(8)
     H[2, 2] = float("nan")
     with pytest.raises(HessianError, match="NaN or Inf"):
-        gptq_quantize(torch.ones(4, 8), H, QuantScheme(), GPTQOptions())
+        gptq_quantize(torch.ones(4, 8), H, QuantScheme(), _plain())
 
 
 def test_wrong_hessian_shape_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"expected \(8, 8\)"):
-        gptq_quantize(torch.ones(4, 8), torch.eye(6), QuantScheme(), GPTQOptions())
+        gptq_quantize(torch.ones(4, 8), torch.eye(6), QuantScheme(), _plain())
 
 
 # Hessian accumulation and the error measure -----------------------------------------------
@@ -272,7 +277,7 @@ def test_relative_output_error_equals_explicit_output_error() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(H: torch.Tensor) -> None:
     W, scheme = _weight(), QuantScheme(4, 32, False)
-    opts = GPTQOptions(act_order=True)
+    opts = _plain(act_order=True)
     cpu = gptq_quantize(W, H, scheme, opts)
     gpu = gptq_quantize(W.cuda(), H.cuda(), scheme, opts)
     assert gpu.q.is_cuda and gpu.scale.is_cuda and gpu.g_idx.is_cuda
@@ -321,7 +326,7 @@ def test_gptq_beats_rtn_on_real_activations(
     ratios = {}
     for name, (W, H) in real_layers.items():
         err_gptq = relative_output_error(
-            W, gptq_quantize(W, H, scheme, GPTQOptions()).dequantize(), H)
+            W, gptq_quantize(W, H, scheme, _plain()).dequantize(), H)
         err_rtn = relative_output_error(W, rtn(W, scheme).dequantize(), H)
         assert 0 < err_gptq < err_rtn, (name, err_gptq, err_rtn)
         ratios[name] = err_gptq / err_rtn

@@ -31,7 +31,13 @@ from torch import Tensor
 
 from qtapp.engine.config import GPTQOptions, QuantScheme
 from qtapp.engine.errors import UserError
-from qtapp.engine.primitives import QuantizedWeight, n_groups, qparams, qparams_from_range
+from qtapp.engine.primitives import (
+    QuantizedWeight,
+    n_groups,
+    qparams,
+    qparams_from_range,
+    qparams_mse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +172,11 @@ def gptq_quantize(
     else:
         scale, zero = qparams(Wt.T, bits, G, sym)  # static groups, per channel or per tensor
         scale_t, zero_t = scale.T.contiguous(), zero.T.float().contiguous()
+        if options.mse and G != 0:
+            step = G if G > 0 else K
+            for g, k0 in enumerate(range(0, K, step)):
+                s, z = qparams_mse(Wt[k0:k0 + step], bits, sym)
+                scale_t[g], zero_t[g] = s, z.float()
 
     if options.act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
@@ -207,7 +218,10 @@ def gptq_quantize(
             g = g_pos[i1 + i]
             if dynamic_groups and (i1 + i) % G == 0:
                 Wg = W1[i : i + G]  # (G, N)
-                s, z = qparams_from_range(Wg.amin(dim=0), Wg.amax(dim=0), bits, sym)
+                if options.mse:
+                    s, z = qparams_mse(Wg, bits, sym)
+                else:
+                    s, z = qparams_from_range(Wg.amin(dim=0), Wg.amax(dim=0), bits, sym)
                 scale_t[g], zero_t[g] = s, z.float()
             s, z = scale_t[g], zero_t[g]
 
