@@ -262,6 +262,14 @@ def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
                                "quantize_seconds": round(t_quantize, 2),
                                "calibration": [int(tokens.shape[0]), int(tokens.shape[1])]}
     files = export_checkpoint(fmt, info.path, store, job, partial, summary)
+    if job.method == "awq":
+        from qtapp.engine.pipeline import gather_awq_search
+
+        search = gather_awq_search(store, info.n_layers,
+                                   lambda i: f"{info.arch.layers_prefix}.{i}.",
+                                   partial / "awq_search" / "search.safetensors")
+        if search is not None:
+            files = [*files, search, search.with_suffix(".json")]
     summary["files"] = sorted({str(Path(f).relative_to(partial)) for f in files})
     if job.evaluate:
         summary.update(_evaluate(job, info, partial, emit))

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -276,6 +277,10 @@ class BlockReport:
     modules: dict[str, QuantizedWeight]
     floats: dict[str, torch.Tensor]  # float tensors the method changed (AWQ-scaled norms)
     meta: dict[str, Any]
+    search: Any = None  # AWQ: the block's AwqBlockResult (scales and clips), plain data
+
+
+AWQ_SEARCH_FILE = "awq-search-{:05d}.safetensors"  # beside the checkpoint blocks
 
 
 class BlockQuantizer:
@@ -300,8 +305,9 @@ class BlockQuantizer:
         method = self.job.method
         floats: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {}
+        search = None
         if method == "awq":
-            floats, meta = self._awq_scale(block, prefix, inputs)
+            floats, meta, search = self._awq_scale(block, prefix, inputs)
         groups = self.info.arch.sequential if method == "gptq" and \
             self.job.gptq.true_sequential else (tuple(self.names),)
         modules: dict[str, QuantizedWeight] = {}
@@ -315,7 +321,7 @@ class BlockQuantizer:
                 self._check_cancel()
                 modules[name] = self._quantize_linear(i, block, prefix, name,
                                                       hessians.pop(name).H)
-        return BlockReport(i, modules, floats, meta)
+        return BlockReport(i, modules, floats, meta, search)
 
     def _quantize_linear(self, i: int, block: nn.Module, prefix: str, name: str,
                          H: torch.Tensor) -> QuantizedWeight:
@@ -339,7 +345,7 @@ class BlockQuantizer:
         return qw
 
     def _awq_scale(self, block: nn.Module, prefix: str, inputs: BlockInputs,
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
         from qtapp.engine.methods.awq import awq_apply_block, awq_search_block
 
         groups = self.info.arch.awq_groups
@@ -357,7 +363,7 @@ class BlockQuantizer:
                 floats[f"{prefix}{prev}.{pname}"] = p.detach().to("cpu", torch.float32).clone()
         meta = {"awq": {k: {kk: (float(vv) if isinstance(vv, (int, float)) else vv)
                             for kk, vv in v.items()} for k, v in result.losses.items()}}
-        return floats, meta
+        return floats, meta, result
 
 
 def quantize_blocks(
@@ -407,6 +413,8 @@ def _quantize_streamed(streamer: LayerStreamer, quantizer: BlockQuantizer, input
             _load_floats(block, prefix, floats)
         else:
             report = quantizer.quantize(i, block, prefix, inputs)
+            if report.search is not None:  # before the block: a saved block has its search
+                report.search.save(store.root / AWQ_SEARCH_FILE.format(i))
             store.save_block(i, report.modules, report.meta, report.floats)
             timed += 1
         forward_block(block, inputs, out=inputs.x)
@@ -417,6 +425,31 @@ def _quantize_streamed(streamer: LayerStreamer, quantizer: BlockQuantizer, input
         emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="quantize",
                          message=f"block {i + 1}/{streamer.n_blocks} "
                          f"({time.perf_counter() - t0:.1f} s)", eta_s=eta))
+
+
+def gather_awq_search(store: QuantStore, n_blocks: int, prefix_of: Callable[[int], str],
+                      out: Path) -> Path | None:
+    """Write every block's AWQ search (scales per group, clip values per linear) into one
+    `out` safetensors file (names prefixed with the block, "model.layers.3.scales.…") and its
+    `.json` twin, so the search can be inspected or re-applied without searching again.
+    The caller puts it in a subfolder: loaders such as vLLM read every *.safetensors file at
+    the top of a model folder as weights."""
+    from qtapp.engine.methods.awq import AwqBlockResult
+
+    merged = AwqBlockResult()
+    for i in range(n_blocks):
+        f = store.root / AWQ_SEARCH_FILE.format(i)
+        if not f.exists():
+            return None
+        r = AwqBlockResult.load(f)
+        p = prefix_of(i)
+        merged.scales.update({p + k: v for k, v in r.scales.items()})
+        merged.clips.update({p + k: v for k, v in r.clips.items()})
+        merged.group_sizes.update({p + k: v for k, v in r.group_sizes.items()})
+        merged.losses.update({p + k: v for k, v in r.losses.items()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    merged.save(out)
+    return out
 
 
 def _load_floats(block: nn.Module, prefix: str, floats: dict[str, torch.Tensor]) -> None:

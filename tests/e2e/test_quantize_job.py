@@ -82,6 +82,31 @@ def test_gptq_beats_rtn_per_module_and_writes_a_loadable_gptq_folder(source, tmp
     assert tree_digest(source) == before
 
 
+def test_awq_job_saves_its_search_beside_the_output(source, tmp_path):
+    """The AWQ search (scales per group, clip values per linear) is plain data in the output,
+    in a subfolder that weight loaders do not read, and it is what the folded model holds."""
+    from qtapp.engine.methods.awq import AwqBlockResult
+
+    summary, _ = run(job_for(source, tmp_path / "awq", method="awq", evaluate=False,
+                             scheme=QuantScheme(4, 32, False)))
+    out = tmp_path / "awq"
+    assert "awq_search/search.safetensors" in summary["files"]
+    assert not list(out.glob("awq_search*.safetensors"))  # nothing extra at the top level
+    search = AwqBlockResult.load(out / "awq_search" / "search.safetensors")
+    for i in range(2):
+        s = search.scales[f"model.layers.{i}.input_layernorm"]
+        assert s.shape == (64,) and bool((s > 0).all())
+        assert f"model.layers.{i}.mlp.down_proj" in search.clips
+    # the exported norm is the source norm divided by the searched scale
+    from safetensors.torch import load_file
+
+    src = load_file(str(source / "model.safetensors"))
+    got = load_file(str(out / "model.safetensors"))
+    name = "model.layers.1.input_layernorm.weight"
+    expect = src[name].float() / search.scales["model.layers.1.input_layernorm"]
+    assert torch.allclose(got[name].float(), expect, rtol=1e-2, atol=1e-3)
+
+
 def test_mixed_preset_events_carry_each_modules_bits(source, tmp_path):
     job = job_for(source, tmp_path / "mixed", method="rtn", evaluate=False,
                   rules=preset_rules("attn8-ffn4", QuantScheme(4, 64, True)))
