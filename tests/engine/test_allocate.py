@@ -126,6 +126,7 @@ def test_allocation_meets_the_budget_in_the_written_folder(tiny128, tmp_path, me
             assert real > budget - largest_step - 16 * 1024
 
 
+@pytest.mark.slow
 def test_gguf_allocation_meets_the_budget_in_the_written_file(tmp_path, make_tiny_model,
                                                               demo_dir):
     from gguf_helpers import build_model256
