@@ -12,15 +12,25 @@ The source side is therefore stored compactly, once per (model, tokens, ctx), as
     log P(T)             T = V ∖ S, the log of the tail mass (a log-sum-exp of the rest),
     −log P(x_{t+1})      the source's negative log-likelihood of the actual next token,
 
-and the divergence is evaluated with the tail as one bucket:
+    U = m tail tokens   drawn from P restricted to T by systematic sampling: the tail
+                        sorted by P, u_j = (j + ½)/m, v_j = the token where the tail's CDF
+                        passes u_j (deterministic, stratified over probability levels),
+    log P(U)            their log-probabilities,
 
-    KL_k(P‖Q) = Σ_{v ∈ S} P(v) (log P(v) − log Q(v)) + P(T) (log P(T) − log Q(T)).
+and the divergence is evaluated as the top-k part plus a sampled estimate of the tail:
 
-KL_k ≤ KL always (log-sum inequality: merging outcomes never increases a divergence) and
-the gap is the divergence *inside* the tail, at most P(T) · max_{v∈T} |log P(v)/Q(v)|. With
-k = 32 on the demo model P(T) averages a few percent and the measured gap is below 1 % of
-the mean KLD (tests/engine/test_quality.py measures it). The top-1 agreement and the source
-perplexity come from S[0] and −log P(x_{t+1}) exactly.
+    KL_k(P‖Q) = Σ_{v ∈ S} P(v) (log P(v) − log Q(v))
+              + P(T) · (1/m) Σ_j (log P(v_j) − log Q(v_j)),
+
+since Σ_{v∈T} P(v) log(P(v)/Q(v)) = P(T) · E_{v∼P_T}[log P(v) − log Q(v)]. The estimate
+is unbiased up to the stratification (per position it can come out slightly below 0; it is
+not clamped, which would bias the mean upwards). Treating the tail
+as one bucket instead is a lower bound that proved 17 % low on a 135M model whose top 32
+tokens hold only 89 % of the mass; the sampled tail with k = m = 32 is within 1–2 % of the
+exact mean KLD there (+0.3 % on 1 500 positions of the de-gridded demo at Q4_K_M, against
+the exact KLD of llama-perplexity's own logits; tests/engine/test_quality.py measures the
+error on a tiny model with a 24 % tail).
+The top-1 agreement and the source perplexity come from S[0] and −log P(x_{t+1}) exactly.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import numpy as np
 import torch
 
 TOP_K = 32
+TAIL_SAMPLES = 32
 
 
 @dataclass
@@ -42,23 +53,29 @@ class SourceDistributions:
     top_logp: np.ndarray  # (N, k) float32, log P of those ids
     log_tail: np.ndarray  # (N,) float32, log P(T), −inf when S holds all the mass
     nll: np.ndarray       # (N,) float32, −log P(next token)
+    tail_ids: np.ndarray  # (N, m) int32, systematic sample of the tail
+    tail_logp: np.ndarray  # (N, m) float32, log P of those ids
 
     def save(self, file: Path) -> None:
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_name(file.name + ".tmp.npz")
-        np.savez(tmp, top_ids=self.top_ids, top_logp=self.top_logp, log_tail=self.log_tail,
-                 nll=self.nll)
+        np.savez(tmp, **{f: getattr(self, f) for f in FIELDS})
         tmp.replace(file)
 
     @classmethod
     def load(cls, file: Path) -> SourceDistributions:
         with np.load(file) as z:
-            return cls(z["top_ids"], z["top_logp"], z["log_tail"], z["nll"])
+            return cls(*(z[f] for f in FIELDS))
 
     @classmethod
     def concat(cls, parts: list[SourceDistributions]) -> SourceDistributions:
-        return cls(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in ("top_ids", "top_logp", "log_tail", "nll")))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in FIELDS))
+
+    def rows(self, start: int, stop: int) -> SourceDistributions:
+        return SourceDistributions(*(getattr(self, f)[start:stop] for f in FIELDS))
+
+
+FIELDS = ("top_ids", "top_logp", "log_tail", "nll", "tail_ids", "tail_logp")
 
 
 def _log_tail(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -67,15 +84,30 @@ def _log_tail(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(rest, dim=-1)
 
 
-def summarize(logits: torch.Tensor, targets: torch.Tensor, k: int = TOP_K
-              ) -> SourceDistributions:
+def _tail_sample(logp: torch.Tensor, top_ids: torch.Tensor, m: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """m tokens per row drawn systematically from P restricted to the tail (see above)."""
+    p = logp.exp().scatter(-1, top_ids, 0.0)
+    p_sorted, order = torch.sort(p, dim=-1, descending=True)
+    cdf = torch.cumsum(p_sorted.double(), dim=-1)
+    total = cdf[:, -1:].clamp_min(1e-300)
+    u = (torch.arange(m, dtype=torch.float64) + 0.5) / m * total
+    pos = torch.searchsorted(cdf, u).clamp_max(p.shape[-1] - 1)
+    ids = order.gather(-1, pos)
+    return ids, logp.gather(-1, ids)
+
+
+def summarize(logits: torch.Tensor, targets: torch.Tensor, k: int = TOP_K,
+              m: int = TAIL_SAMPLES) -> SourceDistributions:
     """Compact form of the source's distributions: logits (N, V) at positions predicting
     targets (N,)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     top_logp, top_ids = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
     nll = -logp.gather(-1, targets.view(-1, 1))[:, 0]
+    tail_ids, tail_logp = _tail_sample(logp, top_ids, m)
     return SourceDistributions(top_ids.to(torch.int32).numpy(), top_logp.numpy(),
-                               _log_tail(logp, top_ids).numpy(), nll.numpy())
+                               _log_tail(logp, top_ids).numpy(), nll.numpy(),
+                               tail_ids.to(torch.int32).numpy(), tail_logp.numpy())
 
 
 @dataclass
@@ -101,10 +133,10 @@ def compare(source: SourceDistributions, logits: torch.Tensor, targets: torch.Te
     logq_s = logq.gather(-1, ids)
     head = (logp_s.exp() * (logp_s - logq_s)).sum(-1)
     log_pt = torch.from_numpy(source.log_tail)
-    log_qt = _log_tail(logq, ids)
-    tail = torch.where(torch.isfinite(log_pt), log_pt.exp() * (log_pt - log_qt),
-                       torch.zeros_like(log_pt))
-    kld = (head + tail).clamp_min(0.0)
+    tail_ids = torch.from_numpy(source.tail_ids.astype(np.int64))
+    ratio = (torch.from_numpy(source.tail_logp) - logq.gather(-1, tail_ids)).mean(-1)
+    tail = torch.where(torch.isfinite(log_pt), log_pt.exp() * ratio, torch.zeros_like(log_pt))
+    kld = head + tail
     nll = -logq.gather(-1, targets.view(-1, 1))[:, 0]
     agree = logq.argmax(-1) == ids[:, 0]
     return Comparison(kld.numpy(), nll.numpy(), agree.numpy())

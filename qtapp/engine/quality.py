@@ -19,7 +19,7 @@ at least ctx/2 tokens of context. Over all scored positions t:
     top1_agree = 100 · mean_t [argmax Q_t = argmax P_t]
 
 P is the source's next-token distribution, Q the model's; KL uses the source's cached top-k
-(qtapp.engine.kld explains the tail bucket and its error). The source's distributions and
+and a sample of its tail (qtapp.engine.kld explains the estimate and its error). The source's distributions and
 its generation check are computed once and cached under <cache>/quality/, keyed by a
 content fingerprint of the source's weights, the token ids and ctx; later reports pay only
 for the quantized model's pass. One model is in memory at a time.
@@ -57,7 +57,7 @@ from qtapp.engine.errors import UserError
 from qtapp.engine.gencheck import GenerationCheck
 
 DEFAULT_CTX = 512
-CACHE_VERSION = "quality-1"
+CACHE_VERSION = "quality-2"
 Progress = Callable[[str], None]
 
 
@@ -246,7 +246,8 @@ def fingerprint(path: Path) -> str:
 def _cache_file(source: Path, tokens: np.ndarray, ctx: int) -> Path:
     from qtapp.engine.sources import cache_root
 
-    h = hashlib.sha256(f"{CACHE_VERSION}\0{K.TOP_K}\0{ctx}\0{fingerprint(source)}".encode())
+    h = hashlib.sha256(f"{CACHE_VERSION}\0{K.TOP_K}\0{K.TAIL_SAMPLES}\0{ctx}\0"
+                       f"{fingerprint(source)}".encode())
     h.update(tokens.tobytes())
     return cache_root() / "quality" / f"{h.hexdigest()[:24]}.npz"
 
@@ -356,9 +357,7 @@ def quality_report(model: Path, source: Path, ctx: int = DEFAULT_CTX, text: str 
             progress(f"quantized model: window {i + 1} of {len(w)}")
             logits, targets = _scored(window, scorer.logits(window))
             n = len(targets)
-            part = K.SourceDistributions(*(getattr(dist, f)[start:start + n] for f in
-                                           ("top_ids", "top_logp", "log_tail", "nll")))
-            parts.append(K.compare(part, logits, targets))
+            parts.append(K.compare(dist.rows(start, start + n), logits, targets))
             start += n
         checks = scorer.generate(_source_tokenizer(scorer, source)) if generation else []
     finally:

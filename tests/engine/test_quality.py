@@ -88,10 +88,11 @@ def test_top_k_kld_of_identical_distributions_is_zero():
     assert cmp.agree.all()
 
 
-def test_top_k_kld_is_a_lower_bound_close_to_the_exact_kld_on_the_tiny_model(tiny_llama_dir):
-    """The tiny random model's lm_head is sharpened ×40 so its distributions have a trained
-    model's entropy (top-32 of 259 tokens hold most of the mass); the quantized stand-in is
-    4-bit RTN of every linear layer."""
+def test_cached_top_k_and_tail_sample_kld_is_close_to_the_exact_kld_on_the_tiny_model(
+        tiny_llama_dir):
+    """The tiny random model's lm_head is sharpened ×12 so that its top 32 tokens hold about
+    3/4 of the mass (a heavier tail than a trained model's); the quantized stand-in is 4-bit
+    RTN of every linear layer."""
     from transformers import AutoModelForCausalLM
 
     from qtapp.engine.primitives import fake_quantize
@@ -101,22 +102,22 @@ def test_top_k_kld_is_a_lower_bound_close_to_the_exact_kld_on_the_tiny_model(tin
     quant = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     with torch.no_grad():
         for model in (source, quant):
-            model.lm_head.weight.mul_(40)
+            model.lm_head.weight.mul_(12)
         for name, m in quant.named_modules():
             if isinstance(m, torch.nn.Linear):
                 m.weight.copy_(fake_quantize(m.weight, 4, 32, True))
-        ids = torch.randint(3, 259, (1, 256))
-        p_logits = source(input_ids=ids).logits[0, :-1]
-        q_logits = quant(input_ids=ids).logits[0, :-1]
-    targets = ids[0, 1:]
+        ids = torch.randint(3, 259, (4, 256))
+        p_logits = source(input_ids=ids).logits[:, :-1].reshape(-1, 259)
+        q_logits = quant(input_ids=ids).logits[:, :-1].reshape(-1, 259)
+    targets = ids[:, 1:].reshape(-1)
     dist = K.summarize(p_logits, targets, k=32)
     approx = K.compare(dist, q_logits, targets).kld
     exact = K.exact_kld(p_logits, q_logits)
-    tail = np.exp(dist.log_tail).mean()
+    tail = float(np.exp(dist.log_tail).mean())
     assert 0.01 < exact.mean() < 2, exact.mean()  # a real difference to measure
-    assert (approx <= exact + 1e-5).all()  # the tail bucket never overstates
-    rel = 1 - approx.mean() / exact.mean()
-    assert rel < 0.05, (rel, tail)
+    assert tail > 0.1  # the tail matters
+    assert abs(approx.mean() / exact.mean() - 1) < 0.05, (approx.mean(), exact.mean(), tail)
+    assert np.corrcoef(approx, exact)[0, 1] > 0.6  # per position, noisier
 
 
 # end to end ---------------------------------------------------------------------------
