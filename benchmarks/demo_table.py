@@ -80,6 +80,8 @@ def main() -> None:
                           "size_mb": s["size_bytes"] / 2**20, "ppl": s["ppl"],
                           "quant_s": s["quantize_seconds"], "job_s": r["seconds"],
                           "rss_mb": r["peak_rss_mb"]})
+            if "ppl_source" in s:  # the quality gate's protocol (second half of each window)
+                table[0]["ppl"] = s["ppl_source"]
             t = table[-1]
             print(f"row {name}: size {t['size_mb']:.1f} MiB, ppl {t['ppl']:.3f}, quantize "
                   f"{t['quant_s']:.0f} s, job {t['job_s']:.0f} s, peak RSS {t['rss_mb']} MiB",

@@ -63,7 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    choices=("auto", "gptq", "awq", "compressed-tensors"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
-    p.add_argument("--no-eval", action="store_true", help="skip the perplexity evaluation")
+    p.add_argument("--no-eval", action="store_true", help="skip the quality gate (perplexity, KL divergence against the source, "
+                   "generation check)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept *.bin/*.pt pickle weights (read with weights_only=True); only "
