@@ -357,7 +357,10 @@ def plan_correlation(src: Path, results) -> dict:
         pred, kld = [], []
         for r in rows:
             choice = r.get("choice")
-            if choice is None and family == "gptq":
+            if choice is not None and family == "gptq":  # rules name the non-base modules
+                base = f"W{r['plan']['scheme']['bits']}"
+                choice = {n: choice.get(n, base) for n in profile.modules}
+            elif choice is None and family == "gptq":
                 bits = 4 if "W4" in r["name"] else 3
                 choice = {n: f"W{bits}" for n in profile.modules}
             elif choice is None:
