@@ -56,8 +56,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=128,
                    help="calibration samples (512 is the usual choice on a GPU)")
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--act-order", action="store_true", help="GPTQ: desc_act")
-    p.add_argument("--static-groups", action="store_true", help="GPTQ: static groups")
+    defaults = GPTQOptions()
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction,
+                   default=defaults.act_order, help="GPTQ: columns in order of activation "
+                   "size (desc_act)")
+    p.add_argument("--static-groups", action=argparse.BooleanOptionalAction,
+                   default=defaults.static_groups,
+                   help="GPTQ: group ranges fixed before the sweep (g_idx stays trivial)")
+    p.add_argument("--mse", action=argparse.BooleanOptionalAction, default=defaults.mse,
+                   help="GPTQ: search each group's range instead of min/max")
     p.add_argument("--percdamp", type=float, default=0.01, help="GPTQ dampening")
     p.add_argument("--format", dest="export_format", default="auto",
                    choices=("auto", "gptq", "awq", "compressed-tensors"))
@@ -100,7 +107,7 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
     return JobSpec(
         model=args.model, method=args.method, out=args.out, scheme=scheme, rules=rules,
         gptq=GPTQOptions(percdamp=args.percdamp, act_order=args.act_order,
-                         static_groups=args.static_groups),
+                         static_groups=args.static_groups, mse=args.mse),
         gguf=GGUFOptions(type=args.type, imatrix=args.imatrix),
         target_bytes=parse_size(args.target_size) if getattr(args, "target_size", None)
         else 0,

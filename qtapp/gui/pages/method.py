@@ -274,6 +274,7 @@ class MethodPage(QWidget):
         self.method_radio["gptq"].setChecked(True)
         self.imatrix.setChecked(True)
         self.clip.setChecked(True)
+        self.act_order.setChecked(GPTQOptions().act_order)
         self.bits.setCurrentIndex(BIT_CHOICES.index(4))
         self.group.setCurrentIndex(2)
         self._method_changed()
