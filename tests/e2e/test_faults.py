@@ -214,14 +214,17 @@ def test_disk_full_on_a_small_tmpfs(source, tmp_path, cache, reference):
     small = tmp_path / "small"
     small.mkdir()
     out = small / "out"
-    cmd = (f"mount -t tmpfs -o size=64k none {small} && "
-           f"{sys.executable} -m qtapp quantize --model {source} --method rtn --bits 4 "
-           f"--group-size 64 --samples 4 --seq-len 32 --no-eval --out {out}; "
-           "echo rc=$?; echo left:; ls -A " + str(small))
+    quantize = (f"{sys.executable} -m qtapp quantize --model {source} --method rtn --bits 4 "
+                f"--group-size 64 --samples 4 --seq-len 32 --no-eval --out {out}")
+    # first the plan refuses (the disk is too small); with --ignore-plan the write runs into
+    # the full disk for real
+    cmd = (f"mount -t tmpfs -o size=64k none {small} && {quantize}; echo planned=$?; "
+           f"{quantize} --ignore-plan; echo rc=$?; echo left:; ls -A {small}")
     r = subprocess.run(["unshare", "-rm", "sh", "-c", cmd], capture_output=True, text=True,
                        cwd=ROOT, timeout=120, check=False,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), QUANTDESK_CACHE=str(cache)))
-    assert "rc=1" in r.stdout, r.stdout + r.stderr
+    assert "planned=2" in r.stdout and "rc=1" in r.stdout, r.stdout + r.stderr
+    assert "does not fit" in r.stderr and "--ignore-plan" in r.stderr
     assert r.stdout.split("left:")[1].strip() == ""  # nothing left on the full disk
     (line,) = [x for x in r.stderr.splitlines() if x.startswith("error")]
     assert "The disk is full" in line and "No space left on device" in line
@@ -294,11 +297,19 @@ def test_disk_full_while_checkpointing(source, tmp_path, cache, reference, monke
 def test_out_of_memory_is_predicted_and_refused_before_starting(source, tmp_path, cache):
     digest = tree_digest(source)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "qtapp", "quantize", "--model", str(source),
-                        "--method", "gptq", "--group-size", "64", "--samples", "100000",
-                        "--seq-len", "32768", "--out", str(out), "--json"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT), QUANTDESK_CACHE=str(cache)))
+    args = [sys.executable, "-m", "qtapp", "quantize", "--model", str(source),
+            "--method", "gptq", "--group-size", "64", "--samples", "100000",
+            "--seq-len", "32768", "--out", str(out), "--json"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), QUANTDESK_CACHE=str(cache))
+    # the plan refuses first, with the numbers and what to change
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       check=False, env=env)
+    assert r.returncode == 2
+    assert "does not fit" in r.stderr and "GiB" in r.stderr and "--ignore-plan" in r.stderr
+    assert_nothing_lost(source, digest, out)
+    # overriding the plan still meets the job's own check against available memory
+    r = subprocess.run([*args, "--ignore-plan"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120, check=False, env=env)
     assert r.returncode == 1
     events = [json.loads(x) for x in r.stdout.splitlines()]
     assert [e["type"] for e in events] == ["failed"]  # refused before `started`
