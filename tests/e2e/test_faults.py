@@ -8,7 +8,6 @@ from it and gives the same bytes as an uninterrupted run) or absent.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from digests import tree_digest
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme
@@ -30,14 +30,6 @@ from qtapp.engine.qstore import safetensors_complete
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = CalibrationSpec(samples=4, seq_len=32)
 
-
-def tree_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture()

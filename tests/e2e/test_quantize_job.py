@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from digests import tree_digest
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme, preset_rules
@@ -21,14 +21,6 @@ from qtapp.engine.job import partial_path, run_job
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = CalibrationSpec(samples=8, seq_len=64)
 
-
-def tree_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def run(job: JobSpec, cancel_after: int | None = None):

@@ -9,7 +9,6 @@ byte-identical.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import struct
@@ -17,18 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from digests import tree_digest
 
 from qtapp.cli import main
 from qtapp.engine.outputs import partial_path
-
-
-def tree_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _config(model: Path, change: Callable[[dict], None]) -> None:
