@@ -3,7 +3,9 @@
 Both get the same N × 512 calibration rows (consecutive 512-token rows of the same text,
 as the peer script in shared/peers makes them); both outputs are scored by the same
 evaluator on the built-in evaluation text. Wall time is the quantization itself (the
-peer's `oneshot`, our layer-streaming pass); peak RSS is each process's own.
+peer's `oneshot`, our layer-streaming pass); peak RSS is each process's own. CPU time is
+each whole process's user + system time (model loading and saving included): on a machine
+that is busy with other work it is a fairer comparison than wall time.
 
     python benchmarks/peer_llmcompressor.py [--methods gptq,awq] [--samples 64] [--model DIR]
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,30 +42,38 @@ def calibration_rows(model_dir: Path, text: str, n: int, seq_len: int = 512) -> 
     return torch.tensor([ids[i * seq_len:(i + 1) * seq_len] for i in range(n)])
 
 
+def _child_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_ours(method: str, sym: bool, model_dir: Path, tokens_file: Path, out: Path) -> dict:
     job = JobSpec(model=str(model_dir), method=method, out=str(out), evaluate=False,
                   resume=False, scheme=QuantScheme(4, 64, sym),
                   calibration=CalibrationSpec(samples=int(torch.load(tokens_file).shape[0])))
     job_file = out.parent / f"{out.name}.json"
     job_file.write_text(job.to_json())
+    cpu0 = _child_cpu_seconds()
     r = subprocess.run(check=False, args=[sys.executable, str(ROOT / "benchmarks" / "run_one.py"), str(job_file),
                         str(tokens_file)], capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
     d = json.loads(r.stdout.strip().splitlines()[-1])
     return {"seconds": d["summary"]["quantize_seconds"], "job_seconds": d["seconds"],
-            "peak_rss_mb": d["peak_rss_mb"], "out": out}
+            "peak_rss_mb": d["peak_rss_mb"], "out": out, "cpu_s": _child_cpu_seconds() - cpu0}
 
 
 def run_peer(method: str, sym: bool, model_dir: Path, calib: Path, out: Path, n: int) -> dict:
     env = dict(os.environ, ASYM="0" if sym else "1", HF_HUB_OFFLINE="1")
+    cpu0 = _child_cpu_seconds()
     r = subprocess.run(check=False, args=[str(PEER_PY), str(PEER_SCRIPT), str(model_dir), str(calib), str(out),
                         method, str(n)], capture_output=True, text=True, env=env)
     if r.returncode:
         raise SystemExit(f"llm-compressor {method} failed:\n{r.stderr[-3000:]}")
     rec = json.loads((out / "lc_results.jsonl").read_text().strip().splitlines()[-1])
     tag = method + ("-asym" if not sym and method != "awq" else "")
-    return {"seconds": rec["seconds"], "peak_rss_mb": rec["peak_rss_mb"], "out": out / f"lc-{tag}"}
+    return {"seconds": rec["seconds"], "peak_rss_mb": rec["peak_rss_mb"],
+            "out": out / f"lc-{tag}", "cpu_s": _child_cpu_seconds() - cpu0}
 
 
 def main() -> None:
@@ -93,15 +104,18 @@ def main() -> None:
             ours = run_ours(method, sym, model_dir, tokens_file, tmp / f"ours-{method}")
             for who, r in (("llm-compressor 0.14", peer), ("QuantDesk", ours)):
                 rows.append({"method": method, "who": who, "ppl": model_perplexity(r["out"]),
-                             "seconds": r["seconds"], "rss": r["peak_rss_mb"]})
+                             "seconds": r["seconds"], "cpu_s": r["cpu_s"],
+                             "rss": r["peak_rss_mb"], "load": os.getloadavg()[0]})
+                print(json.dumps({k: v for k, v in rows[-1].items()}), flush=True)
         base = source_perplexity(model_dir)
     print(f"\n{model_dir.name}: W4 g64 (GPTQ symmetric, AWQ asymmetric), "
           f"{args.samples} × 512 calibration tokens; source perplexity {base:.3f}\n")
-    print("| method | tool | perplexity | quantize s | peak RSS MiB |")
-    print("|---|---|---|---|---|")
+    print("| method | tool | perplexity | quantize s (wall) | process CPU s | peak RSS MiB | "
+          "load after |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['who']} | {r['ppl']:.3f} | {r['seconds']:.1f} | "
-              f"{r['rss']} |")
+              f"{r['cpu_s']:.0f} | {r['rss']} | {r['load']:.1f} |")
 
 
 if __name__ == "__main__":

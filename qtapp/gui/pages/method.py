@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QT_TR_NOOP, Qt, Signal
+from PySide6.QtCore import QT_TR_NOOP, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QButtonGroup,
@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLineEdit,
+    QMessageBox,
     QRadioButton,
     QScrollArea,
     QSlider,
@@ -175,7 +176,8 @@ class MethodPage(QWidget):
         for d, text in (("auto", QT_TR_NOOP("Automatic")), ("cpu", "CPU"),
                         ("cuda", QT_TR_NOOP("NVIDIA GPU (CUDA)"))):
             self.device.addItem(tr(text), d)
-        self.evaluate = QCheckBox(tr("Measure perplexity against the original when done"))
+        self.evaluate = QCheckBox(tr("Check quality against the original when done "
+                                     "(perplexity, KL divergence, a generation test)"))
         self.evaluate.setChecked(True)
         self.form_rows: dict[str, QWidget] = {}
         for key, text, widget in (
@@ -226,6 +228,8 @@ class MethodPage(QWidget):
         self.rules.setMinimumHeight(130)
         mixed.body.addWidget(self.rules)
         layout.addWidget(mixed)
+
+        layout.addWidget(self._build_plan())
 
         out = Card(tr("Output"))
         out_line = QHBoxLayout()
@@ -365,6 +369,7 @@ class MethodPage(QWidget):
         self._update_default_out()
         self.revalidate()
         self._refresh_budget()
+        self._plan_timer.start()
 
     # -- size budget -------------------------------------------------------------------
 
@@ -648,14 +653,118 @@ class MethodPage(QWidget):
 
     def _start(self) -> None:
         job = self.revalidate()
-        if job is not None:
-            self.start_requested.emit(job)
+        if job is None:
+            return
+        plan = self._plan if self._plan_for == self._plan_key(job) else None
+        if plan is not None and not plan.fits:
+            answer = QMessageBox.warning(
+                self, tr("The job does not fit"),
+                tr("The plan says this job does not fit on this machine:\n\n{problems}\n\n"
+                   "Fixes that fit: {fixes}\n\nStart anyway? It may run out of memory or "
+                   "disk part of the way through.").format(
+                    problems="\n".join("• " + p for p in plan.problems),
+                    fixes="; ".join(plan.fixes) or tr("none found")),
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No)
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        self.start_requested.emit(job)
+
+    # -- memory, disk and time plan ------------------------------------------------------
+
+    def _build_plan(self) -> Card:
+        """The planner's prediction for the job the form describes, refreshed (off the UI
+        thread, debounced) whenever the form changes; a job that does not fit is shown in
+        red with its fixes, and Start then asks before it goes ahead."""
+        card = Card(tr("Memory and time plan"))
+        self._plan: Any = None
+        self._plan_for: Any = None
+        self._plan_wanted: Any = None
+        self.plan_text = label(tr("Choose a model to see what the job needs."), "Muted",
+                               wrap=True)
+        self.plan_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.plan_fixes = label("", "Muted", wrap=True)
+        self.plan_fixes.setVisible(False)
+        card.body.addWidget(self.plan_text)
+        card.body.addWidget(self.plan_fixes)
+        self._plan_timer = QTimer(self)
+        self._plan_timer.setSingleShot(True)
+        self._plan_timer.setInterval(250)
+        self._plan_timer.timeout.connect(self._refresh_plan)
+        return card
+
+    def _plan_key(self, job: JobSpec) -> Any:
+        return job.to_json()
+
+    def _refresh_plan(self) -> None:
+        try:
+            job = self.build_job()
+        except UserError:
+            return
+        key = self._plan_key(job)
+        if key in (self._plan_for, self._plan_wanted):
+            return
+        from qtapp.engine.planner import plan_job
+
+        self._plan_wanted = key
+        info, hw = self.state.model, self.state.hardware
+        self.plan_text.setText(tr("Planning memory, disk and time…"))
+        self.state.background.run(lambda _ctx: plan_job(job, info, hw=hw),
+                                  lambda plan, key=key: self._plan_ready(key, plan),
+                                  lambda e, key=key: self._plan_failed(key, e))
+
+    def _plan_failed(self, key: Any, error: BaseException) -> None:
+        if key == self._plan_wanted:
+            self._plan_wanted = None
+            set_role(self.plan_text, "ErrorText")
+            self.plan_text.setText("⚠ " + tr("Could not plan this job: {error}").format(
+                error=error))
+
+    def _plan_ready(self, key: Any, plan: Any) -> None:
+        if key != self._plan_wanted:
+            return  # the form changed meanwhile; a newer plan is on its way
+        from qtapp.engine.budget import format_size
+
+        self._plan_wanted, self._plan_for, self._plan = None, key, plan
+        rows = [tr("Peak memory: {ram} of {total} RAM").format(
+            ram=format_size(plan.peak_ram), total=format_size(plan.ram_total))]
+        if plan.device != "cpu":
+            rows.append(tr("Peak GPU memory: {vram} of {total}").format(
+                vram=format_size(plan.peak_vram), total=format_size(plan.vram_total)))
+        rows.append(tr("Disk: {temp} while running, {final} at the end ({free} free)").format(
+            temp=format_size(plan.temp_disk), final=format_size(plan.final_disk),
+            free=format_size(plan.disk_free)))
+        rows.append(tr("Time: about {time} on {device} (estimated from this machine's "
+                       "speed)").format(time=_duration(plan.seconds),
+                                        device=plan.device.upper()))
+        if plan.fits:
+            set_role(self.plan_text, "OkText")
+            self.plan_text.setText("✓ " + tr("Fits on this machine.") + "\n" + "\n".join(rows))
+            self.plan_fixes.setVisible(False)
+            self.start_button.setText(tr("Start quantizing"))
+        else:
+            set_role(self.plan_text, "ErrorText")
+            self.plan_text.setText("⚠ " + tr("Does not fit: {problems}").format(
+                problems="; ".join(plan.problems)) + "\n" + "\n".join(rows))
+            self.plan_fixes.setText(tr("What would fit: {fixes}").format(
+                fixes="; ".join(plan.fixes) or tr("none found")))
+            self.plan_fixes.setVisible(True)
+            self.start_button.setText(tr("Start anyway…"))
 
     def refresh_output_name(self) -> None:
         """Pick a fresh default output name (after a run used the previous one)."""
         if self._out_auto:
             self._update_default_out()
         self.revalidate()
+
+
+def _duration(seconds: float) -> str:
+    s = max(round(seconds), 1)
+    if s >= 3600:
+        return tr("{h} h {m} min").format(h=s // 3600, m=s % 3600 // 60)
+    if s >= 60:
+        return tr("{m} min").format(m=round(s / 60))
+    return tr("{s} s").format(s=s)
 
 
 def _number(text: str, default: int) -> Any:

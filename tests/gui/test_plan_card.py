@@ -1,0 +1,92 @@
+"""The method page shows the planner's memory, disk and time plan before Start: the numbers
+are the planner's own for the job the form describes, a job that does not fit is shown with
+its fixes, and Start then asks before it goes ahead."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from gui_helpers import fake_command
+from PySide6.QtWidgets import QMessageBox
+
+from qtapp.engine.budget import format_size
+from qtapp.engine.hardware import detect
+from qtapp.engine.planner import plan_job
+from qtapp.engine.sources import resolve_model
+from qtapp.gui.engine_process import EngineProcess
+from qtapp.gui.main_window import MainWindow
+
+
+@pytest.fixture
+def page(qtbot, tmp_path, make_tiny_model):
+    folder = make_tiny_model(tmp_path / "tiny", "llama", hidden_size=128,
+                             intermediate_size=256)
+    w = MainWindow(engine=EngineProcess(command=fake_command("ok", "--blocks", "2")),
+                   scan=False)
+    qtbot.addWidget(w)
+    w.state.hardware = detect()
+    info = resolve_model(str(folder))
+    w.state.set_model(info)
+    method = w.pages["method"]
+    method.method_radio["rtn"].setChecked(True)
+    method.group.setCurrentIndex(1)  # 64 divides the tiny model's 128 / 256 inputs
+    method.out_edit.setText(str(tmp_path / "out"))
+    method._out_auto = False
+    method._changed()
+    return method, info
+
+
+def _planned(method, qtbot):
+    qtbot.waitUntil(lambda: method._plan is not None
+                    and method._plan_for == method._plan_key(method.build_job()), timeout=20000)
+    return method._plan
+
+
+def test_plan_shows_the_planners_numbers_for_the_form(page, qtbot):
+    method, info = page
+    plan = _planned(method, qtbot)
+    expected = plan_job(method.build_job(), info, hw=method.state.hardware)
+    assert plan.fits and plan.peak_ram == expected.peak_ram
+    assert plan.final_disk == expected.final_disk
+    text = method.plan_text.text()
+    assert "Fits on this machine" in text
+    assert format_size(plan.peak_ram) in text and format_size(plan.final_disk) in text
+    assert method.start_button.text() == "Start quantizing"
+    # the plan follows the form: 8 bits make a bigger file than 4 bits
+    method.bits.setCurrentIndex(method.bits.findData(8))
+    qtbot.waitUntil(lambda: method._plan_for == method._plan_key(method.build_job()),
+                    timeout=20000)
+    assert method._plan.final_disk > plan.final_disk
+
+
+def test_a_job_that_does_not_fit_is_shown_and_start_asks(page, qtbot, monkeypatch):
+    method, _info = page
+    _planned(method, qtbot)
+    # a machine with 64 MiB of RAM: the same job no longer fits
+    method.state.hardware = dataclasses.replace(method.state.hardware, ram_total=64 * 2**20)
+    method.samples.setValue(method.samples.value() + 1)
+    plan = _planned(method, qtbot)
+    assert not plan.fits and plan.problems
+    assert "Does not fit" in method.plan_text.text()
+    assert "RAM" in method.plan_text.text()
+    assert method.plan_fixes.isVisible() or not method.isVisible()
+    assert method.plan_fixes.text().startswith("What would fit")
+    assert method.start_button.text() == "Start anyway…"
+
+    started = []
+    method.start_requested.connect(started.append)
+    asked = []
+
+    def answer(choice):
+        def warning(*args, **_kw):
+            asked.append(args[2])
+            return choice
+        return warning
+
+    monkeypatch.setattr(QMessageBox, "warning", answer(QMessageBox.StandardButton.No))
+    method.start_button.click()
+    assert len(asked) == 1 and "does not fit" in asked[0] and started == []
+    monkeypatch.setattr(QMessageBox, "warning", answer(QMessageBox.StandardButton.Yes))
+    method.start_button.click()
+    assert len(asked) == 2 and len(started) == 1
