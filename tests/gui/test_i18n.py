@@ -44,3 +44,49 @@ def test_window_in_chinese(qtbot) -> None:
     finally:
         app.removeTranslator(translator)
     assert tr("Hardware") == "Hardware"
+
+
+def _code_strings() -> dict[str, str]:
+    """Every literal first argument of tr(...) / QT_TR_NOOP(...) under qtapp/gui, mapped to
+    the first place it occurs (ast joins implicit concatenation; non-literals are skipped)."""
+    import ast
+    from pathlib import Path
+
+    gui = Path(TRANSLATIONS).parent.parent / "gui"
+    found: dict[str, str] = {}
+    for path in sorted(gui.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            arg = node.args[0]
+            if (name in ("tr", "QT_TR_NOOP") and isinstance(arg, ast.Constant)
+                    and isinstance(arg.value, str)):
+                found.setdefault(arg.value, f"{path.relative_to(gui)}:{node.lineno}")
+    return found
+
+
+def test_every_code_string_is_translated() -> None:
+    strings = _code_strings()
+    assert len(strings) > 200  # the walk finds the calls
+    assert "Hardware" in strings and "{b}-bit" in strings
+    root = ET.parse(TRANSLATIONS / "quantdesk_zh_CN.ts").getroot()
+    translated = {}
+    for context in root.iter("context"):
+        if (context.findtext("name") or "") != "":  # i18n.tr looks strings up in context ""
+            continue
+        for m in context.iter("message"):
+            t = m.find("translation")
+            if t.get("type") not in ("unfinished", "obsolete", "vanished") and t.text:
+                translated[m.findtext("source")] = t.text
+    missing = sorted(f"{where}: {text!r}" for text, where in strings.items()
+                     if text not in translated)
+    assert missing == [], f"{len(missing)} strings without a zh_CN translation:\n" + "\n".join(missing)
+    # the shipped .qm is compiled from this .ts (run scripts/update_translations.py)
+    from PySide6.QtCore import QTranslator
+
+    qm = QTranslator()
+    assert qm.load(str(TRANSLATIONS / "quantdesk_zh_CN.qm"))
+    stale = sorted(text for text in strings if qm.translate("", text) != translated[text])
+    assert stale == [], f"{len(stale)} strings differ in the .qm; recompile it: {stale}"

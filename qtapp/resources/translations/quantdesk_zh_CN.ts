@@ -4,12 +4,12 @@
 <context>
     <name></name>
     <message>
-        <location filename="../../gui/app.py" line="36"/>
+        <location filename="../../gui/app.py" line="37"/>
         <source>Something went wrong</source>
         <translation>出错了</translation>
     </message>
     <message>
-        <location filename="../../gui/app.py" line="37"/>
+        <location filename="../../gui/app.py" line="38"/>
         <source>QuantDesk hit an unexpected error: {kind}: {error}
 
 It was written to the log in {folder}.</source>
@@ -18,38 +18,38 @@ It was written to the log in {folder}.</source>
 详情已写入 {folder} 中的日志。</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="210"/>
+        <location filename="../../gui/engine_process.py" line="207"/>
         <source>The worker wrote a line that is not an event ({reason}): {text}</source>
         <translation>后台进程输出了一行非事件内容（{reason}）：{text}</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="225"/>
+        <location filename="../../gui/engine_process.py" line="222"/>
         <source>Could not start the engine worker ({program}): {error}</source>
         <translation>无法启动引擎进程（{program}）：{error}</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="245"/>
-        <location filename="../../gui/pages/results.py" line="29"/>
+        <location filename="../../gui/engine_process.py" line="242"/>
+        <location filename="../../gui/pages/results.py" line="30"/>
         <source>Finished</source>
         <translation>已完成</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="252"/>
+        <location filename="../../gui/engine_process.py" line="249"/>
         <source>Cancelled. The worker did not stop in time and was ended; no output was kept.</source>
         <translation>已取消。后台进程未能及时停止，已被结束；没有保留任何输出。</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="255"/>
+        <location filename="../../gui/engine_process.py" line="252"/>
         <source>it was killed or crashed (for example, out of memory)</source>
         <translation>进程被终止或崩溃（例如内存不足）</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="256"/>
+        <location filename="../../gui/engine_process.py" line="253"/>
         <source>exit code {code}</source>
         <translation>退出码 {code}</translation>
     </message>
     <message>
-        <location filename="../../gui/engine_process.py" line="257"/>
+        <location filename="../../gui/engine_process.py" line="254"/>
         <source>The engine worker stopped unexpectedly ({how}). Nothing was written to the output folder. You can start the job again.</source>
         <translation>引擎进程意外停止（{how}）。输出文件夹中没有写入任何内容。你可以重新开始这个任务。</translation>
     </message>
@@ -64,15 +64,15 @@ It was written to the log in {folder}.</source>
         <location filename="../../gui/pages/chat.py" line="173"/>
         <location filename="../../gui/pages/hardware.py" line="105"/>
         <location filename="../../gui/pages/model.py" line="99"/>
-        <location filename="../../gui/pages/results.py" line="27"/>
+        <location filename="../../gui/pages/results.py" line="28"/>
         <location filename="../../gui/welcome.py" line="16"/>
         <source>Model</source>
         <translation>模型</translation>
     </message>
     <message>
         <location filename="../../gui/main_window.py" line="40"/>
-        <location filename="../../gui/pages/method.py" line="108"/>
-        <location filename="../../gui/pages/results.py" line="27"/>
+        <location filename="../../gui/pages/method.py" line="113"/>
+        <location filename="../../gui/pages/results.py" line="28"/>
         <location filename="../../gui/welcome.py" line="18"/>
         <source>Method</source>
         <translation>方法</translation>
@@ -85,7 +85,7 @@ It was written to the log in {folder}.</source>
     </message>
     <message>
         <location filename="../../gui/main_window.py" line="41"/>
-        <location filename="../../gui/pages/results.py" line="42"/>
+        <location filename="../../gui/pages/results.py" line="43"/>
         <source>Results</source>
         <translation>结果</translation>
     </message>
@@ -127,7 +127,7 @@ It was written to the log in {folder}.</source>
     </message>
     <message>
         <location filename="../../gui/main_window.py" line="136"/>
-        <location filename="../../gui/main_window.py" line="205"/>
+        <location filename="../../gui/main_window.py" line="207"/>
         <source>About QuantDesk</source>
         <translation>关于 QuantDesk</translation>
     </message>
@@ -143,32 +143,32 @@ It was written to the log in {folder}.</source>
         <translation>语言将在 QuantDesk 下次启动时切换。</translation>
     </message>
     <message>
-        <location filename="../../gui/main_window.py" line="196"/>
+        <location filename="../../gui/main_window.py" line="198"/>
         <source>CPU only · {ram} RAM</source>
         <translation>仅 CPU · {ram} 内存</translation>
     </message>
     <message>
-        <location filename="../../gui/main_window.py" line="198"/>
+        <location filename="../../gui/main_window.py" line="200"/>
         <source>Model: {name}</source>
         <translation>模型：{name}</translation>
     </message>
     <message>
-        <location filename="../../gui/main_window.py" line="200"/>
+        <location filename="../../gui/main_window.py" line="202"/>
         <source>● A job is running</source>
         <translation>● 有任务正在运行</translation>
     </message>
     <message>
-        <location filename="../../gui/main_window.py" line="206"/>
+        <location filename="../../gui/main_window.py" line="208"/>
         <source>&lt;h3&gt;QuantDesk {version}&lt;/h3&gt;&lt;p&gt;Quantize large language models on your own machine: GPTQ, AWQ, GGUF.&lt;/p&gt;&lt;p&gt;Python {py} · Qt {qt}{torch}&lt;br&gt;{os}&lt;/p&gt;&lt;p&gt;Data: {data}&lt;/p&gt;</source>
         <translation>&lt;h3&gt;QuantDesk {version}&lt;/h3&gt;&lt;p&gt;在你自己的电脑上量化大语言模型：GPTQ、AWQ、GGUF。&lt;/p&gt;&lt;p&gt;Python {py} · Qt {qt}{torch}&lt;br&gt;{os}&lt;/p&gt;&lt;p&gt;数据：{data}&lt;/p&gt;</translation>
     </message>
     <message>
-        <location filename="../../gui/main_window.py" line="226"/>
+        <location filename="../../gui/main_window.py" line="228"/>
         <source>A job is running</source>
         <translation>有任务正在运行</translation>
     </message>
     <message>
-        <location filename="../../gui/main_window.py" line="227"/>
+        <location filename="../../gui/main_window.py" line="229"/>
         <source>Quantizing is still running. Stop it and quit? Nothing partial is kept.</source>
         <translation>量化仍在进行。要停止并退出吗？不会保留任何不完整的输出。</translation>
     </message>
@@ -498,288 +498,422 @@ It was written to the log in {folder}.</source>
         <translation>放不下</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="50"/>
+        <location filename="../../gui/pages/method.py" line="55"/>
         <source>Round to nearest. The fast baseline: no calibration data; every other method should beat it.</source>
         <translation>就近取整。最快的基线方法：不需要校准数据；其他方法都应该比它好。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="52"/>
+        <location filename="../../gui/pages/method.py" line="57"/>
         <source>Corrects rounding errors column by column with second-order information. The accuracy choice for GPU inference.</source>
         <translation>利用二阶信息逐列修正取整误差。GPU 推理时注重精度的选择。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="54"/>
+        <location filename="../../gui/pages/method.py" line="59"/>
         <source>Scales up the weights that matter most for real activations before rounding. The speed choice for GPU inference.</source>
         <translation>在取整前放大对真实激活最重要的权重。GPU 推理时注重速度的选择。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="56"/>
+        <location filename="../../gui/pages/method.py" line="61"/>
         <source>llama.cpp&apos;s file format: runs on CPUs and Apple GPUs, and opens in LM Studio and Ollama.</source>
         <translation>llama.cpp 的文件格式：可在 CPU 和 Apple GPU 上运行，可用 LM Studio 和 Ollama 打开。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="61"/>
+        <location filename="../../gui/pages/method.py" line="66"/>
         <source>per channel</source>
         <translation>按通道</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="62"/>
+        <location filename="../../gui/pages/method.py" line="67"/>
         <source>Off</source>
         <translation>关闭</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="62"/>
+        <location filename="../../gui/pages/method.py" line="67"/>
         <source>Attention 8-bit, FFN 4-bit (preset)</source>
         <translation>注意力 8 位，FFN 4 位（预设）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="63"/>
+        <location filename="../../gui/pages/method.py" line="68"/>
         <source>Custom rules</source>
         <translation>自定义规则</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="64"/>
+        <location filename="../../gui/pages/method.py" line="69"/>
         <source>Module pattern</source>
         <translation>模块匹配模式</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="64"/>
-        <location filename="../../gui/pages/method.py" line="178"/>
+        <location filename="../../gui/pages/method.py" line="69"/>
+        <location filename="../../gui/pages/method.py" line="184"/>
         <source>Bits</source>
         <translation>位数</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="64"/>
+        <location filename="../../gui/pages/method.py" line="69"/>
         <source>Group</source>
         <translation>分组</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="65"/>
+        <location filename="../../gui/pages/method.py" line="70"/>
         <source>Symmetric</source>
         <translation>对称</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="65"/>
-        <location filename="../../gui/pages/method.py" line="181"/>
+        <location filename="../../gui/pages/method.py" line="70"/>
+        <location filename="../../gui/pages/method.py" line="187"/>
         <source>GGUF type</source>
         <translation>GGUF 类型</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="65"/>
+        <location filename="../../gui/pages/method.py" line="70"/>
         <source>Keep 16-bit</source>
         <translation>保持 16 位</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="70"/>
+        <location filename="../../gui/pages/method.py" line="75"/>
         <source>Mixed-precision rule {n}</source>
         <translation>混合精度规则 {n}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="98"/>
+        <location filename="../../gui/pages/method.py" line="103"/>
         <source>Method and settings</source>
         <translation>方法与设置</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="99"/>
+        <location filename="../../gui/pages/method.py" line="104"/>
         <source>The defaults follow the recommendation for this machine; change what you need.</source>
         <translation>默认值遵循针对本机的推荐；按需修改。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="101"/>
+        <location filename="../../gui/pages/method.py" line="106"/>
         <source>Use recommended settings</source>
         <translation>使用推荐设置</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="131"/>
-        <location filename="../../gui/pages/results.py" line="27"/>
+        <location filename="../../gui/pages/method.py" line="136"/>
+        <location filename="../../gui/pages/results.py" line="28"/>
         <source>Settings</source>
         <translation>设置</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="138"/>
+        <location filename="../../gui/pages/method.py" line="143"/>
         <source>{b}-bit</source>
         <translation>{b} 位</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="143"/>
+        <location filename="../../gui/pages/method.py" line="148"/>
         <source>Symmetric (no zero point)</source>
         <translation>对称（无零点）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="144"/>
+        <location filename="../../gui/pages/method.py" line="149"/>
         <source>Asymmetric (with zero point)</source>
         <translation>非对称（有零点）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="148"/>
+        <location filename="../../gui/pages/method.py" line="153"/>
         <source>Importance matrix from calibration data</source>
         <translation>用校准数据计算重要性矩阵</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="149"/>
+        <location filename="../../gui/pages/method.py" line="154"/>
         <source>Activation order (desc_act)</source>
         <translation>按激活排序（desc_act）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="150"/>
+        <location filename="../../gui/pages/method.py" line="155"/>
         <source>Search weight clipping</source>
         <translation>搜索权重裁剪</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="152"/>
+        <location filename="../../gui/pages/method.py" line="157"/>
         <source>Built-in text (offline)</source>
         <translation>内置文本（离线）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="153"/>
+        <location filename="../../gui/pages/method.py" line="158"/>
         <source>A text file…</source>
         <translation>文本文件…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="155"/>
+        <location filename="../../gui/pages/method.py" line="160"/>
         <source>path of a .txt or .jsonl file</source>
         <translation>.txt 或 .jsonl 文件的路径</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="156"/>
-        <location filename="../../gui/pages/method.py" line="229"/>
+        <location filename="../../gui/pages/method.py" line="161"/>
+        <location filename="../../gui/pages/method.py" line="238"/>
         <location filename="../../gui/pages/model.py" line="63"/>
         <source>Browse…</source>
         <translation>浏览…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="171"/>
+        <location filename="../../gui/pages/method.py" line="176"/>
         <source>Automatic</source>
         <translation>自动</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="172"/>
+        <location filename="../../gui/pages/method.py" line="177"/>
         <source>NVIDIA GPU (CUDA)</source>
         <translation>NVIDIA GPU（CUDA）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="174"/>
-        <source>Measure perplexity against the original when done</source>
-        <translation>完成后与原始模型比较困惑度</translation>
+        <location filename="../../gui/pages/method.py" line="179"/>
+        <source>Check quality against the original when done (perplexity, KL divergence, a generation test)</source>
+        <translation>完成后与原始模型比较质量（困惑度、KL 散度、生成测试）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="179"/>
+        <location filename="../../gui/pages/method.py" line="661"/>
+        <source>The job does not fit</source>
+        <translation>本机资源不足以运行此任务</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="662"/>
+        <source>The plan says this job does not fit on this machine:
+
+{problems}
+
+Fixes that fit: {fixes}
+
+Start anyway? It may run out of memory or disk part of the way through.</source>
+        <translation>根据规划，本机资源不足以运行此任务：
+
+{problems}
+
+可行的调整：{fixes}
+
+仍然开始吗？运行到中途可能会内存或磁盘空间不足。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="666"/>
+        <location filename="../../gui/pages/method.py" line="750"/>
+        <source>none found</source>
+        <translation>未找到</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="679"/>
+        <source>Memory and time plan</source>
+        <translation>内存与时间规划</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="683"/>
+        <source>Choose a model to see what the job needs.</source>
+        <translation>选择模型后即可查看任务所需的资源。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="711"/>
+        <source>Planning memory, disk and time…</source>
+        <translation>正在估算内存、磁盘和时间…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="720"/>
+        <source>Could not plan this job: {error}</source>
+        <translation>无法规划此任务：{error}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="729"/>
+        <source>Peak memory: {ram} of {total} RAM</source>
+        <translation>内存峰值：{ram}（共 {total} 内存）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="732"/>
+        <source>Peak GPU memory: {vram} of {total}</source>
+        <translation>显存峰值：{vram}（共 {total}）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="734"/>
+        <source>Disk: {temp} while running, {final} at the end ({free} free)</source>
+        <translation>磁盘：运行时 {temp}，完成后 {final}（空闲 {free}）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="737"/>
+        <source>Time: about {time} on {device} (estimated from this machine&apos;s speed)</source>
+        <translation>预计用时：在 {device} 上约 {time}（根据本机速度估算）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="742"/>
+        <source>Fits on this machine.</source>
+        <translation>本机资源足够。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="747"/>
+        <source>Does not fit: {problems}</source>
+        <translation>资源不足：{problems}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="749"/>
+        <source>What would fit: {fixes}</source>
+        <translation>可行的调整：{fixes}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="752"/>
+        <source>Start anyway…</source>
+        <translation>仍然开始…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="764"/>
+        <source>{h} h {m} min</source>
+        <translation>{h} 小时 {m} 分钟</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="766"/>
+        <source>{m} min</source>
+        <translation>{m} 分钟</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="185"/>
         <source>Group size</source>
         <translation>分组大小</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="180"/>
+        <location filename="../../gui/pages/method.py" line="186"/>
         <source>Zero point</source>
         <translation>零点</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="184"/>
-        <location filename="../../gui/pages/results.py" line="31"/>
+        <location filename="../../gui/pages/method.py" line="190"/>
+        <location filename="../../gui/pages/results.py" line="32"/>
         <source>Calibration</source>
         <translation>校准数据</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="186"/>
+        <location filename="../../gui/pages/method.py" line="192"/>
         <source>Samples</source>
         <translation>样本数</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="187"/>
+        <location filename="../../gui/pages/method.py" line="193"/>
         <source>Tokens per sample</source>
         <translation>每个样本的词元数</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="188"/>
+        <location filename="../../gui/pages/method.py" line="194"/>
         <source>Device</source>
         <translation>设备</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="199"/>
+        <location filename="../../gui/pages/method.py" line="205"/>
         <source>Mixed precision</source>
         <translation>混合精度</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="201"/>
+        <location filename="../../gui/pages/method.py" line="208"/>
         <source>Per-module rules</source>
         <translation>逐模块规则</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="207"/>
+        <location filename="../../gui/pages/method.py" line="214"/>
         <source>Add rule</source>
         <translation>添加规则</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="208"/>
+        <location filename="../../gui/pages/method.py" line="215"/>
         <source>Remove rule</source>
         <translation>删除规则</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="213"/>
+        <location filename="../../gui/pages/method.py" line="220"/>
         <source>A rule gives every module whose full name matches the pattern (a glob such as *.self_attn.* or *.mlp.down_proj) its own precision; later rules win. Modules no rule matches use the settings above; lm_head stays 16-bit.</source>
         <translation>规则为全名匹配该模式（如 *.self_attn.* 或 *.mlp.down_proj 这样的通配符）的每个模块指定精度；后面的规则优先。没有规则匹配的模块使用上面的设置；lm_head 保持 16 位。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="225"/>
+        <location filename="../../gui/pages/method.py" line="234"/>
         <source>Output</source>
         <translation>输出</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="234"/>
+        <location filename="../../gui/pages/method.py" line="243"/>
         <source>A new folder; it must not exist yet. GGUF jobs put the .gguf file, an Ollama Modelfile and the model card in it.</source>
         <translation>一个新文件夹，必须尚不存在。GGUF 任务会在其中放入 .gguf 文件、Ollama Modelfile 和模型卡片。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="243"/>
+        <location filename="../../gui/pages/method.py" line="252"/>
+        <location filename="../../gui/pages/method.py" line="744"/>
         <source>Start quantizing</source>
         <translation>开始量化</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="307"/>
+        <location filename="../../gui/pages/method.py" line="317"/>
         <source>Choose a model on the Model page first.</source>
         <translation>请先在“模型”页面选择一个模型。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="312"/>
+        <location filename="../../gui/pages/method.py" line="322"/>
         <source>Choose a calibration text file, or use the built-in text.</source>
         <translation>请选择校准文本文件，或使用内置文本。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="315"/>
+        <location filename="../../gui/pages/method.py" line="325"/>
         <source>The calibration file {path} does not exist.</source>
         <translation>校准文件 {path} 不存在。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="332"/>
+        <location filename="../../gui/pages/method.py" line="344"/>
         <source>The output folder {path} already exists; choose a new name.</source>
         <translation>输出文件夹 {path} 已存在；请换一个名字。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="335"/>
+        <location filename="../../gui/pages/method.py" line="347"/>
         <source>A job is running; wait for it to finish or cancel it.</source>
         <translation>有任务正在运行；请等待完成或取消它。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="348"/>
+        <location filename="../../gui/pages/method.py" line="360"/>
         <source>✓ Ready: {title} → {out}</source>
         <translation>✓ 就绪：{title} → {out}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="430"/>
+        <location filename="../../gui/pages/method.py" line="381"/>
+        <source>Fit a size budget</source>
+        <translation>按大小预算分配精度</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="394"/>
+        <source>Give the size of the file you want: each module then gets the precision that hurts the model least, measured on the calibration data.</source>
+        <translation>填写你想要的文件大小：每个模块将分到对模型损害最小的精度（在校准数据上测量）。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="397"/>
+        <source>Edit the last plan as rules</source>
+        <translation>将上次的精度方案改为规则编辑</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="435"/>
+        <source>Reading the model&apos;s tensor sizes…</source>
+        <translation>正在读取模型各张量的大小…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="477"/>
+        <source>Possible: {low} (every module at its lowest precision) to {high} (all 16-bit).</source>
+        <translation>可选范围：{low}（每个模块都用最低精度）到 {high}（全部 16 位）。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="482"/>
+        <source>Predicted quality: the job measures each module&apos;s sensitivity first (one calibration pass, kept for later runs) and logs the plan; after that it is predicted here as you move the slider.</source>
+        <translation>质量预测：任务会先测量每个模块的敏感度（一次校准遍历，结果保留供以后的运行使用）并在日志中记录精度方案；之后拖动滑块时，这里会直接给出预测。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="494"/>
+        <source>Predicted: {ratio:.2f}× the output error of every module at 4 bits (KL divergence ≈ {kld:.3g}); {size}: {counts}.</source>
+        <translation>预测：输出误差为所有模块均用 4 位时的 {ratio:.2f} 倍（KL 散度 ≈ {kld:.3g}）；{size}：{counts}。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="596"/>
         <source>recommended</source>
         <translation>推荐</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="475"/>
+        <location filename="../../gui/pages/method.py" line="641"/>
         <source>Folder to put the output in</source>
         <translation>存放输出的文件夹</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="483"/>
+        <location filename="../../gui/pages/method.py" line="649"/>
         <source>Calibration text</source>
         <translation>校准文本</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="484"/>
+        <location filename="../../gui/pages/method.py" line="650"/>
         <source>Text (*.txt *.jsonl);;All files (*)</source>
         <translation>文本 (*.txt *.jsonl);;所有文件 (*)</translation>
     </message>
@@ -935,89 +1069,104 @@ It was written to the log in {folder}.</source>
         <translation>无法读取模型：{kind}: {error}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="28"/>
+        <location filename="../../gui/pages/results.py" line="29"/>
         <source>Size</source>
         <translation>大小</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="28"/>
+        <location filename="../../gui/pages/results.py" line="29"/>
         <source>Perplexity</source>
         <translation>困惑度</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="28"/>
+        <location filename="../../gui/pages/results.py" line="29"/>
         <source>vs original</source>
         <translation>相比原始模型</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="29"/>
+        <location filename="../../gui/pages/results.py" line="30"/>
         <source>Verdict</source>
         <translation>结论</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="29"/>
+        <location filename="../../gui/pages/results.py" line="30"/>
         <source>Time</source>
         <translation>用时</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="30"/>
+        <location filename="../../gui/pages/results.py" line="31"/>
         <source>Folder</source>
         <translation>文件夹</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="30"/>
+        <location filename="../../gui/pages/results.py" line="31"/>
         <source>Format</source>
         <translation>格式</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="30"/>
+        <location filename="../../gui/pages/results.py" line="31"/>
         <source>Files</source>
         <translation>文件</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="31"/>
+        <location filename="../../gui/pages/results.py" line="32"/>
         <source>Compared with</source>
         <translation>比较对象</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="43"/>
+        <location filename="../../gui/pages/results.py" line="32"/>
+        <source>Quality</source>
+        <translation>质量</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="44"/>
         <source>Each finished run beside its original model. Lower perplexity is better; a few percent above the original is typical for 4-bit.</source>
         <translation>每次完成的运行与其原始模型并列显示。困惑度越低越好；4 位量化通常比原始模型高几个百分点。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="58"/>
+        <location filename="../../gui/pages/results.py" line="59"/>
         <source>No results yet. Finished runs appear here and stay across restarts.</source>
         <translation>还没有结果。完成的运行会显示在这里，重启后仍会保留。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="62"/>
+        <location filename="../../gui/pages/results.py" line="63"/>
         <source>Selected run</source>
         <translation>所选运行</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="66"/>
+        <location filename="../../gui/pages/results.py" line="67"/>
         <source>Open folder</source>
         <translation>打开文件夹</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="68"/>
+        <location filename="../../gui/pages/results.py" line="69"/>
         <source>Chat with it</source>
         <translation>与它对话</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="70"/>
+        <location filename="../../gui/pages/results.py" line="71"/>
         <source>Remove from list</source>
         <translation>从列表中移除</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="112"/>
+        <location filename="../../gui/pages/results.py" line="80"/>
+        <source>Size vs quality of this model&apos;s runs</source>
+        <translation>此模型各次运行的大小与质量</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="117"/>
         <source>original</source>
         <translation>原始</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="151"/>
+        <location filename="../../gui/pages/results.py" line="158"/>
         <source>{n} samples × {L} tokens</source>
         <translation>{n} 个样本 × {L} 个词元</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/results.py" line="189"/>
+        <source>KL divergence {kld:.4f} (99th percentile {p99:.3f}), top-1 agreement {top1:.1f} %</source>
+        <translation>KL 散度 {kld:.4f}（第 99 百分位 {p99:.3f}），top-1 一致率 {top1:.1f} %</translation>
     </message>
     <message>
         <location filename="../../gui/pages/run.py" line="31"/>
@@ -1040,6 +1189,7 @@ It was written to the log in {folder}.</source>
         <translation>正在测量困惑度</translation>
     </message>
     <message>
+        <location filename="../../gui/pages/method.py" line="767"/>
         <location filename="../../gui/pages/run.py" line="41"/>
         <source>{s} s</source>
         <translation>{s} 秒</translation>
@@ -1301,6 +1451,31 @@ It was written to the log in {folder}.</source>
         <location filename="../../gui/i18n.py" line="14"/>
         <source>System default</source>
         <translation>跟随系统</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/size_plot.py" line="38"/>
+        <source>size (MiB)</source>
+        <translation>大小 (MiB)</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/size_plot.py" line="52"/>
+        <source>KL divergence vs original</source>
+        <translation>相对原始模型的 KL 散度</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/size_plot.py" line="53"/>
+        <source>perplexity</source>
+        <translation>困惑度</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/size_plot.py" line="62"/>
+        <source>uniform</source>
+        <translation>统一精度</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/size_plot.py" line="66"/>
+        <source>size budget</source>
+        <translation>大小预算</translation>
     </message>
 </context>
 </TS>
