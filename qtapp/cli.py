@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(sub)
-    sub.add_parser("worker", help=argparse.SUPPRESS).add_argument("--job", required=True)
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("--job", required=True)
+    worker.add_argument("--plan", action="store_true")
     return parser
 
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         from qtapp.engine.worker import main as worker_main
 
-        return worker_main(["--job", args.job])
+        return worker_main(["--job", args.job, *(["--plan"] if args.plan else [])])
     module = importlib.import_module(f"qtapp.commands.{args.command}")
     try:
         return int(module.run(args) or 0)

@@ -143,16 +143,23 @@ def memory(job: JobSpec, info: ModelInfo, gpu: bool) -> tuple[int, int]:
     return max(BASE_RSS + embed + work + prefetch, evaluate), 0
 
 
+_best_flops = 0.0
+
+
 def matmul_flops(seconds: float = 0.2) -> float:
-    """FLOP/s of fp32 matrix products on this CPU (a 256×1024 · 1024×1024 product, repeated)."""
+    """FLOP/s of fp32 matrix products on this CPU (a 256×1024 · 1024×1024 product, repeated):
+    the best rate measured in this process, so that a moment when other programs were busy
+    does not make every later plan in the window slower than the one before."""
     import torch
 
+    global _best_flops
     a, b = torch.randn(256, 1024), torch.randn(1024, 1024)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
-    return 2 * 256 * 1024 * 1024 * n / (time.perf_counter() - t0)
+    _best_flops = max(_best_flops, 2 * 256 * 1024 * 1024 * n / (time.perf_counter() - t0))
+    return _best_flops
 
 
 def _block_seconds_estimate(job: JobSpec, shape: A.ModelShape, flops: float) -> float:

@@ -1,6 +1,11 @@
 """Child-process entry: a JobSpec in, JSON-line events out.
 
     python -m qtapp.engine.worker --job JOB.json      (or `quantdesk worker --job JOB.json`)
+    python -m qtapp.engine.worker --job JOB.json --plan
+
+With --plan the job does not run: the planner times its first block on this machine
+(planner.plan_job with probe=True, as `quantdesk quantize --dry-run` does) and one JSON
+object, {"plan": Plan.to_dict()} or {"error": message}, is written to fd 1 (exit 0 / 2).
 
 fd 1 carries only events (one JSON object per line); everything else any library prints
 goes to stderr. A line `cancel` on stdin, SIGTERM or SIGINT asks the job to stop at the
@@ -12,6 +17,7 @@ cancelled.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -89,19 +95,44 @@ def execute(job: JobSpec, emit: Callable[[ev.Event], None],
     return 0
 
 
-def worker_command(job_file: str | os.PathLike[str]) -> list[str]:
+def plan_main(job: JobSpec, out: TextIO) -> int:
+    """--plan: the probed plan of `job` as one JSON object on `out`."""
+    from qtapp.engine.planner import plan_job
+    from qtapp.engine.sources import resolve_model
+
+    try:
+        plan = plan_job(job, resolve_model(job.model, allow_pickle=job.allow_pickle), probe=True)
+    except UserError as e:
+        out.write(json.dumps({"error": str(e)}) + "\n")
+        return 2
+    out.write(json.dumps({"plan": plan.to_dict()}) + "\n")
+    return 0
+
+
+def worker_command(job_file: str | os.PathLike[str], plan: bool = False) -> list[str]:
     """The command line that runs a worker on `job_file`: `python -m qtapp.engine.worker`, or
     in a frozen app (PyInstaller sets sys.frozen) the app's own executable as `<exe> worker`,
     since there is no Python to run `-m` with."""
+    extra = ["--plan"] if plan else []
     if getattr(sys, "frozen", False):
-        return [sys.executable, "worker", "--job", str(job_file)]
-    return [sys.executable, "-m", "qtapp.engine.worker", "--job", str(job_file)]
+        return [sys.executable, "worker", "--job", str(job_file), *extra]
+    return [sys.executable, "-m", "qtapp.engine.worker", "--job", str(job_file), *extra]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qtapp.engine.worker")
     parser.add_argument("--job", required=True, help="path of a JobSpec JSON file")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the job's plan (its first block timed) instead of running it")
     args = parser.parse_args(argv)
+    if args.plan:
+        try:
+            job = JobSpec.from_json(Path(args.job).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, UserError) as e:
+            print(json.dumps({"error": f"cannot read the job file {args.job}: {e}"}))
+            return 2
+        writer = EventWriter()  # libraries' prints go to stderr, the plan alone to fd 1
+        return plan_main(job, writer._out)
     emit = EventWriter()
     try:
         job = JobSpec.from_json(Path(args.job).read_text(encoding="utf-8"))

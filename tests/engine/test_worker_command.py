@@ -52,3 +52,27 @@ def test_frozen_style_command_runs_the_worker(tmp_path):
     assert proc.returncode == 2
     assert [e["type"] for e in events] == ["failed"]
     assert str(job) in events[0]["message"]
+
+
+def test_worker_plan_mode_prints_one_probed_plan(tmp_path, make_tiny_model):
+    from qtapp.engine.config import JobSpec, QuantScheme
+
+    folder = make_tiny_model(tmp_path / "tiny", "llama", hidden_size=128,
+                             intermediate_size=256)
+    job = JobSpec(model=str(folder), method="rtn", out=str(tmp_path / "out"),
+                  scheme=QuantScheme(4, 64, True))
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.to_json())
+    r = subprocess.run(worker_command(job_file, plan=True), capture_output=True, text=True,
+                       timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1  # fd 1 carries the plan alone
+    plan = json.loads(lines[0])["plan"]
+    assert plan["probed"] and plan["block_seconds"] > 0 and plan["fits"]
+    assert not (tmp_path / "out").exists()  # planning writes no output
+
+    job_file.write_text(job.to_json().replace(str(folder), str(tmp_path / "missing")))
+    r = subprocess.run(worker_command(job_file, plan=True), capture_output=True, text=True,
+                       timeout=600, check=False)
+    assert r.returncode == 2 and "missing" in json.loads(r.stdout)["error"]

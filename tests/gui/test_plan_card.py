@@ -90,3 +90,16 @@ def test_a_job_that_does_not_fit_is_shown_and_start_asks(page, qtbot, monkeypatc
     monkeypatch.setattr(QMessageBox, "warning", answer(QMessageBox.StandardButton.Yes))
     method.start_button.click()
     assert len(asked) == 2 and len(started) == 1
+
+
+def test_time_one_block_runs_the_planner_probe_in_a_worker(page, qtbot):
+    method, _info = page
+    _planned(method, qtbot)
+    method.probe_button.click()
+    assert not method.probe_button.isEnabled()
+    assert "Timing one block" in method.plan_text.text()
+    qtbot.waitUntil(lambda: method.probe_button.isEnabled(), timeout=180000)
+    plan = method._plan
+    assert plan is not None and plan.probed, method.plan_text.text()
+    assert plan.block_seconds > 0
+    assert "one block timed on this machine" in method.plan_text.text()

@@ -687,6 +687,12 @@ class MethodPage(QWidget):
         self.plan_fixes.setVisible(False)
         card.body.addWidget(self.plan_text)
         card.body.addWidget(self.plan_fixes)
+        self.probe_button = button(tr("Time one block"))
+        self.probe_button.setToolTip(tr(
+            "Runs the job's first block on this machine (in a separate process) and "
+            "extrapolates: a better time estimate than the formula, in seconds to minutes."))
+        self.probe_button.clicked.connect(self._probe_plan)
+        card.body.addWidget(self.probe_button, 0, Qt.AlignmentFlag.AlignLeft)
         self._plan_timer = QTimer(self)
         self._plan_timer.setSingleShot(True)
         self._plan_timer.setInterval(250)
@@ -713,6 +719,51 @@ class MethodPage(QWidget):
                                   lambda plan, key=key: self._plan_ready(key, plan),
                                   lambda e, key=key: self._plan_failed(key, e))
 
+    def _probe_plan(self) -> None:
+        """The plan with the first block timed, from `worker --plan` in its own process (the
+        window does no model math)."""
+        try:
+            job = self.build_job()
+        except UserError:
+            return
+        key = self._plan_key(job)
+        self._plan_wanted = key
+        self.probe_button.setEnabled(False)
+        self.plan_text.setText(tr("Timing one block of the job on this machine…"))
+
+        def run(_ctx: Any) -> Any:
+            import json
+            import subprocess
+            import tempfile
+
+            from qtapp.engine.planner import Plan
+            from qtapp.engine.worker import worker_command
+
+            with tempfile.TemporaryDirectory(prefix="quantdesk-plan-") as tmp:
+                job_file = Path(tmp) / "job.json"
+                job_file.write_text(job.to_json(), encoding="utf-8")
+                r = subprocess.run(worker_command(job_file, plan=True), capture_output=True,
+                                   text=True, timeout=1800, check=False)
+            lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
+            if not lines:
+                raise UserError(r.stderr.strip().splitlines()[-1] if r.stderr.strip()
+                                else f"the planner exited with code {r.returncode}")
+            answer = json.loads(lines[-1])
+            if "error" in answer:
+                raise UserError(answer["error"])
+            fields = {k: v for k, v in answer["plan"].items() if k != "fits"}
+            return Plan(**fields)
+
+        def done(plan: Any) -> None:
+            self.probe_button.setEnabled(True)
+            self._plan_ready(key, plan)
+
+        def failed(error: BaseException) -> None:
+            self.probe_button.setEnabled(True)
+            self._plan_failed(key, error)
+
+        self.state.background.run(run, done, failed)
+
     def _plan_failed(self, key: Any, error: BaseException) -> None:
         if key == self._plan_wanted:
             self._plan_wanted = None
@@ -734,9 +785,15 @@ class MethodPage(QWidget):
         rows.append(tr("Disk: {temp} while running, {final} at the end ({free} free)").format(
             temp=format_size(plan.temp_disk), final=format_size(plan.final_disk),
             free=format_size(plan.disk_free)))
-        rows.append(tr("Time: about {time} on {device} (estimated from this machine's "
-                       "speed)").format(time=_duration(plan.seconds),
-                                        device=plan.device.upper()))
+        if plan.probed:
+            rows.append(tr("Time: about {time} on {device} (one block timed on this "
+                           "machine: {block} per block)").format(
+                time=_duration(plan.seconds), device=plan.device.upper(),
+                block=_duration(plan.block_seconds)))
+        else:
+            rows.append(tr("Time: about {time} on {device} (estimated from this machine's "
+                           "speed; “Time one block” measures it)").format(
+                time=_duration(plan.seconds), device=plan.device.upper()))
         if plan.fits:
             set_role(self.plan_text, "OkText")
             self.plan_text.setText("✓ " + tr("Fits on this machine.") + "\n" + "\n".join(rows))

@@ -686,7 +686,7 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
     </message>
     <message>
         <location filename="../../gui/pages/method.py" line="666"/>
-        <location filename="../../gui/pages/method.py" line="750"/>
+        <location filename="../../gui/pages/method.py" line="807"/>
         <source>none found</source>
         <translation>未找到</translation>
     </message>
@@ -701,62 +701,82 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>选择模型后即可查看任务所需的资源。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="711"/>
+        <location filename="../../gui/pages/method.py" line="690"/>
+        <source>Time one block</source>
+        <translation>测试一个块的用时</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="692"/>
+        <source>Runs the job&apos;s first block on this machine (in a separate process) and extrapolates: a better time estimate than the formula, in seconds to minutes.</source>
+        <translation>在本机（在单独的进程中）运行任务的第一个块并据此推算：比公式更准确的用时估计，需要几秒到几分钟。</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="717"/>
         <source>Planning memory, disk and time…</source>
         <translation>正在估算内存、磁盘和时间…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="720"/>
+        <location filename="../../gui/pages/method.py" line="732"/>
+        <source>Timing one block of the job on this machine…</source>
+        <translation>正在本机测试任务中一个块的用时…</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="771"/>
         <source>Could not plan this job: {error}</source>
         <translation>无法规划此任务：{error}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="729"/>
+        <location filename="../../gui/pages/method.py" line="780"/>
         <source>Peak memory: {ram} of {total} RAM</source>
         <translation>内存峰值：{ram}（共 {total} 内存）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="732"/>
+        <location filename="../../gui/pages/method.py" line="783"/>
         <source>Peak GPU memory: {vram} of {total}</source>
         <translation>显存峰值：{vram}（共 {total}）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="734"/>
+        <location filename="../../gui/pages/method.py" line="785"/>
         <source>Disk: {temp} while running, {final} at the end ({free} free)</source>
         <translation>磁盘：运行时 {temp}，完成后 {final}（空闲 {free}）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="737"/>
-        <source>Time: about {time} on {device} (estimated from this machine&apos;s speed)</source>
-        <translation>预计用时：在 {device} 上约 {time}（根据本机速度估算）</translation>
+        <location filename="../../gui/pages/method.py" line="789"/>
+        <source>Time: about {time} on {device} (one block timed on this machine: {block} per block)</source>
+        <translation>用时：在 {device} 上约 {time}（已在本机实测一个块：每块 {block}）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="742"/>
+        <location filename="../../gui/pages/method.py" line="794"/>
+        <source>Time: about {time} on {device} (estimated from this machine&apos;s speed; “Time one block” measures it)</source>
+        <translation>用时：在 {device} 上约 {time}（按本机速度估算；“测试一个块的用时”可实测）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="799"/>
         <source>Fits on this machine.</source>
         <translation>本机资源足够。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="747"/>
+        <location filename="../../gui/pages/method.py" line="804"/>
         <source>Does not fit: {problems}</source>
         <translation>资源不足：{problems}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="749"/>
+        <location filename="../../gui/pages/method.py" line="806"/>
         <source>What would fit: {fixes}</source>
         <translation>可行的调整：{fixes}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="752"/>
+        <location filename="../../gui/pages/method.py" line="809"/>
         <source>Start anyway…</source>
         <translation>仍然开始…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="764"/>
+        <location filename="../../gui/pages/method.py" line="821"/>
         <source>{h} h {m} min</source>
         <translation>{h} 小时 {m} 分钟</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="766"/>
+        <location filename="../../gui/pages/method.py" line="823"/>
         <source>{m} min</source>
         <translation>{m} 分钟</translation>
     </message>
@@ -828,7 +848,7 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
     </message>
     <message>
         <location filename="../../gui/pages/method.py" line="252"/>
-        <location filename="../../gui/pages/method.py" line="744"/>
+        <location filename="../../gui/pages/method.py" line="801"/>
         <source>Start quantizing</source>
         <translation>开始量化</translation>
     </message>
@@ -1189,7 +1209,7 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>正在测量困惑度</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/method.py" line="767"/>
+        <location filename="../../gui/pages/method.py" line="824"/>
         <location filename="../../gui/pages/run.py" line="41"/>
         <source>{s} s</source>
         <translation>{s} 秒</translation>
