@@ -199,11 +199,9 @@ def save_results(results: dict[str, dict]) -> None:
     RESULTS.write_text(json.dumps(results, indent=1))
 
 
-def gptq_family(src: Path, tokens, windows, results, samples: int, seq_len: int,
-                quick: bool) -> None:
-    base = JobSpec(model=str(src), method="gptq", out="", scheme=QuantScheme(4, 64, True),
-                   export_format="gptq", evaluate=False, overwrite=True,
-                   calibration=CalibrationSpec(samples=samples, seq_len=seq_len))
+def row_runner(family: str, tokens, windows, results, reference, runner_of):
+    """row(name, job): run the job once (kept in results across runs), then score it against
+    the reference model's distributions (computed on first use) on the same windows."""
     refs = None
 
     def row(name: str, job: JobSpec) -> None:
@@ -213,13 +211,23 @@ def gptq_family(src: Path, tokens, windows, results, samples: int, seq_len: int,
         r = run_row(name, dataclasses.replace(job, out=str(WORK / name.replace(" ", "_"))),
                     tokens)
         if refs is None:
-            refs = references(TorchRunner(src), windows)
-        r.update(measure(TorchRunner(Path(r["out"])), windows, refs))
-        r["family"] = "gptq"
+            refs = references(reference(), windows)
+        r.update(measure(runner_of(r), windows, refs))
+        r["family"] = family
         results[name] = r
         save_results(results)
         print(f"    ppl {r['ppl']:.3f}  kld {r['kld']:.4f}  top1 {r['top1']:.3f}", flush=True)
 
+    return row
+
+
+def gptq_family(src: Path, tokens, windows, results, samples: int, seq_len: int,
+                quick: bool) -> None:
+    base = JobSpec(model=str(src), method="gptq", out="", scheme=QuantScheme(4, 64, True),
+                   export_format="gptq", evaluate=False, overwrite=True,
+                   calibration=CalibrationSpec(samples=samples, seq_len=seq_len))
+    row = row_runner("gptq", tokens, windows, results, lambda: TorchRunner(src),
+                     lambda r: TorchRunner(Path(r["out"])))
     row("GPTQ W4 g64", base)
     s4 = results["GPTQ W4 g64"]["size"]
     row("GPTQ alloc @W4 size", dataclasses.replace(base, target_bytes=s4))
@@ -235,23 +243,9 @@ def gguf_family(src: Path, tokens, windows, results, samples: int, seq_len: int,
     f32 = WORK / "source-F32.gguf"
     if not f32.is_file():
         convert_to_gguf(src, f32, "F32")
-    refs = None
     cal = CalibrationSpec(samples=samples, seq_len=seq_len)
-
-    def row(name: str, job: JobSpec) -> None:
-        nonlocal refs
-        if name in results and "kld" in results[name]:
-            return
-        r = run_row(name, dataclasses.replace(job, out=str(WORK / name.replace(" ", "_"))),
-                    tokens)
-        if refs is None:
-            refs = references(LlamaRunner(f32), windows)
-        r.update(measure(LlamaRunner(Path(r["gguf"])), windows, refs))
-        r["family"] = "gguf"
-        results[name] = r
-        save_results(results)
-        print(f"    ppl {r['ppl']:.3f}  kld {r['kld']:.4f}  top1 {r['top1']:.3f}", flush=True)
-
+    row = row_runner("gguf", tokens, windows, results, lambda: LlamaRunner(f32),
+                     lambda r: LlamaRunner(Path(r["gguf"])))
     first = JobSpec(model=str(src), method="gguf", out="", evaluate=False, overwrite=True,
                     gguf=GGUFOptions("Q4_K_M", "auto"), calibration=cal)
     imatrix = str(WORK / "GGUF_Q4_K_M" / "imatrix.gguf")
