@@ -315,7 +315,13 @@ def _quality(model: Path, info: ModelInfo, emit: Emit) -> dict[str, Any]:
 def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
               should_cancel: Callable[[], bool], tokens: Any = None) -> dict[str, Any]:
     from qtapp.engine.gguf.hf_model import HfModel
-    from qtapp.engine.gguf.imatrix import ImatrixCollector, read_imatrix, write_imatrix
+    from qtapp.engine.gguf.imatrix import (
+        ImatrixCollector,
+        bos_token_id,
+        read_imatrix,
+        with_bos,
+        write_imatrix,
+    )
     from qtapp.engine.gguf.llama_runtime import write_modelfile
     from qtapp.engine.gguf.output import (
         chat_template_of,
@@ -336,6 +342,7 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
         # Streamed through the layer pipeline: never the whole float model in memory.
         if tokens is None:
             tokens = _calibration_tokens(job, info, emit)
+        tokens = with_bos(tokens, bos_token_id(load_tokenizer(job, info.path)))
         hf = HfModel(info.path)
         collector = ImatrixCollector()
         collect_input_stats(info, tokens,

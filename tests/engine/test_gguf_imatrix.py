@@ -13,8 +13,10 @@ from qtapp.engine.errors import UserError
 from qtapp.engine.gguf.imatrix import (
     Imatrix,
     ImatrixCollector,
+    bos_token_id,
     compute_imatrix,
     read_imatrix,
+    with_bos,
     write_imatrix,
 )
 
@@ -137,6 +139,29 @@ def test_model_pass_collects_block_linears_by_gguf_name(tiny_llama_dir):
             model(input_ids=b[None])
     expected = (torch.cat(seen).double() ** 2).mean(0).numpy()
     np.testing.assert_allclose(values["blk.1.ffn_up.weight"], expected, rtol=1e-5)
+
+
+def test_with_bos_gives_llama_imatrix_chunks():
+    """llama-imatrix tokenizes [BOS] + text and writes BOS over the first token of each
+    chunk: chunk i is BOS + text[L·i : L·i+L-1]."""
+    text = torch.arange(10, 22)
+    stream = torch.cat([torch.tensor([1]), text])
+    chunks = stream[:12].reshape(3, 4).clone()
+    chunks[:, 0] = 1
+    assert torch.equal(with_bos(text.reshape(3, 4), 1), chunks)
+    assert torch.equal(with_bos(text.reshape(3, 4), None), text.reshape(3, 4))
+
+
+def test_bos_token_id_follows_the_tokenizer(tiny_llama_dir):
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    assert tokenizer.bos_token_id is not None and bos_token_id(tokenizer) is None
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A",
+        special_tokens=[(tokenizer.bos_token, tokenizer.bos_token_id)])
+    assert bos_token_id(tokenizer) == tokenizer.bos_token_id
 
 
 def test_collector_refuses_a_changed_width():

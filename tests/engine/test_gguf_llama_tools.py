@@ -4,6 +4,8 @@ reads our imatrix files, and llama-imatrix's statistics equal our collector's.""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -79,22 +81,56 @@ def test_same_bytes_with_our_imatrix_file(model256, f32_file, imatrix_file, tmp_
     assert kv(ours) == kv(tmp_path / "ref.gguf")
 
 
-def test_llama_imatrix_equals_our_collector(model256, f32_file, tmp_path):
-    """Same token windows through llama.cpp and through transformers: same E[x²]."""
+def with_bos_tokenizer(model_dir: Path, gguf_file: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Copies of the model whose tokenizer puts BOS (<|im_start|>, id 1) before every text:
+    the HF folder (a TemplateProcessing post-processor) and the GGUF file
+    (tokenizer.ggml.add_bos_token = true)."""
+    folder = tmp_path / "bos-model"
+    folder.mkdir()
+    for f in model_dir.iterdir():
+        (folder / f.name).symlink_to(f)
+    (folder / "tokenizer.json").unlink()
+    tokenizer = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    bos = {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}}
+    tokenizer["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}},
+                 bos, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1],
+                                            "tokens": ["<|im_start|>"]}}}
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    path = tmp_path / "bos.gguf"
+    shutil.copyfile(gguf_file, path)
+    reader = gguf.GGUFReader(path, "r+")
+    field = reader.fields["tokenizer.ggml.add_bos_token"]
+    field.parts[field.data[0]][0] = True
+    reader.data.flush()
+    del reader
+    assert kv(path)["tokenizer.ggml.add_bos_token"] is True
+    return folder, path
+
+
+@pytest.mark.parametrize("bos", [False, True], ids=["no-bos", "bos"])
+def test_llama_imatrix_equals_our_collector(model256, f32_file, tmp_path, bos):
+    """Same text through llama-imatrix and through compute_imatrix: same windows (with the
+    BOS llama.cpp puts first in each chunk when the vocabulary adds one), same E[x²]."""
     from llama_cpp import Llama
 
     from qtapp.engine.calibration import builtin_calibration_text
 
+    model_dir, gguf_file = (with_bos_tokenizer(model256, f32_file, tmp_path) if bos
+                            else (model256, f32_file))
     text = builtin_calibration_text()[:6000]
     (tmp_path / "calib.txt").write_text(text, encoding="utf-8")
-    run(IMATRIX, "-m", f32_file, "-f", "calib.txt", "-c", 64, "-b", 64, "-o", "ref.gguf",
-        "-t", 1, cwd=tmp_path)
-    ref = read_imatrix(tmp_path / "ref.gguf")
     llm = Llama(str(f32_file), vocab_only=True, verbose=False)
     ids = llm.tokenize(text.encode(), add_bos=False, special=False)
     llm.close()
     n = len(ids) // 64
-    ours = compute_imatrix(model256, torch.tensor(ids[: n * 64]).reshape(n, 64))
+    run(IMATRIX, "-m", gguf_file, "-f", "calib.txt", "-c", 64, "-b", 64, "--chunks", n,
+        "-o", "ref.gguf", "-t", 1, cwd=tmp_path)
+    ref = read_imatrix(tmp_path / "ref.gguf")
+    ours = compute_imatrix(model_dir, torch.tensor(ids[: n * 64]).reshape(n, 64))
     assert ref.chunk_size == 64 and ref.chunk_count == n
     assert set(ref.sums) == set(ours.sums)
     for name, values in ours.importance().items():

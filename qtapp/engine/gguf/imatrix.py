@@ -3,7 +3,10 @@
 For a linear layer y = W·x the importance of input column j is E[x_j²] over the calibration
 tokens; ggml's K-quant search weighs each weight's rounding error by it (llama.cpp
 tools/imatrix/imatrix.cpp, IMatrixCollector::collect_imatrix). As llama-imatrix does by
-default, only the linears of the transformer blocks (`blk.*`) are collected.
+default, only the linears of the transformer blocks (`blk.*`) are collected. Its windows are
+consecutive n_ctx-token chunks of the text; when the model's vocabulary adds a BOS token, the
+BOS replaces the token before each chunk (compute_imatrix in imatrix.cpp), which `with_bos`
+reproduces.
 
 Files (llama.cpp @0c1e57098 tools/imatrix/imatrix.cpp save_imatrix / save_imatrix_legacy,
 common/imatrix-loader.cpp, tools/quantize/quantize.cpp load_imatrix):
@@ -97,6 +100,30 @@ class ImatrixCollector:
             counts={n: np.array([c], dtype=np.int64) for n, c in self._counts.items()},
             datasets=[dataset], chunk_count=n_tokens // chunk_size if chunk_size else 0,
             chunk_size=chunk_size)
+
+
+def bos_token_id(tokenizer: Any) -> int | None:
+    """The BOS id when `tokenizer` puts one before every text, else None. The converter copies
+    this choice into tokenizer.ggml.add_bos_token (gguf SpecialVocab), which llama.cpp obeys."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True, return_attention_mask=False)["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
+def with_bos(batches: torch.Tensor, bos: int | None) -> torch.Tensor:
+    """The windows (n, L) llama-imatrix evaluates for the same text: BOS followed by the first
+    L-1 tokens of each window when the model adds a BOS token, else the windows unchanged.
+
+    llama-imatrix tokenizes the whole text with its BOS and cuts chunks of L tokens; chunk i
+    starts with the BOS written over the token before it, so it is BOS + text[L·i : L·i+L-1].
+    """
+    batches = torch.as_tensor(batches)
+    if bos is None:
+        return batches
+    first = torch.full_like(batches[:, :1], bos)
+    return torch.cat([first, batches[:, :-1]], dim=1)
 
 
 def collect_from_model(model: torch.nn.Module, gguf_name: Callable[[str], str | None],
@@ -286,18 +313,19 @@ def _read_gguf(path: Path) -> Imatrix:
 def compute_imatrix(model_dir: Path, batches: torch.Tensor, dataset: str = "builtin",
                     progress: Callable[[str, int, int], None] | None = None,
                     should_cancel: Callable[[], bool] | None = None) -> Imatrix:
-    """Importance matrix of a Hugging Face model on token batches (n, L), float32 on CPU.
+    """Importance matrix of a Hugging Face model on token windows (n, L) of text (without
+    special tokens), float32 on CPU; a BOS is put first as llama-imatrix does (`with_bos`).
 
     This loads the whole model; a layer-streaming pipeline feeds ImatrixCollector.add with
     the block inputs it captures instead.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qtapp.engine.gguf.hf_model import HfModel
 
     hf = HfModel(Path(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    batches = torch.as_tensor(batches)
+    batches = with_bos(batches, bos_token_id(AutoTokenizer.from_pretrained(model_dir)))
     collector = collect_from_model(
         model, lambda n: hf.tensor_map.get_name(n, try_suffixes=(".weight",)),
         batches.split(1), progress, should_cancel, n_batches=batches.shape[0])
