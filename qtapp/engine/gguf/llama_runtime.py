@@ -21,6 +21,17 @@ import numpy as np
 from qtapp.engine.errors import UserError
 
 DEFAULT_CTX = 512
+# ggml's "extra buffer types" repack Q4_0/Q4_K/IQ4 weights at load time for faster CPU
+# kernels (AMX / AVX-512 variants). On some virtual machines whose CPUs advertise AMX and
+# AVX-512 (seen on the 2-core Xeon build machines of this project) a natively built
+# llama-cpp-python dies with SIGILL in those kernels on the first Q4_K evaluation, which no
+# Python code can catch. The plain CPU kernels are safe everywhere, so repacking is off
+# unless QUANTDESK_LLAMA_REPACK=1.
+REPACK_ENV = "QUANTDESK_LLAMA_REPACK"
+
+
+def _repack_enabled() -> bool:
+    return os.environ.get(REPACK_ENV, "0") == "1"
 
 
 def llama_cpp_available() -> bool:
@@ -40,6 +51,17 @@ def load_llama(gguf_path: Path, n_ctx: int = 2048, logits_all: bool = False,
     path = Path(gguf_path)
     if not path.is_file():
         raise UserError(f"{path} does not exist.")
+    import llama_cpp.llama_cpp as lib
+
+    defaults = lib.llama_model_default_params
+
+    def without_repack() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    if not _repack_enabled():  # Llama.__init__ reads the defaults from this module
+        lib.llama_model_default_params = without_repack
     try:
         return Llama(str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_ubatch=min(n_ctx, 512),
                      logits_all=logits_all, n_threads=n_threads or os.cpu_count(),
@@ -48,6 +70,8 @@ def load_llama(gguf_path: Path, n_ctx: int = 2048, logits_all: bool = False,
         raise UserError(f"llama.cpp cannot open {path.name} ({e}); the file is damaged, "
                         "truncated, or of an architecture this llama.cpp does not know; "
                         "download or convert it again.") from e
+    finally:
+        lib.llama_model_default_params = defaults
 
 
 def perplexity(gguf_path: Path, tokens: Sequence[int] | np.ndarray, ctx: int = DEFAULT_CTX,
