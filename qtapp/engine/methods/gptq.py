@@ -37,6 +37,7 @@ from qtapp.engine.primitives import (
     qparams,
     qparams_from_range,
     qparams_mse,
+    qparams_mse_grouped,
 )
 
 log = logging.getLogger(__name__)
@@ -173,10 +174,8 @@ def gptq_quantize(
         scale, zero = qparams(Wt.T, bits, G, sym)  # static groups, per channel or per tensor
         scale_t, zero_t = scale.T.contiguous(), zero.T.float().contiguous()
         if options.mse and G != 0:
-            step = G if G > 0 else K
-            for g, k0 in enumerate(range(0, K, step)):
-                s, z = qparams_mse(Wt[k0:k0 + step], bits, sym)
-                scale_t[g], zero_t[g] = s, z.float()
+            s, z = qparams_mse_grouped(Wt, G if G > 0 else K, bits, sym)
+            scale_t, zero_t = s, z.float()
 
     if options.act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
