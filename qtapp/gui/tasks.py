@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal, Slot
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class Task(QObject):
         self.ctx = TaskContext(self)
         self.on_success, self.on_failure, self.on_progress = on_success, on_failure, on_progress
         self.finished = False
+        self.abandoned = False  # its window closed: the callbacks' widgets may be gone
+        self.owner: QObject | None = None
         queued = Qt.ConnectionType.QueuedConnection
         self._progress.connect(self._deliver_progress, queued)
         self._succeeded.connect(self._deliver_success, queued)
@@ -67,16 +70,21 @@ class Task(QObject):
         except RuntimeError:  # the window closed while this ran: nobody is left to tell
             log.info("background task finished after its receiver was deleted")
 
+    @property
+    def orphaned(self) -> bool:
+        """Abandoned at shutdown, or its Background (a child of the window) was deleted."""
+        return self.abandoned or (self.owner is not None and not shiboken6.isValid(self.owner))
+
     @Slot(object)
     def _deliver_progress(self, value: Any) -> None:
-        if self.on_progress is not None and not self.finished:
+        if self.on_progress is not None and not self.finished and not self.orphaned:
             self.on_progress(value)
 
     @Slot(object)
     def _deliver_success(self, result: Any) -> None:
         self.finished = True
         try:
-            if self.on_success is not None:
+            if self.on_success is not None and not self.orphaned:
                 self.on_success(result)
         finally:
             self.done.emit()
@@ -85,7 +93,9 @@ class Task(QObject):
     def _deliver_failure(self, error: BaseException) -> None:
         self.finished = True
         try:
-            if self.on_failure is not None:
+            if self.orphaned:
+                log.info("a background task of a closed window failed: %s", error)
+            elif self.on_failure is not None:
                 self.on_failure(error)
             else:
                 log.error("background task failed", exc_info=error)
@@ -116,13 +126,17 @@ class Background(QObject):
             on_failure: Callable[[BaseException], None] | None = None,
             on_progress: Callable[[Any], None] | None = None) -> Task:
         task = Task(fn, on_success, on_failure, on_progress)
+        task.owner = self
         self.tasks.add(task)
         task.done.connect(lambda: self.tasks.discard(task))
         self.pool.start(_Runnable(task))
         return task
 
     def shutdown(self, wait_ms: int = 3000) -> bool:
-        """Ask every task to stop and wait for the pool; True when all ended in time."""
+        """Ask every task to stop and wait for the pool; True when all ended in time. The
+        window is closing: what the tasks deliver later is dropped, not handed to callbacks
+        whose widgets may already be deleted."""
         for task in list(self.tasks):
             task.cancel()
+            task.abandoned = True
         return self.pool.waitForDone(wait_ms)

@@ -35,3 +35,28 @@ def isolated_user_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
                       str(tmp_path / "settings"))
     return data
+
+
+@pytest.fixture
+def tiny_method_page(qtbot, tmp_path, make_tiny_model):
+    """(method page, ModelInfo): a window on a tiny Llama, RTN W4 g64 chosen, the output in
+    tmp_path/out, and a fake engine so that nothing real runs."""
+    from gui_helpers import fake_command
+
+    from qtapp.engine.sources import resolve_model
+    from qtapp.gui.engine_process import EngineProcess
+    from qtapp.gui.main_window import MainWindow
+
+    folder = make_tiny_model(tmp_path / "tiny", "llama", hidden_size=128,
+                             intermediate_size=256)
+    w = MainWindow(engine=EngineProcess(command=fake_command("ok", "--blocks", "2")),
+                   scan=False)
+    qtbot.addWidget(w)
+    info = resolve_model(str(folder))
+    w.state.set_model(info)
+    method = w.pages["method"]
+    method.method_radio["rtn"].setChecked(True)
+    method.group.setCurrentIndex(1)  # 64: divides the tiny model's 128 / 256 inputs
+    method.out_edit.setText(str(tmp_path / "out"))
+    method._out_auto = False
+    return method, info

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gui_helpers import fake_command
 
 from qtapp.engine.allocate import budget_preview
 from qtapp.engine.sensitivity import (
@@ -16,26 +15,11 @@ from qtapp.engine.sensitivity import (
     cache_file,
     profile_key,
 )
-from qtapp.engine.sources import resolve_model
-from qtapp.gui.engine_process import EngineProcess
-from qtapp.gui.main_window import MainWindow
 
 
 @pytest.fixture
-def page(qtbot, tmp_path, make_tiny_model):
-    folder = make_tiny_model(tmp_path / "tiny", "llama", hidden_size=128,
-                             intermediate_size=256)
-    w = MainWindow(engine=EngineProcess(command=fake_command("ok", "--blocks", "2")),
-                   scan=False)
-    qtbot.addWidget(w)
-    info = resolve_model(str(folder))
-    w.state.set_model(info)
-    method = w.pages["method"]
-    method.method_radio["rtn"].setChecked(True)
-    method.group.setCurrentIndex(1)  # 64: divides the tiny model's 128 / 256 inputs
-    method.out_edit.setText(str(tmp_path / "out"))
-    method._out_auto = False
-    return method, info
+def page(tiny_method_page):
+    return tiny_method_page
 
 
 def test_budget_field_spans_the_possible_sizes_and_goes_into_the_job(page, qtbot):

@@ -7,32 +7,17 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from gui_helpers import fake_command
 from PySide6.QtWidgets import QMessageBox
 
 from qtapp.engine.budget import format_size
 from qtapp.engine.hardware import detect
 from qtapp.engine.planner import plan_job
-from qtapp.engine.sources import resolve_model
-from qtapp.gui.engine_process import EngineProcess
-from qtapp.gui.main_window import MainWindow
 
 
 @pytest.fixture
-def page(qtbot, tmp_path, make_tiny_model):
-    folder = make_tiny_model(tmp_path / "tiny", "llama", hidden_size=128,
-                             intermediate_size=256)
-    w = MainWindow(engine=EngineProcess(command=fake_command("ok", "--blocks", "2")),
-                   scan=False)
-    qtbot.addWidget(w)
-    w.state.hardware = detect()
-    info = resolve_model(str(folder))
-    w.state.set_model(info)
-    method = w.pages["method"]
-    method.method_radio["rtn"].setChecked(True)
-    method.group.setCurrentIndex(1)  # 64 divides the tiny model's 128 / 256 inputs
-    method.out_edit.setText(str(tmp_path / "out"))
-    method._out_auto = False
+def page(tiny_method_page):
+    method, info = tiny_method_page
+    method.state.hardware = detect()
     method._changed()
     return method, info
 
