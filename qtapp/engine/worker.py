@@ -53,7 +53,9 @@ class EventWriter:
         self._lock = threading.Lock()
 
     def __call__(self, event: ev.Event) -> None:
-        line = ev.encode(event)
+        self.write_line(ev.encode(event))
+
+    def write_line(self, line: str) -> None:
         with self._lock:
             self._out.write(line + "\n")
             self._out.flush()
@@ -95,17 +97,17 @@ def execute(job: JobSpec, emit: Callable[[ev.Event], None],
     return 0
 
 
-def plan_main(job: JobSpec, out: TextIO) -> int:
-    """--plan: the probed plan of `job` as one JSON object on `out`."""
+def plan_main(job: JobSpec, write_line: Callable[[str], None]) -> int:
+    """--plan: the probed plan of `job` as one JSON line through `write_line`."""
     from qtapp.engine.planner import plan_job
     from qtapp.engine.sources import resolve_model
 
     try:
         plan = plan_job(job, resolve_model(job.model, allow_pickle=job.allow_pickle), probe=True)
     except UserError as e:
-        out.write(json.dumps({"error": str(e)}) + "\n")
+        write_line(json.dumps({"error": str(e)}))
         return 2
-    out.write(json.dumps({"plan": plan.to_dict()}) + "\n")
+    write_line(json.dumps({"plan": plan.to_dict()}))
     return 0
 
 
@@ -125,23 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", action="store_true",
                         help="print the job's plan (its first block timed) instead of running it")
     args = parser.parse_args(argv)
-    if args.plan:
-        try:
-            job = JobSpec.from_json(Path(args.job).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, UserError) as e:
-            print(json.dumps({"error": f"cannot read the job file {args.job}: {e}"}))
-            return 2
-        writer = EventWriter()  # libraries' prints go to stderr, the plan alone to fd 1
-        return plan_main(job, writer._out)
-    emit = EventWriter()
+    writer = EventWriter()  # fd 1 carries events (or the plan) alone; prints go to stderr
     try:
         job = JobSpec.from_json(Path(args.job).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        emit(ev.Failed(message=f"cannot read the job file {args.job}: {e}", kind="user"))
+    except (OSError, UnicodeDecodeError, UserError) as e:
+        message = (f"the job file {args.job} is invalid: {e}" if isinstance(e, UserError)
+                   else f"cannot read the job file {args.job}: {e}")
+        if args.plan:
+            writer.write_line(json.dumps({"error": message}))
+        else:
+            writer(ev.Failed(message=message, kind="user"))
         return 2
-    except UserError as e:
-        emit(ev.Failed(message=f"the job file {args.job} is invalid: {e}", kind="user"))
-        return 2
+    if args.plan:
+        return plan_main(job, writer.write_line)
+    emit = writer
     flag = CancelFlag()
     signal.signal(signal.SIGTERM, flag.set)
     signal.signal(signal.SIGINT, flag.set)
