@@ -43,12 +43,17 @@ def planned(common: list[str]) -> tuple[float, float]:
     return _gib(ram.group(1)), float(seconds)
 
 
-def measured(common: list[str]) -> tuple[float, float]:
+def measured(common: list[str]) -> tuple[float, float, str]:
+    """(peak RSS bytes, seconds, the stage in which the peak was reached)."""
     r = subprocess.run([*QUANTDESK, *common, "--json", "--ignore-plan"], capture_output=True,
                        text=True, check=True)
     result = [json.loads(line) for line in r.stdout.splitlines() if '"result"' in line][-1]
     m = result["summary"]["resources"]["measured"]
-    return float(m["peak_ram"]), float(m["seconds"])
+    stages = m.get("stage_peak_ram", {})
+    where = next((s for s, v in stages.items() if v >= m["peak_ram"]), "?")
+    steps = ", ".join(f"{s} {v / 2**20:,.0f}" for s, v in stages.items())
+    print(f"  stage peaks (MiB, cumulative): {steps}", file=sys.stderr, flush=True)
+    return float(m["peak_ram"]), float(m["seconds"]), where
 
 
 def main() -> int:
@@ -59,8 +64,8 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--no-eval", action="store_true")
     args = ap.parse_args()
-    print("| method | peak RSS predicted / measured | wall time predicted / measured |")
-    print("|---|---|---|")
+    print("| method | peak RSS predicted / measured | peak in | wall time predicted / measured |")
+    print("|---|---|---|---|")
     for method in args.methods.split(","):
         with tempfile.TemporaryDirectory(prefix="plan-vs-measured-") as tmp:
             common = ["quantize", "--model", args.model, "--method", method, "--out",
@@ -69,9 +74,9 @@ def main() -> int:
             if args.no_eval:
                 common.append("--no-eval")
             p_ram, p_s = planned(common)
-            m_ram, m_s = measured(common)
+            m_ram, m_s, where = measured(common)
         print(f"| {method} | {p_ram / 2**20:,.0f} / {m_ram / 2**20:,.0f} MiB "
-              f"({(p_ram / m_ram - 1) * 100:+.0f} %) | {p_s:.0f} / {m_s:.0f} s "
+              f"({(p_ram / m_ram - 1) * 100:+.0f} %) | {where} | {p_s:.0f} / {m_s:.0f} s "
               f"({(p_s / m_s - 1) * 100:+.0f} %) |", flush=True)
     return 0
 

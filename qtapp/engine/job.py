@@ -129,6 +129,7 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
     """Run `job`; `tokens` (n, L) replaces the calibration sampling (benchmarks use it)."""
     t0 = time.perf_counter()
     job.validate()
+    emit, stage_peaks = _tracking_stage_peaks(emit)
     out = Path(job.out).expanduser().resolve()
     info = resolve_model(job.model, allow_pickle=job.allow_pickle)
     check_output_path(out, info.path, job.overwrite)
@@ -176,14 +177,47 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     from qtapp.engine.planner import peak_rss  # of this process: the worker runs one job
 
+    stage_peaks.finish()
     summary["resources"] = {"predicted": predicted, "measured": {
-        "peak_ram": peak_rss(), "seconds": summary["seconds"]}}
+        "peak_ram": peak_rss(), "seconds": summary["seconds"],
+        "stage_peak_ram": dict(stage_peaks.peaks)}}
     for f in summary.get("files", []):
         p = out / f
         if p.exists():
             emit(ev.Artifact(path=str(p), kind=p.suffix.lstrip(".") or "file",
                              bytes=p.stat().st_size))
     return summary
+
+
+class _StagePeaks:
+    """Peak RSS of the process at the end of each progress stage (ru_maxrss only grows, so
+    the first stage whose figure equals the job's peak is where the peak happened)."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, int] = {}
+        self.stage: str | None = None
+
+    def see(self, stage: str) -> None:
+        if stage != self.stage:
+            self.finish()
+            self.stage = stage
+
+    def finish(self) -> None:
+        from qtapp.engine.planner import peak_rss
+
+        if self.stage is not None:
+            self.peaks[self.stage] = peak_rss()
+
+
+def _tracking_stage_peaks(emit: Emit) -> tuple[Emit, _StagePeaks]:
+    peaks = _StagePeaks()
+
+    def tracked(e: ev.Event) -> None:
+        if isinstance(e, ev.Progress):
+            peaks.see(e.stage)
+        emit(e)
+
+    return tracked, peaks
 
 
 def _resource_plan(job: JobSpec, info: ModelInfo, out: Path, emit: Emit) -> dict[str, Any]:

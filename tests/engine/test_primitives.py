@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qtapp.engine import primitives
 from qtapp.engine.primitives import (
     QuantizedWeight,
     default_g_idx,
     pack_int32,
+    qparams_from_range,
+    qparams_mse,
+    qparams_mse_grouped,
     quantize_weight,
     unpack_int32,
 )
@@ -134,3 +138,47 @@ def test_pack_unpack_round_trip(bits: int, dim: int) -> None:
 def test_pack_rejects_bits_that_do_not_fit_a_word() -> None:
     with pytest.raises(ValueError, match="5-bit"):
         pack_int32(torch.zeros(8, 1, dtype=torch.uint8), 5, dim=0)
+
+
+def _mse_reference(wg: torch.Tensor, bits: int, sym: bool, grid: int = 100,
+                   max_shrink: float = 0.8, norm: float = 2.4):
+    """The GPTQ reference's find_params(mse=True) search, one shrink factor at a time."""
+    wmin, wmax = wg.amin(dim=0), wg.amax(dim=0)
+    best_s, best_z = qparams_from_range(wmin, wmax, bits, sym)
+    best_err = torch.full_like(best_s, float("inf"))
+    for i in range(int(max_shrink * grid)):
+        p = 1 - i / grid
+        s, z = qparams_from_range(p * wmin, p * wmax, bits, sym)
+        q = torch.clamp(torch.round(wg / s) + z, 0, 2**bits - 1)
+        err = (s * (q - z) - wg).abs().pow(norm).sum(dim=0)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_s = torch.where(better, s, best_s)
+        best_z = torch.where(better, z, best_z)
+    return best_s, best_z
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("chunk_elements", [1, 5000, 2**24])
+def test_mse_search_matches_the_reference_loop(bits, sym, chunk_elements, monkeypatch):
+    """Batched shrink factors (any chunking) pick the reference's scale and zero."""
+    monkeypatch.setattr(primitives, "MSE_CHUNK_ELEMENTS", chunk_elements)
+    wg = _weight(n=64, k=48, seed=bits).T.contiguous()  # (G=48, N=64), zero groups included
+    s, z = qparams_mse(wg, bits, sym)
+    s_ref, z_ref = _mse_reference(wg, bits, sym)
+    assert torch.equal(z, z_ref)
+    assert torch.allclose(s, s_ref, rtol=1e-6, atol=0)
+    if bits <= 4:  # the search is not idle: it shrinks some columns' ranges below min/max
+        s_minmax, _ = qparams_from_range(wg.amin(dim=0), wg.amax(dim=0), bits, sym)
+        assert (s < s_minmax * 0.999).any()
+
+
+def test_mse_grouped_equals_one_search_per_group():
+    wt = _weight(n=40, k=200, seed=3).T.contiguous()  # (K=200, N=40): 3 groups of 64 + 8
+    s, z = qparams_mse_grouped(wt, 64, 4, False)
+    assert s.shape == z.shape == (4, 40)
+    for g in range(4):
+        s_g, z_g = qparams_mse(wt[g * 64:(g + 1) * 64], 4, False)
+        assert torch.allclose(s[g], s_g, rtol=1e-6, atol=0)
+        assert torch.equal(z[g], z_g)
