@@ -27,18 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_quantize import build_random_llama  # noqa: E402
+from gpu_quantize import build_random_llama
 
-from qtapp.engine.config import GPTQOptions, QuantScheme  # noqa: E402
-from qtapp.engine.methods.gptq import HessianAccumulator, gptq_quantize  # noqa: E402
-from qtapp.engine.pipeline import (  # noqa: E402
+from qtapp.engine.config import GPTQOptions, QuantScheme
+from qtapp.engine.methods.gptq import HessianAccumulator, gptq_quantize
+from qtapp.engine.pipeline import (
     LayerStreamer,
     _gpu_precision,
     collect_hessians,
     forward_block,
 )
-from qtapp.engine.primitives import qparams_from_range, qparams_mse  # noqa: E402
-from qtapp.engine.sources import resolve_model  # noqa: E402
+from qtapp.engine.primitives import qparams_from_range, qparams_mse
+from qtapp.engine.sources import resolve_model
 
 GROUPS = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
           ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
@@ -105,14 +105,16 @@ def main() -> None:
         block = streamer.materialize(streamer.blocks[0], streamer.block_prefix(0))
         timed(lambda: forward_block(block, inputs), device)  # warm-up
         for names in GROUPS:
-            t_sh, shared = timed(lambda: collect_hessians(block, names, inputs), device)
-            t_sep, _ = timed(lambda: separate_hessians(block, names, inputs), device)
+            t_sh, shared = timed(lambda n=names: collect_hessians(block, n, inputs), device)
+            t_sep, _ = timed(lambda n=names: separate_hessians(block, n, inputs), device)
             H = shared[names[0]].H
             Ws = [block.get_submodule(n).weight.data.float() for n in names]
             for mse in (True, False):
                 opts = GPTQOptions(mse=mse)
-                t_stack, _ = timed(lambda: gptq_quantize(torch.cat(Ws), H, scheme, opts), device)
-                t_each, _ = timed(lambda: [gptq_quantize(W, H, scheme, opts) for W in Ws], device)
+                t_stack, _ = timed(lambda Ws=Ws, H=H, o=opts: gptq_quantize(torch.cat(Ws), H, scheme,
+                                                                            o), device)
+                t_each, _ = timed(lambda Ws=Ws, H=H, o=opts: [gptq_quantize(W, H, scheme, o)
+                                                              for W in Ws], device)
                 rows.append((" + ".join(n.split(".")[-1] for n in names), mse, t_sh, t_sep,
                              t_stack, t_each))
         t_fwd, _ = timed(lambda: forward_block(block, inputs, out=None), device)

@@ -69,7 +69,6 @@ def qparams_mse(
     most of the sweep's time.
     """
     wg = wg.float()
-    G, N = wg.shape
     wmin, wmax = wg.amin(dim=0), wg.amax(dim=0)
     best_s, best_z = qparams_from_range(wmin, wmax, bits, sym)
     best_err = torch.full_like(best_s, float("inf"))

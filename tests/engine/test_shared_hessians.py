@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from qtapp.engine import pipeline
 from qtapp.engine.config import GPTQOptions, JobSpec, QuantScheme
 from qtapp.engine.methods.gptq import HessianAccumulator, gptq_quantize
 from qtapp.engine.pipeline import BlockQuantizer, LayerStreamer, collect_hessians
@@ -82,8 +83,6 @@ def test_block_quantizer_stacks_only_linears_with_the_same_scheme(tiny_llama_dir
     })
     events = []
     sweeps = []
-    import qtapp.engine.pipeline as pipeline
-
     real = pipeline.gptq_quantize
 
     def counting(W, H, scheme, options):
