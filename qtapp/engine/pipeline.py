@@ -34,7 +34,12 @@ from qtapp.engine.attention import gpu_attention
 from qtapp.engine.batching import first_output, fit_batch
 from qtapp.engine.config import JobSpec, QuantScheme
 from qtapp.engine.errors import Cancelled, UserError
-from qtapp.engine.methods.gptq import HessianAccumulator, gptq_quantize, relative_output_error
+from qtapp.engine.methods.gptq import (
+    HessianAccumulator,
+    gptq_quantize,
+    relative_output_error,
+    release_graphs,
+)
 from qtapp.engine.methods.rtn import rtn
 from qtapp.engine.primitives import QuantizedWeight
 from qtapp.engine.qstore import QuantStore
@@ -432,6 +437,7 @@ def quantize_blocks(
             _quantize_streamed(streamer, quantizer, inputs, store, done, emit, should_cancel)
     finally:
         streamer.close()
+        release_graphs()
 
 
 def _quantize_streamed(streamer: LayerStreamer, quantizer: BlockQuantizer, inputs: BlockInputs,

@@ -13,6 +13,7 @@ Granularity: group_size > 0 (groups of input columns), −1 (one group per outpu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,14 @@ def qparams_from_range(
 MSE_CHUNK_ELEMENTS = 2**24  # trial grids searched at once: (shrinks, G, N) floats, 64 MiB
 
 
+@functools.cache
+def _shrink_factors(steps: int, grid: int, device: torch.device) -> torch.Tensor:
+    """p = 1 − i/grid for i < steps, float32 on `device` (made once: GPTQ captures its
+    column sweep, range search included, as a CUDA graph, where no host copy may happen)."""
+    return torch.tensor([1 - i / grid for i in range(steps)], dtype=torch.float32,
+                        device=device)
+
+
 def qparams_mse(
     wg: torch.Tensor, bits: int, sym: bool, grid: int = 100, max_shrink: float = 0.8,
     norm: float = 2.4,
@@ -73,9 +82,7 @@ def qparams_mse(
     best_s, best_z = qparams_from_range(wmin, wmax, bits, sym)
     best_err = torch.full_like(best_s, float("inf"))
     maxq = 2**bits - 1
-    steps = max(1, int(max_shrink * grid))
-    ps = torch.tensor([1 - i / grid for i in range(steps)], dtype=torch.float32,
-                      device=wg.device)
+    ps = _shrink_factors(max(1, int(max_shrink * grid)), grid, wg.device)
     chunk = max(1, MSE_CHUNK_ELEMENTS // max(1, wg.numel()))
     for pc in ps.split(chunk):
         s, z = qparams_from_range(pc[:, None] * wmin, pc[:, None] * wmax, bits, sym)  # (c, N)
@@ -188,7 +195,7 @@ class QuantizedWeight:
         """Output rows [start, stop): the part of a weight quantized with others stacked."""
         return QuantizedWeight(
             self.q[start:stop].contiguous(), self.scale[start:stop].contiguous(),
-            self.zero[start:stop].contiguous(), self.g_idx, self.bits, self.group_size,
+            self.zero[start:stop].contiguous(), self.g_idx.clone(), self.bits, self.group_size,
             self.sym,
         )
 

@@ -288,6 +288,35 @@ def test_cuda_matches_cpu(H: torch.Tensor) -> None:
     assert acc.H.is_cuda
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("options", [GPTQOptions(), _plain(), GPTQOptions(act_order=True,
+                                     static_groups=True)], ids=["mse", "plain", "static"])
+@pytest.mark.parametrize("group", [32, -1])
+def test_cuda_graph_sweep_equals_eager_sweep(H, options, group, monkeypatch) -> None:
+    """The captured column sweep (replayed for every block after the first) gives the
+    eager sweep's codes and scales exactly."""
+    from qtapp.engine.methods import gptq
+
+    W, scheme = _weight().cuda(), QuantScheme(4, group, True)
+    opts = GPTQOptions(**{**options.__dict__, "blocksize": 64})  # 4 blocks of 64 columns
+    gptq.release_graphs()
+    monkeypatch.setenv("QUANTDESK_GPTQ_GRAPHS", "0")
+    eager = gptq_quantize(W, H.cuda(), scheme, opts)
+    monkeypatch.setenv("QUANTDESK_GPTQ_GRAPHS", "1")
+    graphed = gptq_quantize(W, H.cuda(), scheme, opts)
+    assert len(gptq._GRAPHS) == 1 and not gptq._graphs_broken
+    again = gptq_quantize(W * 1.5, H.cuda(), scheme, opts)  # replays only, new inputs
+    assert torch.equal(graphed.q, eager.q)
+    assert torch.equal(graphed.scale, eager.scale)
+    assert torch.equal(graphed.zero, eager.zero)
+    monkeypatch.setenv("QUANTDESK_GPTQ_GRAPHS", "0")
+    eager_again = gptq_quantize(W * 1.5, H.cuda(), scheme, opts)
+    assert torch.equal(again.q, eager_again.q)
+    assert torch.equal(again.scale, eager_again.scale)
+    gptq.release_graphs()
+
+
 # (d) real activations -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

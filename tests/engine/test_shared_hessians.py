@@ -107,3 +107,10 @@ def test_block_quantizer_stacks_only_linears_with_the_same_scheme(tiny_llama_dir
     assert {e.module.split(".")[-1]: e.bits for e in layers}["k_proj"] == 8
     assert report.modules["self_attn.k_proj"].bits == 8
     assert report.modules["self_attn.q_proj"].q.shape == (q, 64)
+    # the parts of a stacked sweep are separate tensors: a checkpoint can save them
+    from qtapp.engine.qstore import QuantStore
+
+    store = QuantStore(tmp_path / "store", fingerprint="test")
+    store.save_block(0, report.modules, report.meta, report.floats)
+    loaded, _meta, _floats = store.load_block(0)
+    assert torch.equal(loaded["self_attn.v_proj"].q, report.modules["self_attn.v_proj"].q)
