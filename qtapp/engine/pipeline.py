@@ -244,13 +244,15 @@ def collect_hessians(block: nn.Module, names: list[str], inputs: BlockInputs,
                      ) -> dict[str, HessianAccumulator]:
     """Accumulate H = 2/n Σ x xᵀ for each named linear over the calibration set.
 
-    Each mini-batch's forward stops as soon as every named linear has seen its input: the
-    rest of the block would only compute outputs nobody reads (true-sequential GPTQ runs
-    this once per group, so this saves most of the block's forward for q/k/v and gate/up).
-
     Linears that are called on the very same input tensor (q/k/v on the normed hidden
     states, gate/up) share one accumulator object: their H is the same, so it is summed
-    once. The sharing is decided on the first mini-batch and checked on every other one.
+    once. The sharing is seen on the first mini-batch.
+
+    Inputs are taken before each linear runs (forward pre-hooks), and each mini-batch's
+    forward stops as soon as every named linear has its input: the rest of the block would
+    only compute outputs nobody reads. True-sequential GPTQ runs this once per group, so on
+    later mini-batches the q/k/v pass computes only the norm, gate/up stops before the FFN
+    and down before its own product (about a third less forward work per block on a CPU).
     """
     acc = {n: HessianAccumulator(_linear(block, n).in_features, inputs.x.device) for n in names}
     shares: dict[str, str] = {}  # name → the earlier name whose input it gets
@@ -271,13 +273,13 @@ def collect_hessians(block: nn.Module, names: list[str], inputs: BlockInputs,
             acc[name].add_batch(x.detach())
         seen.append((name, x))
         pending.discard(name)
+        if not first_batch:  # the linears that share this input need not be waited for
+            pending.difference_update([n for n, target in shares.items() if target == name])
         if not pending:
             raise _StopForward
 
     hooks = [
-        _linear(block, n).register_forward_hook(
-            lambda _m, args, _out, n=n: hook(n, args[0])
-        )
+        _linear(block, n).register_forward_pre_hook(lambda _m, args, n=n: hook(n, args[0]))
         for n in names
     ]
     try:

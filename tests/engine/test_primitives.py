@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -162,8 +164,10 @@ def _mse_reference(wg: torch.Tensor, bits: int, sym: bool, grid: int = 100,
 @pytest.mark.parametrize("sym", [True, False])
 @pytest.mark.parametrize("chunk_elements", [1, 5000, 2**24])
 def test_mse_search_matches_the_reference_loop(bits, sym, chunk_elements, monkeypatch):
-    """Batched shrink factors (any chunking) pick the reference's scale and zero."""
+    """Batched shrink factors (any chunking), every one tried, pick the reference's scale
+    and zero."""
     monkeypatch.setattr(primitives, "MSE_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(primitives, "MSE_COARSE_STRIDE", 1)
     wg = _weight(n=64, k=48, seed=bits).T.contiguous()  # (G=48, N=64), zero groups included
     s, z = qparams_mse(wg, bits, sym)
     s_ref, z_ref = _mse_reference(wg, bits, sym)
@@ -182,3 +186,37 @@ def test_mse_grouped_equals_one_search_per_group():
         s_g, z_g = qparams_mse(wt[g * 64:(g + 1) * 64], 4, False)
         assert torch.allclose(s[g], s_g, rtol=1e-6, atol=0)
         assert torch.equal(z[g], z_g)
+
+
+def _pow_error(wg, s, z, bits):
+    q = torch.clamp(torch.round(wg / s) + z, 0, 2**bits - 1)
+    return (s * (q - z) - wg).abs().pow(2.4).sum(dim=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("bits", "sym"), [(4, True), (4, False), (3, False), (2, False)])
+def test_coarse_to_fine_search_finds_the_reference_range_on_real_weights(demo_dir, bits, sym):
+    """Every 4th shrink factor, then the neighbours of the best: on two real blocks of the
+    demo (every group of 64 of every linear) the same range as trying all 80 for ≥ 98 % of
+    the groups (measured 98.7-99.4 %), and the same total error to 0.2 %."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for f in sorted(Path(demo_dir).glob("*.safetensors")):
+        weights.update({k: v for k, v in load_file(f).items()
+                        if k.endswith("proj.weight") and (".3." in k or ".20." in k)})
+    assert len(weights) == 14
+    same = total = 0
+    err, err_ref = 0.0, 0.0
+    for W in weights.values():
+        wt = W.float().T.contiguous()
+        K, N = wt.shape
+        side = wt[:K // 64 * 64].reshape(K // 64, 64, N).transpose(0, 1).reshape(64, -1)
+        s, z = qparams_mse(side, bits, sym)
+        s_ref, z_ref = _mse_reference(side, bits, sym)
+        same += int(((s == s_ref) & (z == z_ref)).sum())
+        total += s.numel()
+        err += float(_pow_error(side, s, z, bits).sum())
+        err_ref += float(_pow_error(side, s_ref, z_ref, bits).sum())
+    assert same / total >= 0.98
+    assert err_ref <= err <= err_ref * 1.002

@@ -56,6 +56,27 @@ def test_linears_on_one_input_share_an_accumulator(tiny_llama_dir):
         torch.testing.assert_close(shared[n].H, separate[n], rtol=1e-5, atol=1e-6)
 
 
+def test_hessian_passes_stop_before_the_products_nobody_reads(tiny_llama_dir):
+    """After the first mini-batch has shown which linears share an input, the q/k/v pass
+    stops before q's product and the down pass before down's."""
+    _info, streamer, block, inputs = _first_block(tiny_llama_dir)
+    ran: list[str] = []
+    names = [*ATTN_IN, "mlp.down_proj"]
+    hooks = [block.get_submodule(n).register_forward_hook(
+        lambda _m, _a, _o, n=n: ran.append(n)) for n in names]
+    try:
+        collect_hessians(block, ATTN_IN, inputs)
+        qkv_runs = list(ran)
+        ran.clear()
+        collect_hessians(block, ["mlp.down_proj"], inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        streamer.close()
+    assert qkv_runs == ATTN_IN[:2]  # the first of three mini-batches, stopped before v
+    assert ran == ATTN_IN * 3  # the whole attention ran each time, down_proj never
+
+
 def test_stacked_sweep_equals_one_sweep_per_weight():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(4096, 128, generator=g) @ torch.randn(128, 128, generator=g)  # correlated
