@@ -53,6 +53,8 @@ def measured(common: list[str]) -> tuple[float, float, str]:
     where = next((s for s, v in stages.items() if v >= m["peak_ram"]), "?")
     steps = ", ".join(f"{s} {v / 2**20:,.0f}" for s, v in stages.items())
     print(f"  stage peaks (MiB, cumulative): {steps}", file=sys.stderr, flush=True)
+    times = ", ".join(f"{s} {v:.0f}" for s, v in m.get("stage_seconds", {}).items())
+    print(f"  stage seconds: {times}", file=sys.stderr, flush=True)
     return float(m["peak_ram"]), float(m["seconds"]), where
 
 

@@ -180,7 +180,7 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
     stage_peaks.finish()
     summary["resources"] = {"predicted": predicted, "measured": {
         "peak_ram": peak_rss(), "seconds": summary["seconds"],
-        "stage_peak_ram": dict(stage_peaks.peaks)}}
+        "stage_peak_ram": dict(stage_peaks.peaks), "stage_seconds": dict(stage_peaks.seconds)}}
     for f in summary.get("files", []):
         p = out / f
         if p.exists():
@@ -191,11 +191,14 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
 
 class _StagePeaks:
     """Peak RSS of the process at the end of each progress stage (ru_maxrss only grows, so
-    the first stage whose figure equals the job's peak is where the peak happened)."""
+    the first stage whose figure equals the job's peak is where the peak happened), and the
+    seconds each stage took."""
 
     def __init__(self) -> None:
         self.peaks: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
         self.stage: str | None = None
+        self.t0 = time.perf_counter()
 
     def see(self, stage: str) -> None:
         if stage != self.stage:
@@ -205,8 +208,11 @@ class _StagePeaks:
     def finish(self) -> None:
         from qtapp.engine.planner import peak_rss
 
+        now = time.perf_counter()
         if self.stage is not None:
             self.peaks[self.stage] = peak_rss()
+            self.seconds[self.stage] = round(self.seconds.get(self.stage, 0) + now - self.t0, 2)
+        self.t0 = now
 
 
 def _tracking_stage_peaks(emit: Emit) -> tuple[Emit, _StagePeaks]:

@@ -22,8 +22,9 @@ temporary = the block checkpoint (≈ final) plus the hidden output folder (fina
 
 Time: setup (measured or 0) + first block + (n_layers − 1) · seconds per block (measured,
 or from FLOPs at this machine's measured matmul rate) + export (final / 200 MB/s) +
-evaluation (2 passes of the evaluation text, 2·P FLOPs per token, plus 2 × 144 greedy tokens
-reading P·4 bytes each at 5 GB/s).
+evaluation on the CPU (a pass over the evaluation text, 2·P FLOPs per token, and 144 greedy
+tokens reading P·4 bytes each at 5 GB/s, for the quantized model, and for the source too
+when its distributions are not cached yet).
 
 A plan that does not fit (RAM beyond advisor.RAM_USABLE of the total, VRAM beyond
 advisor.VRAM_USABLE, disk beyond the free space) lists the problems with the numbers and
@@ -170,6 +171,18 @@ def _block_seconds_estimate(job: JobSpec, shape: A.ModelShape, flops: float) -> 
     return forward * factor / flops
 
 
+def evaluation_seconds(info: ModelInfo, shape: A.ModelShape, cpu_flops: float) -> float:
+    """The quality gate (on the CPU): a pass over the evaluation text and the generation
+    check for the quantized model, and for the source too unless its distributions are
+    cached (they are after the first job on a model)."""
+    from qtapp.engine.quality import source_is_cached
+
+    models = 1 if source_is_cached(info.path) else 2
+    per_model = (EVAL_TOKENS * 2 * shape.n_params / cpu_flops
+                 + GENERATED_TOKENS / 2 * shape.n_params * 4 / MEMORY_BYTES_PER_S)
+    return models * per_model
+
+
 def peak_rss() -> int:
     """Peak resident memory of this process so far, bytes."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -232,7 +245,8 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
     ram, vram = memory(job, info, gpu is not None)
     final = final_bytes(job, shape)
     temp = 2 * final if job.method != "gguf" else final
-    flops = matmul_flops() * (20 if gpu is not None else 1)
+    cpu_flops = matmul_flops()
+    flops = cpu_flops * (20 if gpu is not None else 1)
     setup, per_block, probed = 0.0, _block_seconds_estimate(job, shape, flops), False
     first_block = per_block
     if job.method == "gguf" and job.gguf.imatrix != "auto":
@@ -246,8 +260,7 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
     seconds = (setup + first_block + max(shape.n_layers - 1, 0) * per_block
                + final / EXPORT_BYTES_PER_S)
     if job.evaluate:
-        seconds += (2 * EVAL_TOKENS * 2 * shape.n_params / flops
-                    + GENERATED_TOKENS * shape.n_params * 4 / MEMORY_BYTES_PER_S)
+        seconds += evaluation_seconds(info, shape, cpu_flops)
     target = Path(out or job.out).expanduser().resolve()
     while not target.exists() and target != target.parent:
         target = target.parent

@@ -134,13 +134,28 @@ class _Scorer:
 
 
 class _TorchScorer(_Scorer):
+    """A Hugging Face folder (plain or quantized). The model is loaded when first needed:
+    a source whose distributions are cached is only tokenized, so a quality gate does not
+    hold the source's float weights (the whole model in float32) beside the quantized
+    model's, nor spend their load time."""
+
     def __init__(self, path: Path) -> None:
-        from qtapp.engine.loader import load_dequantized
+        from qtapp.engine.loader import _load_tokenizer
 
         if not (path / "config.json").exists():
             raise UserError(f"{path} is neither a model folder (no config.json) nor a .gguf "
                             "file; give what QuantDesk wrote or a Hugging Face folder")
-        self.model, self.tokenizer = load_dequantized(path)
+        self.path = path
+        self.tokenizer = _load_tokenizer(path)
+        self._model: Any = None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from qtapp.engine.loader import load_dequantized
+
+            self._model, _tokenizer = load_dequantized(self.path)
+        return self._model
 
     def token_ids(self, text: str) -> tuple[list[int], int | None]:
         from qtapp.engine.calibration import tokenize
@@ -165,7 +180,7 @@ class _TorchScorer(_Scorer):
         return check_torch(self.model, tok) if tok is not None else []
 
     def close(self) -> None:
-        self.model = None
+        self._model = None
 
 
 class _LlamaScorer(_Scorer):
@@ -264,6 +279,28 @@ def _source_pass(scorer: _Scorer, w: np.ndarray, generation: bool, progress: Pro
         parts.append(K.summarize(*_scored(window, scorer.logits(window))))
     checks = scorer.generate() if generation else []
     return K.SourceDistributions.concat(parts), checks
+
+
+def source_is_cached(source: Path, ctx: int = DEFAULT_CTX, text: str | None = None) -> bool:
+    """Whether `source`'s distributions and generation check on the evaluation text are in
+    the cache (then a quality gate runs only the quantized model). Tokenizes the text; a
+    folder's model is not loaded. False when that cannot be told."""
+    from qtapp.engine.calibration import builtin_eval_text
+
+    text = builtin_eval_text() if text is None else text
+    try:
+        scorer = _open(Path(source), ctx)
+    except (UserError, OSError, ValueError):
+        return False
+    try:
+        ids, bos = scorer.token_ids(text)
+        file = _cache_file(Path(source), windows(ids, ctx, bos), ctx)
+        saved = json.loads(file.with_suffix(".json").read_text(encoding="utf-8"))
+        return file.exists() and bool(saved.get("generation"))
+    except (UserError, OSError, ValueError, AttributeError):
+        return False
+    finally:
+        scorer.close()
 
 
 def source_distributions(source: Path, ctx: int = DEFAULT_CTX, text: str | None = None,
