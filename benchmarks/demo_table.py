@@ -3,11 +3,12 @@
 method, bits, group, size on disk, perplexity on the built-in evaluation text, wall time
 (quantization only, and the whole job), peak RSS of the job's process.
 
-    python benchmarks/demo_table.py [--samples 128] [--rows bf16,rtn-w4g64,...] [--degrid]
+    python benchmarks/demo_table.py [--samples 128] [--rows rtn-w4g64,...] [--model DIR]
 
 Rows run in their own processes (benchmarks/run_one.py) so that peak RSS is per row.
-`--degrid` uses the de-gridded copy of the demo (benchmarks/degrid.py): its weights are
-no longer on the Q4_1 grid they were shipped in, so methods are compared fairly.
+The bf16 source is always the first row. Give `--model` the de-gridded copy of the demo
+(benchmarks/degrid.py) to compare methods fairly: its weights are no longer on the Q4_1
+grid they were shipped in.
 """
 
 from __future__ import annotations

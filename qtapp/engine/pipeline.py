@@ -167,11 +167,16 @@ class LayerStreamer:
         """Give a meta module real weights from the safetensors files (prefix 'model.layers.3.')."""
         pending = self._pending.pop(prefix, None)
         state = pending.result() if pending is not None else self._read(prefix)
-        module.to_empty(device=self.device)
-        missing, _unexpected = module.load_state_dict(
-            {k: v.to(self.device, non_blocking=True).to(self.dtype) for k, v in state.items()},
-            strict=False,
-        )
+        module.to_empty(device=self.device)  # untouched memory: costs no RSS until written
+        # Each source tensor is dropped as soon as it is converted, and the converted tensors
+        # become the parameters (assign) instead of being copied into the empty ones: the
+        # old way held the source, its conversion and the written copy at once (for the 1B
+        # shape's float32 embeddings, 200 + 400 + 400 MB).
+        converted = {}
+        for k in list(state):
+            converted[k] = state.pop(k).to(self.device, non_blocking=True).to(self.dtype)
+        missing, _unexpected = module.load_state_dict(converted, strict=False, assign=True)
+        del converted
         missing = [m for m in missing if not m.endswith("inv_freq")]
         if missing:
             raise UserError(f"the model files lack weights for {prefix}{missing[0]} "

@@ -43,6 +43,12 @@ def test_memory_follows_the_documented_formulas():
                                        + 3 * 512 * 32000 * 4, rel=1e-3)  # the whole model
     ram_gpu, vram_gpu = memory(job, info, gpu=True)
     assert vram_gpu == work and ram_gpu < ram
+    # GGUF: the file is mapped, and llama.cpp's output buffer and llama-cpp-python's scores
+    # come on top of the three logits-sized arrays of the comparison
+    gguf = JobSpec.from_dict({"model": "x", "method": "gguf", "out": "o",
+                              "gguf": {"type": "Q4_K_M", "imatrix": "none"}})
+    assert memory(gguf, info, gpu=False)[0] == pytest.approx(
+        BASE_RSS + info.n_params * 4.85 / 8 + 5 * 512 * 32000 * 4, rel=1e-3)
 
 
 def test_a_plan_that_does_not_fit_says_so_with_numbers_and_fixes(tmp_path):
@@ -82,7 +88,7 @@ def test_cli_dry_run_times_one_block(tiny_llama_dir, tmp_path, capsys):
     assert main(["quantize", "--model", str(tiny_llama_dir), "--method", "gptq", "--out",
                  str(out), "--samples", "4", "--seq-len", "32", "--dry-run"]) == 0
     captured = capsys.readouterr()
-    assert "timed on one block" in captured.err and "peak RAM" in captured.err
+    assert "timed on its first blocks" in captured.err and "peak RAM" in captured.err
     assert JobSpec.from_json(captured.out).method == "gptq"
     assert not out.exists()
 
@@ -97,4 +103,11 @@ def test_a_job_records_predicted_against_measured(tiny_llama_dir, tmp_path):
     r = summary["resources"]
     assert r["predicted"]["final_disk"] > 0 and r["predicted"]["peak_ram"] > BASE_RSS
     assert r["measured"]["peak_ram"] > 0 and r["measured"]["seconds"] == summary["seconds"]
+    # where the peak happened and how long each stage took, for plan-vs-measured tables
+    stages = r["measured"]["stage_peak_ram"]
+    assert list(stages) == ["calibration", "quantize", "export"]
+    assert max(stages.values()) <= r["measured"]["peak_ram"]
+    assert list(stages.values()) == sorted(stages.values())  # ru_maxrss only grows
+    assert set(r["measured"]["stage_seconds"]) == set(stages)
+    assert sum(r["measured"]["stage_seconds"].values()) <= summary["seconds"]
     assert Path(summary["out"]).is_dir()

@@ -12,7 +12,7 @@ import torch
 from qtapp.engine import kld as K
 from qtapp.engine.errors import UserError
 from qtapp.engine.gencheck import flags_of
-from qtapp.engine.quality import THRESHOLDS, judge, quality_report, windows
+from qtapp.engine.quality import THRESHOLDS, judge, quality_report, source_is_cached, windows
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 40
         + "Pack my box with five dozen liquor jugs. " * 40)
@@ -126,7 +126,10 @@ def test_report_of_a_copy_is_good_and_the_source_pass_is_cached(tiny_llama_dir, 
     monkeypatch.setenv("QUANTDESK_CACHE", str(tmp_path / "cache"))
     copy = shutil.copytree(tiny_llama_dir, tmp_path / "copy")
     seen: list[str] = []
+    assert not source_is_cached(tiny_llama_dir, ctx=64, text=TEXT)
     r = quality_report(copy, tiny_llama_dir, ctx=64, text=TEXT, progress=seen.append)
+    assert source_is_cached(tiny_llama_dir, ctx=64, text=TEXT)
+    assert not source_is_cached(tiny_llama_dir, ctx=32, text=TEXT)  # another window size
     assert r.kld_mean < 1e-6 and r.top1_agree == 100.0
     assert r.ppl == pytest.approx(r.ppl_source, rel=1e-5)
     assert r.positions == len(TEXT.encode()) // 64 * 31
