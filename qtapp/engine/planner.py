@@ -188,7 +188,8 @@ def evaluation_seconds(job: JobSpec, info: ModelInfo, shape: A.ModelShape,
         return (EVAL_TOKENS * 2 * shape.n_params / flops
                 + GENERATED_TOKENS / 2 * shape.n_params * 4 / MEMORY_BYTES_PER_S)
 
-    source = 0.0 if source_is_cached(info.path) else one(cpu_flops)
+    path = getattr(info, "path", None)  # plans for a config alone (compatibility) have none
+    source = 0.0 if path is not None and source_is_cached(path) else one(cpu_flops)
     return source + one(cpu_flops * (LLAMA_CPP_EVAL_RATE if job.method == "gguf" else 1))
 
 
