@@ -49,12 +49,15 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, ctx: int = DEFAULT_CTX,
 
 
 def folder_size(path: Path) -> int:
-    """Bytes of the weight files of an output (safetensors, gguf)."""
+    """Bytes of a model's weight files (safetensors, gguf): the files at the top of the
+    folder, so that side data is not counted as model (AWQ's saved search under
+    awq_search/, a GGUF job's imatrix.gguf)."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*")
-               if p.is_file() and p.suffix in (".safetensors", ".gguf"))
+    return sum(p.stat().st_size for p in path.iterdir()
+               if p.is_file() and p.suffix in (".safetensors", ".gguf")
+               and not p.name.startswith("imatrix"))
 
 
 def model_perplexity(path: Path, ctx: int = DEFAULT_CTX, text: str | None = None) -> float:

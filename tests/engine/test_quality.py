@@ -201,3 +201,17 @@ def test_demo_rtn_verdicts(demo_dir, demo_text, tmp_path, bits, group_size, verd
         assert r.kld_mean < 0.02 and r.top1_agree > 95
     else:
         assert r.kld_mean > THRESHOLDS.broken_kld
+
+
+def test_folder_size_counts_the_model_files_not_side_data(tmp_path):
+    """AWQ's saved search (awq_search/) and a GGUF job's imatrix.gguf are not model size."""
+    from qtapp.engine.evaluate import folder_size
+
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"x" * 100)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"x" * 20)
+    (tmp_path / "imatrix.gguf").write_bytes(b"x" * 30)
+    (tmp_path / "README.md").write_bytes(b"x" * 7)
+    (tmp_path / "awq_search").mkdir()
+    (tmp_path / "awq_search" / "search.safetensors").write_bytes(b"x" * 50)
+    assert folder_size(tmp_path) == 120
+    assert folder_size(tmp_path / "imatrix.gguf") == 30  # a file is its own size
