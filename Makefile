@@ -1,4 +1,5 @@
-# QuantDesk: `make run` sets up and opens the app; `make test` sets up and runs all tests.
+# QuantDesk: `make run` sets up and opens the app; `make test` sets up and runs the fast tests
+# (everything not marked slow); `make test-all` runs every test, as CI does with `make lint`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.13.0
 export QUANTDESK_CACHE ?= $(CURDIR)/.cache/quantdesk
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test test-all lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,14 +23,20 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(PY) -m qtapp
 
+TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 QT_QPA_PLATFORM=offscreen
+
 test: setup
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+	$(TEST_ENV) $(PY) -m pytest -q -m "not slow"
+
+test-all: setup
+	$(TEST_ENV) $(PY) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check qtapp tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/demo_table.py
 
 clean:
-	rm -rf $(VENV) .cache build dist *.egg-info
+	rm -rf $(VENV) .cache .import_linter_cache build dist *.egg-info

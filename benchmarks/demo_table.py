@@ -1,4 +1,4 @@
-"""The seed-style table for the demo model (SmolLM2-135M-Instruct).
+"""The method-comparison table for the demo model (SmolLM2-135M-Instruct).
 
 method, bits, group, size on disk, perplexity on the built-in evaluation text, wall time
 (quantization only, and the whole job), peak RSS of the job's process.

@@ -14,6 +14,7 @@ from qtapp import __version__
 from qtapp.engine.errors import UserError
 
 COMMANDS = ("quantize", "eval", "chat", "hw", "recommend", "convert", "check")
+WINDOW_MODULES = ("PySide6", "pyqtgraph")  # dependencies of the default install (pyproject)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,13 +42,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_window_modules() -> list[str]:
+    """Which of the window's packages cannot be imported (installed without them)."""
+    from importlib.util import find_spec
+
+    missing = []
+    for name in WINDOW_MODULES:
+        try:
+            found = find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def _missing_window_message(missing: list[str]) -> str:
+    names = " and ".join(missing) if missing else " and ".join(WINDOW_MODULES)
+    one = len(missing) == 1
+    return (f"quantdesk: the window needs {names}, which {'is' if one else 'are'} not "
+            f"installed; install {'it' if one else 'them'} with: pip install 'quantdesk[gui]' "
+            "(the subcommands work without: quantdesk --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        from qtapp.gui.app import main as gui_main  # imported late: the CLI needs no Qt
-
+        missing = _missing_window_modules()
+        if missing:
+            print(_missing_window_message(missing), file=sys.stderr)
+            return 2
+        try:
+            from qtapp.gui.app import main as gui_main  # imported late: the CLI needs no Qt
+        except ModuleNotFoundError as e:
+            top = (e.name or "").split(".")[0]
+            if top not in WINDOW_MODULES and top != "shiboken6":
+                raise
+            print(_missing_window_message([top]), file=sys.stderr)
+            return 2
         return gui_main(smoke=args.smoke)
     if args.command == "worker":
         from qtapp.engine.worker import main as worker_main

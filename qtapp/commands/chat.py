@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from pathlib import Path
 
 from qtapp.engine.chat import GenerationSettings, Message, open_chat
 
@@ -21,12 +22,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let Python code shipped with the model run (custom tokenizers); "
+                   "off by default, only for models you trust")
+
+
+def warn_remote_code(path: Path, trust_remote_code: bool) -> None:
+    """The warning quantize prints for --trust-remote-code, for a model folder."""
+    if trust_remote_code and path.is_dir():
+        from qtapp.engine.loader import remote_code_warning
+
+        print(f"warning: {remote_code_warning(path)}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
+    from qtapp.engine.sources import resolve_loadable
+
     settings = GenerationSettings(args.max_tokens, args.temperature, args.top_p,
                                   args.repetition_penalty, args.seed)
-    backend = open_chat(args.model, device=args.device)
+    path = resolve_loadable(args.model)
+    warn_remote_code(path, args.trust_remote_code)
+    backend = open_chat(str(path), device=args.device, trust_remote_code=args.trust_remote_code)
     history: list[Message] = [{"role": "system", "content": args.system}] if args.system else []
     try:
         if args.prompt is not None:

@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qtapp.engine.gguf.quantize import quantize_to_gguf
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.outputs import is_disk_full
+    from qtapp.engine.sources import disk_full_error, resolve_model
 
     out: Path = args.out.expanduser().resolve()
     if out.suffix != ".gguf":
@@ -38,7 +39,15 @@ def run(args: argparse.Namespace) -> int:
     def progress(tensor: str, done: int, total: int) -> None:
         print(f"\r[{done}/{total}] {tensor[:60]:<60}", end="", file=sys.stderr, flush=True)
 
-    report = quantize_to_gguf(info.path, out, args.type, None, None, progress)
+    try:
+        report = quantize_to_gguf(info.path, out, args.type, None, None, progress)
+    except Exception as e:
+        if is_disk_full(e):
+            print(file=sys.stderr)
+            raise disk_full_error(e, out.parent, f"the GGUF file {out.name}",
+                                  "Nothing was kept; free some space on that disk or give an "
+                                  "--out on another disk, then try again.") from None
+        raise
     print(file=sys.stderr)
     print(f"{out}: {args.type}, {len(report.tensors)} tensors, "
           f"{report.size_bytes / 2**20:.1f} MiB in {report.seconds:.1f} s")

@@ -26,15 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-generation", action="store_true",
                    help="skip the generation check (figures only)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let Python code shipped with the models run (custom tokenizers); "
+                   "off by default, only for models you trust")
 
 
-def _path(name: str) -> Path:
-    from qtapp.engine.sources import demo_model_dir
+def _path(name: str, tokenizer: bool = True) -> Path:
+    """The checked .gguf file or model folder of `name` (as quantize checks its model)."""
+    from qtapp.engine.sources import resolve_loadable
 
-    path = demo_model_dir() if name == "demo" else Path(name).expanduser()
-    if not path.exists():
-        raise UserError(f"{path} does not exist; give 'demo', a model folder or a .gguf file")
-    return path
+    return resolve_loadable(name, tokenizer=tokenizer)
 
 
 def _read_text(file: Path | None) -> str | None:
@@ -62,31 +63,46 @@ def _print_report(path: Path, against: Path, d: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qtapp.engine.evaluate import folder_size, model_perplexity
+    from qtapp.commands.chat import warn_remote_code
+    from qtapp.engine.evaluate import folder_size
+    from qtapp.engine.quality import model_perplexity, quality_report
 
-    path = _path(args.model)
+    # A quantized folder may lack a tokenizer when compared: the source's tokenizes the text.
+    path = _path(args.model, tokenizer=args.against is None)
+    against = _path(args.against) if args.against is not None else None
     text = _read_text(args.text)
-    if args.against is None:
-        result = {"model": str(path), "ppl": model_perplexity(path, args.ctx, text),
+    for p in (path, against):
+        if p is not None:
+            warn_remote_code(p, args.trust_remote_code)
+
+    shown = False
+
+    def progress(message: str) -> None:
+        nonlocal shown
+        if not args.json:
+            shown = True
+            print(f"\r{message}   ", end="", file=sys.stderr, flush=True)
+
+    try:
+        if against is None:
+            ppl, positions = model_perplexity(path, args.ctx, text, progress=progress,
+                                              trust_remote_code=args.trust_remote_code)
+        else:
+            report = quality_report(path, against, args.ctx, text,
+                                    generation=not args.no_generation, progress=progress,
+                                    trust_remote_code=args.trust_remote_code)
+    finally:
+        if shown:  # end the progress line, also before an error line
+            print(file=sys.stderr)
+    if against is None:
+        result = {"model": str(path), "ppl": ppl, "positions": positions, "ctx": args.ctx,
                   "size_bytes": folder_size(path)}
         if args.json:
             print(json.dumps(result))
         else:
-            print(f"{path}: perplexity {result['ppl']:.3f}, size "
-                  f"{result['size_bytes'] / 2**20:.1f} MiB")
+            print(f"{path}: perplexity {result['ppl']:.3f} ({positions} positions, window "
+                  f"{args.ctx}), size {result['size_bytes'] / 2**20:.1f} MiB")
         return 0
-    from qtapp.engine.quality import quality_report
-
-    against = _path(args.against)
-
-    def progress(message: str) -> None:
-        if not args.json:
-            print(f"\r{message}   ", end="", file=sys.stderr, flush=True)
-
-    report = quality_report(path, against, args.ctx, text,
-                            generation=not args.no_generation, progress=progress)
-    if not args.json:
-        print(file=sys.stderr)
     d = {"model": str(path), "source": str(against), **report.to_dict(),
          "size_bytes": folder_size(path), "size_source_bytes": folder_size(against)}
     if args.json:

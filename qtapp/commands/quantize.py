@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from qtapp.engine import events as ev
@@ -23,7 +25,7 @@ from qtapp.engine.config import (
     rules_from_json,
 )
 from qtapp.engine.errors import UserError
-from qtapp.engine.outputs import discard_partial
+from qtapp.engine.outputs import discard_partial, make_job_dir, sweep_job_dirs
 from qtapp.engine.worker import worker_command
 
 
@@ -35,8 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--out", required=True, help="output folder (must not exist yet)")
     p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--group-size", type=int, default=128,
-                   help="group size; -1 per output channel, 0 per tensor")
+    p.add_argument("--group-size", type=_group_size, default="auto",
+                   help="input columns per scale: 16, 32, 64, 128, 256, 512 or 1024; -1 one "
+                   "scale per output channel, 0 per tensor. It must divide the input width of "
+                   "every quantized layer. Default auto: 128 when it does, else the largest "
+                   "of 64 and 32 that does (64 for the demo, which is 576 wide), else -1. "
+                   "Rules and presets without a group size of their own use this one")
     sym = p.add_mutually_exclusive_group()
     sym.add_argument("--sym", dest="sym", action="store_true", default=None)
     sym.add_argument("--asym", dest="sym", action="store_false")
@@ -89,12 +95,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
 
 
+def _group_size(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a whole "
+                                         "number") from None
+
+
 def job_from_args(args: argparse.Namespace) -> JobSpec:
+    """The job the flags describe, checked against the model before anything runs: the
+    output folder must be writable, and each group size must divide the input width of every
+    layer it quantizes (--group-size auto picks one that does). UserError otherwise."""
+    from qtapp.engine.arch import auto_group_size, check_group_sizes, linear_input_widths
     from qtapp.engine.budget import parse_size
+    from qtapp.engine.job import check_output_path
+    from qtapp.engine.sources import resolve_model
 
     sym = args.sym if args.sym is not None else args.method != "awq"
-    scheme = QuantScheme(bits=args.bits, group_size=args.group_size, sym=sym)
-    scheme.validate("--bits/--group-size")
+    group = args.group_size
+    QuantScheme(bits=args.bits, group_size=128 if group == "auto" else group,
+                sym=sym).validate("--bits/--group-size")
+    info = resolve_model(args.model, allow_pickle=args.allow_pickle)
+    check_output_path(Path(args.out).expanduser().resolve(), info.path, args.overwrite,
+                      create=False)
+    if group == "auto":
+        group = auto_group_size(linear_input_widths(info.config).values())
+    scheme = QuantScheme(bits=args.bits, group_size=group, sym=sym)
     rules: tuple = ()
     if args.preset:
         rules += preset_rules(args.preset, scheme)
@@ -103,8 +132,8 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
             text = args.rules.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read the rules file {args.rules}: {e}") from None
-        rules += rules_from_json(text, str(args.rules))
-    return JobSpec(
+        rules += rules_from_json(text, str(args.rules), base=scheme)
+    job = JobSpec(
         model=args.model, method=args.method, out=args.out, scheme=scheme, rules=rules,
         gptq=GPTQOptions(percdamp=args.percdamp, act_order=args.act_order,
                          static_groups=args.static_groups, mse=args.mse),
@@ -118,6 +147,8 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         resume=not args.no_resume, overwrite=args.overwrite,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
     ).validate()
+    check_group_sizes(job, info.config)
+    return job
 
 
 class ProgressPrinter:
@@ -137,6 +168,8 @@ class ProgressPrinter:
             self._line(line)
         elif isinstance(event, ev.Log) and event.level in ("warning", "error"):
             self._print(f"{event.level}: {event.message}")
+        elif isinstance(event, ev.Log) and event.level == "notice":
+            self._print(event.message)
         elif isinstance(event, ev.Started):
             self._print(f"quantizing {event.model} with {event.method} → {event.out}")
         elif isinstance(event, ev.Result):
@@ -156,19 +189,24 @@ class ProgressPrinter:
 
     def _line(self, line: str) -> None:
         if self.tty:
-            self.stream.write("\r" + line[:120].ljust(len(self.last)))
-            self.stream.flush()
+            self._write("\r" + line[:120].ljust(len(self.last)))
             self.last = line[:120]
         elif line != self.last:
-            self.stream.write(line + "\n")
+            self._write(line + "\n")
             self.last = line
 
     def _print(self, text: str) -> None:
         if self.tty and self.last:
-            self.stream.write("\n")
+            self._write("\n")
             self.last = ""
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError:  # the terminal was closed (SIGHUP) or the reader went away: the
+            pass         # job still stops cleanly, with no one left to read about it
 
 
 def _fmt_s(s: float | None) -> str:
@@ -179,19 +217,25 @@ def _fmt_s(s: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    job = job_from_args(args)
-    if job.target_bytes or job.target_bpw:
-        job = _plan(job, args.json)
-    if args.dry_run or not args.ignore_plan:
-        _resource_plan(job, probe=args.dry_run, refuse=not args.dry_run)
+    # Until the job starts, SIGTERM and SIGHUP (a closed terminal) stop it as Ctrl+C does.
+    with _on_stop_signals(_interrupt, ("SIGTERM", "SIGHUP")):
+        job = job_from_args(args)
+        if job.target_bytes or job.target_bpw:
+            job = _plan(job, args.json)
+        if args.dry_run or not args.ignore_plan:
+            _resource_plan(job, probe=args.dry_run, refuse=not args.dry_run)
     if args.dry_run:
         print(job.to_json())
         return 0
     if args.json:
         def render(e: ev.Event) -> None:
-            print(ev.encode(e), flush=True)
+            try:
+                print(ev.encode(e), flush=True)
+            except OSError:  # no one is reading any more; the job still ends cleanly
+                pass
     else:
         render = ProgressPrinter()
+    sweep_job_dirs()  # job folders of earlier runs that were killed before removing theirs
     if args.worker:
         return _run_in_worker(job, render)
     return _run_in_process(job, render)
@@ -232,26 +276,93 @@ def _plan(job: JobSpec, as_json: bool) -> JobSpec:
     return planned
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+CANCEL_GRACE_S = 30.0  # a worker asked to stop is killed if it has not stopped by then
+
+
+@contextmanager
+def _on_stop_signals(handler, names=STOP_SIGNALS):
+    """Install `handler` for the named signals (those this platform has), then restore."""
+    previous = {}
+    for name in names:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _cancelled_exit(reason: str) -> int:
+    """128 + the signal that stopped the job (130 Ctrl+C, 143 SIGTERM, 129 SIGHUP)."""
+    sig = getattr(signal, reason, None) if reason.startswith("SIG") else None
+    return 128 + int(sig) if sig is not None else 130
+
+
 def _run_in_process(job: JobSpec, render) -> int:
-    from qtapp.engine.worker import CancelFlag, execute
+    """Run the job here. Ctrl+C, SIGTERM and SIGHUP cancel it: the job stops within a few
+    seconds, removes its partial output, keeps its checkpoint and says so in one line."""
+    from qtapp.engine.worker import EXIT_BUSY, CancelFlag, execute
 
     flag = CancelFlag()
-    previous = signal.signal(signal.SIGINT, flag.set)
-    try:
+    with _on_stop_signals(flag.set):
         code = execute(job, render, flag)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return {0: 0, 3: 130}.get(code, 1)
+    if code == 3:
+        return _cancelled_exit(flag.reason)
+    return {0: 0, EXIT_BUSY: 2}.get(code, 1)
+
+
+class _WorkerStop:
+    """Forwards a stop signal the command gets to its worker as a cancel (on stdin); kills
+    the worker when it has not stopped CANCEL_GRACE_S later."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.reason = ""
+        self.timer: threading.Timer | None = None
+
+    def request(self, signum, _frame=None) -> None:
+        name = signal.Signals(signum).name
+        self.reason = self.reason or name
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f"cancel {name}\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):  # the worker has already ended
+            pass
+        if self.timer is None:
+            self.timer = threading.Timer(CANCEL_GRACE_S, self._kill)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def done(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 def _run_in_worker(job: JobSpec, render) -> int:
-    with tempfile.TemporaryDirectory(prefix="quantdesk-job-") as tmp:
-        spec = Path(tmp) / "job.json"
+    """Run the job in a worker process, as the window does. A stop signal to this command
+    reaches the worker as a cancel; the job folder is removed whatever happens (and those
+    of earlier runs that were killed are swept by `run`)."""
+    folder = make_job_dir()
+    try:
+        spec = folder / "job.json"
         spec.write_text(job.to_json(), encoding="utf-8")
         cmd = worker_command(spec)
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stop = _WorkerStop(proc)
         final = None
-        try:
+        with _on_stop_signals(stop.request):
             assert proc.stdout is not None
             for line in proc.stdout:
                 try:
@@ -261,18 +372,16 @@ def _run_in_worker(job: JobSpec, render) -> int:
                 render(event)
                 if event.type in ev.FINAL_TYPES:
                     final = event
-        except KeyboardInterrupt:
-            assert proc.stdin is not None
-            proc.stdin.write("cancel\n")
-            proc.stdin.flush()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                discard_partial(job.out)
-            return 130
-        code = proc.wait()
+            code = proc.wait()
+        stop.done()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if final is None and stop.reason:
+        discard_partial(job.out)
+        render(ev.Cancelled(message=f"cancelled by {stop.reason}; the worker did not stop "
+                            f"within {CANCEL_GRACE_S:.0f} s and was ended; no output was "
+                            "written"))
+        return _cancelled_exit(stop.reason)
     if final is None:
         how = (f"killed by signal {-code} ({signal.strsignal(-code) or 'unknown'})"
                if code < 0 else f"exit code {code}")
@@ -281,4 +390,8 @@ def _run_in_worker(job: JobSpec, render) -> int:
                          f"was written to {job.out}; start the job again (finished blocks are "
                          "resumed from the checkpoint)", kind="internal"))
         return 1
-    return {"result": 0, "cancelled": 130}.get(final.type, 1)
+    if isinstance(final, ev.Cancelled):
+        return _cancelled_exit(stop.reason)
+    if isinstance(final, ev.Failed) and final.kind == "busy":
+        return 2
+    return 0 if final.type == "result" else 1

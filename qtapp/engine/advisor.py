@@ -1,10 +1,10 @@
 """Which method to use on this machine, and whether the model fits.
 
-The best-practice table (DESIGN.md): GPU inference + speed → AWQ; GPU inference + accuracy →
-GPTQ; CPU inference → GGUF; edge device → GGUF Q4_K_M. INT8 is near-lossless, INT4 is the
-high-compression choice.
+The best-practice table (docs/formats.md#advisor-tables): GPU inference + speed → AWQ; GPU
+inference + accuracy → GPTQ; CPU inference → GGUF; edge device → GGUF Q4_K_M. INT8 is
+near-lossless, INT4 is the high-compression choice.
 
-Memory rule of thumb, in bytes (GB below means 10^9 bytes, as in the seed's table):
+Memory rule of thumb, in bytes (GB means 10^9 bytes, as in docs/formats.md#advisor-tables):
 
     weights(b)  = P_lin · (b + (16 + b)/G) / 8  +  P_rest · 2     (b < 16: fp16 scale and a
                   b-bit zero per group of G weights; embeddings, norms, lm_head stay 16-bit)
@@ -116,7 +116,7 @@ class ModelShape:
         )
 
 
-# Llama 2 shapes: the seed's 7B / 13B / 70B rows.
+# Llama 2 shapes: the 7B / 13B / 70B rows of docs/formats.md#advisor-tables.
 REFERENCE_SHAPES: tuple[ModelShape, ...] = (
     ModelShape("7B", 32, 4096, 11008, 32, 32, 128, 32000),
     ModelShape("13B", 40, 5120, 13824, 40, 40, 128, 32000),
@@ -175,7 +175,7 @@ def fits(need: int, hw: Hardware) -> str:
 
 
 def format_size(n: float) -> str:
-    """Bytes in decimal units, as the seed's table and model hubs print them."""
+    """Bytes in decimal units, as docs/formats.md#advisor-tables and model hubs print them."""
     for unit, scale in (("TB", 10**12), ("GB", GB), ("MB", 10**6), ("KB", 10**3)):
         if abs(n) >= scale:
             value = n / scale
@@ -328,8 +328,19 @@ def recommend(hw: Hardware, shape: ModelShape | None = None, goal: str = "speed"
     if gpu is None and target == "gpu":
         warnings.append("No usable NVIDIA GPU was found here; the advice assumes the GPU "
                         "you will run the model on, and quantizing runs on the CPU (slow).")
-    return Recommendation(method, bits, DEFAULT_GROUP, method != "awq", gtype, goal, target,
-                          device, samples, reason, tuple(warnings))
+    return Recommendation(method, bits, recommended_group_size(shape), method != "awq", gtype,
+                          goal, target, device, samples, reason, tuple(warnings))
+
+
+def recommended_group_size(shape: ModelShape | None) -> int:
+    """DEFAULT_GROUP (128) when it divides the input width of every quantized layer of
+    `shape`, else 64 or 32 (arch.auto_group_size); 64 for the 576-wide demo."""
+    from qtapp.engine.arch import auto_group_size
+
+    if shape is None or shape.hidden_size <= 0:
+        return DEFAULT_GROUP
+    return auto_group_size((shape.hidden_size, shape.n_heads * shape.head_dim,
+                            shape.intermediate_size))
 
 
 def _gpu_choice(hw: Hardware, shape: ModelShape | None, goal: str, ctx: int,

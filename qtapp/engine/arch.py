@@ -13,9 +13,14 @@ unchanged, and an AWQ scale folded into v_proj divides its bias as well as its w
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qtapp.engine.errors import UserError
+
+if TYPE_CHECKING:
+    from qtapp.engine.config import JobSpec
 
 
 @dataclass(frozen=True)
@@ -152,3 +157,142 @@ def arch_for(config: dict) -> ArchSpec:
         sequential=LLAMA_SEQUENTIAL,
         awq_groups=tuple(groups),
     )
+
+
+# --------------------------------------------------------------------------- group sizes
+#
+# A group of G weights shares one scale along a row's input features, and every exported
+# format (GPTQ, AWQ, compressed-tensors) and its kernels need whole groups: G must divide the
+# input width of every quantized linear of a block, i.e.
+#
+#     hidden_size                for q_proj, k_proj, v_proj, gate_proj, up_proj
+#     num_heads · head_dim       for o_proj
+#     intermediate_size          for down_proj
+#
+# The demo (SmolLM2-135M) is 576 wide: 128 does not divide it, 64 does (576 = 9 × 64).
+# "auto" is the first of AUTO_GROUP_SIZES that divides every width, else per-channel (-1).
+# GGUF has its own block sizes (llama.cpp falls back per tensor) and is not checked here.
+
+AUTO_GROUP_SIZES: tuple[int, ...] = (128, 64, 32)
+LLAMA_SEQUENTIAL_NAMES: tuple[str, ...] = tuple(n for g in LLAMA_SEQUENTIAL for n in g)
+
+
+def linear_input_widths(config: dict) -> dict[str, int]:
+    """Input features of each quantized linear of a block, by its name in the block; empty
+    when config.json lacks the sizes (reading the model explains that elsewhere)."""
+    if not isinstance(config, dict):
+        return {}
+    hidden, heads, inter = (config.get(k) for k in ("hidden_size", "num_attention_heads",
+                                                    "intermediate_size"))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+               for v in (hidden, heads, inter)):
+        return {}
+    head_dim = config.get("head_dim")
+    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim <= 0:
+        head_dim = hidden // heads
+    widths = {"self_attn.o_proj": heads * head_dim, "mlp.down_proj": inter}
+    return {name: widths.get(name, hidden) for name in LLAMA_SEQUENTIAL_NAMES}
+
+
+def dividing_group_sizes(widths: Iterable[int], choices: Iterable[int]) -> tuple[int, ...]:
+    """The group sizes of `choices` that split every width into whole groups (−1 per channel
+    and 0 per tensor always do)."""
+    widths = tuple(widths)
+    return tuple(g for g in choices if g <= 0 or all(w % g == 0 for w in widths))
+
+
+def auto_group_size(widths: Iterable[int]) -> int:
+    """128 when it divides every width, else the largest of 64 and 32 that does, else −1
+    (one scale per output channel)."""
+    found = dividing_group_sizes(widths, AUTO_GROUP_SIZES)
+    return found[0] if found else -1
+
+
+def _split(width: int, g: int) -> str:
+    return f"{width} = {width // g} × {g}" if width % g == 0 else f"{width} / {g} = {width / g:g}"
+
+
+@dataclass(frozen=True)
+class GroupSizeProblem:
+    """A group size that does not divide some quantized linear's input width.
+
+    rule: index in job.rules of the rule whose scheme has it; None for the job's scheme.
+    suggested: the largest group size not above it that divides every width (−1: none).
+    """
+
+    group_size: int
+    width: int
+    modules: tuple[str, ...]      # names inside a block, e.g. "self_attn.q_proj"
+    blocks: tuple[int, ...]
+    n_blocks: int
+    widths: tuple[int, ...]       # every distinct input width of the model's linears
+    suggested: int
+    rule: int | None = None
+    pattern: str = ""
+
+    @property
+    def problem(self) -> str:
+        where = ("every block" if len(self.blocks) == self.n_blocks else
+                 f"block{'s' if len(self.blocks) > 1 else ''} "
+                 + ", ".join(map(str, self.blocks[:5])) + ("…" if len(self.blocks) > 5 else ""))
+        names = ", ".join(m.split(".")[-1] for m in self.modules)
+        whose = "" if self.rule is None else f"rule {self.rule + 1} ('{self.pattern}'): "
+        return (f"{whose}group size {self.group_size} does not divide the {self.width} input "
+                f"features of {names} in {where} ({_split(self.width, self.group_size)}); "
+                "GPTQ, AWQ and compressed-tensors need whole groups")
+
+    def fix(self, cli: bool = True) -> str:
+        g = self.suggested
+        why = (", ".join(_split(w, g) for w in self.widths) if g > 0 else
+               f"one scale per output channel; no group size up to {self.group_size} "
+               f"divides {' and '.join(map(str, self.widths))}")
+        if self.rule is not None:
+            return f"give rule {self.rule + 1} ('{self.pattern}') group size {g} ({why})"
+        return f"use --group-size {g} ({why})" if cli else f"choose group size {g} ({why})"
+
+
+def group_size_problem(job: JobSpec, config: dict) -> GroupSizeProblem | None:
+    """The first scheme of `job` (its own, or a rule's) whose group size does not divide the
+    input width of a linear it quantizes; None when every group is whole, for GGUF (its own
+    block sizes), and when the config cannot be read (other checks explain that)."""
+    from qtapp.engine.config import GROUP_SIZES
+
+    widths = linear_input_widths(config)
+    n_layers = config.get("num_hidden_layers") if isinstance(config, dict) else None
+    if job.method == "gguf" or not widths or not isinstance(n_layers, int) or n_layers < 1:
+        return None
+    try:
+        spec = arch_for(config)
+    except UserError:
+        return None
+    bad: dict[tuple[int, int, int | None], tuple[dict[str, None], dict[int, None]]] = {}
+    for i in range(n_layers):
+        for name in spec.linears:
+            full = f"{spec.block(i)}.{name}"
+            scheme = job.scheme_for(full)
+            g = scheme.group_size if scheme is not None else 0
+            width = widths.get(name, 0)
+            if g > 0 and width % g:
+                rule = job.rule_for(full)
+                index = (job.rules.index(rule) if rule is not None and rule.scheme is not None
+                         else None)
+                modules, blocks = bad.setdefault((g, width, index), ({}, {}))
+                modules[name] = None
+                blocks[i] = None
+    if not bad:
+        return None
+    (g, width, index), (modules, blocks) = next(iter(bad.items()))
+    distinct = tuple(sorted(set(widths.values())))
+    fitting = dividing_group_sizes(distinct, sorted((x for x in GROUP_SIZES if x <= g),
+                                                   reverse=True))
+    return GroupSizeProblem(g, width, tuple(modules), tuple(blocks), n_layers, distinct,
+                            fitting[0] if fitting else -1, index,
+                            job.rules[index].pattern if index is not None else "")
+
+
+def check_group_sizes(job: JobSpec, config: dict, cli: bool = True) -> None:
+    """UserError naming the layers and the fix when a group size of `job` does not divide
+    a quantized linear's input width (see group_size_problem)."""
+    found = group_size_problem(job, config)
+    if found is not None:
+        raise UserError(f"{found.problem}. Fix: {found.fix(cli)}")

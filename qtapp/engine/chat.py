@@ -95,23 +95,15 @@ class TransformersChat(ChatBackend):
 
     kind = "transformers"
 
-    def __init__(self, folder: Path, device: str = "cpu") -> None:
-        import torch
+    def __init__(self, folder: Path, device: str = "cpu", trust_remote_code: bool = False
+                 ) -> None:
+        from qtapp.engine.loader import load_dequantized
 
-        config = _read_config(folder)
-        if "quantization_config" in config:
-            from qtapp.engine.loader import load_dequantized
-
-            model, tokenizer = load_dequantized(folder)
-        else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            try:
-                model = AutoModelForCausalLM.from_pretrained(
-                    folder, dtype=torch.float32, use_safetensors=True)
-            except OSError as e:
-                raise UserError(f"cannot load the model in {folder}: {e}") from None
+        _read_config(folder)
+        model, tokenizer = load_dequantized(folder, trust_remote_code=trust_remote_code)
+        if tokenizer is None:
+            raise UserError(f"{folder} has no tokenizer; copy the tokenizer files of the "
+                            "model's original download into it")
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device
@@ -220,31 +212,28 @@ class LlamaCppChat(ChatBackend):
 _LOAD_LOCK = threading.Lock()
 
 
-def open_chat(model: str, device: str = "cpu", allow_download: bool = False) -> ChatBackend:
+def open_chat(model: str, device: str = "cpu", allow_download: bool = False,
+              trust_remote_code: bool = False) -> ChatBackend:
     """A backend for 'demo', a Hub id, a Hugging Face folder, a .gguf file or a folder with one.
 
-    Thread-safe: loads run one at a time (transformers' lazy imports are not safe to race,
-    and two loads at once only compete for the same memory bandwidth).
+    The input is checked first as `quantize` checks its model (sources.resolve_loadable), so
+    damaged or unsafe files are a UserError, not a traceback. Code shipped with the model
+    (a custom tokenizer) runs only with ``trust_remote_code``; transformers is never left to
+    ask about it on stdin. Thread-safe: loads run one at a time (transformers' lazy imports
+    are not safe to race, and two loads at once only compete for the same memory bandwidth).
     """
     with _LOAD_LOCK:
-        return _open_chat(model, device, allow_download)
+        return _open_chat(model, device, allow_download, trust_remote_code)
 
 
-def _open_chat(model: str, device: str, allow_download: bool) -> ChatBackend:
-    path = Path(model).expanduser()
+def _open_chat(model: str, device: str, allow_download: bool,
+               trust_remote_code: bool) -> ChatBackend:
+    from qtapp.engine.sources import resolve_loadable
+
+    path = resolve_loadable(model, allow_download=allow_download)
     if path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise UserError(f"{path} is a file but not a .gguf file; give a .gguf file or a "
-                            "model folder")
         return LlamaCppChat(path)
-    if path.is_dir():
-        ggufs = sorted(path.glob("*.gguf"))
-        if ggufs and not (path / "config.json").exists():
-            return LlamaCppChat(ggufs[0])
-        return TransformersChat(path, device)
-    from qtapp.engine.sources import resolve_model
-
-    return TransformersChat(resolve_model(model, allow_download=allow_download).path, device)
+    return TransformersChat(path, device, trust_remote_code)
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

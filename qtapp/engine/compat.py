@@ -7,7 +7,9 @@ tokenizer files and the file list are read: from the local Hugging Face cache wh
 them (always when HF_HUB_OFFLINE is set), else from the Hub (huggingface-hub). Per method:
 
     rtn, gptq, awq  the architecture is one qtapp.engine.arch knows (a causal LM of the
-                    Llama / Mistral / Qwen2 / Qwen3 families);
+                    Llama / Mistral / Qwen2 / Qwen3 families); the answer names the group
+                    size `--group-size auto` picks (arch.auto_group_size: 128 when it divides
+                    every quantized layer's input width, else 64 or 32; 64 for the demo);
     gguf            the architecture is one qtapp.engine.gguf.archs converts, and the
                     tokenizer is SentencePiece or a BPE whose pre-tokenizer llama.cpp knows
                     (qtapp.engine.gguf.pretokenizers);
@@ -41,6 +43,7 @@ class MethodCheck:
     method: str
     ok: bool
     reason: str = ""
+    group_size: int = 0  # rtn/gptq/awq: the group size `--group-size auto` picks (-1: none)
 
 
 @dataclass
@@ -191,7 +194,14 @@ def _vision_reason(config: dict[str, Any]) -> str:
 
 
 def _linear_check(config: dict[str, Any]) -> MethodCheck:
-    from qtapp.engine.arch import arch_for
+    """Whether the architecture is one the linear methods know, and the group size that
+    `--group-size auto` picks for it (one that divides every quantized layer's inputs)."""
+    from qtapp.engine.arch import (
+        AUTO_GROUP_SIZES,
+        arch_for,
+        auto_group_size,
+        linear_input_widths,
+    )
 
     vision = _vision_reason(config)
     if vision:
@@ -200,7 +210,18 @@ def _linear_check(config: dict[str, Any]) -> MethodCheck:
         spec = arch_for(config)
     except UserError as e:
         return MethodCheck("gptq", False, str(e))
-    return MethodCheck("gptq", True, f"architecture {spec.name} is supported")
+    widths = sorted(set(linear_input_widths(config).values()))
+    group = auto_group_size(widths)
+    if not widths or group == AUTO_GROUP_SIZES[0]:
+        note = f"group size {group}"
+    elif group > 0:
+        odd = next(w for w in widths if w % AUTO_GROUP_SIZES[0])
+        note = (f"group size {group} ({AUTO_GROUP_SIZES[0]} does not divide {odd}; "
+                f"{', '.join(f'{w} = {w // group} × {group}' for w in widths)})")
+    else:
+        note = (f"one scale per output channel (-1): no group size of "
+                f"{', '.join(map(str, AUTO_GROUP_SIZES))} divides {' and '.join(map(str, widths))}")
+    return MethodCheck("gptq", True, f"architecture {spec.name} is supported, {note}", group)
 
 
 def _tokenizer_check(folder: Path, files: dict[str, int]) -> str:
@@ -322,7 +343,8 @@ def check_model(model: str, hw: Any = None) -> CompatReport:
         n_params = _n_params(config)
         weights = sum(s for n, s in files.items() if n.endswith(WEIGHT_SUFFIXES))
         linear = _linear_check(config)
-        checks = [MethodCheck(m, linear.ok, linear.reason) for m in ("rtn", "gptq", "awq")]
+        checks = [MethodCheck(m, linear.ok, linear.reason, linear.group_size)
+                  for m in ("rtn", "gptq", "awq")]
         checks.append(_gguf_check(config, folder, files))
         hw = hw or detect(use_torch=False)
         for c in checks:

@@ -319,8 +319,10 @@ class JobSpec:
         return cls.from_dict(data)
 
 
-def rules_from_json(text: str, path: str = "rules") -> tuple[ModuleRule, ...]:
-    """Parse a rules file: a JSON list of {pattern, scheme?, skip?, gguf_type?}."""
+def rules_from_json(text: str, path: str = "rules",
+                    base: QuantScheme | None = None) -> tuple[ModuleRule, ...]:
+    """Parse a rules file: a JSON list of {pattern, scheme?, skip?, gguf_type?}. With `base`,
+    the fields a rule's scheme leaves out (often group_size) come from it, as in presets."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -330,6 +332,10 @@ def rules_from_json(text: str, path: str = "rules") -> tuple[ModuleRule, ...]:
     if not isinstance(data, list):
         raise ConfigError(path, "must be a JSON list of rules such as "
                           '[{"pattern": "*.self_attn.*", "scheme": {"bits": 8}}]')
+    if base is not None:
+        data = [{**item, "scheme": {**_to_plain(base), **item["scheme"]}}
+                if isinstance(item, dict) and isinstance(item.get("scheme"), dict) else item
+                for item in data]
     rules = tuple(_from_plain(ModuleRule, item, f"{path}[{i}]") for i, item in enumerate(data))
     for i, rule in enumerate(rules):
         rule.validate(f"{path}[{i}]")

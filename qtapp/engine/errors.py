@@ -10,3 +10,7 @@ class UserError(Exception):
 
 class Cancelled(Exception):
     """The user asked the running job to stop."""
+
+
+class Busy(UserError):
+    """Another running job holds the output folder or checkpoint this job needs."""

@@ -75,7 +75,7 @@ def source_perplexity(path: Path, ctx: int = DEFAULT_CTX) -> float:
     import json
 
     from qtapp.engine.calibration import builtin_eval_text
-    from qtapp.engine.sources import cache_root
+    from qtapp.engine.sources import cache_disk_full, cache_root
 
     path = Path(path).resolve()
     stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime))
@@ -89,8 +89,9 @@ def source_perplexity(path: Path, ctx: int = DEFAULT_CTX) -> float:
         except (ValueError, KeyError, OSError):
             cached.unlink(missing_ok=True)
     ppl = model_perplexity(path, ctx)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"ppl": ppl, "path": str(path)}))
-    tmp.replace(cached)
+    with cache_disk_full(cached.parent, "a perplexity"):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ppl": ppl, "path": str(path)}))
+        tmp.replace(cached)
     return ppl

@@ -62,6 +62,9 @@ class Layer(Event):
 
 @dataclass(frozen=True)
 class Log(Event):
+    """`level`: "info" (the log only), "notice" (also a line of the command line's output,
+    e.g. "resuming: 1 of 2 blocks from the checkpoint"), "warning" or "error"."""
+
     type: ClassVar[str] = "log"
     level: str
     message: str
@@ -85,7 +88,8 @@ class Result(Event):
 
 @dataclass(frozen=True)
 class Failed(Event):
-    """`kind` is "user" (bad input; `message` says what to do) or "internal" (a bug or crash)."""
+    """`kind` is "user" (bad input; `message` says what to do), "busy" (another job is writing
+    the same output or checkpoint) or "internal" (a bug or crash)."""
 
     type: ClassVar[str] = "failed"
     message: str

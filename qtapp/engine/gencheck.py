@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import inspect
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from qtapp.engine.errors import Cancelled
 
 PROMPTS = (
     "What is the capital of France? Answer in one sentence.",
@@ -66,13 +68,20 @@ def flags_of(ids: Sequence[int], text: str) -> list[str]:
     return flags
 
 
+def _check(should_cancel: Callable[[], bool] | None) -> None:
+    if should_cancel is not None and should_cancel():
+        raise Cancelled()
+
+
 def _messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
 def check_torch(model: Any, tokenizer: Any, prompts: Sequence[str] = PROMPTS,
-                max_new_tokens: int = MAX_NEW_TOKENS) -> list[GenerationCheck]:
-    """Greedy answers of a transformers model (on its device) with its tokenizer."""
+                max_new_tokens: int = MAX_NEW_TOKENS,
+                should_cancel: Callable[[], bool] | None = None) -> list[GenerationCheck]:
+    """Greedy answers of a transformers model (on its device) with its tokenizer.
+    should_cancel() is polled before every token (raises Cancelled)."""
     import torch
 
     from qtapp.engine.chat import _eos_ids, render_chat
@@ -92,6 +101,7 @@ def check_torch(model: Any, tokenizer: Any, prompts: Sequence[str] = PROMPTS,
         past = None
         with torch.inference_mode():
             for _ in range(max_new_tokens):
+                _check(should_cancel)
                 out = model(input_ids=x, use_cache=True, **{cache_name: past})
                 past = getattr(out, cache_name)
                 token = int(out.logits[0, -1].argmax())
@@ -105,7 +115,8 @@ def check_torch(model: Any, tokenizer: Any, prompts: Sequence[str] = PROMPTS,
 
 
 def check_llama(llm: Any, prompts: Sequence[str] = PROMPTS,
-                max_new_tokens: int = MAX_NEW_TOKENS) -> list[GenerationCheck]:
+                max_new_tokens: int = MAX_NEW_TOKENS,
+                should_cancel: Callable[[], bool] | None = None) -> list[GenerationCheck]:
     """Greedy answers of a llama_cpp.Llama created with logits_all=True."""
     import numpy as np
 
@@ -127,10 +138,12 @@ def check_llama(llm: Any, prompts: Sequence[str] = PROMPTS,
         has_bos = bool(bos) and text.startswith(bos)
         ids = llm.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
         ids = ids[: max(1, llm.n_ctx() - max_new_tokens)]
+        _check(should_cancel)
         llm.reset()
         llm.eval(ids)
         new: list[int] = []
         for _ in range(max_new_tokens):
+            _check(should_cancel)
             token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
             if token in stops:
                 break

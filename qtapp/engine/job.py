@@ -8,10 +8,12 @@ a failed or cancelled job leaves no output folder behind.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,14 +22,59 @@ from typing import Any
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
-from qtapp.engine.outputs import free_bytes, is_disk_full, partial_path
+from qtapp.engine.outputs import (
+    free_bytes,
+    is_disk_full,
+    lock_checkpoint,
+    lock_output,
+    partial_path,
+    stray_files,
+)
 from qtapp.engine.sources import ModelInfo, cache_root, resolve_model
 
 Emit = Callable[[ev.Event], None]
 
 
-def check_output_path(out: Path, source: Path, overwrite: bool) -> None:
-    """Refuse outputs that would overwrite something or land inside the source model."""
+def output_folder_problem(out: Path) -> str:
+    """'' when the folder that will hold the output `out` is a folder this process can write
+    into (when it does not exist yet: its nearest existing ancestor, where it would be
+    created); else that sentence with the fix. Creating and removing a hidden folder there
+    is the test: os.access says yes to root on /proc and on some read-only or network
+    mounts."""
+    parent = out.parent
+    folder = parent
+    try:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        is_dir = folder.is_dir()
+    except OSError as e:
+        return (f"cannot write into {parent}: it is not a writable folder ({e.strerror}); "
+                "choose an output folder you can write to")
+    if not is_dir:
+        return (f"cannot write into {parent}: {folder} is a file, not a folder; choose an "
+                "output folder you can write to")
+    reason = ""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        reason = "permission denied"
+    else:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".quantdesk-write-test-", dir=folder))
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                return ""  # writable but full: the plan and the job say so, with the sizes
+            reason = {errno.EROFS: "the file system is read-only", errno.EACCES:
+                      "permission denied", errno.EPERM: "permission denied"}.get(
+                e.errno, f"creating a folder in it failed: {e.strerror or e}")
+    if not reason:
+        return ""
+    return (f"cannot write into {folder}: it is not a writable folder ({reason}); choose an "
+            "output folder you can write to")
+
+
+def check_output_path(out: Path, source: Path, overwrite: bool, create: bool = True) -> None:
+    """Refuse outputs that would overwrite something, land inside the source model, or go
+    into a folder that cannot be written (output_folder_problem); with `create`, make the
+    missing folders above the output."""
     src = source.resolve()
     if out == src or src in out.parents:
         raise UserError(f"the output {out} is inside the source model folder {src}; choose an "
@@ -45,14 +92,15 @@ def check_output_path(out: Path, source: Path, overwrite: bool) -> None:
         raise UserError(f"the output {out} exists and is not a model folder (no config.json or "
                         ".gguf file in it); QuantDesk replaces only earlier outputs, even with "
                         "--overwrite. Choose a new output folder name")
+    problem = output_folder_problem(out)
+    if problem:
+        raise UserError(problem)
     parent = out.parent
-    if not parent.exists():
+    if create and not parent.exists():
         try:
             parent.mkdir(parents=True)
         except OSError as e:
             raise UserError(f"cannot create the folder {parent} for the output: {e.strerror}")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write into {parent}; choose an output folder you can write to")
 
 
 def _looks_like_output(folder: Path) -> bool:
@@ -99,6 +147,20 @@ def _disk_full(e: BaseException, out: Path, work: Path) -> UserError:
     )
 
 
+def _drop_strays(partial: Path, files: list[str], emit: Emit) -> None:
+    """Before the rename: the finished folder holds only the files the job wrote. Temporary
+    files (a writer's `.tmp*`) are removed; anything else means another writer, a bug."""
+    temp, other = stray_files(partial, files)
+    for p in temp:
+        p.unlink(missing_ok=True)
+    if temp:
+        emit(ev.Log(level="info", message="removed temporary files from the output: "
+                    + ", ".join(str(p.relative_to(partial)) for p in temp)))
+    if other:
+        raise RuntimeError("the finished output holds files the job did not write: "
+                           + ", ".join(str(p.relative_to(partial)) for p in other))
+
+
 def _replace_output(partial: Path, out: Path) -> None:
     """Move the finished ``partial`` to ``out``; an old ``out`` is kept until that succeeds."""
     if not out.exists():
@@ -124,6 +186,11 @@ def job_fingerprint(job: JobSpec, info: ModelInfo) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def checkpoint_dir(job: JobSpec, info: ModelInfo) -> Path:
+    """The folder of the job's resumable checkpoint (shared by jobs with the same settings)."""
+    return cache_root() / "jobs" / job_fingerprint(job, info)
+
+
 def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
             tokens: Any = None) -> dict[str, Any]:
     """Run `job`; `tokens` (n, L) replaces the calibration sampling (benchmarks use it)."""
@@ -133,6 +200,14 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
     out = Path(job.out).expanduser().resolve()
     info = resolve_model(job.model, allow_pickle=job.allow_pickle)
     check_output_path(out, info.path, job.overwrite)
+    with lock_output(out):  # held until the job ends: a second job on `out` is refused
+        check_output_path(out, info.path, job.overwrite)  # the last holder may have written it
+        return _run_locked(job, info, out, emit, should_cancel, tokens, t0, stage_peaks)
+
+
+def _run_locked(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
+                should_cancel: Callable[[], bool], tokens: Any, t0: float,
+                stage_peaks: _StagePeaks) -> dict[str, Any]:
     from qtapp.engine.pipeline import pick_device
 
     check_memory(job, info, pick_device(job.device))
@@ -165,6 +240,7 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
             from qtapp.engine.errors import Cancelled
 
             raise Cancelled()
+        _drop_strays(partial, summary.get("files", []), emit)
         _replace_output(partial, out)
     except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
@@ -243,27 +319,16 @@ def _warn_unsafe_options(job: JobSpec, info: ModelInfo, emit: Emit) -> None:
                     "only tensors, but pickle is still a code-execution format; use it only "
                     "for models from authors you trust"))
     if job.trust_remote_code:
-        code = sorted(p.name for p in info.path.glob("*.py"))
-        emit(ev.Log(level="warning", message="trust_remote_code is ON: Python code shipped with "
-                    f"the model in {info.path} ({', '.join(code) or 'no .py files found'}) may "
-                    "run on this machine when its tokenizer is loaded. Turn it off unless you "
-                    "trust the model's author."))
+        from qtapp.engine.loader import remote_code_warning
+
+        emit(ev.Log(level="warning", message=remote_code_warning(info.path)))
 
 
 def load_tokenizer(job: JobSpec, path: Path) -> Any:
     """The model's tokenizer; code shipped with the model runs only with trust_remote_code."""
-    from transformers import AutoTokenizer
+    from qtapp.engine.loader import load_tokenizer as load
 
-    try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=job.trust_remote_code)
-    except ValueError as e:
-        if "trust_remote_code" not in str(e):
-            raise
-        raise UserError(
-            f"The tokenizer of {path} is custom Python code shipped with the model "
-            "(auto_map in tokenizer_config.json). QuantDesk does not run code from models "
-            "unless asked; if you trust the model's author, pass --trust-remote-code."
-        ) from None
+    return load(path, job.trust_remote_code)
 
 
 def _calibration_tokens(job: JobSpec, info: ModelInfo, emit: Emit):  # -> torch.Tensor
@@ -280,15 +345,28 @@ def _calibration_tokens(job: JobSpec, info: ModelInfo, emit: Emit):  # -> torch.
 def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
                        should_cancel: Callable[[], bool], tokens: Any = None,
                        ) -> dict[str, Any]:
-    from qtapp.engine.export import export_checkpoint, resolve_format
-    from qtapp.engine.pipeline import pick_device, quantize_blocks
-    from qtapp.engine.qstore import QuantStore
+    from qtapp.engine.export import resolve_format
+    from qtapp.engine.pipeline import pick_device
 
     device = pick_device(job.device)
     fmt = resolve_format(job, info.path)
     if tokens is None:
         tokens = _calibration_tokens(job, info, emit)
-    work = cache_root() / "jobs" / job_fingerprint(job, info)
+    work = checkpoint_dir(job, info)
+    # held until the checkpoint is removed: a second job with the same settings would
+    # corrupt it
+    with lock_checkpoint(work):
+        return _quantize_and_export(job, info, partial, emit, should_cancel, tokens, device,
+                                    fmt, work)
+
+
+def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
+                         should_cancel: Callable[[], bool], tokens: Any, device: Any, fmt: str,
+                         work: Path) -> dict[str, Any]:
+    from qtapp.engine.export import export_checkpoint
+    from qtapp.engine.pipeline import quantize_blocks
+    from qtapp.engine.qstore import QuantStore
+
     store = QuantStore(work / "blocks", fingerprint=job_fingerprint(job, info))
     emit(ev.Log(level="info", message=f"device {device}; checkpoint in {work}"))
     t_quantize = time.perf_counter()
@@ -302,6 +380,11 @@ def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
                                "quantize_seconds": round(t_quantize, 2),
                                "calibration": [int(tokens.shape[0]), int(tokens.shape[1])]}
     files = export_checkpoint(fmt, info.path, store, job, partial, summary)
+    from qtapp.engine.export.common import custom_code_warning
+
+    dropped = custom_code_warning(info.config)
+    if dropped is not None:
+        emit(ev.Log(level="warning", message=f"{info.name}: {dropped}"))
     if job.method == "awq":
         from qtapp.engine.pipeline import gather_awq_search
 
@@ -312,7 +395,7 @@ def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
             files = [*files, search, search.with_suffix(".json")]
     summary["files"] = sorted({str(Path(f).relative_to(partial)) for f in files})
     if job.evaluate:
-        summary.update(_evaluate(job, info, partial, emit))
+        summary.update(_evaluate(job, info, partial, emit, should_cancel))
     from qtapp.engine.evaluate import folder_size
     from qtapp.engine.export.model_card import write_model_card
 
@@ -328,11 +411,14 @@ def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     return summary
 
 
-def _evaluate(job: JobSpec, info: ModelInfo, folder: Path, emit: Emit) -> dict[str, Any]:
-    return _quality(folder, info, emit)
+def _evaluate(job: JobSpec, info: ModelInfo, folder: Path, emit: Emit,
+              should_cancel: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    return _quality(folder, info, emit, should_cancel, job.trust_remote_code)
 
 
-def _quality(model: Path, info: ModelInfo, emit: Emit) -> dict[str, Any]:
+def _quality(model: Path, info: ModelInfo, emit: Emit,
+             should_cancel: Callable[[], bool] = lambda: False,
+             trust_remote_code: bool = False) -> dict[str, Any]:
     """The quality gate against the source (qtapp.engine.quality), as summary entries."""
     from qtapp.engine.quality import quality_report
 
@@ -341,7 +427,8 @@ def _quality(model: Path, info: ModelInfo, emit: Emit) -> dict[str, Any]:
                          message=message))
 
     progress("quality gate: perplexity, KL divergence and generation against the source")
-    r = quality_report(model, info.path, progress=progress)
+    r = quality_report(model, info.path, progress=progress, should_cancel=should_cancel,
+                       trust_remote_code=trust_remote_code)
     emit(ev.Log(level="info" if r.verdict == "good" else "warning",
                 message=f"quality {r.summary()}" + "".join(f"; {x}" for x in r.reasons)))
     return {"ppl": round(r.ppl, 4), "ppl_source": round(r.ppl_source, 4),
@@ -413,7 +500,7 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     }
     files.append(write_modelfile(partial, out_file.name, chat_template_of(info.path)).name)
     if job.evaluate:
-        summary.update(_evaluate_gguf(info, out_file, emit))
+        summary.update(_evaluate_gguf(info, out_file, emit, should_cancel))
     from qtapp.engine.export.model_card import write_model_card
 
     write_model_card(partial, job, info, summary)
@@ -421,5 +508,6 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     return summary
 
 
-def _evaluate_gguf(info: ModelInfo, gguf_file: Path, emit: Emit) -> dict[str, Any]:
-    return _quality(gguf_file, info, emit)
+def _evaluate_gguf(info: ModelInfo, gguf_file: Path, emit: Emit,
+                   should_cancel: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    return _quality(gguf_file, info, emit, should_cancel)

@@ -35,6 +35,7 @@ The top-1 agreement and the source perplexity come from S[0] and −log P(x_{t+1
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +59,12 @@ class SourceDistributions:
 
     def save(self, file: Path) -> None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(file.name + ".tmp.npz")
-        np.savez(tmp, **{f: getattr(self, f) for f in FIELDS})
-        tmp.replace(file)
+        tmp = file.with_name(f"{file.name}.tmp-{os.getpid()}.npz")  # two jobs may save it
+        try:
+            np.savez(tmp, **{f: getattr(self, f) for f in FIELDS})
+            tmp.replace(file)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, file: Path) -> SourceDistributions:

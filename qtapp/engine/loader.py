@@ -4,9 +4,9 @@ Plain Hugging Face folders load through transformers. Quantized folders (GPTQ v1
 GEMM, compressed-tensors pack-quantized / naive-quantized) are dequantized here, tensor by
 tensor, into the ordinary nn.Linear weights of the model class named by config.json, so
 no quantization kernels or extra packages are needed. The unpacking follows each
-format's reference (FORMATS.md §1–3) and is written independently of the exporters:
-every layout is read as a little-endian bit stream in which value j occupies bits
-[j·b, j·b + b) — the GPTQ 2/4/8-bit word order, GPTQ's 3-bit three-word runs and
+format's reference (docs/formats.md#gptq, #awq-gemm, #compressed-tensors) and is written
+independently of the exporters: every layout is read as a little-endian bit stream in which
+value j occupies bits [j·b, j·b + b) (docs/formats.md#bit-streams) — the GPTQ 2/4/8-bit word order, GPTQ's 3-bit three-word runs and
 compressed-tensors' packing are all that same stream; AWQ then undoes its interleave.
 """
 
@@ -240,31 +240,98 @@ def _build_model(path: Path, dtype: torch.dtype) -> nn.Module:
     except ImportError:  # transformers < 5
         from transformers.modeling_utils import no_init_weights
 
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise _model_error(path, e) from None
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     return model
 
 
-def _load_tokenizer(path: Path) -> Any:
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+
+
+def has_tokenizer(path: Path) -> bool:
+    """Whether the folder holds tokenizer files (a quantized folder may have none)."""
+    return any((Path(path) / f).exists() for f in TOKENIZER_FILES)
+
+
+def remote_code_refused(path: Path) -> UserError:
+    """The error for a model whose tokenizer is Python code shipped with it."""
+    return UserError(
+        f"The tokenizer of {path} is custom Python code shipped with the model "
+        "(auto_map in tokenizer_config.json). QuantDesk does not run code from models "
+        "unless asked; if you trust the model's author, pass --trust-remote-code."
+    )
+
+
+def remote_code_warning(path: Path) -> str:
+    """What every command says when --trust-remote-code is on for the model in ``path``."""
+    code = sorted(p.name for p in Path(path).glob("*.py"))
+    return ("trust_remote_code is ON: Python code shipped with the model in "
+            f"{path} ({', '.join(code) or 'no .py files found'}) may run on this machine when "
+            "its tokenizer is loaded. Turn it off unless you trust the model's author.")
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False, *,
+                   gguf_file: str | None = None) -> Any:
+    """The tokenizer of a model folder (or of ``gguf_file`` inside it): the one place
+    QuantDesk loads tokenizers.
+
+    ``trust_remote_code`` is always passed to transformers explicitly, so transformers never
+    asks on stdin whether to run code shipped with the model: unless it is True, a tokenizer
+    that needs such code is refused with a UserError saying so. Only local files are read.
+    Any other failure is a UserError naming the folder.
+    """
     from transformers import AutoTokenizer
 
-    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model",
-                                             "tokenizer_config.json", "vocab.json")):
-        return None
-    return AutoTokenizer.from_pretrained(path)
+    path = Path(path)
+    extra = {"gguf_file": gguf_file} if gguf_file is not None else {}
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=bool(trust_remote_code),
+                                             local_files_only=True, **extra)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise remote_code_refused(path) from None
+        raise _tokenizer_error(path, e) from None
+    except ImportError:  # a missing package is QuantDesk's installation, not the model
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for bad files
+        raise _tokenizer_error(path, e) from None
+
+
+def _tokenizer_error(path: Path, e: Exception) -> UserError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return UserError(f"The tokenizer in {path} cannot be loaded ({first}). Copy the tokenizer "
+                     "files from the model's original download into this folder.")
+
+
+def _model_error(path: Path, e: Exception) -> UserError:
+    """transformers' refusal to build a model, as one line for the user."""
+    text = str(e).strip()
+    if "trust_remote_code" in text:
+        return UserError(
+            f"The model in {path} can only be built by Python code shipped with it (auto_map "
+            "in config.json, for a model type this transformers does not know). QuantDesk "
+            "never runs a model's own modelling code; use a model whose type transformers "
+            "supports.")
+    first = text.splitlines()[0] if text else type(e).__name__
+    return UserError(f"cannot load the model in {path}: {first}")
 
 
 def load_dequantized(path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                     ) -> tuple[Any, Any]:
+                     trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) of a plain, GPTQ, AWQ or compressed-tensors folder.
 
     The model is the transformers class of config.json with every quantized weight
     dequantized to `dtype` in a plain nn.Linear; tokenizer is None when the folder has none.
+    ``trust_remote_code`` applies to the tokenizer only: the model is always built from
+    transformers' own class, never from code shipped with it.
     """
     path = Path(path)
     try:
@@ -272,11 +339,15 @@ def load_dequantized(path: Path, dtype: torch.dtype = torch.float32, device: str
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path / 'config.json'}: {e}") from None
     qc = config.get("quantization_config")
-    tokenizer = _load_tokenizer(path)
+    tokenizer = load_tokenizer(path, trust_remote_code) if has_tokenizer(path) else None
     if qc is None:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                         trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise _model_error(path, e) from None
         return model.to(device).eval(), tokenizer
     method = str(qc.get("quant_method", "")).lower()
     folder = _Folder(path)

@@ -2,13 +2,26 @@
 
 Light on imports (no torch) so the window and the command line can clean up after a worker
 that was killed before it could remove its own partial folder.
+
+Also the locks that keep two jobs apart: a job holds ``.NAME.lock`` beside its output, and
+``.FINGERPRINT.lock`` beside its checkpoint folder, from before it writes anything until it
+ends (the operating system drops the lock of a killed process), and the private temporary
+folders (``quantdesk-job-PID-…``) that carry a job file to a worker.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Self
+
+from qtapp.engine.errors import Busy
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
@@ -24,15 +37,30 @@ def partial_path(out: Path) -> Path:
 
 
 def discard_partial(out: str | Path) -> bool:
-    """Remove the partial folder of the job writing ``out``; True when there was one.
+    """Remove the partial folder of the job writing ``out``, and its lock file unless a job
+    still holds it; True when there was a partial folder.
 
-    Only for a job that is over: a running job owns its partial folder.
+    Only for a job that is over (a killed worker could not clean up): a running job owns
+    its partial folder.
     """
-    partial = partial_path(resolved_out(out))
+    out = resolved_out(out)
+    partial = partial_path(out)
+    _drop_stale_lock(lock_path(out))
     if not partial.exists():
         return False
     shutil.rmtree(partial, ignore_errors=True)
     return not partial.exists()
+
+
+def _drop_stale_lock(path: Path) -> None:
+    """Remove a lock file that no process holds (that of a killed job)."""
+    if not path.exists():
+        return
+    try:
+        lock = acquire_lock(path, lambda _holder: "")
+    except (Busy, OSError):
+        return  # held: a job is running
+    lock.release()
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -57,3 +85,221 @@ def free_bytes(folder: Path) -> int | None:
             except OSError:
                 return None
     return None
+
+
+# --------------------------------------------------------------------------- final contents
+
+TEMP_MARKERS = (".tmp", ".partial")
+
+
+def stray_files(folder: Path, expected: Iterable[str]) -> tuple[list[Path], list[Path]]:
+    """Files under ``folder`` that are not in ``expected`` (paths relative to it), as
+    (temporary files: hidden, ``*.tmp*`` or ``*.partial*`` names; any other file)."""
+    want = {Path(f).as_posix() for f in expected}
+    temp: list[Path] = []
+    other: list[Path] = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_dir() and not p.is_symlink():
+            continue
+        if p.relative_to(folder).as_posix() in want:
+            continue
+        hidden = p.name.startswith(".")
+        (temp if hidden or any(m in p.name for m in TEMP_MARKERS) else other).append(p)
+    return temp, other
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file of the job writing ``out``: ``.NAME.lock`` beside it."""
+    return out.parent / f".{out.name}.lock"
+
+
+def checkpoint_lock_path(work: Path) -> Path:
+    """The lock file of the job using the checkpoint folder ``work``, beside that folder
+    (a finished job removes the folder while it still holds the lock)."""
+    return work.parent / f".{work.name}.lock"
+
+
+class JobLock:
+    """An exclusive lock on a file, held by this process until `release()`, or until it
+    dies: the operating system drops a dead process's lock, so a file left by a killed
+    job locks nothing. Released, the file is removed."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if _same_file(self.path, fd):  # removed while still locked: see acquire_lock
+                self.path.unlink()
+        except OSError:
+            pass
+        finally:
+            _unlock(fd)
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def acquire_lock(path: Path, busy: Callable[[str], str]) -> JobLock:
+    """Lock ``path`` (created if needed) without waiting; raise Busy(busy(holder)) when
+    another process holds it, holder being "process N" when that can be told, else ""."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(50):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            locked = _try_lock(fd)
+            if not locked:
+                raise Busy(busy(_holder(fd)))
+            if _same_file(path, fd):
+                _write_holder(fd)
+                return JobLock(path, fd)
+            # The holder removed the file between our open and our lock: lock the new one.
+            _unlock(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise Busy(busy(""))
+
+
+def lock_output(out: Path) -> JobLock:
+    """The lock of the job writing ``out`` (see the module docstring)."""
+    def busy(holder: str) -> str:
+        return (f"another job is writing {out}{f' ({holder})' if holder else ''}; wait for it "
+                "to finish or choose another output folder")
+
+    return acquire_lock(lock_path(out), busy)
+
+
+def lock_checkpoint(work: Path) -> JobLock:
+    """The lock of the job using the checkpoint folder ``work``."""
+    def busy(holder: str) -> str:
+        return (f"another job is writing the checkpoint {work} (the same model, method and "
+                f"settings{f', {holder}' if holder else ''}); wait for it to finish or "
+                "change the settings")
+
+    return acquire_lock(checkpoint_lock_path(work), busy)
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        a, b = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+if sys.platform == "win32":  # no fcntl: a byte-range lock on the first byte
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        except OSError:
+            pass
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+
+
+def _write_holder(fd: int) -> None:
+    try:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
+
+
+def _holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return f"process {int(os.read(fd, 32).split()[0])}"
+    except (OSError, ValueError, IndexError):  # unreadable (Windows locks reads too) or empty
+        return ""
+
+
+# --------------------------------------------------------------------------- job folders
+
+JOB_DIR_PREFIX = "quantdesk-job-"
+UNNAMED_JOB_DIR_AGE_S = 24 * 3600
+
+
+def make_job_dir() -> Path:
+    """A private temporary folder for a worker's job file, named after this process
+    (``quantdesk-job-PID-…``), so `sweep_job_dirs` can tell when its owner is gone."""
+    return Path(tempfile.mkdtemp(prefix=f"{JOB_DIR_PREFIX}{os.getpid()}-"))
+
+
+def job_dir_owner(folder: Path) -> int | None:
+    """The process id in a job folder's name, or None (folders of older versions)."""
+    head = folder.name[len(JOB_DIR_PREFIX):].split("-", 1)[0]
+    return int(head) if folder.name.startswith(JOB_DIR_PREFIX) and head.isdigit() else None
+
+
+def sweep_job_dirs(root: Path | None = None) -> list[Path]:
+    """Remove the job folders (in the temporary folder) of processes that have ended,
+    killed before they could remove their own; folders without an owner's id in their name
+    once they are a day old. Only this user's folders; returns those removed."""
+    import psutil
+
+    root = Path(root) if root is not None else Path(tempfile.gettempdir())
+    removed = []
+    try:
+        candidates = list(root.glob(JOB_DIR_PREFIX + "*"))
+    except OSError:
+        return removed
+    for folder in candidates:
+        try:
+            st = folder.lstat()
+            if folder.is_symlink() or not folder.is_dir() or \
+                    (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+                continue
+            pid = job_dir_owner(folder)
+            if pid is None:
+                if time.time() - st.st_mtime < UNNAMED_JOB_DIR_AGE_S:
+                    continue
+            elif pid == os.getpid() or psutil.pid_exists(pid):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+    return removed

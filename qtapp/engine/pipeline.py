@@ -221,16 +221,23 @@ class LayerStreamer:
 
 
 def forward_block(block: nn.Module, inputs: BlockInputs, out: torch.Tensor | None = None,
-                  ) -> torch.Tensor | None:
-    """Run a block over all calibration inputs; write the outputs into `out` if given."""
+                  should_cancel: Callable[[], bool] | None = None) -> torch.Tensor | None:
+    """Run a block over all calibration inputs; write the outputs into `out` if given.
+    should_cancel() is polled before each mini-batch (raises Cancelled)."""
     i = 0
     with torch.no_grad():
         for xb, kw in inputs.batches():
+            _poll(should_cancel)
             y = first_output(block(xb.to(block_dtype(block)), **kw))
             if out is not None:
                 out[i : i + xb.shape[0]] = y.to(out.dtype)
             i += xb.shape[0]
     return out
+
+
+def _poll(should_cancel: Callable[[], bool] | None) -> None:
+    if should_cancel is not None and should_cancel():
+        raise Cancelled()
 
 
 def block_dtype(block: nn.Module) -> torch.dtype:
@@ -246,6 +253,7 @@ def _linear(block: nn.Module, name: str) -> nn.Linear:
 
 
 def collect_hessians(block: nn.Module, names: list[str], inputs: BlockInputs,
+                     should_cancel: Callable[[], bool] | None = None,
                      ) -> dict[str, HessianAccumulator]:
     """Accumulate H = 2/n Σ x xᵀ for each named linear over the calibration set.
 
@@ -290,6 +298,7 @@ def collect_hessians(block: nn.Module, names: list[str], inputs: BlockInputs,
     try:
         with torch.no_grad():
             for xb, kw in inputs.batches():
+                _poll(should_cancel)
                 pending.update(names)
                 seen.clear()
                 try:
@@ -349,7 +358,7 @@ class BlockQuantizer:
             if not todo:
                 continue
             self._check_cancel()
-            hessians = collect_hessians(block, todo, inputs)
+            hessians = collect_hessians(block, todo, inputs, self.should_cancel)
             while todo:
                 self._check_cancel()
                 first = todo.pop(0)
@@ -439,8 +448,8 @@ def quantize_blocks(
         with _gpu_precision(device):
             inputs = streamer.capture_inputs(tokens, batch)
             if done:
-                emit(ev.Log(level="info", message=f"resuming: {len(done)} of "
-                            f"{streamer.n_blocks} blocks are already quantized in the checkpoint"))
+                emit(ev.Log(level="notice", message=f"resuming: {len(done)} of "
+                            f"{streamer.n_blocks} blocks from the checkpoint"))
             _quantize_streamed(streamer, quantizer, inputs, store, done, emit, should_cancel)
     finally:
         streamer.close()
@@ -471,7 +480,7 @@ def _quantize_streamed(streamer: LayerStreamer, quantizer: BlockQuantizer, input
                 report.search.save(store.root / AWQ_SEARCH_FILE.format(i))
             store.save_block(i, report.modules, report.meta, report.floats)
             timed += 1
-        forward_block(block, inputs, out=inputs.x)
+        forward_block(block, inputs, out=inputs.x, should_cancel=should_cancel)
         streamer.release(block)
         elapsed = time.perf_counter() - t_start
         left = streamer.n_blocks - i - 1
@@ -550,7 +559,7 @@ def _collect_streamed(streamer: LayerStreamer, inputs: BlockInputs, info: ModelI
             for n in names
         ]
         try:
-            forward_block(block, inputs, out=inputs.x)
+            forward_block(block, inputs, out=inputs.x, should_cancel=should_cancel)
         finally:
             for h in hooks:
                 h.remove()

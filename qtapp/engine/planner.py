@@ -29,7 +29,11 @@ when its distributions are not cached yet).
 
 A plan that does not fit (RAM beyond advisor.RAM_USABLE of the total, VRAM beyond
 advisor.VRAM_USABLE, disk beyond the free space) lists the problems with the numbers and
-fixes that would fit; the job runner refuses such a job unless the user overrides.
+fixes that would fit; the job runner refuses such a job unless the user overrides. Two
+problems come before the numbers: a group size that does not divide the input width of a
+layer it quantizes (arch.group_size_problem, with the group size that does), and an output
+folder that cannot be written (job.output_folder_problem; its free space is then not
+reported as a disk that is too small).
 """
 
 from __future__ import annotations
@@ -271,7 +275,11 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
                + final / EXPORT_BYTES_PER_S)
     if job.evaluate:
         seconds += evaluation_seconds(job, info, shape, cpu_flops)
+    from qtapp.engine.arch import group_size_problem
+    from qtapp.engine.job import output_folder_problem
+
     target = Path(out or job.out).expanduser().resolve()
+    unwritable = output_folder_problem(target)
     while not target.exists() and target != target.parent:
         target = target.parent
     disk_free = min(shutil.disk_usage(target).free, shutil.disk_usage(
@@ -281,7 +289,14 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
                 final_disk=int(final), seconds=round(seconds, 1), ram_total=hw.ram_total,
                 vram_total=gpu.vram_total if gpu else 0, disk_free=int(disk_free),
                 probed=probed, block_seconds=round(per_block, 3))
-    _check(plan, job, info, gpu is not None)
+    groups = group_size_problem(job, info.config)
+    if groups is not None:
+        plan.problems.append(groups.problem)
+        plan.fixes.append(groups.fix())
+    if unwritable:  # before the disk check: an unwritable folder is not a full disk
+        plan.problems.append(unwritable)
+        plan.fixes.append("choose an output folder you can write to (--out)")
+    _check(plan, job, info, gpu is not None, disk=not unwritable)
     return plan
 
 
@@ -295,23 +310,28 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def _check(plan: Plan, job: JobSpec, info: ModelInfo, gpu: bool) -> None:
-    """Fill plan.problems and plan.fixes (each fix re-planned with the formulas)."""
+def _check(plan: Plan, job: JobSpec, info: ModelInfo, gpu: bool, disk: bool = True) -> None:
+    """Add the memory and disk problems to plan.problems, and fixes to plan.fixes (each
+    memory fix re-planned with the formulas); `disk` False skips the free-space check."""
     ram_ok = plan.ram_total * A.RAM_USABLE
+    memory_short = False
     if plan.peak_ram > ram_ok:
+        memory_short = True
         plan.problems.append(f"needs {_gib(plan.peak_ram)} of RAM; {_gib(ram_ok)} of "
                              f"{_gib(plan.ram_total)} are usable")
     if gpu and plan.peak_vram > plan.vram_total * A.VRAM_USABLE:
+        memory_short = True
         plan.problems.append(f"needs {_gib(plan.peak_vram)} of GPU memory; "
                              f"{_gib(plan.vram_total * A.VRAM_USABLE)} are usable")
-    if plan.temp_disk > plan.disk_free:
+    if disk and plan.temp_disk > plan.disk_free:
         plan.problems.append(f"needs {_gib(plan.temp_disk)} of disk while running; "
                              f"{_gib(plan.disk_free)} are free")
         plan.fixes.append(f"free {_gib(plan.temp_disk - plan.disk_free)} on the output's disk "
                           "or choose an output folder on another disk")
-    if not plan.problems:
+    if not memory_short:
         return
     limit_ram, limit_vram = ram_ok, plan.vram_total * A.VRAM_USABLE
+    earlier = len(plan.fixes)
     c = job.calibration
     for samples, seq_len in ((c.samples // 2, c.seq_len), (c.samples // 4, c.seq_len),
                              (c.samples // 2, c.seq_len // 2)):
@@ -339,6 +359,6 @@ def _check(plan: Plan, job: JobSpec, info: ModelInfo, gpu: bool) -> None:
         if ram <= limit_ram:
             plan.fixes.append(f"skip the quality gate (--no-eval; it loads the whole model): "
                               f"{_gib(ram)} RAM")
-    if not plan.fixes:
+    if len(plan.fixes) == earlier:
         need = math.ceil((plan.peak_ram - ram_ok) / 2**30)
         plan.fixes.append(f"no setting fits: this model needs about {need} GiB more RAM")

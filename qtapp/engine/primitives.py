@@ -6,7 +6,8 @@ symmetric:  s = max|w| / 2^(b−1),           z = 2^(b−1)   (no zero point, gr
 asymmetric: s = (max − min) / (2^b − 1),    z = round(−min / s)
 
 Codes are stored unsigned in [0, 2^b − 1] with the zero point beside them; a symmetric
-scheme's zero is the constant 2^(b−1), which is exactly the GPTQ convention (FORMATS.md §1).
+scheme's zero is the constant 2^(b−1), which is exactly the GPTQ convention
+(docs/formats.md#quantization-grid).
 Granularity: group_size > 0 (groups of input columns), −1 (one group per output row),
 0 (one scale for the whole tensor). Weights are (N, K) = (out_features, in_features).
 """
@@ -106,8 +107,9 @@ def qparams_mse(
     range shrunk to p·[min, max], p = 1 − i/grid, i < max_shrink·grid.
 
     The grid search of the GPTQ reference code (Quantizer.find_params with mse=True, its
-    defaults grid 100, maxshrink 0.8, norm 2.4); the seed's formulas give the scale and zero
-    for each shrunk range, so p = 1 is exactly `qparams_from_range`. Ties go to the first
+    defaults grid 100, maxshrink 0.8, norm 2.4; docs/formats.md#quantization-grid); the
+    grid's formulas give the scale and zero for each shrunk range, so p = 1 is exactly
+    `qparams_from_range`. Ties go to the first
     (widest) range, as in the reference's strict `err < best`.
 
     Two changes for speed. (1) The reference tries one p at a time (80 steps of ~10 small

@@ -53,12 +53,23 @@ import numpy as np
 import torch
 
 from qtapp.engine import kld as K
-from qtapp.engine.errors import UserError
+from qtapp.engine.errors import Cancelled, UserError
 from qtapp.engine.gencheck import GenerationCheck
+from qtapp.engine.sources import gguf_file_of
 
 DEFAULT_CTX = 512
 CACHE_VERSION = "quality-2"
 Progress = Callable[[str], None]
+ShouldCancel = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+def _check(should_cancel: ShouldCancel) -> None:
+    if should_cancel():
+        raise Cancelled()
 
 
 @dataclass(frozen=True)
@@ -100,20 +111,6 @@ class QualityReport:
 
 
 # models -------------------------------------------------------------------------------
-def gguf_file_of(path: Path) -> Path | None:
-    """The model .gguf of `path` (a .gguf file, or a folder without config.json holding
-    exactly one .gguf besides imatrix files), else None."""
-    path = Path(path)
-    if path.is_file():
-        return path if path.suffix.lower() == ".gguf" else None
-    if (path / "config.json").exists():
-        return None
-    files = [p for p in sorted(path.glob("*.gguf")) if not p.name.startswith("imatrix")]
-    if len(files) > 1:
-        raise UserError(f"{path} holds {len(files)} .gguf files; give the one to evaluate")
-    return files[0] if files else None
-
-
 class _Scorer:
     """Logits per position and greedy answers of one loaded model."""
 
@@ -126,7 +123,8 @@ class _Scorer:
     def logits(self, window: np.ndarray) -> torch.Tensor:
         raise NotImplementedError
 
-    def generate(self, tokenizer: Any = None) -> list[GenerationCheck]:
+    def generate(self, tokenizer: Any = None, should_cancel: ShouldCancel = _never,
+                 ) -> list[GenerationCheck]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -139,14 +137,15 @@ class _TorchScorer(_Scorer):
     hold the source's float weights (the whole model in float32) beside the quantized
     model's, nor spend their load time."""
 
-    def __init__(self, path: Path) -> None:
-        from qtapp.engine.loader import _load_tokenizer
+    def __init__(self, path: Path, trust_remote_code: bool = False) -> None:
+        from qtapp.engine.loader import has_tokenizer, load_tokenizer
 
         if not (path / "config.json").exists():
             raise UserError(f"{path} is neither a model folder (no config.json) nor a .gguf "
                             "file; give what QuantDesk wrote or a Hugging Face folder")
         self.path = path
-        self.tokenizer = _load_tokenizer(path)
+        self.trust_remote_code = trust_remote_code
+        self.tokenizer = load_tokenizer(path, trust_remote_code) if has_tokenizer(path) else None
         self._model: Any = None
 
     @property
@@ -154,7 +153,8 @@ class _TorchScorer(_Scorer):
         if self._model is None:
             from qtapp.engine.loader import load_dequantized
 
-            self._model, _tokenizer = load_dequantized(self.path)
+            self._model, _tokenizer = load_dequantized(
+                self.path, trust_remote_code=self.trust_remote_code)
         return self._model
 
     def token_ids(self, text: str) -> tuple[list[int], int | None]:
@@ -173,11 +173,13 @@ class _TorchScorer(_Scorer):
         with torch.inference_mode():
             return self.model(input_ids=ids, use_cache=False).logits[0].float()
 
-    def generate(self, tokenizer: Any = None) -> list[GenerationCheck]:
+    def generate(self, tokenizer: Any = None, should_cancel: ShouldCancel = _never,
+                 ) -> list[GenerationCheck]:
         from qtapp.engine.gencheck import check_torch
 
         tok = self.tokenizer or tokenizer
-        return check_torch(self.model, tok) if tok is not None else []
+        return check_torch(self.model, tok, should_cancel=should_cancel) \
+            if tok is not None else []
 
     def close(self) -> None:
         self._model = None
@@ -199,21 +201,23 @@ class _LlamaScorer(_Scorer):
         self.llm.eval(window.tolist())
         return torch.from_numpy(np.array(self.llm.scores[: len(window)], dtype=np.float32))
 
-    def generate(self, tokenizer: Any = None) -> list[GenerationCheck]:
+    def generate(self, tokenizer: Any = None, should_cancel: ShouldCancel = _never,
+                 ) -> list[GenerationCheck]:
         from qtapp.engine.gencheck import check_llama
 
-        return check_llama(self.llm)
+        return check_llama(self.llm, should_cancel=should_cancel)
 
     def close(self) -> None:
         self.llm.close()
 
 
-def _open(path: Path, ctx: int) -> _Scorer:
+def _open(path: Path, ctx: int, trust_remote_code: bool = False) -> _Scorer:
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path} does not exist; give a model folder or a .gguf file")
     file = gguf_file_of(path)
-    return _LlamaScorer(file, ctx) if file is not None else _TorchScorer(path)
+    return (_LlamaScorer(file, ctx) if file is not None
+            else _TorchScorer(path, trust_remote_code))
 
 
 # protocol -----------------------------------------------------------------------------
@@ -271,13 +275,15 @@ def _checks_from(data: list[dict[str, Any]]) -> list[GenerationCheck]:
     return [GenerationCheck(**d) for d in data]
 
 
-def _source_pass(scorer: _Scorer, w: np.ndarray, generation: bool, progress: Progress
+def _source_pass(scorer: _Scorer, w: np.ndarray, generation: bool, progress: Progress,
+                 should_cancel: ShouldCancel = _never,
                  ) -> tuple[K.SourceDistributions, list[GenerationCheck]]:
     parts = []
     for i, window in enumerate(w):
+        _check(should_cancel)
         progress(f"source model: window {i + 1} of {len(w)}")
         parts.append(K.summarize(*_scored(window, scorer.logits(window))))
-    checks = scorer.generate() if generation else []
+    checks = scorer.generate(should_cancel=should_cancel) if generation else []
     return K.SourceDistributions.concat(parts), checks
 
 
@@ -304,17 +310,22 @@ def source_is_cached(source: Path, ctx: int = DEFAULT_CTX, text: str | None = No
 
 
 def source_distributions(source: Path, ctx: int = DEFAULT_CTX, text: str | None = None,
-                         generation: bool = True, progress: Progress | None = None
+                         generation: bool = True, progress: Progress | None = None,
+                         trust_remote_code: bool = False, *,
+                         should_cancel: ShouldCancel = _never,
                          ) -> tuple[np.ndarray, K.SourceDistributions, list[GenerationCheck]]:
     """(windows, the source's compact distributions, its generation check), from the cache
-    when present. A cache entry without a generation check is completed by one."""
+    when present. A cache entry without a generation check is completed by one. A full
+    disk while writing the cache is a UserError naming the cache. should_cancel() is
+    polled per window and per generated token (then Cancelled is raised)."""
     from qtapp.engine.calibration import builtin_eval_text
+    from qtapp.engine.sources import cache_disk_full
 
     progress = progress or (lambda _m: None)
     text = builtin_eval_text() if text is None else text
     if not text.strip():
         raise UserError("the evaluation text is empty; give a text to evaluate on")
-    scorer = _open(Path(source), ctx)
+    scorer = _open(Path(source), ctx, trust_remote_code)
     try:
         ids, bos = scorer.token_ids(text)
         w = windows(ids, ctx, bos)
@@ -328,13 +339,15 @@ def source_distributions(source: Path, ctx: int = DEFAULT_CTX, text: str | None 
         except (OSError, ValueError, KeyError, TypeError):
             dist = None
         if dist is None:
-            dist, checks = _source_pass(scorer, w, generation, progress)
-            dist.save(file)
+            dist, checks = _source_pass(scorer, w, generation, progress, should_cancel)
+            with cache_disk_full(file.parent, "the source model's distributions"):
+                dist.save(file)
         elif generation and checks is None:
-            checks = scorer.generate()
-        meta.write_text(json.dumps({"source": str(source), "ctx": ctx,
-                                    "generation": [asdict(c) for c in checks or []]}),
-                        encoding="utf-8")
+            checks = scorer.generate(should_cancel=should_cancel)
+        with cache_disk_full(file.parent, "the source model's distributions"):
+            meta.write_text(json.dumps({"source": str(source), "ctx": ctx,
+                                        "generation": [asdict(c) for c in checks or []]}),
+                            encoding="utf-8")
         return w, dist, checks or []
     finally:
         scorer.close()
@@ -379,24 +392,35 @@ def _new_flags(model: list[GenerationCheck], source: list[GenerationCheck]) -> i
 
 def quality_report(model: Path, source: Path, ctx: int = DEFAULT_CTX, text: str | None = None,
                    *, generation: bool = True, progress: Progress | None = None,
-                   thresholds: Thresholds = THRESHOLDS) -> QualityReport:
+                   thresholds: Thresholds = THRESHOLDS,
+                   trust_remote_code: bool = False,
+                   should_cancel: ShouldCancel = _never) -> QualityReport:
     """Compare `model` with `source` on the evaluation text (see the module docstring).
+    should_cancel() is polled per window and per generated token: Cancelled is raised
+    within a window's time of it answering True.
 
     generation=False skips the generation check (then only the figures decide).
-    progress(message) is called per window. Raises UserError for unusable inputs."""
+    progress(message) is called per window. trust_remote_code lets the tokenizers run code
+    shipped with the models (never their modelling code). Raises UserError for unusable
+    inputs."""
     progress = progress or (lambda _m: None)
-    w, dist, source_checks = source_distributions(source, ctx, text, generation, progress)
-    scorer = _open(Path(model), ctx)
+    w, dist, source_checks = source_distributions(source, ctx, text, generation, progress,
+                                                  trust_remote_code,
+                                                  should_cancel=should_cancel)
+    _check(should_cancel)
+    scorer = _open(Path(model), ctx, trust_remote_code)
     try:
         parts = []
         start = 0
         for i, window in enumerate(w):
+            _check(should_cancel)
             progress(f"quantized model: window {i + 1} of {len(w)}")
             logits, targets = _scored(window, scorer.logits(window))
             n = len(targets)
             parts.append(K.compare(dist.rows(start, start + n), logits, targets))
             start += n
-        checks = scorer.generate(_source_tokenizer(scorer, source)) if generation else []
+        checks = (scorer.generate(_source_tokenizer(scorer, source, trust_remote_code),
+                                  should_cancel) if generation else [])
     finally:
         scorer.close()
     kld = np.concatenate([p.kld for p in parts]).astype(np.float64)
@@ -414,11 +438,44 @@ def quality_report(model: Path, source: Path, ctx: int = DEFAULT_CTX, text: str 
                          thresholds=thresholds)
 
 
-def _source_tokenizer(scorer: _Scorer, source: Path) -> Any:
+def _source_tokenizer(scorer: _Scorer, source: Path, trust_remote_code: bool = False) -> Any:
     """The source folder's tokenizer when a quantized folder lacks its own, else None."""
-    from qtapp.engine.loader import _load_tokenizer
+    from qtapp.engine.loader import has_tokenizer, load_tokenizer
 
     path = Path(source)
     if scorer.tokenizer is not None or not isinstance(scorer, _TorchScorer):
         return None
-    return _load_tokenizer(path) if path.is_dir() and gguf_file_of(path) is None else None
+    if not path.is_dir() or gguf_file_of(path) is not None or not has_tokenizer(path):
+        return None
+    return load_tokenizer(path, trust_remote_code)
+
+
+def model_perplexity(model: Path, ctx: int = DEFAULT_CTX, text: str | None = None, *,
+                     progress: Progress | None = None,
+                     trust_remote_code: bool = False) -> tuple[float, int]:
+    """(perplexity, scored positions) of `model` alone, with the quality gate's protocol
+    (module docstring): the same windows, the same scored second halves and the same
+    arithmetic as quality_report, so `quantdesk eval M` prints the perplexity that
+    `quantdesk eval M --against S` prints for M when M and S tokenize the text alike (a
+    quantized folder and its source do). The text is tokenized by `model`'s own tokenizer
+    (a .gguf file's, through llama.cpp)."""
+    from qtapp.engine.calibration import builtin_eval_text
+
+    progress = progress or (lambda _m: None)
+    text = builtin_eval_text() if text is None else text
+    if not text.strip():
+        raise UserError("the evaluation text is empty; give a text to evaluate on")
+    scorer = _open(Path(model), ctx, trust_remote_code)
+    try:
+        ids, bos = scorer.token_ids(text)
+        w = windows(ids, ctx, bos)
+        parts = []
+        for i, window in enumerate(w):
+            progress(f"model: window {i + 1} of {len(w)}")
+            logits, targets = _scored(window, scorer.logits(window))
+            logq = torch.log_softmax(logits.float(), dim=-1)  # as kld.compare computes NLL
+            parts.append((-logq.gather(-1, targets.view(-1, 1))[:, 0]).numpy())
+    finally:
+        scorer.close()
+    nll = np.concatenate(parts).astype(np.float64)
+    return (math.exp(nll.mean()) if nll.mean() < 700 else math.inf), int(nll.size)

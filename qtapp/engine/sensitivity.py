@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -199,9 +200,10 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
             todo = [n for n in names if prefix + n in by_name]
             energy.append(float(inputs.x.pow(2).sum(-1).mean()))
             saved.append(inputs.x[:FISHER_SAMPLES].to("cpu", copy=True))
-            hessians = collect_hessians(block, todo, inputs)
+            hessians = collect_hessians(block, todo, inputs, should_cancel)
             sub = BlockInputs(inputs.x[:GAIN_SAMPLES], inputs.kwargs, inputs.batch)
-            y_ref = forward_block(block, sub, out=torch.empty_like(sub.x))
+            y_ref = forward_block(block, sub, out=torch.empty_like(sub.x),
+                                  should_cancel=should_cancel)
             for n in todo:
                 if should_cancel():
                     raise Cancelled()
@@ -213,6 +215,8 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
                 ref = _reference(slot.options)
                 with _solver_threads(device):
                     for c in slot.options:
+                        if should_cancel():
+                            raise Cancelled()
                         W_hat = quantized_weight(job.method, W, H, c, job)
                         errors[c.key] = 0.0 if c.kept else output_error(W, W_hat, H)
                         if ref is not None and c.key == ref.key:
@@ -224,7 +228,7 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
                 modules[slot.name] = ModuleSensitivity(slot.name, float(per_dim.sum()), errors,
                                                        ref.key if ref else "")
                 del H
-            forward_block(block, inputs, out=inputs.x)
+            forward_block(block, inputs, out=inputs.x, should_cancel=should_cancel)
             streamer.release(block)
             emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="sensitivity",
                              message=f"block {i + 1}/{streamer.n_blocks}"))
@@ -351,7 +355,10 @@ def sensitivity_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
     profile.key = key
     path = cache_file(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(profile.to_json(), encoding="utf-8")
-    tmp.replace(path)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")  # two jobs may profile the same model
+    try:
+        tmp.write_text(profile.to_json(), encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return profile

@@ -28,6 +28,7 @@ import torch
 
 from qtapp.engine.arch import ArchSpec, arch_for
 from qtapp.engine.errors import UserError
+from qtapp.engine.outputs import free_bytes, is_disk_full
 
 CACHE_ENV = "QUANTDESK_CACHE"
 DEMO_NAME = "SmolLM2-135M-Instruct"
@@ -68,6 +69,34 @@ def cache_root() -> Path:
 
 def models_cache_dir() -> Path:
     return cache_root() / "models"
+
+
+def disk_full_error(e: BaseException, folder: Path, what: str, advice: str) -> UserError:
+    """The error for a write into ``folder`` that failed because its disk is full: names the
+    disk (by the folder written to), the free space left there, and what to do."""
+    from qtapp.engine.advisor import format_size
+
+    n = free_bytes(Path(folder))
+    free = "unknown" if n is None else format_size(n)
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return UserError(f"The disk is full: writing {what} into {folder} failed ({reason}). Free "
+                     f"space on that disk: {free}. {advice}")
+
+
+CACHE_DISK_ADVICE = (f"Free some space on that disk, or set {CACHE_ENV} to a folder on a disk "
+                     "with more room, then try again.")
+
+
+@contextlib.contextmanager
+def cache_disk_full(folder: Path, what: str):
+    """Turn a disk-full failure of the writes in the block into a UserError naming
+    QuantDesk's cache (``folder``, inside it) as the full disk."""
+    try:
+        yield
+    except Exception as e:
+        if is_disk_full(e):
+            raise disk_full_error(e, folder, what, CACHE_DISK_ADVICE) from None
+        raise
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -310,30 +339,48 @@ def _check_weights(folder: Path, reader: SafetensorsReader, arch: ArchSpec, n_la
         )
 
 
-def _model_info(folder: Path, source: str, name: str) -> ModelInfo:
+def check_model_folder(folder: Path, *, tokenizer: bool = True, pickle_option: bool = True,
+                       ) -> tuple[dict[str, Any], SafetensorsReader]:
+    """The checks every command makes of a Hugging Face folder before it loads anything
+    (`quantize` through resolve_model, `chat` and `eval` through resolve_loadable):
+    config.json is a JSON object naming a model; the weights are *.safetensors (a folder of
+    pickle weights only is refused) and every header agrees with its file's size, so a
+    truncated or damaged file is named here; the tokenizer files are present when
+    ``tokenizer``. Quantized folders (with a quantization_config) pass like plain ones.
+    ``pickle_option`` says whether the refusal of pickle weights may point to
+    --allow-pickle (only `quantize` has it). Returns config.json and the weights' reader;
+    no tensor is read.
+    """
     config = _read_config(folder)
+    if not _safetensors_files(folder):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            advice = (", or, only for a model you trust, allow pickle weights "
+                      "(--allow-pickle on the command line, allow_pickle=True in a job file); "
+                      "they are then read with torch.load(weights_only=True) and converted to "
+                      "safetensors once." if pickle_option else ".")
+            raise UserError(
+                f"{folder} holds only pickle weights ({', '.join(pickles[:3])}), which can run "
+                "code when loaded and are refused for safety. Use a copy of the model in "
+                f"*.safetensors format{advice}"
+            )
+        raise UserError(f"No *.safetensors weight files in {folder}. Choose a folder that "
+                        "holds the model's weights.")
+    reader = SafetensorsReader(folder)
+    if tokenizer:
+        _check_tokenizer(folder)
+    return config, reader
+
+
+def _model_info(folder: Path, source: str, name: str) -> ModelInfo:
+    config, reader = check_model_folder(folder)
     arch = arch_for(config)
     n_layers = config.get("num_hidden_layers")
     hidden = config.get("hidden_size")
     if not isinstance(n_layers, int) or not isinstance(hidden, int) or n_layers < 1:
         raise UserError(f"config.json in {folder} lacks valid 'num_hidden_layers' / "
                         "'hidden_size'. Restore the file from the model's original download.")
-    if not _safetensors_files(folder):
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles:
-            raise UserError(
-                f"{folder} holds only pickle weights ({', '.join(pickles[:3])}), which can run "
-                "code when loaded and are refused for safety. Use a copy of the model in "
-                "*.safetensors format, or, only for a model you trust, allow pickle weights "
-                "(--allow-pickle on the command line, allow_pickle=True in a job file); they "
-                "are then read with torch.load(weights_only=True) and converted to "
-                "safetensors once."
-            )
-        raise UserError(f"No *.safetensors weight files in {folder}. Choose a folder that "
-                        "holds the model's weights.")
-    reader = SafetensorsReader(folder)
     _check_weights(folder, reader, arch, n_layers, config)
-    _check_tokenizer(folder)
     by_dtype = reader.nbytes_by_dtype()
     return ModelInfo(
         path=folder, source=source, name=name, config=config, arch=arch,
@@ -348,11 +395,18 @@ def _model_info(folder: Path, source: str, name: str) -> ModelInfo:
 
 
 def _build_folder(final: Path, build: Callable[[Path], None],
-                  complete: Callable[[Path], bool]) -> Path:
-    """Build ``final`` in a temp folder beside it and rename it into place.
+                  complete: Callable[[Path], bool], what: str = "a model") -> Path:
+    """Build ``final`` (in QuantDesk's cache) in a temp folder beside it and rename it into
+    place; a full disk is a UserError naming the cache and ``what`` was being written.
 
     Safe against concurrent builders: the first rename wins, later ones discard their copy.
     """
+    with cache_disk_full(final.parent, what):
+        return _build_folder_in_place(final, build, complete)
+
+
+def _build_folder_in_place(final: Path, build: Callable[[Path], None],
+                           complete: Callable[[Path], bool]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{final.name}.tmp-*"):
         with contextlib.suppress(OSError):  # another process may be removing it too
@@ -421,16 +475,14 @@ def _tidy_tokenizer_config(file: Path, max_length: int) -> None:
 
 def _convert_demo(gguf_file: Path, out: Path) -> None:
     from safetensors.torch import save_file
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        GenerationConfig,
-    )
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from qtapp.engine.loader import load_tokenizer
 
     folder, name = str(gguf_file.parent), gguf_file.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = load_tokenizer(gguf_file.parent, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                 trust_remote_code=False)
     cfg = model.config.to_dict()
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "dtype",
                 "torch_dtype", "transformers_version"):
@@ -465,7 +517,8 @@ def demo_model_dir() -> Path:
     if _demo_complete(final):
         return final
     gguf_file = demo_gguf_path()
-    return _build_folder(final, lambda tmp: _convert_demo(gguf_file, tmp), _demo_complete)
+    return _build_folder(final, lambda tmp: _convert_demo(gguf_file, tmp), _demo_complete,
+                         "the demo model (converted once from its GGUF file)")
 
 
 # --------------------------------------------------------------------------- pickle weights
@@ -534,7 +587,8 @@ def _convert_pickle_folder(folder: Path) -> Path:
 
     if complete(final):
         return final
-    return _build_folder(final, build, complete)
+    return _build_folder(final, build, complete,
+                         f"a safetensors copy of the pickle weights of {folder}")
 
 
 # --------------------------------------------------------------------------- hub
@@ -595,6 +649,11 @@ def _download(repo_id: str, allow_pickle: bool,
             progress(total, total)
         return Path(path)
     except Exception as e:  # noqa: BLE001 - network, auth and disk failures all end here
+        if is_disk_full(e):
+            raise disk_full_error(
+                e, Path(constants.HF_HUB_CACHE), f"the model '{repo_id}'",
+                "Free some space on that disk, or set HF_HUB_CACHE to a folder on a disk with "
+                "more room, then try again.") from None
         raise UserError(
             f"Could not download '{repo_id}' from the Hugging Face Hub: {e}. Check the id, your "
             "internet connection, and for gated or private models log in with "
@@ -680,3 +739,82 @@ def resolve_model(source: str, *, allow_download: bool = False,
         arch_for(_read_config(folder))
         folder = _convert_pickle_folder(folder)
     return _model_info(folder, text, name)
+
+
+# --------------------------------------------------------------------------- chat and eval
+
+GGUF_MAGIC = b"GGUF"
+
+
+def gguf_file_of(path: Path) -> Path | None:
+    """The model .gguf of `path` (a .gguf file, or a folder without config.json holding
+    exactly one .gguf besides imatrix files), else None."""
+    path = Path(path)
+    if path.is_file():
+        return path if path.suffix.lower() == ".gguf" else None
+    if (path / "config.json").exists():
+        return None
+    files = [p for p in sorted(path.glob("*.gguf")) if not p.name.startswith("imatrix")]
+    if len(files) > 1:
+        raise UserError(f"{path} holds {len(files)} .gguf files; give the one to use")
+    return files[0] if files else None
+
+
+def check_gguf_file(file: Path) -> Path:
+    """A .gguf file that exists, can be read and starts like a GGUF file (llama.cpp checks
+    the rest when it opens it)."""
+    file = Path(file)
+    if not file.exists():
+        raise UserError(f"The GGUF file {file} does not exist. Check the path.")
+    if not file.is_file():
+        raise UserError(f"{file} is not a file; give a .gguf file or a model folder.")
+    try:
+        with open(file, "rb") as f:
+            head = f.read(len(GGUF_MAGIC))
+    except OSError as e:
+        raise UserError(f"Cannot read the GGUF file {file} ({e.strerror}). Check that it is "
+                        "readable by you.") from None
+    if head != GGUF_MAGIC:
+        raise UserError(f"{file} is not a GGUF file (it does not start with the bytes 'GGUF'); "
+                        "it is damaged or in another format. Download or convert it again.")
+    return file
+
+
+def resolve_loadable(source: str | Path, *, tokenizer: bool = True,
+                     allow_download: bool = False) -> Path:
+    """What `chat` and `eval` open, checked before anything is loaded: a .gguf file (also
+    the one model .gguf of a folder without config.json) through check_gguf_file, else a
+    Hugging Face folder ('demo', a path, or a Hub id in the local cache) through
+    check_model_folder, the check `quantize` makes. Plain and quantized folders pass, and
+    any model type transformers knows (quantizing needs a supported one). ``tokenizer``
+    asks for the tokenizer files to be present. Returns the file or folder.
+    """
+    text = str(source).strip()
+    if not text:
+        raise UserError("No model given. Type 'demo', a model folder, a .gguf file, or a "
+                        "Hugging Face id.")
+    if text.lower() == "demo":
+        folder = demo_model_dir()
+    else:
+        path = Path(text).expanduser()
+        if path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise UserError(f"{path} is a file but not a .gguf file; give a .gguf file or "
+                                "a model folder")
+            return check_gguf_file(path)
+        if path.suffix.lower() == ".gguf" and not path.is_dir():
+            return check_gguf_file(path)
+        if path.exists() or not _is_hub_id_shaped(text):
+            if not path.exists():
+                raise UserError(f"{path} does not exist. Check the path, or give 'demo', a "
+                                "model folder, a .gguf file or a Hugging Face id like org/name.")
+            if not path.is_dir():
+                raise UserError(f"{path} is neither a model folder nor a .gguf file.")
+            file = gguf_file_of(path)
+            if file is not None:
+                return check_gguf_file(file)
+            folder = _local_folder(path, text)
+        else:
+            folder = _resolve_hub(text, allow_download, False, None)
+    check_model_folder(folder, tokenizer=tokenizer, pickle_option=False)
+    return folder

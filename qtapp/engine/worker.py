@@ -8,19 +8,25 @@ With --plan the job does not run: the planner times its first block on this mach
 object, {"plan": Plan.to_dict()} or {"error": message}, is written to fd 1 (exit 0 / 2).
 
 fd 1 carries only events (one JSON object per line); everything else any library prints
-goes to stderr. A line `cancel` on stdin, SIGTERM or SIGINT asks the job to stop at the
-next module; it then cleans up and emits `cancelled`. Exactly one `result`, `failed` or
-`cancelled` event ends every run. Exit codes: 0 result, 1 failed, 2 bad job file, 3
-cancelled.
+goes to stderr. A line `cancel` (or `cancel SIGTERM`, naming why) on stdin, SIGTERM, SIGHUP
+or SIGINT asks the job to stop within a few seconds; it then cleans up and emits
+`cancelled`. So does the parent's death (seen as this process being re-parented, or as
+events that can no longer be written): an orphaned worker stops quietly, removes its
+partial output and its job folder, and keeps its checkpoint. Exactly one `result`, `failed`
+or `cancelled` event ends every run. Exit codes: 0 result, 1 failed, 2 bad job file, 3
+cancelled, 4 another job is writing the same output or checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable
@@ -29,46 +35,108 @@ from typing import TextIO
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
-from qtapp.engine.errors import Cancelled, UserError
+from qtapp.engine.errors import Busy, Cancelled, UserError
+
+EXIT_BUSY = 4
+SIGNAL_WORDS = {"SIGTERM": "SIGTERM (a request to stop)",
+                "SIGHUP": "SIGHUP (the terminal was closed)"}
 
 
 class CancelFlag:
+    """A cancel request, callable as `should_cancel`. `set` is also a signal handler; the
+    first reason given (a signal's name, "parent exited") is kept for the message."""
+
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.reason = ""
 
-    def set(self, *_args: object) -> None:
+    def set(self, signum: object = None, _frame: object = None) -> None:
+        if not self._event.is_set():
+            if isinstance(signum, int):
+                self.reason = signal.Signals(signum).name
+            elif isinstance(signum, str):
+                self.reason = signum
         self._event.set()
 
     def __call__(self) -> bool:
         return self._event.is_set()
 
 
-class EventWriter:
-    """Writes events to a private duplicate of fd 1, then points fd 1 at stderr."""
+def cancel_message(reason: str) -> str:
+    """What a cancelled job says, by why it was cancelled (see CancelFlag.reason)."""
+    if reason in SIGNAL_WORDS:
+        return f"cancelled by {SIGNAL_WORDS[reason]}; no output was written"
+    return ev.Cancelled.message
 
-    def __init__(self) -> None:
+
+class EventWriter:
+    """Writes events to a private duplicate of fd 1, then points fd 1 at stderr.
+
+    When the reader is gone (the parent died: EPIPE), `on_broken` is called once and later
+    events are dropped, without a traceback."""
+
+    def __init__(self, on_broken: Callable[[], None] | None = None) -> None:
         sys.stdout.flush()
         self._out: TextIO = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
         os.dup2(2, 1)
         self._lock = threading.Lock()
+        self.on_broken = on_broken
+        self.broken = False
 
     def __call__(self, event: ev.Event) -> None:
         self.write_line(ev.encode(event))
 
     def write_line(self, line: str) -> None:
         with self._lock:
-            self._out.write(line + "\n")
-            self._out.flush()
+            if self.broken:
+                return
+            try:
+                self._out.write(line + "\n")
+                self._out.flush()
+            except OSError as e:
+                if not isinstance(e, BrokenPipeError) and e.errno not in (errno.EPIPE,
+                                                                          errno.EINVAL):
+                    raise
+                self._break()
+        if self.broken and self.on_broken is not None:
+            self.on_broken()
+
+    def _break(self) -> None:
+        self.broken = True
+        old, self._out = self._out, open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+        try:  # the buffered text can no longer be written: drop it, then close quietly
+            os.dup2(self._out.fileno(), old.fileno())
+            old.close()
+        except OSError:
+            pass
 
 
 def _watch_stdin(flag: CancelFlag) -> None:
     try:
         for line in sys.stdin:
-            if line.strip().lower() == "cancel":
-                flag.set()
+            words = line.split()
+            if words and words[0].lower() == "cancel":
+                flag.set(words[1] if len(words) > 1 else None)
                 return
     except (OSError, ValueError):
         return
+
+
+def _watch_parent(flag: CancelFlag, interval_s: float = 0.5) -> None:
+    """Cancel when the process that started this one is gone (on POSIX an orphan is
+    re-parented, so its parent id changes; elsewhere the parent's id stops existing)."""
+    parent = os.getppid()
+    while not flag():
+        if os.name == "posix":
+            gone = os.getppid() != parent
+        else:
+            import psutil
+
+            gone = not psutil.pid_exists(parent)
+        if gone:
+            flag.set("parent exited")
+            return
+        threading.Event().wait(interval_s)
 
 
 def execute(job: JobSpec, emit: Callable[[ev.Event], None],
@@ -79,8 +147,11 @@ def execute(job: JobSpec, emit: Callable[[ev.Event], None],
     try:
         summary = run_job(job, emit, should_cancel)
     except Cancelled:
-        emit(ev.Cancelled())
+        emit(ev.Cancelled(message=cancel_message(getattr(should_cancel, "reason", ""))))
         return 3
+    except Busy as e:
+        emit(ev.Failed(message=str(e), kind="busy"))
+        return EXIT_BUSY
     except UserError as e:
         emit(ev.Failed(message=str(e), kind="user"))
         return 1
@@ -140,12 +211,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.plan:
         return plan_main(job, writer.write_line)
-    emit = writer
     flag = CancelFlag()
-    signal.signal(signal.SIGTERM, flag.set)
-    signal.signal(signal.SIGINT, flag.set)
+    writer.on_broken = lambda: flag.set("parent exited")
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), flag.set)
     threading.Thread(target=_watch_stdin, args=(flag,), daemon=True).start()
-    return execute(job, emit, flag)
+    threading.Thread(target=_watch_parent, args=(flag,), daemon=True).start()
+    code = execute(job, writer, flag)
+    if flag.reason == "parent exited":
+        _remove_job_dir(Path(args.job))
+    return code
+
+
+def _remove_job_dir(job_file: Path) -> None:
+    """An orphan's job folder (its parent could not remove it) goes with the worker."""
+    from qtapp.engine.outputs import JOB_DIR_PREFIX
+
+    folder = job_file.resolve().parent
+    if folder.name.startswith(JOB_DIR_PREFIX) and \
+            folder.parent == Path(tempfile.gettempdir()).resolve():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ tail of its stderr. `cancel()` writes `cancel` on the worker's stdin, sends SIGT
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signa
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
-from qtapp.engine.outputs import discard_partial
+from qtapp.engine.outputs import discard_partial, make_job_dir, sweep_job_dirs
 from qtapp.engine.worker import worker_command
 from qtapp.gui.i18n import tr
 
@@ -87,7 +86,8 @@ class EngineProcess(QObject):
         spec = spec_job.to_json()
         self._reset()
         self._out = spec_job.out
-        self._job_dir = tempfile.mkdtemp(prefix="quantdesk-job-")
+        sweep_job_dirs()  # those of windows or commands that were killed
+        self._job_dir = str(make_job_dir())
         job_path = Path(self._job_dir) / "job.json"
         job_path.write_text(spec, encoding="utf-8")
         program, *args = self.command(str(job_path))

@@ -1,5 +1,6 @@
 """Faults during a job on the tiny model: cancel, SIGKILL of the worker, disk full, out of memory,
-a crashed worker under the window's EngineProcess.
+a crashed worker under the window's EngineProcess, two jobs on one output, SIGTERM / SIGHUP /
+SIGKILL to the command (with and without --worker), cancel during the quality gate.
 
 After each: the source model is byte-identical, no output folder and no hidden partial folder is
 left, the resumable checkpoint is valid (every block file complete, and the next run resumes
@@ -14,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -22,9 +24,9 @@ from digests import tree_digest
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme
-from qtapp.engine.errors import Cancelled, UserError
+from qtapp.engine.errors import Busy, Cancelled, UserError
 from qtapp.engine.job import run_job
-from qtapp.engine.outputs import partial_path
+from qtapp.engine.outputs import lock_output, partial_path, sweep_job_dirs
 from qtapp.engine.qstore import safetensors_complete
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,15 +140,21 @@ def test_cancel_at_any_point_loses_nothing_and_resumes(point, source, tmp_path, 
 # ----------------------------------------------------------------------------- SIGKILL
 
 
-def cli_worker(source: Path, out: Path, cache: Path, evaluate: bool) -> subprocess.Popen:
-    args = [sys.executable, "-m", "qtapp", "quantize", "--worker", "--json", "--model",
+def cli_worker(source: Path, out: Path, cache: Path, evaluate: bool, *, worker: bool = True,
+               json: bool = True, tmp: Path | None = None) -> subprocess.Popen:
+    """`python -m qtapp quantize` of job_for's job (with --worker and --json unless told
+    otherwise; `tmp` is its temporary folder, TMPDIR)."""
+    args = [sys.executable, "-m", "qtapp", "quantize", "--model",
             str(source), "--method", "rtn", "--bits", "4", "--group-size", "64",
             "--samples", "4", "--seq-len", "32", "--out", str(out)]
+    args += ["--worker"] * worker + ["--json"] * json
     if not evaluate:
         args.append("--no-eval")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), QUANTDESK_CACHE=str(cache))
+    if tmp is not None:
+        env["TMPDIR"] = str(tmp)
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT),
-                                               QUANTDESK_CACHE=str(cache)))
+                            cwd=ROOT, env=env)
 
 
 KILL_POINTS = {
@@ -157,6 +165,7 @@ KILL_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_sigkill_of_the_worker_loses_nothing_and_resumes(point, source, tmp_path, cache,
                                                          reference):
@@ -193,6 +202,7 @@ def test_sigkill_of_the_worker_loses_nothing_and_resumes(point, source, tmp_path
 # ----------------------------------------------------------------------------- disk full
 
 
+@pytest.mark.slow
 def test_disk_full_on_a_small_tmpfs(source, tmp_path, cache, reference):
     """A real full disk: the output goes to a 64 KiB tmpfs (mounted in a user namespace)."""
     if not shutil.which("unshare"):
@@ -327,6 +337,7 @@ def test_memory_check_uses_what_is_available_now(source, tmp_path, cache, monkey
 # ----------------------------------------------------------------------------- the window
 
 
+@pytest.mark.slow
 def test_window_engine_shows_a_killed_worker_and_starts_again(qtbot, source, tmp_path, cache,
                                                                reference):
     from qtapp.gui.engine_process import EngineProcess
@@ -352,3 +363,227 @@ def test_window_engine_shows_a_killed_worker_and_starts_again(qtbot, source, tmp
         engine.start(job_for(source, out))
     assert blocker.args[0].status == "result", blocker.args[0]
     assert_same_output(out, reference)
+
+
+# ----------------------------------------------------------------------------- two jobs, one output
+
+
+def test_a_job_on_a_locked_output_is_refused_with_exit_code_2(source, tmp_path, cache, capfd):
+    """The output's lock held by another open file, as another process would hold it."""
+    from qtapp.cli import main
+
+    digest = tree_digest(source)
+    out = tmp_path / "out"
+    with lock_output(out):
+        with pytest.raises(Busy) as err:
+            run(job_for(source, out))
+        assert str(err.value) == (f"another job is writing {out} (process {os.getpid()}); wait "
+                                  "for it to finish or choose another output folder")
+        capfd.readouterr()
+        code = main(["quantize", "--model", str(source), "--method", "rtn", "--bits", "4",
+                     "--group-size", "64", "--samples", "4", "--seq-len", "32", "--no-eval",
+                     "--out", str(out)])
+        lines = [x for x in capfd.readouterr().err.splitlines() if "error" in x]
+    assert code == 2
+    assert lines == [(f"error: another job is writing {out} (process {os.getpid()}); wait for "
+                     "it to finish or choose another output folder")]
+    assert_nothing_lost(source, digest, out)
+    assert checkpoint_blocks(cache) == []
+    assert not list(tmp_path.glob(".*"))  # the lock file went with its holder
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_output(source, tmp_path, cache, reference):
+    """The first job is frozen (SIGSTOP) while it quantizes, holding its output and its
+    checkpoint; a second job on the same output (in-process) and a third with the same
+    settings on another output (--worker) are refused with exit code 2, and the first then
+    finishes with exactly its own files."""
+    out, other = tmp_path / "out", tmp_path / "other"
+    first = cli_worker(source, out, cache, evaluate=False, worker=False)
+    assert first.stdout is not None
+    for line in first.stdout:
+        if ev.decode(line).type == "layer":
+            break
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = cli_worker(source, out, cache, evaluate=False, worker=False, json=False)
+        _, second_err = second.communicate(timeout=120)
+        third = cli_worker(source, other, cache, evaluate=False, json=False)
+        _, third_err = third.communicate(timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    rest, first_err = first.communicate(timeout=120)
+    assert first.returncode == 0, first_err
+    assert ev.decode(rest.splitlines()[-1]).type == "result"
+    assert second.returncode == 2, second_err
+    assert [x for x in second_err.splitlines() if "error" in x] == [
+        (f"error: another job is writing {out} (process {first.pid}); wait for it to finish or "
+        "choose another output folder")]
+    assert third.returncode == 2, third_err
+    (line,) = [x for x in third_err.splitlines() if "error" in x]
+    assert line.startswith(f"error: another job is writing the checkpoint {cache / 'jobs'}")
+    assert "(the same model, method and settings, process" in line and "Traceback" not in \
+        second_err + third_err
+    assert_same_output(out, reference)  # the winner's files, and nothing else
+    assert not other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out"]  # no lock, partial
+    assert not list((cache / "jobs").iterdir())  # checkpoint and its lock removed
+
+
+def test_stray_temporary_files_never_reach_the_output(source, tmp_path, cache, reference,
+                                                      monkeypatch):
+    from qtapp.engine import export
+
+    real = export.export_checkpoint
+
+    def leaves_temp_files(fmt, src, store, job, partial, summary):
+        files = real(fmt, src, store, job, partial, summary)
+        (partial / ".tmp8f3k2l").write_bytes(b"\0" * 1000)  # another writer's temp file
+        (partial / "model.safetensors.tmp-123").write_bytes(b"\0" * 1000)
+        return files
+
+    monkeypatch.setattr(export, "export_checkpoint", leaves_temp_files)
+    out = tmp_path / "out"
+    _, seen = run(job_for(source, out))
+    assert_same_output(out, reference)
+    assert any("removed temporary files from the output: .tmp8f3k2l, "
+               "model.safetensors.tmp-123" in e.message for e in seen if isinstance(e, ev.Log))
+
+
+# ----------------------------------------------------------------------------- stop signals
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_job_folders_of_killed_runs_are_swept(tmp_path):
+    stale = tmp_path / f"quantdesk-job-{_dead_pid()}-x1"
+    live = tmp_path / f"quantdesk-job-{os.getpid()}-x2"
+    old, recent = tmp_path / "quantdesk-job-x3", tmp_path / "quantdesk-job-x4"
+    for d in (stale, live, old, recent):
+        d.mkdir()
+        (d / "job.json").write_text("{}")
+    os.utime(old, (0, 0))  # an unnamed folder of an older version, long ago
+    assert sorted(sweep_job_dirs(tmp_path)) == sorted([stale, old])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, recent.name]
+
+
+SIGNAL_WORDS = {"SIGTERM": "SIGTERM (a request to stop)",
+                "SIGHUP": "SIGHUP (the terminal was closed)"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["in-process", "worker"])
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_to_the_command_while_evaluating(mode, name, source, tmp_path, cache):
+    """SIGTERM or SIGHUP to `quantdesk quantize` (with --worker or without) during the
+    quality gate: one message, no traceback, partial output removed, checkpoint kept, no
+    worker left running and no job folder left (a stale one of a killed run is swept)."""
+    digest = tree_digest(source)
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    stale = tmp / f"quantdesk-job-{_dead_pid()}-stale"
+    stale.mkdir()
+    (stale / "job.json").write_text("{}")
+    proc = cli_worker(source, out, cache, evaluate=True, worker=mode == "worker", json=False,
+                      tmp=tmp)
+    assert proc.stderr is not None
+    lines, workers, t0 = [], [], None
+    for line in proc.stderr:
+        lines.append(line)
+        if t0 is None and "] evaluate " in line:
+            assert partial_path(out).is_dir()
+            workers = psutil.Process(proc.pid).children()
+            assert len(workers) == (mode == "worker")
+            t0 = time.monotonic()
+            proc.send_signal(getattr(signal, name))
+    code = proc.wait(timeout=60)
+    seconds = time.monotonic() - t0
+    err = "".join(lines)
+    assert code == 128 + getattr(signal, name), err
+    assert [x for x in lines if "cancel" in x] == [
+        f"cancelled by {SIGNAL_WORDS[name]}; no output was written\n"], err
+    assert "Traceback" not in err and "Error" not in err, err
+    assert_nothing_lost(source, digest, out)
+    assert checkpoint_blocks(cache) == [0, 1]
+    assert not any(w.is_running() for w in workers)
+    assert not list(tmp.glob("quantdesk-job-*"))
+    assert seconds < 15  # about 2 s in-process and 3 s with a worker, on 2 busy cores
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_command_stops_its_worker(source, tmp_path, cache):
+    """kill -9 of `quantdesk quantize --worker` while evaluating: the orphaned worker sees
+    it, stops quietly, removes the partial output and the job folder, keeps the checkpoint."""
+    digest = tree_digest(source)
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    proc = cli_worker(source, out, cache, evaluate=True, tmp=tmp)
+    assert proc.stdout is not None and proc.stderr is not None
+    worker = None
+    for line in proc.stdout:
+        e = ev.decode(line)
+        if e.type == "progress" and e.stage == "evaluate":
+            (worker,) = psutil.Process(proc.pid).children()
+            assert len(list(tmp.glob("quantdesk-job-*"))) == 1
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    assert worker is not None
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs([worker], timeout=30)
+    assert not alive
+    err = proc.stderr.read()  # the worker's stderr too: it ends when the worker ends
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert_nothing_lost(source, digest, out)
+    assert checkpoint_blocks(cache) == [0, 1]
+    assert not list(tmp.glob("quantdesk-job-*"))
+
+
+# ----------------------------------------------------------------------------- cancel while evaluating
+
+
+def test_cancel_during_evaluation_stops_within_seconds(source, tmp_path, cache):
+    """The quality gate polls for cancel per window and per generated token (the whole gate
+    takes over a minute on the tiny model on 2 busy cores; tests/engine/test_quality.py
+    cancels each of its stages)."""
+    digest = tree_digest(source)
+    out = tmp_path / "out"
+    seen: list[ev.Event] = []
+    cancelled_at: list[float] = []
+
+    def emit(e: ev.Event) -> None:
+        seen.append(e)
+        if not cancelled_at and isinstance(e, ev.Progress) and e.stage == "evaluate":
+            cancelled_at.append(time.monotonic())
+
+    with pytest.raises(Cancelled):
+        run_job(job_for(source, out, evaluate=True), emit, lambda: bool(cancelled_at))
+    seconds = time.monotonic() - cancelled_at[0]
+    first = next(i for i, e in enumerate(seen) if isinstance(e, ev.Progress)
+                 and e.stage == "evaluate")
+    assert seen[first + 1:] == []  # not one more window or answer after the cancel
+    assert seconds < 5
+    assert_nothing_lost(source, digest, out)
+    assert checkpoint_blocks(cache) == [0, 1]
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_the_command_line_says_it_resumes(source, tmp_path, cache, capfd):
+    from qtapp.cli import main
+
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        run(job_for(source, out), CANCEL_POINTS["inside block 1"])
+    assert checkpoint_blocks(cache) == [0]
+    capfd.readouterr()
+    code = main(["quantize", "--model", str(source), "--method", "rtn", "--bits", "4",
+                 "--group-size", "64", "--samples", "4", "--seq-len", "32", "--no-eval",
+                 "--out", str(out)])
+    err = capfd.readouterr().err
+    assert code == 0, err
+    assert "\nresuming: 1 of 2 blocks from the checkpoint\n" in err

@@ -53,6 +53,7 @@ def job_for(source: Path, out: Path, **kw) -> JobSpec:
     return JobSpec(**base)
 
 
+@pytest.mark.slow
 def test_gptq_beats_rtn_per_module_and_writes_a_loadable_gptq_folder(source, tmp_path):
     before = tree_digest(source)
     errors = {}
@@ -109,6 +110,7 @@ def test_mixed_preset_events_carry_each_modules_bits(source, tmp_path):
     assert summary["format"] in ("gptq", "compressed-tensors")
 
 
+@pytest.mark.slow
 def test_cancel_leaves_no_output_and_resume_gives_the_same_result(source, tmp_path):
     out = tmp_path / "resumed"
     job = job_for(source, out, evaluate=False)
@@ -237,6 +239,7 @@ def test_cli_bad_input_is_one_clear_line_and_writes_nothing(case, expect, source
         assert tree_digest(model) == before
 
 
+@pytest.mark.slow
 def test_cli_quantize_json_then_eval(source, tmp_path):
     out = tmp_path / "cli-out"
     r = cli("quantize", "--model", str(source), "--method", "rtn", "--bits", "8",

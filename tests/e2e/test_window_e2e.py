@@ -99,3 +99,35 @@ def test_cancel_right_after_start_leaves_no_output(window: MainWindow, tmp_path:
     assert not out.exists()
     assert not any(p.name.startswith(f".{out.name}") for p in tmp_path.iterdir())
     assert window.state.results.records == []
+
+
+def test_cancel_while_evaluating_then_resume(window: MainWindow, tmp_path: Path, qtbot,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancel during the quality gate stops the worker itself within seconds (not the
+    window's SIGTERM/kill fallback); the next start says it resumes from the checkpoint."""
+    import time
+
+    # an empty cache: the gate computes the source's distributions (over a minute here)
+    monkeypatch.setenv("QUANTDESK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "tiny-eval-cancelled"
+    choose_rtn_w8(window, out)
+    run = window.page("run")
+    evaluating: list[float] = []
+    window.engine.progress.connect(
+        lambda e: evaluating.append(time.monotonic()) if e.stage == "evaluate" else None)
+    with qtbot.waitSignal(run.finished, timeout=300000):
+        qtbot.mouseClick(window.page("method").start_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: bool(evaluating), timeout=120000)
+        t0 = time.monotonic()
+        qtbot.mouseClick(run.cancel_button, Qt.MouseButton.LeftButton)
+    seconds = time.monotonic() - t0
+    assert run.outcome.status == "cancelled", run.outcome.message
+    assert run.outcome.message == "cancelled by the user; no output was written"
+    assert seconds < 5
+    assert not out.exists()
+    assert not any(p.name.startswith(f".{out.name}") for p in tmp_path.iterdir())
+    with qtbot.waitSignal(run.finished, timeout=300000):
+        qtbot.mouseClick(window.page("method").start_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "resuming" in run.log_view.toPlainText(), timeout=120000)
+        qtbot.mouseClick(run.cancel_button, Qt.MouseButton.LeftButton)  # seen: no need to wait
+    assert "resuming: 2 of 2 blocks from the checkpoint" in run.log_view.toPlainText()

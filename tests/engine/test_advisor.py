@@ -1,4 +1,5 @@
-"""Advisor: the seed's memory table and best-practice table, on faked hardware."""
+"""Advisor: the memory table and best-practice table of docs/formats.md#advisor-tables,
+on faked hardware."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def machine(vram_gib: float | None = None, ram_gib: float = 32) -> Hardware:
 
 
 SHAPES = {s.name: s for s in REFERENCE_SHAPES}
-# The seed's table (GB): FP16 / INT8 / INT4. Tolerance: 6 % for FP16 and INT8 (Llama 2 has
-# 6.7B, not 7B, parameters; scales and 16-bit embeddings add to INT8), 10 % for INT4 ("~4").
+# The table of docs/formats.md#advisor-tables (GB): FP16 / INT8 / INT4. Tolerance: 6 % for
+# FP16 and INT8 (Llama 2 has 6.7B, not 7B, parameters; scales and 16-bit embeddings add to
+# INT8), 10 % for INT4 ("~4").
 SEED = {"7B": (14, 7, 4), "13B": (26, 13, 7), "70B": (140, 70, 35)}
 
 

@@ -114,9 +114,10 @@ def test_fuzz_job_parser_only_raises_config_errors(data):
 @given(st.text(max_size=200))
 def test_fuzz_job_json_text(text):
     try:
-        JobSpec.from_json(text)
+        job = JobSpec.from_json(text)
     except ConfigError:
-        pass
+        return
+    assert JobSpec.from_json(job.to_json()) == job
 
 
 def test_scheme_dict_is_plain_json():

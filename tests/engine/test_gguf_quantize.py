@@ -80,6 +80,7 @@ def test_q4_k_m_types_on_aligned_rows(model256, tmp_path):
     assert "quantize.imatrix.file" not in fields(report.path)
 
 
+@pytest.mark.slow
 def test_imatrix_changes_the_bytes_and_is_recorded(model256, synthetic_imatrix, tmp_path):
     plain = quantize_to_gguf(model256, tmp_path / "plain.gguf", "Q4_K_M")
     with_im = quantize_to_gguf(model256, tmp_path / "im.gguf", "Q4_K_M", synthetic_imatrix)

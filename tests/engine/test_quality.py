@@ -215,3 +215,23 @@ def test_folder_size_counts_the_model_files_not_side_data(tmp_path):
     (tmp_path / "awq_search" / "search.safetensors").write_bytes(b"x" * 50)
     assert folder_size(tmp_path) == 120
     assert folder_size(tmp_path / "imatrix.gguf") == 30  # a file is its own size
+
+
+@pytest.mark.parametrize("stage", [
+    "source model: window 2",
+    pytest.param("quantized model: window 2", marks=pytest.mark.slow),  # after a source pass
+    pytest.param("generation", marks=pytest.mark.slow),
+])
+def test_a_cancel_is_seen_at_the_next_window_or_token(stage, tiny_llama_dir, tmp_path,
+                                                      monkeypatch):
+    from qtapp.engine.errors import Cancelled
+
+    monkeypatch.setenv("QUANTDESK_CACHE", str(tmp_path / "cache"))
+    copy = shutil.copytree(tiny_llama_dir, tmp_path / "copy")
+    n = len(TEXT.encode()) // 64
+    trigger = f"quantized model: window {n} of {n}" if stage == "generation" else stage
+    seen: list[str] = []
+    with pytest.raises(Cancelled):
+        quality_report(copy, tiny_llama_dir, ctx=64, text=TEXT, progress=seen.append,
+                       should_cancel=lambda: any(m.startswith(trigger) for m in seen))
+    assert seen[-1].startswith(trigger)  # no other window after it

@@ -54,6 +54,7 @@ def test_frozen_style_command_runs_the_worker(tmp_path):
     assert str(job) in events[0]["message"]
 
 
+@pytest.mark.slow
 def test_worker_plan_mode_prints_one_probed_plan(tmp_path, make_tiny_model):
     from qtapp.engine.config import JobSpec, QuantScheme
 

@@ -78,6 +78,7 @@ def test_a_job_that_does_not_fit_is_shown_and_start_asks(page, qtbot, monkeypatc
     assert len(asked) == 2 and len(started) == 1
 
 
+@pytest.mark.slow
 def test_time_one_block_runs_the_planner_probe_in_a_worker(page, qtbot):
     method, _info = page
     _planned(method, qtbot)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from qtapp.gui.tasks import Background
 
 
@@ -85,6 +87,7 @@ def _alive(widget) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_a_task_whose_window_was_deleted_without_closing_delivers_nothing(qtbot) -> None:
     from PySide6.QtWidgets import QLabel, QWidget
 

@@ -1,4 +1,4 @@
-"""AWQ checkpoint writer: AutoAWQ's GEMM layout (FORMATS.md §2), 4-bit only.
+"""AWQ checkpoint writer: AutoAWQ's GEMM layout (docs/formats.md#awq-gemm), 4-bit only.
 
 Per quantized linear ``<m>`` (K = in_features, N = out_features, G = K / group_size):
 

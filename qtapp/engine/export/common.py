@@ -296,8 +296,37 @@ def write_checkpoint(plan: ExportPlan, writer: FormatWriter, out_dir: Path,
     return files
 
 
+def code_files(auto_map: Any) -> list[str]:
+    """The .py files an `auto_map` (config.json's or tokenizer_config.json's) points at:
+    "modeling_x.XForCausalLM" and "org/repo--modeling_x.X" name modeling_x.py."""
+    refs: list[str] = []
+    for value in (auto_map.values() if isinstance(auto_map, dict) else []):
+        refs += [v for v in (value if isinstance(value, (list, tuple)) else [value])
+                 if isinstance(v, str)]
+    return sorted({r.split("--")[-1].rsplit(".", 1)[0] + ".py" for r in refs})
+
+
+def custom_code_warning(config: dict[str, Any]) -> str | None:
+    """Why the output's config.json has no `auto_map` when the source's has one, else None.
+
+    QuantDesk quantizes only model types transformers implements, and builds them from
+    transformers' own classes; the model's Python files are not copied, so an `auto_map`
+    in the output would point at files that are not there."""
+    auto_map = config.get("auto_map")
+    if not auto_map:
+        return None
+    files = ", ".join(code_files(auto_map)) or "its .py files"
+    return (f"config.json maps the model to Python code shipped with it ({files}; auto_map). "
+            f"QuantDesk quantized it as transformers' own {config.get('model_type', 'model')} "
+            "model and did not copy that code, so auto_map was removed from the output's "
+            "config.json; load the output without trust_remote_code.")
+
+
 def write_config(plan: ExportPlan, quantization_config: dict[str, Any], out_dir: Path) -> Path:
+    """The source's config.json with the quantization_config, and without `auto_map`
+    (custom_code_warning says why)."""
     config = dict(plan.config)
+    config.pop("auto_map", None)
     config["quantization_config"] = quantization_config
     path = Path(out_dir) / "config.json"
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -305,15 +334,27 @@ def write_config(plan: ExportPlan, quantization_config: dict[str, Any], out_dir:
 
 
 def copy_side_files(source_dir: Path, out_dir: Path) -> list[Path]:
-    """Tokenizer, generation config, chat template and licence files, as they are."""
+    """Tokenizer, generation config, chat template and licence files, as they are; with a
+    custom tokenizer (auto_map in tokenizer_config.json, loaded only with
+    --trust-remote-code) also the .py files that map names, so the copied
+    tokenizer_config.json points at files that are there."""
     out = []
-    for name in COPIED_FILES:
+    for name in (*COPIED_FILES, *_tokenizer_code(Path(source_dir))):
         src = Path(source_dir) / name
         if src.is_file():
             dst = Path(out_dir) / name
             shutil.copyfile(src, dst)
             out.append(dst)
     return out
+
+
+def _tokenizer_code(source_dir: Path) -> list[str]:
+    try:
+        data = json.loads((source_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    auto_map = data.get("auto_map") if isinstance(data, dict) else None
+    return [f for f in code_files(auto_map) if "/" not in f and "\\" not in f]
 
 
 def scale_dtype_for(plan: ExportPlan) -> torch.dtype:

@@ -1,4 +1,5 @@
-"""compressed-tensors checkpoint writer (vLLM / llm-compressor format, FORMATS.md §3).
+"""compressed-tensors checkpoint writer (vLLM / llm-compressor format,
+docs/formats.md#compressed-tensors).
 
 compressed-tensors keeps integers signed: q_s = q − 2^(b−1) in [−2^(b−1), 2^(b−1) − 1] and
 zero points zp_s = z − 2^(b−1), so W = s · (q_s − zp_s) = s · (q − z) with our unsigned
@@ -17,7 +18,8 @@ Why naive for those widths: compressed-tensors 0.20 packs any width 1…8 as a d
 stream, but earlier releases packed ⌊32/b⌋ values per word, so a packed 3/5/6/7-bit file
 would read differently across versions; 2, 4 and 8 bits are the same in both. naive keeps
 one byte per weight (no size gain over 8 bit) but reads the same everywhere; GPTQ is the
-compact choice for 3 bits. vLLM's kernels run 4 and 8 bits (FORMATS.md §3).
+compact choice for 3 bits. vLLM's kernels run 4 and 8 bits
+(docs/formats.md#compressed-tensors).
 
 One config group per distinct scheme, targets listing the exact module names as anchored
 regexes ("re:^model\\.layers\\.0\\.self_attn\\.q_proj$"); 16-bit linears go to `ignore`.

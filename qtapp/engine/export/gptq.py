@@ -1,4 +1,5 @@
-"""GPTQ checkpoint writer (AutoGPTQ / GPTQModel / transformers+optimum layout, FORMATS.md §1).
+"""GPTQ checkpoint writer: the AutoGPTQ / GPTQModel / transformers+optimum layout
+(docs/formats.md#gptq).
 
 Per quantized linear ``<m>`` (K = in_features, N = out_features, pf = 32/b values per word):
 
@@ -13,7 +14,8 @@ z = 2^(b−1), so a 4-bit symmetric v1 file has qzeros words 0x77777777.
 
 Format version: v1 ("gptq") is what every loader reads. It stores z − 1, which wraps when
 an asymmetric zero point is 0; then the whole checkpoint is written as "gptq_v2" (z as is),
-which GPTQModel reads and others may not (FORMATS.md §5.1) — the writer reports it.
+which GPTQModel reads and others may not (docs/formats.md#gptq-zero-points) — the writer
+reports it.
 Per-tensor schemes are written as per-channel (group_size −1) with the scale repeated.
 Modules with another scheme than the most common one get a GPTQModel ``dynamic`` override
 ``"+:<regex>": {bits, group_size, sym}``; 16-bit linears inside blocks get ``"-:<regex>"``.

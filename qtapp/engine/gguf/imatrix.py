@@ -319,13 +319,15 @@ def compute_imatrix(model_dir: Path, batches: torch.Tensor, dataset: str = "buil
     This loads the whole model; a layer-streaming pipeline feeds ImatrixCollector.add with
     the block inputs it captures instead.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from qtapp.engine.gguf.hf_model import HfModel
+    from qtapp.engine.loader import load_tokenizer
 
     hf = HfModel(Path(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    batches = with_bos(batches, bos_token_id(AutoTokenizer.from_pretrained(model_dir)))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                 trust_remote_code=False)
+    batches = with_bos(batches, bos_token_id(load_tokenizer(model_dir)))
     collector = collect_from_model(
         model, lambda n: hf.tensor_map.get_name(n, try_suffixes=(".weight",)),
         batches.split(1), progress, should_cancel, n_batches=batches.shape[0])

@@ -7,6 +7,7 @@ non-Falcon) models; the IQ*, TQ*, MXFP4 and expert branches are left out. Per-te
 overrides behave like llama-quantize's --tensor-type: an overridden tensor skips the mixture
 rules (and does not advance their layer counters) but still gets the row-length fallback.
 Unlike llama-quantize, overrides also apply when the file type is F32/F16/BF16.
+The rules in words: docs/formats.md#gguf-type-rules.
 """
 
 from __future__ import annotations

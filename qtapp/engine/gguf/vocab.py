@@ -65,12 +65,11 @@ def _tokenizer_config(model_dir: Path) -> dict[str, Any]:
 
 
 def _auto_tokenizer(model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
+    """The folder's tokenizer (qtapp.engine.loader.load_tokenizer: never code shipped with
+    the model, which a GGUF file could not carry anyway)."""
+    from qtapp.engine.loader import load_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    except Exception as e:  # transformers raises many types for unreadable tokenizers
-        raise UserError(f"The tokenizer in {model_dir} cannot be loaded ({e}).") from e
+    return load_tokenizer(model_dir)
 
 
 def pre_tokenizer_name(tokenizer: Any, model_dir: Path) -> str:

@@ -19,7 +19,8 @@ Options beyond the paper, as in IST-DASLab/gptq and AutoGPTQ/GPTQModel: act-orde
 come from the group's weights as updated so far, taken when the sweep reaches the group's
 first column (blocks are aligned to groups so that these are exact; the reference reads W,
 which misses the updates made earlier in the same block), or, with static groups, from the
-original weights before the sweep. The stored g_idx follows FORMATS.md §1.
+original weights before the sweep. The stored g_idx follows
+docs/formats.md#gptq-group-index.
 """
 
 from __future__ import annotations

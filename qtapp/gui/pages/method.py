@@ -144,6 +144,7 @@ class MethodPage(QWidget):
         self.group = QComboBox()
         for g, text in GROUP_CHOICES:
             self.group.addItem(tr(text), g)
+        self.group_note = label("", "Muted", wrap=True)
         self.sym = QComboBox()
         self.sym.addItem(tr("Symmetric (no zero point)"), True)
         self.sym.addItem(tr("Asymmetric (with zero point)"), False)
@@ -183,6 +184,7 @@ class MethodPage(QWidget):
         for key, text, widget in (
             ("bits", QT_TR_NOOP("Bits"), self.bits),
             ("group", QT_TR_NOOP("Group size"), self.group),
+            ("group_note", "", self.group_note),
             ("sym", QT_TR_NOOP("Zero point"), self.sym),
             ("gguf_type", QT_TR_NOOP("GGUF type"), self.gguf_type),
             ("imatrix", "", self.imatrix), ("act_order", "", self.act_order),
@@ -271,6 +273,7 @@ class MethodPage(QWidget):
         self.add_rule.clicked.connect(self._add_rule)
         self.remove_rule.clicked.connect(self._remove_rule)
         state.advice_changed.connect(self._advice_changed)
+        state.model_changed.connect(lambda _info: self._offer_groups())
         state.model_changed.connect(lambda _info: self._changed())
         state.busy_changed.connect(lambda _busy: self.revalidate())
 
@@ -339,6 +342,9 @@ class MethodPage(QWidget):
                                         seq_len=self.seq_len.value()),
             device=self.device.currentData(), evaluate=self.evaluate.isChecked(),
         ).validate()
+        from qtapp.engine.arch import check_group_sizes
+
+        check_group_sizes(job, getattr(info, "config", None) or {}, cli=False)
         out = Path(job.out).expanduser()
         if out.exists():
             raise UserError(tr("The output folder {path} already exists; choose a new "
@@ -366,6 +372,8 @@ class MethodPage(QWidget):
     def _changed(self) -> None:
         if self._filling:
             return
+        if self.mixed.currentIndex() == 1:  # the preset follows the group size and symmetry
+            self._fill_rules(preset_rules("attn8-ffn4", self.scheme()))
         self._update_default_out()
         self.revalidate()
         self._refresh_budget()
@@ -527,7 +535,9 @@ class MethodPage(QWidget):
         m = self.method()
         linear = m != "gguf"
         calibrated = m in ("gptq", "awq") or (m == "gguf" and self.imatrix.isChecked())
-        visible = {"bits": linear, "group": linear, "sym": linear, "gguf_type": not linear,
+        visible = {"bits": linear, "group": linear,
+                   "group_note": linear and bool(self.group_note.text()),
+                   "sym": linear, "gguf_type": not linear,
                    "imatrix": not linear, "act_order": m == "gptq", "clip": m == "awq",
                    "calib_source": calibrated, "calib_file": calibrated and
                    self.calib_source.currentData() == "file",
@@ -535,6 +545,33 @@ class MethodPage(QWidget):
         for key, show in visible.items():
             self.form.setRowVisible(self.form_rows[key], show)
         self._changed()
+
+    def _offer_groups(self) -> None:
+        """Offer only the group sizes that divide the input width of every quantized layer
+        of the chosen model (GPTQ, AWQ and compressed-tensors need whole groups); a choice
+        that does not moves to the one `--group-size auto` picks (64 for the demo)."""
+        from qtapp.engine.arch import auto_group_size, dividing_group_sizes, linear_input_widths
+
+        config = getattr(self.state.model, "config", None) or {}
+        widths = sorted(set(linear_input_widths(config).values()))
+        ok = set(dividing_group_sizes(widths, [g for g, _ in GROUP_CHOICES]))
+        listed = ", ".join(map(str, widths))
+        items = self.group.model()
+        for i, (g, _) in enumerate(GROUP_CHOICES):
+            items.item(i).setEnabled(g in ok)
+            self.group.setItemData(i, None if g in ok else tr(
+                "{g} does not divide the input width of every layer of this model "
+                "({widths})").format(g=g, widths=listed), Qt.ItemDataRole.ToolTipRole)
+        if self.group.currentData() not in ok:
+            filling, self._filling = self._filling, True
+            self.group.setCurrentIndex(next(i for i, (g, _) in enumerate(GROUP_CHOICES)
+                                            if g == auto_group_size(widths)))
+            self._filling = filling
+        self.group_note.setText(tr(
+            "Only group sizes that divide the input width of every layer ({widths}) are "
+            "offered.").format(widths=listed) if len(ok) < len(GROUP_CHOICES) else "")
+        self.form.setRowVisible(self.group_note, self.method() != "gguf"
+                                and bool(self.group_note.text()))
 
     def _mixed_changed(self, index: int) -> None:
         if self._filling:

@@ -226,7 +226,7 @@ class RunPage(QWidget):
 
     def _on_log(self, e: ev.Log) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(e.t))
-        level = "" if e.level == "info" else f"{e.level.upper()}: "
+        level = "" if e.level in ("info", "notice") else f"{e.level.upper()}: "
         self.log_view.appendPlainText(f"{stamp}  {level}{e.message}")
         self.log_view.moveCursor(QTextCursor.MoveOperation.End)
 

@@ -786,6 +786,16 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>分组大小</translation>
     </message>
     <message>
+        <location filename="../../gui/pages/method.py" line="560"/>
+        <source>{g} does not divide the input width of every layer of this model ({widths})</source>
+        <translation>{g} 不能整除此模型每一层的输入宽度（{widths}）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="568"/>
+        <source>Only group sizes that divide the input width of every layer ({widths}) are offered.</source>
+        <translation>只提供能整除每一层输入宽度（{widths}）的分组大小。</translation>
+    </message>
+    <message>
         <location filename="../../gui/pages/method.py" line="186"/>
         <source>Zero point</source>
         <translation>零点</translation>
