@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qtapp.engine.arch import arch_for
 from qtapp.engine.config import AWQOptions, QuantScheme
-from qtapp.engine.methods.awq import awq_apply_block, awq_search_block
-from qtapp.engine.primitives import fake_quantize
+from qtapp.engine.model.arch import arch_for
+from qtapp.engine.quant.methods.awq import awq_apply_block, awq_search_block
+from qtapp.engine.quant.primitives import fake_quantize
 
 
 class _Stop(Exception):
@@ -36,8 +36,8 @@ class _Stop(Exception):
 def capture(layer: int, samples: int, seq_len: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qtapp.engine.calibration import calibration_batches
-    from qtapp.engine.sources import demo_model_dir
+    from qtapp.engine.model.sources import demo_model_dir
+    from qtapp.engine.quant.calibration import calibration_batches
 
     folder = demo_model_dir()
     tokens = calibration_batches(AutoTokenizer.from_pretrained(folder), n_samples=samples,

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qtapp.engine.sources import SafetensorsReader, demo_model_dir, models_cache_dir
+from qtapp.engine.model.sources import SafetensorsReader, demo_model_dir, models_cache_dir
 
 _COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
            "tokenizer.model", "special_tokens_map.json", "chat_template.jinja", "vocab.json",
@@ -109,7 +109,7 @@ def max_logit_difference(a: Path, b: Path, n_tokens: int = 256) -> tuple[float, 
     """(max |logit_a − logit_b|, max |logit_a|) on the evaluation text, in float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qtapp.engine.calibration import eval_tokens
+    from qtapp.engine.quant.calibration import eval_tokens
 
     ids = eval_tokens(AutoTokenizer.from_pretrained(a), max_tokens=n_tokens)
     logits = []

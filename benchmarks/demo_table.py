@@ -63,8 +63,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
-    from qtapp.engine.evaluate import source_perplexity
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.model.sources import resolve_model
+    from qtapp.engine.quality.evaluate import source_perplexity
 
     info = resolve_model(args.model)
     table = [{"row": "bf16 (source)", "method": "-", "bits": 16, "group": "-",

@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch
 from degrid import degrid_demo_dir
 
-from qtapp.engine.calibration import builtin_calibration_text, eval_tokens, tokenize
 from qtapp.engine.gguf.imatrix import compute_imatrix, write_imatrix
 from qtapp.engine.gguf.llama_runtime import perplexity
 from qtapp.engine.gguf.quantize import quantize_to_gguf
-from qtapp.engine.sources import demo_model_dir
+from qtapp.engine.model.sources import demo_model_dir
+from qtapp.engine.quant.calibration import builtin_calibration_text, eval_tokens, tokenize
 
 CTX = 512
 IMATRIX_TYPES = ("Q4_0", "Q4_K_M", "Q5_K_M")

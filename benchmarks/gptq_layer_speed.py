@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qtapp.engine.config import GPTQOptions, QuantScheme
-from qtapp.engine.methods.gptq import gptq_quantize, relative_output_error
-from qtapp.engine.primitives import qparams_from_range
+from qtapp.engine.quant.methods.gptq import gptq_quantize, relative_output_error
+from qtapp.engine.quant.primitives import qparams_from_range
 
 DEFAULT_SHAPES = "576x576,1536x576,576x1536,2048x2048,4096x4096,4096x14336"
 

@@ -29,7 +29,7 @@ def gib() -> float:
 
 def trace_awq_stages() -> None:
     """Print the peak VRAM after each internal step of the AWQ search."""
-    from qtapp.engine.methods import awq
+    from qtapp.engine.quant.methods import awq
 
     def traced(name: str, fn):
         def wrapper(*a, **k):
@@ -44,8 +44,8 @@ def trace_awq_stages() -> None:
 
 def main() -> None:
     from qtapp.engine.config import AWQOptions, CalibrationSpec, JobSpec, QuantScheme
-    from qtapp.engine.pipeline import BlockQuantizer, LayerStreamer, forward_block
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.model.sources import resolve_model
+    from qtapp.engine.quant.pipeline import BlockQuantizer, LayerStreamer, forward_block
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="1b")

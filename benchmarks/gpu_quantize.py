@@ -93,9 +93,9 @@ def build_random_llama(folder: Path, shape: str, layers: int | None = None) -> P
 def run_ours(folder: Path, method: str, tokens: torch.Tensor, group: int, batch: int) -> dict:
     from qtapp.engine import events as ev
     from qtapp.engine.config import AWQOptions, CalibrationSpec, JobSpec, QuantScheme
-    from qtapp.engine.pipeline import quantize_blocks
-    from qtapp.engine.qstore import QuantStore
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.model.sources import resolve_model
+    from qtapp.engine.quant.pipeline import quantize_blocks
+    from qtapp.engine.quant.qstore import QuantStore
 
     info = resolve_model(str(folder))
     job = JobSpec(model=str(folder), method=method, out="unused",
@@ -143,7 +143,7 @@ def run_peer(folder: Path, method: str, tokens_file: Path, group: int) -> dict:
 
 
 def predicted_gib(folder: Path, method: str, tokens: torch.Tensor) -> float:
-    from qtapp.engine.advisor import ModelShape, quantize_peak_bytes
+    from qtapp.engine.planning.advisor import ModelShape, quantize_peak_bytes
 
     config = json.loads((folder / "config.json").read_text())
     shape = ModelShape.from_config(config)
@@ -176,7 +176,7 @@ def main() -> None:
     torch.save(tokens, tokens_file)
     rows = []
     for method in args.methods.split(","):
-        from qtapp.engine import pipeline
+        from qtapp.engine.quant import pipeline
 
         for tf32 in (True, False) if args.fp32 else (True,):
             pipeline.GPU_TF32 = tf32

@@ -68,10 +68,10 @@ def main() -> int:
         return 0
     from degrid import degrid_demo_dir
 
-    from qtapp.engine.calibration import builtin_eval_text
     from qtapp.engine.gguf.quantize import quantize_to_gguf
-    from qtapp.engine.quality import quality_report
-    from qtapp.engine.sources import demo_model_dir
+    from qtapp.engine.model.sources import demo_model_dir
+    from qtapp.engine.quality.gate import quality_report
+    from qtapp.engine.quant.calibration import builtin_eval_text
 
     model = {"degrid": degrid_demo_dir, "demo": demo_model_dir}.get(args.model)
     folder = model() if model else Path(args.model)

@@ -31,7 +31,7 @@ def build(folder: Path, layers: int) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from qtapp.engine.sources import demo_model_dir
+    from qtapp.engine.model.sources import demo_model_dir
 
     if (folder / "config.json").exists():
         return folder
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--layers", type=int, default=16)
     args = ap.parse_args()
-    from qtapp.engine.sources import cache_root, resolve_model
+    from qtapp.engine.model.sources import cache_root, resolve_model
 
     folder = build(cache_root() / "bench" / f"llama-1b-shape-{args.layers}l", args.layers)
     info = resolve_model(str(folder))

@@ -85,9 +85,9 @@ def main() -> None:
     args = parser.parse_args()
     if not PEER_PY.exists():
         raise SystemExit(f"no peer venv at {PEER_PY}; see this script's docstring")
-    from qtapp.engine.calibration import builtin_calibration_text
-    from qtapp.engine.evaluate import model_perplexity, source_perplexity
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.model.sources import resolve_model
+    from qtapp.engine.quality.evaluate import model_perplexity, source_perplexity
+    from qtapp.engine.quant.calibration import builtin_calibration_text
 
     model_dir = resolve_model(args.model).path
     rows = []

@@ -14,7 +14,7 @@ import torch
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
-from qtapp.engine.job import run_job
+from qtapp.engine.jobs.job import run_job
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def score(ref: dict[str, torch.Tensor], logits: torch.Tensor, targets: torch.Ten
 
 
 def eval_windows(tokenizer, n: int) -> torch.Tensor:
-    from qtapp.engine.calibration import eval_tokens
+    from qtapp.engine.quant.calibration import eval_tokens
 
     ids = eval_tokens(tokenizer)[0]
     total = ids.numel() // CTX
@@ -95,7 +95,7 @@ class TorchRunner:
     """Logits of a Hugging Face folder (plain or quantized) through QuantDesk's loader."""
 
     def __init__(self, folder: Path) -> None:
-        from qtapp.engine.loader import load_dequantized
+        from qtapp.engine.model.loader import load_dequantized
 
         self.model, _ = load_dequantized(folder)
         self.model.eval()
@@ -151,7 +151,7 @@ def written_size(out: Path, summary: dict) -> int:
 
 
 def run_row(name: str, job: JobSpec, tokens: torch.Tensor) -> dict:
-    from qtapp.engine.job import run_job
+    from qtapp.engine.jobs.job import run_job
 
     t0 = time.perf_counter()
     summary = run_job(job, lambda e: None, lambda: False, tokens=tokens)
@@ -267,9 +267,9 @@ def spearman(a, b) -> float:
 
 def _profile(job: JobSpec, src: Path):
     """The cached sensitivity profile a budgeted job of this kind used."""
-    from qtapp.engine.budget import size_model
-    from qtapp.engine.sensitivity import cached_profile, profile_key
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.model.sources import resolve_model
+    from qtapp.engine.planning.budget import size_model
+    from qtapp.engine.planning.sensitivity import cached_profile, profile_key
 
     info = resolve_model(str(src))
     return cached_profile(profile_key(job, info, size_model(job, info).modules)), info
@@ -277,10 +277,10 @@ def _profile(job: JobSpec, src: Path):
 
 def module_correlation(src: Path, windows, results, n_windows: int) -> dict:
     """One module at a time at its lowest GGUF candidate: estimate vs end-to-end KLD."""
-    from qtapp.engine.budget import Candidate
     from qtapp.engine.gguf.hf_model import HfModel
     from qtapp.engine.gguf.imatrix import read_imatrix
-    from qtapp.engine.sensitivity import quantized_weight
+    from qtapp.engine.planning.budget import Candidate
+    from qtapp.engine.planning.sensitivity import quantized_weight
 
     if "module_correlation" in results:
         return results["module_correlation"]
@@ -502,7 +502,7 @@ def main() -> None:
         return
     from transformers import AutoTokenizer
 
-    from qtapp.engine.calibration import calibration_batches
+    from qtapp.engine.quant.calibration import calibration_batches
 
     torch.manual_seed(0)
     src = degrid_demo_dir()

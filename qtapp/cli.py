@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return gui_main(smoke=args.smoke)
     if args.command == "worker":
-        from qtapp.engine.worker import main as worker_main
+        from qtapp.engine.jobs.worker import main as worker_main
 
         return worker_main(["--job", args.job, *(["--plan"] if args.plan else [])])
     module = importlib.import_module(f"qtapp.commands.{args.command}")

@@ -91,7 +91,7 @@ def build_tiny_model(folder: Path, model_type: str = "llama", dtype=None,
 
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:
-    from qtapp.engine.sources import demo_model_dir
+    from qtapp.engine.model.sources import demo_model_dir
 
     return demo_model_dir()
 

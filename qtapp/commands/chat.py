@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from qtapp.engine.chat import GenerationSettings, Message, open_chat
+from qtapp.engine.quality.chat import GenerationSettings, Message, open_chat
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,13 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def warn_remote_code(path: Path, trust_remote_code: bool) -> None:
     """The warning quantize prints for --trust-remote-code, for a model folder."""
     if trust_remote_code and path.is_dir():
-        from qtapp.engine.loader import remote_code_warning
+        from qtapp.engine.model.loader import remote_code_warning
 
         print(f"warning: {remote_code_warning(path)}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
-    from qtapp.engine.sources import resolve_loadable
+    from qtapp.engine.model.sources import resolve_loadable
 
     settings = GenerationSettings(args.max_tokens, args.temperature, args.top_p,
                                   args.repetition_penalty, args.seed)

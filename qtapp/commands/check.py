@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qtapp.engine.compat import check_model
+    from qtapp.engine.planning.compat import check_model
 
     report = check_model(args.model)
     print(json.dumps(report.to_dict()) if args.json else report.text())

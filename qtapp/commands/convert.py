@@ -23,8 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qtapp.engine.gguf.quantize import quantize_to_gguf
+    from qtapp.engine.model.sources import disk_full_error, resolve_model
     from qtapp.engine.outputs import is_disk_full
-    from qtapp.engine.sources import disk_full_error, resolve_model
 
     out: Path = args.out.expanduser().resolve()
     if out.suffix != ".gguf":

@@ -1,5 +1,5 @@
 """`quantdesk eval MODEL [--against SOURCE]`: perplexity and size; with a source, the quality
-gate (KL divergence, top-1 agreement, generation check, verdict; qtapp.engine.quality)."""
+gate (KL divergence, top-1 agreement, generation check, verdict; qtapp.engine.quality.gate)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _path(name: str, tokenizer: bool = True) -> Path:
     """The checked .gguf file or model folder of `name` (as quantize checks its model)."""
-    from qtapp.engine.sources import resolve_loadable
+    from qtapp.engine.model.sources import resolve_loadable
 
     return resolve_loadable(name, tokenizer=tokenizer)
 
@@ -64,8 +64,8 @@ def _print_report(path: Path, against: Path, d: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qtapp.commands.chat import warn_remote_code
-    from qtapp.engine.evaluate import folder_size
-    from qtapp.engine.quality import model_perplexity, quality_report
+    from qtapp.engine.quality.evaluate import folder_size
+    from qtapp.engine.quality.gate import model_perplexity, quality_report
 
     # A quantized folder may lack a tokenizer when compared: the source's tokenizes the text.
     path = _path(args.model, tokenizer=args.against is None)

@@ -6,8 +6,8 @@ import argparse
 import json
 
 from qtapp.commands.report import print_advice
-from qtapp.engine.advisor import advise, format_size
-from qtapp.engine.hardware import Hardware, detect
+from qtapp.engine.planning.advisor import advise, format_size
+from qtapp.engine.planning.hardware import Hardware, detect
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -25,8 +25,8 @@ from qtapp.engine.config import (
     rules_from_json,
 )
 from qtapp.engine.errors import UserError
+from qtapp.engine.jobs.worker import worker_command
 from qtapp.engine.outputs import discard_partial, make_job_dir, sweep_job_dirs
-from qtapp.engine.worker import worker_command
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -109,10 +109,10 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
     """The job the flags describe, checked against the model before anything runs: the
     output folder must be writable, and each group size must divide the input width of every
     layer it quantizes (--group-size auto picks one that does). UserError otherwise."""
-    from qtapp.engine.arch import auto_group_size, check_group_sizes, linear_input_widths
-    from qtapp.engine.budget import parse_size
-    from qtapp.engine.job import check_output_path
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.model.arch import auto_group_size, check_group_sizes, linear_input_widths
+    from qtapp.engine.model.sources import resolve_model
+    from qtapp.engine.outputs import check_output_path
+    from qtapp.engine.planning.budget import parse_size
 
     sym = args.sym if args.sym is not None else args.method != "awq"
     group = args.group_size
@@ -244,8 +244,8 @@ def run(args: argparse.Namespace) -> int:
 def _resource_plan(job: JobSpec, probe: bool, refuse: bool) -> None:
     """Show the memory, disk and time plan on stderr (a dry run times one block); refuse a
     job that does not fit unless --ignore-plan."""
-    from qtapp.engine.planner import plan_job
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.model.sources import resolve_model
+    from qtapp.engine.planning.planner import plan_job
 
     plan = plan_job(job, resolve_model(job.model, allow_pickle=job.allow_pickle), probe=probe)
     if probe or not plan.fits:
@@ -258,7 +258,7 @@ def _resource_plan(job: JobSpec, probe: bool, refuse: bool) -> None:
 def _plan(job: JobSpec, as_json: bool) -> JobSpec:
     """Plan a budgeted job (refusing an impossible budget first) and show the plan; the job
     that runs carries the plan as ordinary per-module rules."""
-    from qtapp.engine.allocate import plan_before_running
+    from qtapp.engine.planning.allocate import plan_before_running
 
     def show(e: ev.Event) -> None:
         if as_json:
@@ -308,7 +308,7 @@ def _cancelled_exit(reason: str) -> int:
 def _run_in_process(job: JobSpec, render) -> int:
     """Run the job here. Ctrl+C, SIGTERM and SIGHUP cancel it: the job stops within a few
     seconds, removes its partial output, keeps its checkpoint and says so in one line."""
-    from qtapp.engine.worker import EXIT_BUSY, CancelFlag, execute
+    from qtapp.engine.jobs.worker import EXIT_BUSY, CancelFlag, execute
 
     flag = CancelFlag()
     with _on_stop_signals(flag.set):

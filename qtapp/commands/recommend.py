@@ -6,8 +6,8 @@ import argparse
 import json
 
 from qtapp.commands.report import print_advice
-from qtapp.engine.advisor import DEFAULT_CTX, GOALS, TARGETS, ModelShape, advise
-from qtapp.engine.hardware import detect
+from qtapp.engine.planning.advisor import DEFAULT_CTX, GOALS, TARGETS, ModelShape, advise
+from qtapp.engine.planning.hardware import detect
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.model.sources import resolve_model
 
     info = resolve_model(args.model)
     shape = ModelShape.from_config(info.config, name=info.name, n_params=info.n_params)

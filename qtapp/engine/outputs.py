@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Self
 
-from qtapp.engine.errors import Busy
+from qtapp.engine.errors import Busy, UserError
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
@@ -303,3 +303,75 @@ def sweep_job_dirs(root: Path | None = None) -> list[Path]:
         if not folder.exists():
             removed.append(folder)
     return removed
+
+
+def output_folder_problem(out: Path) -> str:
+    """'' when the folder that will hold the output `out` is a folder this process can write
+    into (when it does not exist yet: its nearest existing ancestor, where it would be
+    created); else that sentence with the fix. Creating and removing a hidden folder there
+    is the test: os.access says yes to root on /proc and on some read-only or network
+    mounts."""
+    parent = out.parent
+    folder = parent
+    try:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        is_dir = folder.is_dir()
+    except OSError as e:
+        return (f"cannot write into {parent}: it is not a writable folder ({e.strerror}); "
+                "choose an output folder you can write to")
+    if not is_dir:
+        return (f"cannot write into {parent}: {folder} is a file, not a folder; choose an "
+                "output folder you can write to")
+    reason = ""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        reason = "permission denied"
+    else:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".quantdesk-write-test-", dir=folder))
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                return ""  # writable but full: the plan and the job say so, with the sizes
+            reason = {errno.EROFS: "the file system is read-only", errno.EACCES:
+                      "permission denied", errno.EPERM: "permission denied"}.get(
+                e.errno, f"creating a folder in it failed: {e.strerror or e}")
+    if not reason:
+        return ""
+    return (f"cannot write into {folder}: it is not a writable folder ({reason}); choose an "
+            "output folder you can write to")
+
+
+def check_output_path(out: Path, source: Path, overwrite: bool, create: bool = True) -> None:
+    """Refuse outputs that would overwrite something, land inside the source model, or go
+    into a folder that cannot be written (output_folder_problem); with `create`, make the
+    missing folders above the output."""
+    src = source.resolve()
+    if out == src or src in out.parents:
+        raise UserError(f"the output {out} is inside the source model folder {src}; choose an "
+                        "output folder elsewhere so the source stays untouched")
+    if out in src.parents:
+        raise UserError(f"the output {out} contains the source model {src}; choose another "
+                        "output folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"the output {out} is an existing file, not a folder; choose a folder "
+                        "name that does not exist yet")
+    if out.exists() and not overwrite:
+        raise UserError(f"the output {out} already exists; choose a new name or pass "
+                        "--overwrite to replace it")
+    if out.exists() and any(out.iterdir()) and not _looks_like_output(out):
+        raise UserError(f"the output {out} exists and is not a model folder (no config.json or "
+                        ".gguf file in it); QuantDesk replaces only earlier outputs, even with "
+                        "--overwrite. Choose a new output folder name")
+    problem = output_folder_problem(out)
+    if problem:
+        raise UserError(problem)
+    parent = out.parent
+    if create and not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as e:
+            raise UserError(f"cannot create the folder {parent} for the output: {e.strerror}")
+
+
+def _looks_like_output(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or any(folder.glob("*.gguf"))

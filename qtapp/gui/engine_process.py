@@ -1,6 +1,6 @@
 """The engine worker as a child process: JSON-line events in, Qt signals out.
 
-`EngineProcess.start(job)` runs `python -m qtapp.engine.worker --job FILE` (a frozen app
+`EngineProcess.start(job)` runs `python -m qtapp.engine.jobs.worker --job FILE` (a frozen app
 runs its own executable as `<exe> worker --job FILE`). Every decoded event is emitted as
 `event` and by type; when the process ends, `finished` carries one `Outcome`, whatever
 happened: the worker's own final event, or a crash turned into a readable failure with the
@@ -21,8 +21,8 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signa
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
+from qtapp.engine.jobs.worker import worker_command
 from qtapp.engine.outputs import discard_partial, make_job_dir, sweep_job_dirs
-from qtapp.engine.worker import worker_command
 from qtapp.gui.i18n import tr
 
 STDERR_TAIL_LINES = 40

@@ -6,8 +6,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from qtapp.engine.advisor import DEFAULT_CTX, Advice, ModelShape, advise
-from qtapp.engine.hardware import Hardware
+from qtapp.engine.planning.advisor import DEFAULT_CTX, Advice, ModelShape, advise
+from qtapp.engine.planning.hardware import Hardware
 from qtapp.gui.results_store import ResultsStore
 from qtapp.gui.tasks import Background
 

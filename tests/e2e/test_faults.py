@@ -25,9 +25,9 @@ from digests import tree_digest
 from qtapp.engine import events as ev
 from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme
 from qtapp.engine.errors import Busy, Cancelled, UserError
-from qtapp.engine.job import run_job
+from qtapp.engine.jobs.job import run_job
 from qtapp.engine.outputs import lock_output, partial_path, sweep_job_dirs
-from qtapp.engine.qstore import safetensors_complete
+from qtapp.engine.quant.qstore import safetensors_complete
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = CalibrationSpec(samples=4, seq_len=32)
@@ -266,7 +266,7 @@ def test_disk_full_while_exporting(source, tmp_path, cache, reference, monkeypat
 
 def test_disk_full_while_checkpointing(source, tmp_path, cache, reference, monkeypatch):
     """The cache disk fills while block 1 is saved: block 0 stays valid, no temp file stays."""
-    from qtapp.engine import qstore
+    from qtapp.engine.quant import qstore
 
     real = qstore.save_file
     calls = [0]

@@ -16,7 +16,7 @@ from digests import tree_digest
 from qtapp.engine import events as ev
 from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme, preset_rules
 from qtapp.engine.errors import Cancelled, UserError
-from qtapp.engine.job import partial_path, run_job
+from qtapp.engine.jobs.job import partial_path, run_job
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = CalibrationSpec(samples=8, seq_len=64)
@@ -78,7 +78,7 @@ def test_gptq_beats_rtn_per_module_and_writes_a_loadable_gptq_folder(source, tmp
 def test_awq_job_saves_its_search_beside_the_output(source, tmp_path):
     """The AWQ search (scales per group, clip values per linear) is plain data in the output,
     in a subfolder that weight loaders do not read, and it is what the folded model holds."""
-    from qtapp.engine.methods.awq import AwqBlockResult
+    from qtapp.engine.quant.methods.awq import AwqBlockResult
 
     summary, _ = run(job_for(source, tmp_path / "awq", method="awq", evaluate=False,
                              scheme=QuantScheme(4, 32, False)))
@@ -143,7 +143,7 @@ def test_output_path_rules(source, tmp_path):
 def worker(job: JobSpec, tmp_path: Path, stdin: str | None = None):
     spec = tmp_path / "job.json"
     spec.write_text(job.to_json())
-    proc = subprocess.Popen([sys.executable, "-m", "qtapp.engine.worker", "--job", str(spec)],
+    proc = subprocess.Popen([sys.executable, "-m", "qtapp.engine.jobs.worker", "--job", str(spec)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -180,7 +180,7 @@ def test_worker_cancel_on_stdin(source, tmp_path):
 def test_worker_reports_a_bad_job_file(tmp_path):
     spec = tmp_path / "job.json"
     spec.write_text('{"model": "demo", "method": "gptq", "out": "x", "scheme": {"bits": 9}}')
-    r = subprocess.run(check=False, args=[sys.executable, "-m", "qtapp.engine.worker", "--job", str(spec)],
+    r = subprocess.run(check=False, args=[sys.executable, "-m", "qtapp.engine.jobs.worker", "--job", str(spec)],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2
     (event,) = [ev.decode(line) for line in r.stdout.splitlines()]

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from qtapp.engine.config import JobSpec, ModuleRule, QuantScheme
-from qtapp.engine.primitives import QuantizedWeight, default_g_idx, quantize, quantize_weight
-from qtapp.engine.qstore import QuantStore
+from qtapp.engine.quant.primitives import QuantizedWeight, default_g_idx, quantize, quantize_weight
+from qtapp.engine.quant.qstore import QuantStore
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -26,7 +26,7 @@ def act_order_weight(w: torch.Tensor, bits: int, group_size: int, sym: bool,
                      seed: int = 0) -> QuantizedWeight:
     """RTN with GPTQ act-order group indices: groups formed in a random column order, then
     g_idx un-permuted (AutoGPTQ gptq.py), so g_idx is not monotonic."""
-    from qtapp.engine.primitives import qparams_from_range
+    from qtapp.engine.quant.primitives import qparams_from_range
 
     k = w.shape[1]
     perm = torch.randperm(k, generator=torch.Generator().manual_seed(seed))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from qtapp.engine.advisor import (
+from qtapp.engine.planning.advisor import (
     GB,
     REFERENCE_SHAPES,
     ModelShape,
@@ -19,7 +19,7 @@ from qtapp.engine.advisor import (
     run_bytes,
     weight_bytes,
 )
-from qtapp.engine.hardware import GPU, Hardware
+from qtapp.engine.planning.hardware import GPU, Hardware
 
 GiB = 2**30
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from qtapp.engine import job as job_module
-from qtapp.engine.allocate import budget_model, rules_for, solve_mckp
-from qtapp.engine.budget import parse_size, size_model
 from qtapp.engine.config import JobSpec, QuantScheme
 from qtapp.engine.errors import UserError
-from qtapp.engine.job import run_job
-from qtapp.engine.sources import resolve_model
+from qtapp.engine.jobs import job as job_module
+from qtapp.engine.jobs.job import run_job
+from qtapp.engine.model.sources import resolve_model
+from qtapp.engine.planning.allocate import budget_model, rules_for, solve_mckp
+from qtapp.engine.planning.budget import parse_size, size_model
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -157,7 +157,7 @@ def test_impossible_budget_is_refused_before_any_work(tiny128, tmp_path, monkeyp
     def no_calibration(*_a, **_k):
         raise AssertionError("calibration ran for an impossible budget")
 
-    monkeypatch.setattr(job_module, "_calibration_tokens", no_calibration)
+    monkeypatch.setattr(job_module, "calibration_tokens", no_calibration)
     job = dataclasses.replace(base, target_bytes=smallest - 1)
     with pytest.raises(UserError, match=f"{smallest:,} bytes") as e:
         run_job(job, lambda e: None, lambda: False)
@@ -208,8 +208,8 @@ def test_cli_refuses_an_impossible_target_and_dry_runs_a_plan(tiny128, tmp_path,
 
 
 def test_sensitivity_orders_candidates_and_weights_by_the_fisher(tiny128, tmp_path):
-    from qtapp.engine.pipeline import pick_device
-    from qtapp.engine.sensitivity import measure_profile
+    from qtapp.engine.planning.sensitivity import measure_profile
+    from qtapp.engine.quant.pipeline import pick_device
 
     job = _base(tiny128, "rtn", tmp_path / "x", "gptq")
     info = resolve_model(str(tiny128))

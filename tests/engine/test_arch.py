@@ -10,8 +10,8 @@ from transformers import (
     Qwen3Config,
 )
 
-from qtapp.engine.arch import SUPPORTED_MODEL_TYPES, AwqGroup, arch_for, v_o_shapes_match
 from qtapp.engine.errors import UserError
+from qtapp.engine.model.arch import SUPPORTED_MODEL_TYPES, AwqGroup, arch_for, v_o_shapes_match
 
 CONFIGS = {
     "llama": LlamaConfig,

@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from qtapp.engine.attention import NAME, gpu_attention
+from qtapp.engine.quant.attention import NAME, gpu_attention
 
 
 def test_repeated_kv_attention_equals_sdpa() -> None:

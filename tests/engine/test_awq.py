@@ -8,16 +8,16 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from qtapp.engine.arch import AwqGroup, arch_for
 from qtapp.engine.config import AWQOptions, QuantScheme
-from qtapp.engine.methods.awq import (
+from qtapp.engine.model.arch import AwqGroup, arch_for
+from qtapp.engine.quant.methods.awq import (
     AwqBlockResult,
     _clip_search,
     awq_apply_block,
     awq_search_block,
     fake_quantize_scheme,
 )
-from qtapp.engine.primitives import fake_quantize
+from qtapp.engine.quant.primitives import fake_quantize
 
 QKV = AwqGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                "self_attn")
@@ -286,7 +286,7 @@ def demo_block2(demo_dir):
     """Block 2 of the demo model with its inputs for 24 calibration windows × 128 tokens."""
     from transformers import AutoTokenizer
 
-    from qtapp.engine.calibration import calibration_batches
+    from qtapp.engine.quant.calibration import calibration_batches
 
     tokenizer = AutoTokenizer.from_pretrained(demo_dir)
     tokens = calibration_batches(tokenizer, n_samples=24, seq_len=128, seed=0)

@@ -11,62 +11,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from damage import edit_config, lie_about_shape, pickle_only, split_into_absent_shards, truncate
 from digests import tree_digest
 
 from qtapp.cli import main
 from qtapp.engine.outputs import partial_path
-
-
-def _config(model: Path, change: Callable[[dict], None]) -> None:
-    cfg = json.loads((model / "config.json").read_text())
-    change(cfg)
-    (model / "config.json").write_text(json.dumps(cfg))
-
-
-def _safetensors_header(file: Path) -> tuple[dict, bytes]:
-    raw = file.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
-
-
-def _write_safetensors(file: Path, header: dict, data: bytes) -> None:
-    head = json.dumps(header).encode()
-    file.write_bytes(struct.pack("<Q", len(head)) + head + data)
-
-
-def lie_about_shape(model: Path) -> None:
-    file = model / "model.safetensors"
-    header, data = _safetensors_header(file)
-    header["model.norm.weight"]["shape"] = [128]  # the offsets still span 64 floats
-    _write_safetensors(file, header, data)
-
-
-def split_into_absent_shards(model: Path) -> None:
-    header, _ = _safetensors_header(model / "model.safetensors")
-    names = sorted(k for k in header if k != "__metadata__")
-    (model / "model.safetensors").rename(model / "model-00001-of-00002.safetensors")
-    weight_map = {n: "model-00001-of-00002.safetensors" for n in names[:-3]}
-    weight_map.update({n: "model-00002-of-00002.safetensors" for n in names[-3:]})
-    (model / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map}))
-
-
-def pickle_only(model: Path) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    state = load_file(str(model / "model.safetensors"))
-    (model / "model.safetensors").unlink()
-    torch.save(state, model / "pytorch_model.bin")
-
-
-def truncate(file: Path) -> None:
-    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
 
 
 def calibration(content: bytes) -> Callable[[Path, Path], list[str]]:
@@ -110,13 +63,13 @@ CASES: list[tuple[str, Callable[[Path], None] | None,
      ("is empty", "Copy or download")),
     ("config.json not JSON", lambda m: (m / "config.json").write_text("{'model_type': llama"),
      None, ("config.json is not valid JSON", "Restore the file")),
-    ("config.json without model_type", lambda m: _config(
+    ("config.json without model_type", lambda m: edit_config(
         m, lambda c: [c.pop("model_type"), c.pop("architectures")]),
      None, ("names neither 'model_type' nor 'architectures'", "config.json")),
-    ("config.json without num_hidden_layers", lambda m: _config(
+    ("config.json without num_hidden_layers", lambda m: edit_config(
         m, lambda c: c.pop("num_hidden_layers")),
      None, ("lacks valid 'num_hidden_layers'", "Restore the file")),
-    ("unsupported architecture", lambda m: _config(
+    ("unsupported architecture", lambda m: edit_config(
         m, lambda c: c.update(model_type="gpt_neox", architectures=["GPTNeoXForCausalLM"])),
      None, ("gpt_neox",)),
     ("tokenizer missing", lambda m: [(m / f).unlink() for f in
@@ -377,7 +330,7 @@ def test_remote_code_runs_only_with_trust_remote_code(tiny_llama_dir, tmp_path, 
 @pytest.mark.llama_cpp
 def test_truncated_gguf_is_refused_by_chat(tmp_path, capfd):
     pytest.importorskip("llama_cpp")
-    from qtapp.engine.sources import demo_gguf_path
+    from qtapp.engine.model.sources import demo_gguf_path
 
     gguf = tmp_path / "model.gguf"
     with open(demo_gguf_path(), "rb") as f:

@@ -13,8 +13,9 @@ from importlib import resources
 import pytest
 import torch
 
-from qtapp.engine import calibration as cal
-from qtapp.engine.calibration import (
+from qtapp.engine.errors import UserError
+from qtapp.engine.quant import calibration as cal
+from qtapp.engine.quant.calibration import (
     CPU_SUGGESTED_SAMPLES,
     DEFAULT_SAMPLES,
     builtin_calibration_text,
@@ -22,7 +23,6 @@ from qtapp.engine.calibration import (
     calibration_batches,
     eval_tokens,
 )
-from qtapp.engine.errors import UserError
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from qtapp.cli import main as cli_main
-from qtapp.engine.chat import (
+from qtapp.engine.errors import UserError
+from qtapp.engine.quality.chat import (
     GenerationSettings,
     TransformersChat,
     next_token,
     open_chat,
     render_chat,
 )
-from qtapp.engine.errors import UserError
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -141,7 +141,7 @@ def test_chat_command_one_shot(tiny_chat: Path, capsys) -> None:
 def test_gguf_stream_equals_llama_cpp_own_chat_formatter() -> None:
     pytest.importorskip("llama_cpp")
     from qtapp.engine.gguf.llama_runtime import chat_stream
-    from qtapp.engine.sources import demo_gguf_path
+    from qtapp.engine.model.sources import demo_gguf_path
 
     chat = open_chat(str(demo_gguf_path()))
     try:

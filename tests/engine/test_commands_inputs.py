@@ -23,7 +23,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_bad_inputs import lie_about_shape, pickle_only, split_into_absent_shards, truncate
+from damage import (
+    lie_about_shape,
+    pickle_only,
+    remote_code_config,
+    remote_code_tokenizer,
+    split_into_absent_shards,
+    truncate,
+)
 
 from qtapp.cli import main
 from qtapp.engine.errors import UserError
@@ -31,18 +38,6 @@ from qtapp.engine.errors import UserError
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 12
         + "Pack my box with five dozen liquor jugs. " * 12)
-
-EVIL_TOKENIZER = '''
-from pathlib import Path
-from transformers import PreTrainedTokenizerFast
-
-Path({sentinel!r}).write_text("the model's code ran")
-
-
-class EvilTokenizer(PreTrainedTokenizerFast):
-    pass
-'''
-
 
 @pytest.fixture()
 def isolated(tmp_path, monkeypatch) -> Path:
@@ -57,11 +52,7 @@ def _evil_model(tiny_llama_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     model = tmp_path / "evil"
     shutil.copytree(tiny_llama_dir, model)
     sentinel = tmp_path / "code-ran"
-    (model / "custom_tok.py").write_text(EVIL_TOKENIZER.format(sentinel=str(sentinel)))
-    cfg = json.loads((model / "tokenizer_config.json").read_text())
-    cfg["tokenizer_class"] = "EvilTokenizer"
-    cfg["auto_map"] = {"AutoTokenizer": [None, "custom_tok.EvilTokenizer"]}
-    (model / "tokenizer_config.json").write_text(json.dumps(cfg))
+    remote_code_tokenizer(model, sentinel)
     return model, sentinel
 
 
@@ -127,7 +118,7 @@ def test_window_chat_page_path_never_prompts(tiny_llama_dir, tmp_path, monkeypat
     """The chat page loads with open_chat(spec): refused without asking, stdin untouched."""
     import io
 
-    from qtapp.engine.chat import open_chat
+    from qtapp.engine.quality.chat import open_chat
 
     model, sentinel = _evil_model(tiny_llama_dir, tmp_path)
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
@@ -142,23 +133,12 @@ def test_window_chat_page_path_never_prompts(tiny_llama_dir, tmp_path, monkeypat
     assert sys.stdin.read() == "y\n"
 
 
-MODEL_CODE = '''
-from pathlib import Path
-Path({sentinel!r}).write_text("the model's code ran")
-'''
-
-
 def test_config_auto_map_is_not_written_into_the_output(tiny_llama_dir, tmp_path, isolated,
                                                         capfd):
     model = tmp_path / "model"
     shutil.copytree(tiny_llama_dir, model)
     sentinel = tmp_path / "code-ran"
-    for name in ("configuration_tiny.py", "modeling_tiny.py"):
-        (model / name).write_text(MODEL_CODE.format(sentinel=str(sentinel)))
-    cfg = json.loads((model / "config.json").read_text())
-    cfg["auto_map"] = {"AutoConfig": "configuration_tiny.TinyConfig",
-                       "AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM"}
-    (model / "config.json").write_text(json.dumps(cfg))
+    remote_code_config(model, sentinel)
     out = tmp_path / "out"
     capfd.readouterr()
     code = main(["quantize", "--model", str(model), "--method", "rtn", "--bits", "4",
@@ -253,7 +233,7 @@ def _disk_full_demo(monkeypatch, tmp_path: Path) -> None:
     """The demo's first conversion fails as safetensors fails on a full disk."""
     from safetensors import SafetensorError
 
-    from qtapp.engine import sources
+    from qtapp.engine.model import sources
 
     gguf = tmp_path / sources.DEMO_GGUF
     gguf.write_bytes(b"GGUF" + bytes(60))
@@ -287,7 +267,7 @@ def test_demo_conversion_on_a_full_cache_disk(args, tmp_path, isolated, monkeypa
 
 def test_eval_quality_cache_on_a_full_disk(tiny_llama_dir, tmp_path, isolated, monkeypatch,
                                            capfd):
-    from qtapp.engine import kld
+    from qtapp.engine.quality import kld
 
     def full(self, file):
         raise OSError(errno.ENOSPC, "No space left on device", str(file))
@@ -337,7 +317,7 @@ def test_eval_gguf_without_llama_cpp_says_what_to_install(tmp_path, monkeypatch,
 @pytest.mark.llama_cpp
 def test_eval_gguf_file_without_against(tmp_path, isolated, capfd):
     pytest.importorskip("llama_cpp")
-    from qtapp.engine.sources import demo_gguf_path
+    from qtapp.engine.model.sources import demo_gguf_path
 
     text = tmp_path / "text.txt"
     text.write_text(TEXT)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from qtapp.engine.compat import check_model
 from qtapp.engine.errors import UserError
-from qtapp.engine.hardware import Hardware
+from qtapp.engine.planning.compat import check_model
+from qtapp.engine.planning.hardware import Hardware
 
 GiB = 2**30
 BASE = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
@@ -166,7 +166,7 @@ def test_cli_check(demo_dir, tmp_path, capsys):
 def test_a_job_warns_when_the_model_has_no_chat_template(tiny_llama_dir, tmp_path):
     from qtapp.engine import events as ev
     from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme
-    from qtapp.engine.job import run_job
+    from qtapp.engine.jobs.job import run_job
 
     model = shutil.copytree(tiny_llama_dir, tmp_path / "m")
     (model / "chat_template.jinja").unlink(missing_ok=True)

@@ -12,9 +12,9 @@ import torch
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme
-from qtapp.engine.pipeline import quantize_blocks
-from qtapp.engine.qstore import QuantStore
-from qtapp.engine.sources import resolve_model
+from qtapp.engine.model.sources import resolve_model
+from qtapp.engine.quant.pipeline import quantize_blocks
+from qtapp.engine.quant.qstore import QuantStore
 
 pytestmark = [
     pytest.mark.cuda,

@@ -22,8 +22,8 @@ from safetensors import safe_open
 from qtapp.engine.config import ModuleRule, QuantScheme
 from qtapp.engine.errors import UserError
 from qtapp.engine.export import export_checkpoint
-from qtapp.engine.loader import load_dequantized
-from qtapp.engine.qstore import QuantStore
+from qtapp.engine.model.loader import load_dequantized
+from qtapp.engine.quant.qstore import QuantStore
 
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
 AWQ_REVERSE_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from qtapp.engine.config import GPTQOptions, ModuleRule, QuantScheme
 from qtapp.engine.errors import UserError
 from qtapp.engine.export import export_checkpoint
-from qtapp.engine.loader import load_dequantized
+from qtapp.engine.model.loader import load_dequantized
 
 pytest.importorskip("compressed_tensors")
 

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from qtapp.engine.config import GPTQOptions, ModuleRule, QuantScheme
 from qtapp.engine.errors import UserError
 from qtapp.engine.export import export_checkpoint, resolve_format
-from qtapp.engine.loader import load_dequantized
+from qtapp.engine.model.loader import load_dequantized
 
 ATTN8 = (ModuleRule("*.self_attn.*", QuantScheme(8, 32, True)),)
 
@@ -131,7 +131,7 @@ def test_store_of_another_model_is_refused(src: Path, make_tiny_model,
 
 
 def test_empty_store_is_refused(src: Path, tmp_path: Path) -> None:
-    from qtapp.engine.qstore import QuantStore
+    from qtapp.engine.quant.qstore import QuantStore
 
     with pytest.raises(UserError, match="holds no quantized blocks"):
         export_checkpoint("gptq", src, QuantStore(tmp_path / "s"), job_for(), tmp_path / "o", {})

@@ -24,8 +24,8 @@ from safetensors import safe_open
 from qtapp.engine.config import ModuleRule, QuantScheme
 from qtapp.engine.errors import UserError
 from qtapp.engine.export import export_checkpoint
-from qtapp.engine.loader import load_dequantized
-from qtapp.engine.primitives import quantize_weight
+from qtapp.engine.model.loader import load_dequantized
+from qtapp.engine.quant.primitives import quantize_weight
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_packing_matches_gptqmodel_pack_loop(src: Path, tmp_path: Path, bits: in
     out, summary = _export(src, tmp_path, job, act_order=act_order)
     assert summary["checkpoint_format"] == "gptq"
     store_mods = {}
-    from qtapp.engine.qstore import QuantStore
+    from qtapp.engine.quant.qstore import QuantStore
 
     store = QuantStore(tmp_path / "store")
     for i in store.completed():
@@ -177,7 +177,7 @@ def test_loaded_logits_equal_float_model_with_dequantized_weights(
 ) -> None:
     out, _ = _export(src, tmp_path, job_for(bits=bits, group_size=group_size, sym=sym),
                      act_order=act_order)
-    from qtapp.engine.qstore import QuantStore
+    from qtapp.engine.quant.qstore import QuantStore
 
     ours, tok = load_dequantized(out)
     assert tok is not None and tok("hello world")["input_ids"]
@@ -211,7 +211,7 @@ def test_asymmetric_zero_point_zero_switches_to_gptq_v2(src: Path, tmp_path: Pat
     qw = store.load_block(0)[0]["mlp.up_proj"]
     qzeros = _tensors(tmp_path / "out")["model.layers.0.mlp.up_proj.qzeros"]
     # v2: zeros as they are; the first nibble of row 0 is z[0, 0] = 0
-    from qtapp.engine.primitives import pack_int32
+    from qtapp.engine.quant.primitives import pack_int32
 
     assert torch.equal(qzeros, pack_int32(qw.zero.T.contiguous(), 4, dim=1))
     ours, _ = load_dequantized(tmp_path / "out")
@@ -259,7 +259,7 @@ def test_mixed_bits_and_skipped_modules_use_dynamic(src: Path, tmp_path: Path) -
     t = _tensors(out)
     assert t["model.layers.1.mlp.up_proj.qweight"].shape == (64 * 2 // 32, 128)
     assert t["model.layers.0.mlp.down_proj.weight"].dtype == torch.bfloat16
-    from qtapp.engine.qstore import QuantStore
+    from qtapp.engine.quant.qstore import QuantStore
 
     ours, _ = load_dequantized(out)
     ref = reference_model(src, QuantStore(tmp_path / "store"), scale_dtype=torch.float16)

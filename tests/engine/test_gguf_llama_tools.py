@@ -117,7 +117,7 @@ def test_llama_imatrix_equals_our_collector(model256, f32_file, tmp_path, bos):
     BOS llama.cpp puts first in each chunk when the vocabulary adds one), same E[x²]."""
     from llama_cpp import Llama
 
-    from qtapp.engine.calibration import builtin_calibration_text
+    from qtapp.engine.quant.calibration import builtin_calibration_text
 
     model_dir, gguf_file = (with_bos_tokenizer(model256, f32_file, tmp_path) if bos
                             else (model256, f32_file))

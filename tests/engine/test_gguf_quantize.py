@@ -168,8 +168,8 @@ def test_demo_perplexity_and_chat(demo_dir, tmp_path):
     close (the demo's weights are Q4_1 already); the chat template works."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qtapp.engine.calibration import eval_tokens
-    from qtapp.engine.evaluate import perplexity as hf_perplexity
+    from qtapp.engine.quality.evaluate import perplexity as hf_perplexity
+    from qtapp.engine.quant.calibration import eval_tokens
 
     tokens = eval_tokens(AutoTokenizer.from_pretrained(demo_dir), max_tokens=1024)
     import torch

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from qtapp.engine.calibration import calibration_batches
 from qtapp.engine.config import GPTQOptions, QuantScheme
-from qtapp.engine.methods.gptq import (
+from qtapp.engine.quant.calibration import calibration_batches
+from qtapp.engine.quant.methods.gptq import (
     HessianAccumulator,
     HessianError,
     gptq_quantize,
     inverse_hessian_cholesky,
     relative_output_error,
 )
-from qtapp.engine.methods.rtn import rtn
-from qtapp.engine.primitives import default_g_idx, qparams, qparams_from_range
+from qtapp.engine.quant.methods.rtn import rtn
+from qtapp.engine.quant.primitives import default_g_idx, qparams, qparams_from_range
 
 N, K = 96, 256
 
@@ -225,7 +225,7 @@ def test_not_positive_definite_retries_with_more_dampening(caplog) -> None:
     e = torch.zeros(16)
     e[3] = 1.0
     H = torch.eye(16) - 1.5 * torch.outer(e, e)  # eigenvalue −0.5: needs λ ≥ 0.5
-    with caplog.at_level(logging.WARNING, logger="qtapp.engine.methods.gptq"):
+    with caplog.at_level(logging.WARNING, logger="qtapp.engine.quant.methods.gptq"):
         U, damp = inverse_hessian_cholesky(H, 0.01)
     assert damp == pytest.approx(1.0)
     assert "not positive definite" in caplog.text
@@ -296,7 +296,7 @@ def test_cuda_matches_cpu(H: torch.Tensor) -> None:
 def test_cuda_graph_sweep_equals_eager_sweep(H, options, group, monkeypatch) -> None:
     """The captured column sweep (replayed for every block after the first) gives the
     eager sweep's codes and scales exactly."""
-    from qtapp.engine.methods import gptq
+    from qtapp.engine.quant.methods import gptq
 
     W, scheme = _weight().cuda(), QuantScheme(4, group, True)
     opts = GPTQOptions(**{**options.__dict__, "blocksize": 64})  # 4 blocks of 64 columns

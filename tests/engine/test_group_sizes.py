@@ -21,8 +21,8 @@ import pytest
 
 from qtapp.cli import main
 from qtapp.engine.config import JobSpec, ModuleRule, QuantScheme, preset_rules
-from qtapp.engine.hardware import Hardware
 from qtapp.engine.outputs import partial_path
+from qtapp.engine.planning.hardware import Hardware
 
 GiB = 2**30
 DEMO = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576,
@@ -51,7 +51,7 @@ SMALL = ["--samples", "4", "--seq-len", "32", "--no-eval"]
 
 
 def test_auto_group_size_divides_every_width():
-    from qtapp.engine.arch import auto_group_size, linear_input_widths
+    from qtapp.engine.model.arch import auto_group_size, linear_input_widths
 
     assert linear_input_widths(DEMO)["self_attn.q_proj"] == 576
     assert linear_input_widths(DEMO)["mlp.down_proj"] == 1536
@@ -65,7 +65,7 @@ def test_auto_group_size_divides_every_width():
 
 
 def test_the_problem_names_the_layers_and_the_group_size_that_divides():
-    from qtapp.engine.arch import group_size_problem
+    from qtapp.engine.model.arch import group_size_problem
 
     found = group_size_problem(JobSpec(model="demo", method="gptq", out="o"), DEMO)
     assert found is not None
@@ -95,8 +95,8 @@ def test_the_planner_refuses_the_group_size_with_the_fix(tmp_path):
     info = SimpleNamespace(name="demo-shaped", config=DEMO, n_params=134_515_008,
                            size_bytes=269_030_016, n_layers=30)
     big = Hardware("Fake CPU", 2, 2, 64 * GiB, 64 * GiB, "TestOS", ())
-    from qtapp.engine.arch import group_size_problem
-    from qtapp.engine.planner import plan_job
+    from qtapp.engine.model.arch import group_size_problem
+    from qtapp.engine.planning.planner import plan_job
 
     plan = plan_job(JobSpec(model="x", method="gptq", out=str(tmp_path / "o")), info, big)
     assert not plan.fits
@@ -109,7 +109,7 @@ def test_the_planner_refuses_the_group_size_with_the_fix(tmp_path):
 
 
 def test_check_names_the_group_size_for_the_demo(demo_dir, tmp_path, capsys):
-    from qtapp.engine.compat import check_model
+    from qtapp.engine.planning.compat import check_model
 
     report = check_model("demo", Hardware("Fake CPU", 2, 2, 64 * GiB, 64 * GiB, "TestOS", ()))
     gptq = next(m for m in report.methods if m.method == "gptq")

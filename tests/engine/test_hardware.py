@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import types
 
-from qtapp.engine import hardware
-from qtapp.engine.hardware import GPU, Hardware, detect
+from qtapp.engine.planning import hardware
+from qtapp.engine.planning.hardware import GPU, Hardware, detect
 
 
 def test_detect_reports_this_machine() -> None:

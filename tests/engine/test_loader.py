@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from qtapp.engine.errors import UserError
 from qtapp.engine.export import export_checkpoint
-from qtapp.engine.loader import load_dequantized, unpack_stream
-from qtapp.engine.primitives import pack_int32
+from qtapp.engine.model.loader import load_dequantized, unpack_stream
+from qtapp.engine.quant.primitives import pack_int32
 
 
 @pytest.fixture(scope="module")

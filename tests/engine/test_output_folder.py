@@ -19,8 +19,8 @@ import pytest
 
 from qtapp.cli import main
 from qtapp.engine.config import JobSpec, QuantScheme
-from qtapp.engine.hardware import Hardware
 from qtapp.engine.outputs import partial_path
+from qtapp.engine.planning.hardware import Hardware
 
 GiB = 2**30
 needs_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
@@ -99,7 +99,7 @@ def test_a_file_in_the_way_is_named(tiny_llama_dir, tmp_path, isolated, capfd):
 
 
 def test_missing_folders_above_the_output_are_fine(tmp_path):
-    from qtapp.engine.job import output_folder_problem
+    from qtapp.engine.outputs import output_folder_problem
 
     assert output_folder_problem(tmp_path / "new" / "deeper" / "q4") == ""
     assert not (tmp_path / "new").exists()  # the check creates nothing that stays
@@ -108,7 +108,7 @@ def test_missing_folders_above_the_output_are_fine(tmp_path):
 
 @needs_proc
 def test_the_planner_says_not_writable_instead_of_no_free_space(tmp_path):
-    from qtapp.engine.planner import plan_job
+    from qtapp.engine.planning.planner import plan_job
 
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
               "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,

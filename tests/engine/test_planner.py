@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from qtapp.engine import advisor as A
 from qtapp.engine.config import CalibrationSpec, JobSpec
-from qtapp.engine.hardware import Hardware
-from qtapp.engine.planner import BASE_RSS, memory, plan_job
+from qtapp.engine.planning import advisor as A
+from qtapp.engine.planning.hardware import Hardware
+from qtapp.engine.planning.planner import BASE_RSS, memory, plan_job
 
 GiB = 2**30
 LLAMA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
@@ -69,7 +69,7 @@ def test_a_plan_that_does_not_fit_says_so_with_numbers_and_fixes(tmp_path):
 def test_cli_refuses_a_job_that_does_not_fit_and_writes_nothing(tiny_llama_dir, tmp_path,
                                                                 monkeypatch, capsys):
     from qtapp.cli import main
-    from qtapp.engine import hardware
+    from qtapp.engine.planning import hardware
 
     monkeypatch.setattr(hardware, "detect", lambda use_torch=True: machine(0.25))
     out = tmp_path / "o"
@@ -95,7 +95,7 @@ def test_cli_dry_run_times_one_block(tiny_llama_dir, tmp_path, capsys):
 
 def test_a_job_records_predicted_against_measured(tiny_llama_dir, tmp_path):
     from qtapp.engine.config import QuantScheme
-    from qtapp.engine.job import run_job
+    from qtapp.engine.jobs.job import run_job
 
     job = JobSpec(model=str(tiny_llama_dir), method="rtn", out=str(tmp_path / "o"),
                   scheme=QuantScheme(bits=8, group_size=32), evaluate=False, calibration=CalibrationSpec(samples=2, seq_len=32))

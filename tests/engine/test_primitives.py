@@ -1,4 +1,4 @@
-"""Quantize/dequantize error bounds and int32 packing of qtapp.engine.primitives."""
+"""Quantize/dequantize error bounds and int32 packing of qtapp.engine.quant.primitives."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qtapp.engine import primitives
-from qtapp.engine.primitives import (
+from qtapp.engine.quant import primitives
+from qtapp.engine.quant.primitives import (
     QuantizedWeight,
     default_g_idx,
     pack_int32,

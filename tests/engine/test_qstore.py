@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from qtapp.engine import qstore as qstore_module
-from qtapp.engine.primitives import quantize_weight
-from qtapp.engine.qstore import QuantStore, safetensors_complete
+from qtapp.engine.quant import qstore as qstore_module
+from qtapp.engine.quant.primitives import quantize_weight
+from qtapp.engine.quant.qstore import QuantStore, safetensors_complete
 
 
 def _modules(seed: int = 0) -> dict:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from qtapp.engine import kld as K
 from qtapp.engine.errors import UserError
-from qtapp.engine.gencheck import flags_of
-from qtapp.engine.quality import THRESHOLDS, judge, quality_report, source_is_cached, windows
+from qtapp.engine.quality import kld as K
+from qtapp.engine.quality.gate import THRESHOLDS, judge, quality_report, source_is_cached, windows
+from qtapp.engine.quality.gencheck import flags_of
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 40
         + "Pack my box with five dozen liquor jugs. " * 40)
@@ -95,7 +95,7 @@ def test_cached_top_k_and_tail_sample_kld_is_close_to_the_exact_kld_on_the_tiny_
     RTN of every linear layer."""
     from transformers import AutoModelForCausalLM
 
-    from qtapp.engine.primitives import fake_quantize
+    from qtapp.engine.quant.primitives import fake_quantize
 
     torch.manual_seed(0)
     source = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
@@ -170,7 +170,7 @@ def test_gguf_f32_of_a_tiny_model_agrees_with_its_source(make_tiny_model, demo_d
 def _rtn_copy(demo_dir, out, bits: int, group_size: int):
     from transformers import AutoModelForCausalLM
 
-    from qtapp.engine.primitives import fake_quantize
+    from qtapp.engine.quant.primitives import fake_quantize
 
     model = AutoModelForCausalLM.from_pretrained(demo_dir, dtype=torch.float32)
     with torch.no_grad():
@@ -186,7 +186,7 @@ def _rtn_copy(demo_dir, out, bits: int, group_size: int):
 
 @pytest.fixture(scope="module")
 def demo_text():
-    from qtapp.engine.calibration import builtin_eval_text
+    from qtapp.engine.quant.calibration import builtin_eval_text
 
     return builtin_eval_text()[:12000]  # ≈ 3 400 tokens: 6 windows of 512
 
@@ -205,7 +205,7 @@ def test_demo_rtn_verdicts(demo_dir, demo_text, tmp_path, bits, group_size, verd
 
 def test_folder_size_counts_the_model_files_not_side_data(tmp_path):
     """AWQ's saved search (awq_search/) and a GGUF job's imatrix.gguf are not model size."""
-    from qtapp.engine.evaluate import folder_size
+    from qtapp.engine.quality.evaluate import folder_size
 
     (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"x" * 100)
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"x" * 20)

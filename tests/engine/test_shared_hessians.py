@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from qtapp.engine import pipeline
 from qtapp.engine.config import GPTQOptions, JobSpec, QuantScheme
-from qtapp.engine.methods.gptq import HessianAccumulator, gptq_quantize
-from qtapp.engine.pipeline import BlockQuantizer, LayerStreamer, collect_hessians
-from qtapp.engine.sources import resolve_model
+from qtapp.engine.model.sources import resolve_model
+from qtapp.engine.quant import pipeline
+from qtapp.engine.quant.methods.gptq import HessianAccumulator, gptq_quantize
+from qtapp.engine.quant.pipeline import BlockQuantizer, LayerStreamer, collect_hessians
 
 ATTN_IN = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
 FFN_IN = ["mlp.gate_proj", "mlp.up_proj"]
@@ -129,7 +129,7 @@ def test_block_quantizer_stacks_only_linears_with_the_same_scheme(tiny_llama_dir
     assert report.modules["self_attn.k_proj"].bits == 8
     assert report.modules["self_attn.q_proj"].q.shape == (q, 64)
     # the parts of a stacked sweep are separate tensors: a checkpoint can save them
-    from qtapp.engine.qstore import QuantStore
+    from qtapp.engine.quant.qstore import QuantStore
 
     store = QuantStore(tmp_path / "store", fingerprint="test")
     store.save_block(0, report.modules, report.meta, report.floats)

@@ -15,9 +15,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from qtapp.engine import sources
 from qtapp.engine.errors import UserError
-from qtapp.engine.sources import SafetensorsReader, resolve_model
+from qtapp.engine.model import sources
+from qtapp.engine.model.sources import SafetensorsReader, resolve_model
 
 
 @pytest.fixture
@@ -511,7 +511,7 @@ def test_demo_weights_are_the_gguf_weights_in_bf16(demo_dir, gguf_model):
 def test_demo_tokenizer_matches_gguf(demo_dir, gguf_model):
     from transformers import AutoTokenizer
 
-    from qtapp.engine.calibration import builtin_eval_text
+    from qtapp.engine.quant.calibration import builtin_eval_text
 
     _, ref = gguf_model
     tok = AutoTokenizer.from_pretrained(demo_dir)

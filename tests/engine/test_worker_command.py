@@ -1,4 +1,4 @@
-"""The worker command line: `python -m qtapp.engine.worker`, or the frozen app's own executable."""
+"""The worker command line: `python -m qtapp.engine.jobs.worker`, or the frozen app's own executable."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pytest
 
 from qtapp.cli import build_parser
 from qtapp.commands import quantize
-from qtapp.engine import worker
-from qtapp.engine.worker import worker_command
+from qtapp.engine.jobs import worker
+from qtapp.engine.jobs.worker import worker_command
 
 
 def test_python_runs_the_worker_module(monkeypatch):
     monkeypatch.delattr(sys, "frozen", raising=False)
     job = Path("/tmp/job.json")
-    assert worker_command(job) == [sys.executable, "-m", "qtapp.engine.worker", "--job",
+    assert worker_command(job) == [sys.executable, "-m", "qtapp.engine.jobs.worker", "--job",
                                    str(job)]
 
 

@@ -43,7 +43,7 @@ def tiny_method_page(qtbot, tmp_path, make_tiny_model):
     tmp_path/out, and a fake engine so that nothing real runs."""
     from gui_helpers import fake_command
 
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.model.sources import resolve_model
     from qtapp.gui.engine_process import EngineProcess
     from qtapp.gui.main_window import MainWindow
 

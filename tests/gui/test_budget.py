@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qtapp.engine.allocate import budget_preview
-from qtapp.engine.sensitivity import (
+from qtapp.engine.planning.allocate import budget_preview
+from qtapp.engine.planning.sensitivity import (
     ModuleSensitivity,
     SensitivityProfile,
     cache_file,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qtapp.engine import chat as chat_engine
+from qtapp.engine.quality import chat as chat_engine
 from qtapp.gui.main_window import MainWindow
 from qtapp.gui.results_store import RunRecord
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from gui_helpers import fake_command
 
-from qtapp.engine.hardware import GPU, Hardware
+from qtapp.engine.planning.hardware import GPU, Hardware
 from qtapp.gui.engine_process import EngineProcess
 from qtapp.gui.main_window import MainWindow
 from qtapp.gui.pages.method import GROUP_CHOICES

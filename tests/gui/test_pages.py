@@ -10,7 +10,7 @@ import pytest
 from gui_helpers import fake_command
 from PySide6.QtCore import Qt
 
-from qtapp.engine.hardware import GPU, Hardware
+from qtapp.engine.planning.hardware import GPU, Hardware
 from qtapp.gui.engine_process import EngineProcess
 from qtapp.gui.main_window import PAGES, MainWindow
 from qtapp.gui.results_store import ResultsStore

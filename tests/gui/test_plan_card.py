@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 from PySide6.QtWidgets import QMessageBox
 
-from qtapp.engine.budget import format_size
-from qtapp.engine.hardware import detect
-from qtapp.engine.planner import plan_job
+from qtapp.engine.planning.budget import format_size
+from qtapp.engine.planning.hardware import detect
+from qtapp.engine.planning.planner import plan_job
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qtapp.engine import arch as _arch
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
 from qtapp.engine.export import awq, compressed_tensors, gptq
@@ -30,8 +29,9 @@ from qtapp.engine.export.common import (
 )
 from qtapp.engine.export.compressed_tensors import CompressedTensorsWriter
 from qtapp.engine.export.gptq import GPTQ_BITS, GPTQWriter
-from qtapp.engine.qstore import QuantStore
-from qtapp.engine.sources import SafetensorsReader
+from qtapp.engine.model import arch as _arch
+from qtapp.engine.model.sources import SafetensorsReader
+from qtapp.engine.quant.qstore import QuantStore
 
 WRITERS = {"gptq": GPTQWriter, "awq": AWQWriter, "compressed-tensors": CompressedTensorsWriter}
 CHECKS = {"gptq": gptq.check_module, "awq": awq.check_module,

@@ -26,7 +26,7 @@ import torch
 
 from qtapp.engine.errors import UserError
 from qtapp.engine.export.common import ExportPlan, ModuleEntry, to_float16
-from qtapp.engine.primitives import QuantizedWeight
+from qtapp.engine.quant.primitives import QuantizedWeight
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 

@@ -27,12 +27,12 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import save_file
 
-from qtapp.engine.arch import arch_for
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
-from qtapp.engine.primitives import QuantizedWeight
-from qtapp.engine.qstore import QuantStore
-from qtapp.engine.sources import SafetensorsReader
+from qtapp.engine.model.arch import arch_for
+from qtapp.engine.model.sources import SafetensorsReader
+from qtapp.engine.quant.primitives import QuantizedWeight
+from qtapp.engine.quant.qstore import QuantStore
 
 SHARD_BYTES = 2 * 10**9
 COPIED_FILES = (

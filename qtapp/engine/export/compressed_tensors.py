@@ -35,7 +35,7 @@ import torch
 
 from qtapp.engine.errors import UserError
 from qtapp.engine.export.common import ExportPlan, ModuleEntry, module_regex, scale_dtype_for
-from qtapp.engine.primitives import QuantizedWeight, pack_int32
+from qtapp.engine.quant.primitives import QuantizedWeight, pack_int32
 
 PACKED_BITS = (2, 4, 8)
 

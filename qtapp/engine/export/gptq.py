@@ -37,7 +37,7 @@ from qtapp.engine.export.common import (
     natural_key,
     to_float16,
 )
-from qtapp.engine.primitives import QuantizedWeight, pack_int32
+from qtapp.engine.quant.primitives import QuantizedWeight, pack_int32
 
 GPTQ_BITS = (2, 3, 4, 8)
 

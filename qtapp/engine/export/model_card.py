@@ -5,7 +5,7 @@ measured, and how to load it.
 
 `summary` is the job's result dict: method, format, scheme, calibration [n, L], modules
 (from export_checkpoint), format_notes, ppl / ppl_source, kld_mean / kld_p99 / top1_agree /
-verdict / verdict_reasons (qtapp.engine.quality), size_bytes / source_size_bytes,
+verdict / verdict_reasons (qtapp.engine.quality.gate), size_bytes / source_size_bytes,
 quantize_seconds. Whatever is missing is shown as "not measured", never invented.
 """
 

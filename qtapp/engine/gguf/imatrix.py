@@ -322,7 +322,7 @@ def compute_imatrix(model_dir: Path, batches: torch.Tensor, dataset: str = "buil
     from transformers import AutoModelForCausalLM
 
     from qtapp.engine.gguf.hf_model import HfModel
-    from qtapp.engine.loader import load_tokenizer
+    from qtapp.engine.model.loader import load_tokenizer
 
     hf = HfModel(Path(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,

@@ -1,6 +1,6 @@
 """Run GGUF files with llama-cpp-python: perplexity, streaming chat, Ollama Modelfile.
 
-Perplexity uses the same protocol as qtapp.engine.evaluate: non-overlapping windows of
+Perplexity uses the same protocol as qtapp.engine.quality.evaluate: non-overlapping windows of
 `ctx` tokens of the given token ids; within each window every token but the first is
 predicted. The model is created with logits_all=True, so `Llama.eval(window)` leaves one row
 of logits per position in `Llama.scores`; the log-softmax is taken here in float64. The

@@ -65,9 +65,9 @@ def _tokenizer_config(model_dir: Path) -> dict[str, Any]:
 
 
 def _auto_tokenizer(model_dir: Path) -> Any:
-    """The folder's tokenizer (qtapp.engine.loader.load_tokenizer: never code shipped with
+    """The folder's tokenizer (qtapp.engine.model.loader.load_tokenizer: never code shipped with
     the model, which a GGUF file could not carry anyway)."""
-    from qtapp.engine.loader import load_tokenizer
+    from qtapp.engine.model.loader import load_tokenizer
 
     return load_tokenizer(model_dir)
 

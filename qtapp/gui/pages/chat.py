@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qtapp.engine.chat import GenerationSettings, Message
+from qtapp.engine.quality.chat import GenerationSettings, Message
 from qtapp.gui import theme
 from qtapp.gui.i18n import tr
 from qtapp.gui.results_store import RunRecord
@@ -67,7 +67,7 @@ class ChatPane(Card):
         return self.loading or self.task is not None
 
     def load(self, spec: str, title: str) -> None:
-        from qtapp.engine.chat import open_chat
+        from qtapp.engine.quality.chat import open_chat
 
         if self.backend is not None and spec == self.model_spec:
             return

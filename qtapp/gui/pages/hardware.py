@@ -18,14 +18,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qtapp.engine.advisor import (
+from qtapp.engine.planning.advisor import (
     PRECISIONS,
     Advice,
     SizeRow,
     format_params,
     format_size,
 )
-from qtapp.engine.hardware import Hardware, detect
+from qtapp.engine.planning.hardware import Hardware, detect
 from qtapp.gui import theme
 from qtapp.gui.i18n import tr
 from qtapp.gui.state import AppState

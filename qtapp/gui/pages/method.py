@@ -32,7 +32,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qtapp.engine.advisor import Advice
 from qtapp.engine.config import (
     GGUF_TYPES,
     AWQOptions,
@@ -45,6 +44,7 @@ from qtapp.engine.config import (
     preset_rules,
 )
 from qtapp.engine.errors import UserError
+from qtapp.engine.planning.advisor import Advice
 from qtapp.gui.i18n import tr
 from qtapp.gui.pages.run import job_title
 from qtapp.gui.paths import outputs_dir
@@ -342,7 +342,7 @@ class MethodPage(QWidget):
                                         seq_len=self.seq_len.value()),
             device=self.device.currentData(), evaluate=self.evaluate.isChecked(),
         ).validate()
-        from qtapp.engine.arch import check_group_sizes
+        from qtapp.engine.model.arch import check_group_sizes
 
         check_group_sizes(job, getattr(info, "config", None) or {}, cli=False)
         out = Path(job.out).expanduser()
@@ -432,7 +432,7 @@ class MethodPage(QWidget):
         if key is None or key == self._budget_for:
             self._predict()
             return
-        from qtapp.engine.allocate import budget_preview
+        from qtapp.engine.planning.allocate import budget_preview
 
         self._budget_for, self._budget = key, None
         try:
@@ -448,7 +448,7 @@ class MethodPage(QWidget):
     def _budget_ready(self, key: Any, result: tuple[Any, Any]) -> None:
         if key != self._budget_for:
             return  # the settings changed meanwhile; a newer request is on its way
-        from qtapp.engine.allocate import uniform_four_bytes
+        from qtapp.engine.planning.allocate import uniform_four_bytes
 
         self._budget = result
         model = result[0]
@@ -477,8 +477,8 @@ class MethodPage(QWidget):
         """The predicted plan at the field's size, when a profile of this model exists."""
         if self._budget is None or not self.budget_on.isChecked():
             return
-        from qtapp.engine.allocate import allocate
-        from qtapp.engine.budget import format_size
+        from qtapp.engine.planning.allocate import allocate
+        from qtapp.engine.planning.budget import format_size
 
         model, profile = self._budget
         budget = int(self.budget_mib.value() * 2**20)
@@ -550,7 +550,11 @@ class MethodPage(QWidget):
         """Offer only the group sizes that divide the input width of every quantized layer
         of the chosen model (GPTQ, AWQ and compressed-tensors need whole groups); a choice
         that does not moves to the one `--group-size auto` picks (64 for the demo)."""
-        from qtapp.engine.arch import auto_group_size, dividing_group_sizes, linear_input_widths
+        from qtapp.engine.model.arch import (
+            auto_group_size,
+            dividing_group_sizes,
+            linear_input_widths,
+        )
 
         config = getattr(self.state.model, "config", None) or {}
         widths = sorted(set(linear_input_widths(config).values()))
@@ -747,7 +751,7 @@ class MethodPage(QWidget):
         key = self._plan_key(job)
         if key in (self._plan_for, self._plan_wanted):
             return
-        from qtapp.engine.planner import plan_job
+        from qtapp.engine.planning.planner import plan_job
 
         self._plan_wanted = key
         info, hw = self.state.model, self.state.hardware
@@ -773,8 +777,8 @@ class MethodPage(QWidget):
             import subprocess
             import tempfile
 
-            from qtapp.engine.planner import Plan
-            from qtapp.engine.worker import worker_command
+            from qtapp.engine.jobs.worker import worker_command
+            from qtapp.engine.planning.planner import Plan
 
             with tempfile.TemporaryDirectory(prefix="quantdesk-plan-") as tmp:
                 job_file = Path(tmp) / "job.json"
@@ -811,7 +815,7 @@ class MethodPage(QWidget):
     def _plan_ready(self, key: Any, plan: Any) -> None:
         if key != self._plan_wanted:
             return  # the form changed meanwhile; a newer plan is on its way
-        from qtapp.engine.budget import format_size
+        from qtapp.engine.planning.budget import format_size
 
         self._plan_wanted, self._plan_for, self._plan = None, key, plan
         rows = [tr("Peak memory: {ram} of {total} RAM").format(

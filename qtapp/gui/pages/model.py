@@ -17,8 +17,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qtapp.engine.advisor import format_params, format_size
 from qtapp.engine.errors import UserError
+from qtapp.engine.planning.advisor import format_params, format_size
 from qtapp.gui.i18n import tr
 from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import (
@@ -186,7 +186,7 @@ class ModelPage(QWidget):
                                "takes a few seconds)").format(source=source))
 
         def work(ctx: Any) -> Any:
-            from qtapp.engine.sources import resolve_model
+            from qtapp.engine.model.sources import resolve_model
 
             return resolve_model(source, allow_download=allow,
                                  progress=lambda done, total: ctx.report((done, total)))

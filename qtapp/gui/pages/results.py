@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qtapp.engine.advisor import format_size
+from qtapp.engine.planning.advisor import format_size
 from qtapp.gui import theme
 from qtapp.gui.i18n import tr
 from qtapp.gui.pages.run import format_duration

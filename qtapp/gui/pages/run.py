@@ -16,8 +16,8 @@ from PySide6.QtWidgets import (
 )
 
 from qtapp.engine import events as ev
-from qtapp.engine.advisor import format_size
 from qtapp.engine.config import JobSpec
+from qtapp.engine.planning.advisor import format_size
 from qtapp.gui import theme
 from qtapp.gui.engine_process import EngineProcess, Outcome
 from qtapp.gui.i18n import tr

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from qtapp.engine.config import GPTQOptions, QuantScheme
 from qtapp.engine.errors import UserError
-from qtapp.engine.primitives import (
+from qtapp.engine.quant.primitives import (
     QuantizedWeight,
     n_groups,
     qparams,

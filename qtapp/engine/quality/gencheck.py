@@ -1,6 +1,6 @@
 """Generation check: greedy answers to fixed prompts, flagged when degenerate.
 
-Each prompt is rendered with the model's chat template (qtapp.engine.chat.render_chat) and
+Each prompt is rendered with the model's chat template (qtapp.engine.quality.chat.render_chat) and
 answered greedily for up to MAX_NEW_TOKENS tokens, stopping at an end-of-turn token. An
 answer is flagged
 
@@ -84,7 +84,7 @@ def check_torch(model: Any, tokenizer: Any, prompts: Sequence[str] = PROMPTS,
     should_cancel() is polled before every token (raises Cancelled)."""
     import torch
 
-    from qtapp.engine.chat import _eos_ids, render_chat
+    from qtapp.engine.quality.chat import _eos_ids, render_chat
 
     template = getattr(tokenizer, "chat_template", None) or None
     eos = _eos_ids(tokenizer, model)
@@ -120,7 +120,7 @@ def check_llama(llm: Any, prompts: Sequence[str] = PROMPTS,
     """Greedy answers of a llama_cpp.Llama created with logits_all=True."""
     import numpy as np
 
-    from qtapp.engine.chat import END_OF_TURN_TOKENS, render_chat
+    from qtapp.engine.quality.chat import END_OF_TURN_TOKENS, render_chat
 
     def text_of(token: int) -> str:
         return llm._model.token_get_text(token) if token >= 0 else ""

@@ -4,7 +4,7 @@ agreement and a generation check, with a verdict good / degraded / broken.
     quality_report(model, source, ctx=512, text=None) -> QualityReport
 
 `model` and `source` are anything QuantDesk can load: a Hugging Face folder (plain, GPTQ,
-AWQ, compressed-tensors; dequantized by qtapp.engine.loader), a `.gguf` file, or a folder
+AWQ, compressed-tensors; dequantized by qtapp.engine.model.loader), a `.gguf` file, or a folder
 holding one model `.gguf` (run through llama-cpp-python with logits for every position).
 
 Protocol (that of `llama-perplexity --kl-divergence`): the evaluation text (built-in unless
@@ -19,7 +19,7 @@ at least ctx/2 tokens of context. Over all scored positions t:
     top1_agree = 100 · mean_t [argmax Q_t = argmax P_t]
 
 P is the source's next-token distribution, Q the model's; KL uses the source's cached top-k
-and a sample of its tail (qtapp.engine.kld explains the estimate and its error). The source's distributions and
+and a sample of its tail (qtapp.engine.quality.kld explains the estimate and its error). The source's distributions and
 its generation check are computed once and cached under <cache>/quality/, keyed by a
 content fingerprint of the source's weights, the token ids and ctx; later reports pay only
 for the quantized model's pass. One model is in memory at a time.
@@ -27,7 +27,7 @@ for the quantized model's pass. One model is in memory at a time.
 Verdict (THRESHOLDS; a quantized model is judged against its own source):
 
     broken    kld_mean > 1.0 nat, or top1_agree < 50 %, or ppl > 2 × ppl_source, or a
-              non-finite figure, or degenerate answers (qtapp.engine.gencheck) to at least
+              non-finite figure, or degenerate answers (qtapp.engine.quality.gencheck) to at least
               2 of the 3 prompts that the source answers without that flag;
     degraded  kld_mean > 0.1 nat, or top1_agree < 85 %, or ppl > 1.2 × ppl_source, or one
               such degenerate answer;
@@ -52,10 +52,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from qtapp.engine import kld as K
 from qtapp.engine.errors import Cancelled, UserError
-from qtapp.engine.gencheck import GenerationCheck
-from qtapp.engine.sources import gguf_file_of
+from qtapp.engine.model.sources import gguf_file_of
+from qtapp.engine.quality import kld as K
+from qtapp.engine.quality.gencheck import GenerationCheck
 
 DEFAULT_CTX = 512
 CACHE_VERSION = "quality-2"
@@ -138,7 +138,7 @@ class _TorchScorer(_Scorer):
     model's, nor spend their load time."""
 
     def __init__(self, path: Path, trust_remote_code: bool = False) -> None:
-        from qtapp.engine.loader import has_tokenizer, load_tokenizer
+        from qtapp.engine.model.loader import has_tokenizer, load_tokenizer
 
         if not (path / "config.json").exists():
             raise UserError(f"{path} is neither a model folder (no config.json) nor a .gguf "
@@ -151,14 +151,14 @@ class _TorchScorer(_Scorer):
     @property
     def model(self) -> Any:
         if self._model is None:
-            from qtapp.engine.loader import load_dequantized
+            from qtapp.engine.model.loader import load_dequantized
 
             self._model, _tokenizer = load_dequantized(
                 self.path, trust_remote_code=self.trust_remote_code)
         return self._model
 
     def token_ids(self, text: str) -> tuple[list[int], int | None]:
-        from qtapp.engine.calibration import tokenize
+        from qtapp.engine.quant.calibration import tokenize
 
         tok = self.tokenizer
         if tok is None:
@@ -175,7 +175,7 @@ class _TorchScorer(_Scorer):
 
     def generate(self, tokenizer: Any = None, should_cancel: ShouldCancel = _never,
                  ) -> list[GenerationCheck]:
-        from qtapp.engine.gencheck import check_torch
+        from qtapp.engine.quality.gencheck import check_torch
 
         tok = self.tokenizer or tokenizer
         return check_torch(self.model, tok, should_cancel=should_cancel) \
@@ -203,7 +203,7 @@ class _LlamaScorer(_Scorer):
 
     def generate(self, tokenizer: Any = None, should_cancel: ShouldCancel = _never,
                  ) -> list[GenerationCheck]:
-        from qtapp.engine.gencheck import check_llama
+        from qtapp.engine.quality.gencheck import check_llama
 
         return check_llama(self.llm, should_cancel=should_cancel)
 
@@ -263,7 +263,7 @@ def fingerprint(path: Path) -> str:
 
 
 def _cache_file(source: Path, tokens: np.ndarray, ctx: int) -> Path:
-    from qtapp.engine.sources import cache_root
+    from qtapp.engine.model.sources import cache_root
 
     h = hashlib.sha256(f"{CACHE_VERSION}\0{K.TOP_K}\0{K.TAIL_SAMPLES}\0{ctx}\0"
                        f"{fingerprint(source)}".encode())
@@ -291,7 +291,7 @@ def source_is_cached(source: Path, ctx: int = DEFAULT_CTX, text: str | None = No
     """Whether `source`'s distributions and generation check on the evaluation text are in
     the cache (then a quality gate runs only the quantized model). Tokenizes the text; a
     folder's model is not loaded. False when that cannot be told."""
-    from qtapp.engine.calibration import builtin_eval_text
+    from qtapp.engine.quant.calibration import builtin_eval_text
 
     text = builtin_eval_text() if text is None else text
     try:
@@ -318,8 +318,8 @@ def source_distributions(source: Path, ctx: int = DEFAULT_CTX, text: str | None 
     when present. A cache entry without a generation check is completed by one. A full
     disk while writing the cache is a UserError naming the cache. should_cancel() is
     polled per window and per generated token (then Cancelled is raised)."""
-    from qtapp.engine.calibration import builtin_eval_text
-    from qtapp.engine.sources import cache_disk_full
+    from qtapp.engine.model.sources import cache_disk_full
+    from qtapp.engine.quant.calibration import builtin_eval_text
 
     progress = progress or (lambda _m: None)
     text = builtin_eval_text() if text is None else text
@@ -440,7 +440,7 @@ def quality_report(model: Path, source: Path, ctx: int = DEFAULT_CTX, text: str 
 
 def _source_tokenizer(scorer: _Scorer, source: Path, trust_remote_code: bool = False) -> Any:
     """The source folder's tokenizer when a quantized folder lacks its own, else None."""
-    from qtapp.engine.loader import has_tokenizer, load_tokenizer
+    from qtapp.engine.model.loader import has_tokenizer, load_tokenizer
 
     path = Path(source)
     if scorer.tokenizer is not None or not isinstance(scorer, _TorchScorer):
@@ -459,7 +459,7 @@ def model_perplexity(model: Path, ctx: int = DEFAULT_CTX, text: str | None = Non
     `quantdesk eval M --against S` prints for M when M and S tokenize the text alike (a
     quantized folder and its source do). The text is tokenized by `model`'s own tokenizer
     (a .gguf file's, through llama.cpp)."""
-    from qtapp.engine.calibration import builtin_eval_text
+    from qtapp.engine.quant.calibration import builtin_eval_text
 
     progress = progress or (lambda _m: None)
     text = builtin_eval_text() if text is None else text

@@ -59,10 +59,10 @@ from pathlib import Path
 import torch
 
 from qtapp.engine import events as ev
-from qtapp.engine.budget import Candidate, ModuleSlot
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import Cancelled
-from qtapp.engine.sources import ModelInfo, cache_root
+from qtapp.engine.model.sources import ModelInfo, cache_root
+from qtapp.engine.planning.budget import Candidate, ModuleSlot
 
 Emit = Callable[[ev.Event], None]
 GAIN_SAMPLES = 4
@@ -156,10 +156,10 @@ def quantized_weight(method: str, W: torch.Tensor, H: torch.Tensor, c: Candidate
         return torch.from_numpy(gguf.quants.dequantize(data, t).astype(np.float32)).to(W)
     assert c.scheme is not None
     if method == "gptq":
-        from qtapp.engine.methods.gptq import gptq_quantize
+        from qtapp.engine.quant.methods.gptq import gptq_quantize
 
         return gptq_quantize(W, H, c.scheme, job.gptq).dequantize()
-    from qtapp.engine.methods.rtn import rtn
+    from qtapp.engine.quant.methods.rtn import rtn
 
     return rtn(W, c.scheme).dequantize()
 
@@ -179,7 +179,12 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
                     slots: list[ModuleSlot], emit: Emit, should_cancel: Callable[[], bool],
                     device: torch.device, batch: int = 8) -> SensitivityProfile:
     """Stream the float model once and estimate every slot's candidates (see module doc)."""
-    from qtapp.engine.pipeline import BlockInputs, LayerStreamer, collect_hessians, forward_block
+    from qtapp.engine.quant.pipeline import (
+        BlockInputs,
+        LayerStreamer,
+        collect_hessians,
+        forward_block,
+    )
 
     by_name = {s.name: s for s in slots}
     names = list(info.arch.linears)
@@ -263,7 +268,7 @@ def _block_gain(block: torch.nn.Module, linear: torch.nn.Linear, W: torch.Tensor
                 W_hat: torch.Tensor, sub, y_ref: torch.Tensor) -> torch.Tensor:
     """g_i = Σ_t ΔY_{t,i}² / Σ_t ‖ΔW x_t‖² per output channel i of the block, with only
     `linear` replaced by Ŵ (see module doc); Σ_i g_i is the scalar gain g_m."""
-    from qtapp.engine.pipeline import forward_block
+    from qtapp.engine.quant.pipeline import forward_block
 
     dW = (W - W_hat).to(linear.weight.dtype)
     module_err = [0.0]
@@ -293,7 +298,7 @@ def fisher_diagonals(streamer, saved: list[torch.Tensor], inputs, tokens: torch.
     inputs and the gradient is carried to its input. One block in memory at a time, as in
     the forward pass; `saved[l]` holds block l's inputs for the Fisher samples.
     """
-    from qtapp.engine.batching import first_output, fit_batch
+    from qtapp.engine.quant.batching import first_output, fit_batch
 
     arch = streamer.info.arch
     device = streamer.device

@@ -32,7 +32,7 @@ advisor.VRAM_USABLE, disk beyond the free space) lists the problems with the num
 fixes that would fit; the job runner refuses such a job unless the user overrides. Two
 problems come before the numbers: a group size that does not divide the input width of a
 layer it quantizes (arch.group_size_problem, with the group size that does), and an output
-folder that cannot be written (job.output_folder_problem; its free space is then not
+folder that cannot be written (outputs.output_folder_problem; its free space is then not
 reported as a disk that is too small).
 """
 
@@ -48,12 +48,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtapp.engine import advisor as A
 from qtapp.engine.config import JobSpec
-from qtapp.engine.hardware import Hardware
+from qtapp.engine.planning import advisor as A
+from qtapp.engine.planning.hardware import Hardware
 
 if TYPE_CHECKING:
-    from qtapp.engine.sources import ModelInfo
+    from qtapp.engine.model.sources import ModelInfo
 
 BASE_RSS = 600 * 2**20
 EVAL_TOKENS = 18_000  # the built-in evaluation text, in tokens of a 49k BPE vocabulary
@@ -186,7 +186,7 @@ def evaluation_seconds(job: JobSpec, info: ModelInfo, shape: A.ModelShape,
     """The quality gate (on the CPU): a pass over the evaluation text and the generation
     check for the quantized model, and for the source too unless its distributions are
     cached (they are after the first job on a model). A GGUF result runs in llama.cpp."""
-    from qtapp.engine.quality import source_is_cached
+    from qtapp.engine.quality.gate import source_is_cached
 
     def one(flops: float) -> float:
         return (EVAL_TOKENS * 2 * shape.n_params / flops
@@ -215,9 +215,9 @@ def probe_block(job: JobSpec, info: ModelInfo) -> tuple[float, float, float, int
     """
     from qtapp.engine import events as ev
     from qtapp.engine.errors import Cancelled
-    from qtapp.engine.job import _calibration_tokens
-    from qtapp.engine.pipeline import collect_input_stats, pick_device, quantize_blocks
-    from qtapp.engine.qstore import QuantStore
+    from qtapp.engine.quant.calibration import calibration_tokens
+    from qtapp.engine.quant.pipeline import collect_input_stats, pick_device, quantize_blocks
+    from qtapp.engine.quant.qstore import QuantStore
 
     marks: list[float] = []  # calibration start, then the end of each block
     wanted = 1 + min(2, max(info.n_layers, 1))
@@ -227,7 +227,7 @@ def probe_block(job: JobSpec, info: ModelInfo) -> tuple[float, float, float, int
             marks.append(time.perf_counter())
 
     t0 = time.perf_counter()
-    tokens = _calibration_tokens(job, info, lambda e: None)
+    tokens = calibration_tokens(job, info, lambda e: None)
     device = pick_device(job.device)
     with tempfile.TemporaryDirectory(prefix="quantdesk-probe-") as tmp:
         try:
@@ -250,8 +250,8 @@ def probe_block(job: JobSpec, info: ModelInfo) -> tuple[float, float, float, int
 def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: bool = False,
              out: Path | None = None) -> Plan:
     """The plan of `job` on `info` (see the module docstring); `out` decides which disk."""
-    from qtapp.engine.hardware import detect
-    from qtapp.engine.sources import cache_root
+    from qtapp.engine.model.sources import cache_root
+    from qtapp.engine.planning.hardware import detect
 
     hw = hw or detect()
     gpu = hw.best_gpu if job.device in ("auto", "cuda") else None
@@ -275,8 +275,8 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
                + final / EXPORT_BYTES_PER_S)
     if job.evaluate:
         seconds += evaluation_seconds(job, info, shape, cpu_flops)
-    from qtapp.engine.arch import group_size_problem
-    from qtapp.engine.job import output_folder_problem
+    from qtapp.engine.model.arch import group_size_problem
+    from qtapp.engine.outputs import output_folder_problem
 
     target = Path(out or job.out).expanduser().resolve()
     unwritable = output_folder_problem(target)

@@ -32,17 +32,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from qtapp.engine import events as ev
-from qtapp.engine.budget import (
+from qtapp.engine.config import JobSpec, ModuleRule
+from qtapp.engine.errors import UserError
+from qtapp.engine.model.sources import ModelInfo
+from qtapp.engine.planning.budget import (
     SizeModel,
     check_budget,
     format_size,
     size_model,
     target_bytes,
 )
-from qtapp.engine.config import JobSpec, ModuleRule
-from qtapp.engine.errors import UserError
-from qtapp.engine.sensitivity import SensitivityProfile
-from qtapp.engine.sources import ModelInfo
+from qtapp.engine.planning.sensitivity import SensitivityProfile
 
 MAX_CELLS = 100_000
 
@@ -208,7 +208,7 @@ def plan_job(job: JobSpec, info: ModelInfo, tokens, emit: Callable[[ev.Event], N
              should_cancel: Callable[[], bool], device) -> tuple[JobSpec, Plan]:
     """Measure sensitivities (or reuse the cached profile), allocate, return the job with
     the plan as rules."""
-    from qtapp.engine.sensitivity import sensitivity_profile
+    from qtapp.engine.planning.sensitivity import sensitivity_profile
 
     model, budget = budget_model(job, info)
     profile = sensitivity_profile(job, info, tokens, model.modules, emit, should_cancel, device)
@@ -222,7 +222,7 @@ def plan_for_job(job: JobSpec, info: ModelInfo, tokens, calibration: Callable[[]
     """What run_job does with a budgeted job: refuse an impossible budget before any work,
     get the calibration tokens (`calibration()` when `tokens` is None), plan, log the plan.
     Returns the planned job, the tokens and a summary of the plan for the job's result."""
-    from qtapp.engine.pipeline import pick_device
+    from qtapp.engine.quant.pipeline import pick_device
 
     budget_model(job, info)
     if tokens is None:
@@ -243,16 +243,16 @@ def plan_before_running(job: JobSpec, emit: Callable[[ev.Event], None],
                         ) -> tuple[JobSpec, Plan]:
     """Plan a budgeted job on its own (the CLI shows the plan before quantizing): resolve the
     model, refuse an impossible budget, sample the calibration tokens, plan."""
-    from qtapp.engine.calibration import calibration_batches
-    from qtapp.engine.job import load_tokenizer
-    from qtapp.engine.pipeline import pick_device
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.model.loader import load_tokenizer
+    from qtapp.engine.model.sources import resolve_model
+    from qtapp.engine.quant.calibration import calibration_batches
+    from qtapp.engine.quant.pipeline import pick_device
 
     job.validate()
     info = resolve_model(job.model, allow_pickle=job.allow_pickle)
     budget_model(job, info)
     c = job.calibration
-    tokens = calibration_batches(load_tokenizer(job, info.path), c.source, c.samples,
+    tokens = calibration_batches(load_tokenizer(info.path, job.trust_remote_code), c.source, c.samples,
                                  c.seq_len, c.seed)
     return plan_job(job, info, tokens, emit, should_cancel, pick_device(job.device))
 
@@ -260,7 +260,7 @@ def plan_before_running(job: JobSpec, emit: Callable[[ev.Event], None],
 def budget_preview(job: JobSpec, info: ModelInfo) -> tuple[SizeModel, SensitivityProfile | None]:
     """What the window's size field needs: the size model of `job` and, when an earlier job
     measured this model with this method and calibration, its cached sensitivity profile."""
-    from qtapp.engine.sensitivity import cached_profile, profile_key
+    from qtapp.engine.planning.sensitivity import cached_profile, profile_key
 
     model = size_model(job, info)
     return model, cached_profile(profile_key(job, info, model.modules))

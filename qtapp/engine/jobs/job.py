@@ -8,12 +8,10 @@ a failed or cancelled job leaves no output folder behind.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,10 @@ from typing import Any
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
+from qtapp.engine.model.loader import load_tokenizer
+from qtapp.engine.model.sources import ModelInfo, cache_root, resolve_model
 from qtapp.engine.outputs import (
+    check_output_path,
     free_bytes,
     is_disk_full,
     lock_checkpoint,
@@ -30,86 +31,14 @@ from qtapp.engine.outputs import (
     partial_path,
     stray_files,
 )
-from qtapp.engine.sources import ModelInfo, cache_root, resolve_model
+from qtapp.engine.quant.calibration import calibration_tokens
 
 Emit = Callable[[ev.Event], None]
 
 
-def output_folder_problem(out: Path) -> str:
-    """'' when the folder that will hold the output `out` is a folder this process can write
-    into (when it does not exist yet: its nearest existing ancestor, where it would be
-    created); else that sentence with the fix. Creating and removing a hidden folder there
-    is the test: os.access says yes to root on /proc and on some read-only or network
-    mounts."""
-    parent = out.parent
-    folder = parent
-    try:
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        is_dir = folder.is_dir()
-    except OSError as e:
-        return (f"cannot write into {parent}: it is not a writable folder ({e.strerror}); "
-                "choose an output folder you can write to")
-    if not is_dir:
-        return (f"cannot write into {parent}: {folder} is a file, not a folder; choose an "
-                "output folder you can write to")
-    reason = ""
-    if not os.access(folder, os.W_OK | os.X_OK):
-        reason = "permission denied"
-    else:
-        try:
-            os.rmdir(tempfile.mkdtemp(prefix=".quantdesk-write-test-", dir=folder))
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                return ""  # writable but full: the plan and the job say so, with the sizes
-            reason = {errno.EROFS: "the file system is read-only", errno.EACCES:
-                      "permission denied", errno.EPERM: "permission denied"}.get(
-                e.errno, f"creating a folder in it failed: {e.strerror or e}")
-    if not reason:
-        return ""
-    return (f"cannot write into {folder}: it is not a writable folder ({reason}); choose an "
-            "output folder you can write to")
-
-
-def check_output_path(out: Path, source: Path, overwrite: bool, create: bool = True) -> None:
-    """Refuse outputs that would overwrite something, land inside the source model, or go
-    into a folder that cannot be written (output_folder_problem); with `create`, make the
-    missing folders above the output."""
-    src = source.resolve()
-    if out == src or src in out.parents:
-        raise UserError(f"the output {out} is inside the source model folder {src}; choose an "
-                        "output folder elsewhere so the source stays untouched")
-    if out in src.parents:
-        raise UserError(f"the output {out} contains the source model {src}; choose another "
-                        "output folder")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"the output {out} is an existing file, not a folder; choose a folder "
-                        "name that does not exist yet")
-    if out.exists() and not overwrite:
-        raise UserError(f"the output {out} already exists; choose a new name or pass "
-                        "--overwrite to replace it")
-    if out.exists() and any(out.iterdir()) and not _looks_like_output(out):
-        raise UserError(f"the output {out} exists and is not a model folder (no config.json or "
-                        ".gguf file in it); QuantDesk replaces only earlier outputs, even with "
-                        "--overwrite. Choose a new output folder name")
-    problem = output_folder_problem(out)
-    if problem:
-        raise UserError(problem)
-    parent = out.parent
-    if create and not parent.exists():
-        try:
-            parent.mkdir(parents=True)
-        except OSError as e:
-            raise UserError(f"cannot create the folder {parent} for the output: {e.strerror}")
-
-
-def _looks_like_output(folder: Path) -> bool:
-    return (folder / "config.json").is_file() or any(folder.glob("*.gguf"))
-
-
 def check_memory(job: JobSpec, info: ModelInfo, device: Any) -> None:
     """Refuse a job that the advisor predicts cannot fit in memory, before it starts."""
-    from qtapp.engine.advisor import ModelShape, format_size, quantize_peak_bytes
+    from qtapp.engine.planning.advisor import ModelShape, format_size, quantize_peak_bytes
 
     c = job.calibration
     shape = ModelShape.from_config(info.config, info.name, info.n_params)
@@ -132,7 +61,7 @@ def check_memory(job: JobSpec, info: ModelInfo, device: Any) -> None:
 
 
 def _disk_full(e: BaseException, out: Path, work: Path) -> UserError:
-    from qtapp.engine.advisor import format_size
+    from qtapp.engine.planning.advisor import format_size
 
     def free(p: Path) -> str:
         n = free_bytes(p)
@@ -208,13 +137,13 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
 def _run_locked(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
                 should_cancel: Callable[[], bool], tokens: Any, t0: float,
                 stage_peaks: _StagePeaks) -> dict[str, Any]:
-    from qtapp.engine.pipeline import pick_device
+    from qtapp.engine.quant.pipeline import pick_device
 
     check_memory(job, info, pick_device(job.device))
     emit(ev.Started(model=info.name, method=job.method, out=str(out),
                     total_steps=info.n_layers, job=job.to_dict()))
     _warn_unsafe_options(job, info, emit)
-    from qtapp.engine.compat import chat_warnings
+    from qtapp.engine.planning.compat import chat_warnings
 
     for warning in chat_warnings(info.path):
         emit(ev.Log(level="warning", message=f"{info.name}: {warning}"))
@@ -222,10 +151,10 @@ def _run_locked(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
                 f"{info.n_params / 1e6:.1f} M parameters, {info.size_bytes / 2**20:.0f} MiB"))
     plan = None
     if job.target_bytes or job.target_bpw:
-        from qtapp.engine.allocate import plan_for_job
+        from qtapp.engine.planning.allocate import plan_for_job
 
         job, tokens, plan = plan_for_job(job, info, tokens,
-                                         lambda: _calibration_tokens(job, info, emit),
+                                         lambda: calibration_tokens(job, info, emit),
                                          emit, should_cancel)
     predicted = _resource_plan(job, info, out, emit)
     partial = partial_path(out)
@@ -251,7 +180,7 @@ def _run_locked(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
         summary["plan"] = plan
     summary["out"] = str(out)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
-    from qtapp.engine.planner import peak_rss  # of this process: the worker runs one job
+    from qtapp.engine.planning.planner import peak_rss  # of this process: the worker runs one job
 
     stage_peaks.finish()
     summary["resources"] = {"predicted": predicted, "measured": {
@@ -282,7 +211,7 @@ class _StagePeaks:
             self.stage = stage
 
     def finish(self) -> None:
-        from qtapp.engine.planner import peak_rss
+        from qtapp.engine.planning.planner import peak_rss
 
         now = time.perf_counter()
         if self.stage is not None:
@@ -304,7 +233,7 @@ def _tracking_stage_peaks(emit: Emit) -> tuple[Emit, _StagePeaks]:
 
 def _resource_plan(job: JobSpec, info: ModelInfo, out: Path, emit: Emit) -> dict[str, Any]:
     """The planner's prediction (formulas, no probe), logged and kept for the result."""
-    from qtapp.engine.planner import plan_job
+    from qtapp.engine.planning.planner import plan_job
 
     plan = plan_job(job, info, out=out)
     emit(ev.Log(level="info", message=plan.table()))
@@ -319,39 +248,21 @@ def _warn_unsafe_options(job: JobSpec, info: ModelInfo, emit: Emit) -> None:
                     "only tensors, but pickle is still a code-execution format; use it only "
                     "for models from authors you trust"))
     if job.trust_remote_code:
-        from qtapp.engine.loader import remote_code_warning
+        from qtapp.engine.model.loader import remote_code_warning
 
         emit(ev.Log(level="warning", message=remote_code_warning(info.path)))
-
-
-def load_tokenizer(job: JobSpec, path: Path) -> Any:
-    """The model's tokenizer; code shipped with the model runs only with trust_remote_code."""
-    from qtapp.engine.loader import load_tokenizer as load
-
-    return load(path, job.trust_remote_code)
-
-
-def _calibration_tokens(job: JobSpec, info: ModelInfo, emit: Emit):  # -> torch.Tensor
-    from qtapp.engine.calibration import calibration_batches
-
-    tokenizer = load_tokenizer(job, info.path)
-    c = job.calibration
-    tokens = calibration_batches(tokenizer, c.source, c.samples, c.seq_len, c.seed)
-    emit(ev.Log(level="info", message=f"calibration: {tokens.shape[0]} samples × "
-                f"{tokens.shape[1]} tokens from {c.source}"))
-    return tokens
 
 
 def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
                        should_cancel: Callable[[], bool], tokens: Any = None,
                        ) -> dict[str, Any]:
     from qtapp.engine.export import resolve_format
-    from qtapp.engine.pipeline import pick_device
+    from qtapp.engine.quant.pipeline import pick_device
 
     device = pick_device(job.device)
     fmt = resolve_format(job, info.path)
     if tokens is None:
-        tokens = _calibration_tokens(job, info, emit)
+        tokens = calibration_tokens(job, info, emit)
     work = checkpoint_dir(job, info)
     # held until the checkpoint is removed: a second job with the same settings would
     # corrupt it
@@ -364,8 +275,8 @@ def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emi
                          should_cancel: Callable[[], bool], tokens: Any, device: Any, fmt: str,
                          work: Path) -> dict[str, Any]:
     from qtapp.engine.export import export_checkpoint
-    from qtapp.engine.pipeline import quantize_blocks
-    from qtapp.engine.qstore import QuantStore
+    from qtapp.engine.quant.pipeline import quantize_blocks
+    from qtapp.engine.quant.qstore import QuantStore
 
     store = QuantStore(work / "blocks", fingerprint=job_fingerprint(job, info))
     emit(ev.Log(level="info", message=f"device {device}; checkpoint in {work}"))
@@ -386,7 +297,7 @@ def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emi
     if dropped is not None:
         emit(ev.Log(level="warning", message=f"{info.name}: {dropped}"))
     if job.method == "awq":
-        from qtapp.engine.pipeline import gather_awq_search
+        from qtapp.engine.quant.pipeline import gather_awq_search
 
         search = gather_awq_search(store, info.n_layers,
                                    lambda i: f"{info.arch.layers_prefix}.{i}.",
@@ -396,8 +307,8 @@ def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emi
     summary["files"] = sorted({str(Path(f).relative_to(partial)) for f in files})
     if job.evaluate:
         summary.update(_evaluate(job, info, partial, emit, should_cancel))
-    from qtapp.engine.evaluate import folder_size
     from qtapp.engine.export.model_card import write_model_card
+    from qtapp.engine.quality.evaluate import folder_size
 
     summary["size_bytes"] = folder_size(partial)
     summary["source_size_bytes"] = info.size_bytes
@@ -419,8 +330,8 @@ def _evaluate(job: JobSpec, info: ModelInfo, folder: Path, emit: Emit,
 def _quality(model: Path, info: ModelInfo, emit: Emit,
              should_cancel: Callable[[], bool] = lambda: False,
              trust_remote_code: bool = False) -> dict[str, Any]:
-    """The quality gate against the source (qtapp.engine.quality), as summary entries."""
-    from qtapp.engine.quality import quality_report
+    """The quality gate against the source (qtapp.engine.quality.gate), as summary entries."""
+    from qtapp.engine.quality.gate import quality_report
 
     def progress(message: str) -> None:
         emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="evaluate",
@@ -456,7 +367,7 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
         overrides_from_rules,
     )
     from qtapp.engine.gguf.quantize import quantize_to_gguf
-    from qtapp.engine.pipeline import collect_input_stats, pick_device
+    from qtapp.engine.quant.pipeline import collect_input_stats, pick_device
 
     ftype = job.gguf.type
     overrides = overrides_from_rules(job.rules)
@@ -468,8 +379,9 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     elif job.gguf.imatrix == "auto" and imatrix_is_useful(ftype, overrides):
         # Streamed through the layer pipeline: never the whole float model in memory.
         if tokens is None:
-            tokens = _calibration_tokens(job, info, emit)
-        tokens = with_bos(tokens, bos_token_id(load_tokenizer(job, info.path)))
+            tokens = calibration_tokens(job, info, emit)
+        tokenizer = load_tokenizer(info.path, job.trust_remote_code)
+        tokens = with_bos(tokens, bos_token_id(tokenizer))
         hf = HfModel(info.path)
         collector = ImatrixCollector()
         collect_input_stats(info, tokens,

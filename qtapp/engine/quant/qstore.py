@@ -16,7 +16,7 @@ One safetensors file per decoder block, written atomically (temporary file, fsyn
 Module names are stored as given (the pipeline uses names relative to the block, e.g.
 ``self_attn.q_proj``); float tensors carry full names (``model.layers.3.input_layernorm.weight``).
 A store belongs to one job: `fingerprint` (model, method, scheme, rules, calibration — see
-`qtapp.engine.job.job_fingerprint`) is kept in job.json, and a store made by a different
+`qtapp.engine.jobs.job.job_fingerprint`) is kept in job.json, and a store made by a different
 job is emptied when it is opened, never resumed.
 """
 
@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from qtapp.engine.primitives import QuantizedWeight, default_g_idx
+from qtapp.engine.quant.primitives import QuantizedWeight, default_g_idx
 
 STORE_VERSION = 1
 _META_KEY = "quantdesk"

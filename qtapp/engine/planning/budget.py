@@ -31,7 +31,7 @@ from pathlib import Path
 
 from qtapp.engine.config import JobSpec, QuantScheme
 from qtapp.engine.errors import UserError
-from qtapp.engine.sources import ModelInfo, SafetensorsReader
+from qtapp.engine.model.sources import ModelInfo, SafetensorsReader
 
 UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

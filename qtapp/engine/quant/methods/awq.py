@@ -63,11 +63,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from qtapp.engine.arch import AwqGroup
-from qtapp.engine.batching import first_output, fit_batch
 from qtapp.engine.config import AWQOptions, QuantScheme
 from qtapp.engine.errors import UserError
-from qtapp.engine.primitives import default_g_idx, fake_quantize, n_groups, qparams_from_range
+from qtapp.engine.model.arch import AwqGroup
+from qtapp.engine.quant.batching import first_output, fit_batch
+from qtapp.engine.quant.primitives import default_g_idx, fake_quantize, n_groups, qparams_from_range
 
 LOSS_TOKENS = 4096  # calibration tokens an attention / MLP target is rerun on per candidate
 CLIP_TOKENS = 2048  # tokens of each linear's input that the clip search weighs errors with

@@ -6,7 +6,7 @@
 tokenizer files and the file list are read: from the local Hugging Face cache when it has
 them (always when HF_HUB_OFFLINE is set), else from the Hub (huggingface-hub). Per method:
 
-    rtn, gptq, awq  the architecture is one qtapp.engine.arch knows (a causal LM of the
+    rtn, gptq, awq  the architecture is one qtapp.engine.model.arch knows (a causal LM of the
                     Llama / Mistral / Qwen2 / Qwen3 families); the answer names the group
                     size `--group-size auto` picks (arch.auto_group_size: 128 when it divides
                     every quantized layer's input width, else 64 or 32; 64 for the demo);
@@ -150,7 +150,7 @@ def _from_hub(repo_id: str, tmp: Path) -> tuple[Path, dict[str, int]]:
 
 def _locate(model: str, tmp: Path) -> tuple[Path, dict[str, int], str]:
     if model == "demo":
-        from qtapp.engine.sources import demo_model_dir  # imports torch: only for the demo
+        from qtapp.engine.model.sources import demo_model_dir  # imports torch: only for the demo
 
         folder = demo_model_dir()
         return folder, _cached_sizes(folder), "the demo model"
@@ -196,7 +196,7 @@ def _vision_reason(config: dict[str, Any]) -> str:
 def _linear_check(config: dict[str, Any]) -> MethodCheck:
     """Whether the architecture is one the linear methods know, and the group size that
     `--group-size auto` picks for it (one that divides every quantized layer's inputs)."""
-    from qtapp.engine.arch import (
+    from qtapp.engine.model.arch import (
         AUTO_GROUP_SIZES,
         arch_for,
         auto_group_size,
@@ -275,7 +275,7 @@ def _gguf_check(config: dict[str, Any], folder: Path, files: dict[str, int]) -> 
 
 def chat_warnings(folder: Path, files: dict[str, int] | None = None) -> list[str]:
     """Warnings for a model folder without a chat template or an end-of-turn token."""
-    from qtapp.engine.chat import END_OF_TURN_TOKENS
+    from qtapp.engine.quality.chat import END_OF_TURN_TOKENS
 
     files = _cached_sizes(folder) if files is None else files
     try:
@@ -299,7 +299,7 @@ def chat_warnings(folder: Path, files: dict[str, int] | None = None) -> list[str
 
 
 def _n_params(config: dict[str, Any]) -> int:
-    from qtapp.engine.advisor import ModelShape
+    from qtapp.engine.planning.advisor import ModelShape
 
     try:
         return ModelShape.from_config(config).n_params
@@ -310,9 +310,9 @@ def _n_params(config: dict[str, Any]) -> int:
 def _fits(config: dict[str, Any], name: str, n_params: int, size: int, method: str,
           hw: Any) -> str:
     """'' when the planner's memory for the method (default settings) fits, else why not."""
-    from qtapp.engine import advisor as A
     from qtapp.engine.config import JobSpec
-    from qtapp.engine.planner import memory
+    from qtapp.engine.planning import advisor as A
+    from qtapp.engine.planning.planner import memory
 
     info = SimpleNamespace(name=name, config=config, n_params=n_params,
                            size_bytes=size or 2 * n_params,
@@ -329,7 +329,7 @@ def _fits(config: dict[str, Any], name: str, n_params: int, size: int, method: s
 
 def check_model(model: str, hw: Any = None) -> CompatReport:
     """Per-method answer for `model` (see the module docstring); UserError for bad input."""
-    from qtapp.engine.hardware import detect
+    from qtapp.engine.planning.hardware import detect
 
     model = str(model).strip()
     if not model:

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from qtapp.engine.arch import ArchSpec, arch_for
 from qtapp.engine.errors import UserError
+from qtapp.engine.model.arch import ArchSpec, arch_for
 from qtapp.engine.outputs import free_bytes, is_disk_full
 
 CACHE_ENV = "QUANTDESK_CACHE"
@@ -74,7 +74,7 @@ def models_cache_dir() -> Path:
 def disk_full_error(e: BaseException, folder: Path, what: str, advice: str) -> UserError:
     """The error for a write into ``folder`` that failed because its disk is full: names the
     disk (by the folder written to), the free space left there, and what to do."""
-    from qtapp.engine.advisor import format_size
+    from qtapp.engine.units import format_size
 
     n = free_bytes(Path(folder))
     free = "unknown" if n is None else format_size(n)
@@ -477,7 +477,7 @@ def _convert_demo(gguf_file: Path, out: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    from qtapp.engine.loader import load_tokenizer
+    from qtapp.engine.model.loader import load_tokenizer
 
     folder, name = str(gguf_file.parent), gguf_file.name
     tokenizer = load_tokenizer(gguf_file.parent, gguf_file=name)

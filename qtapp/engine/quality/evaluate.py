@@ -8,7 +8,7 @@ is why the figures are comparable between our models but not to llama.cpp's numb
 
 The quality gate (KL divergence, top-1 agreement and a generation check against the source,
 with the llama-perplexity protocol and a verdict) is `quality_report`, from
-qtapp.engine.quality.
+qtapp.engine.quality.gate.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qtapp.engine.quality import QualityReport, Thresholds, quality_report
+from qtapp.engine.quality.gate import QualityReport, Thresholds, quality_report
 
 __all__ = ["DEFAULT_CTX", "QualityReport", "Thresholds", "folder_size", "model_perplexity",
            "perplexity", "quality_report", "source_perplexity"]
@@ -62,8 +62,8 @@ def folder_size(path: Path) -> int:
 
 def model_perplexity(path: Path, ctx: int = DEFAULT_CTX, text: str | None = None) -> float:
     """Perplexity of any folder QuantDesk can load (plain HF, GPTQ, AWQ, compressed-tensors)."""
-    from qtapp.engine.calibration import eval_tokens
-    from qtapp.engine.loader import load_dequantized
+    from qtapp.engine.model.loader import load_dequantized
+    from qtapp.engine.quant.calibration import eval_tokens
 
     model, tokenizer = load_dequantized(Path(path))
     return perplexity(model, eval_tokens(tokenizer, text), ctx)
@@ -74,8 +74,8 @@ def source_perplexity(path: Path, ctx: int = DEFAULT_CTX) -> float:
     import hashlib
     import json
 
-    from qtapp.engine.calibration import builtin_eval_text
-    from qtapp.engine.sources import cache_disk_full, cache_root
+    from qtapp.engine.model.sources import cache_disk_full, cache_root
+    from qtapp.engine.quant.calibration import builtin_eval_text
 
     path = Path(path).resolve()
     stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime))

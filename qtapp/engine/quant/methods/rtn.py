@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from qtapp.engine.config import QuantScheme
-from qtapp.engine.primitives import QuantizedWeight, quantize_weight
+from qtapp.engine.quant.primitives import QuantizedWeight, quantize_weight
 
 
 def rtn(W: Tensor, scheme: QuantScheme) -> QuantizedWeight:

@@ -97,7 +97,7 @@ class TransformersChat(ChatBackend):
 
     def __init__(self, folder: Path, device: str = "cpu", trust_remote_code: bool = False
                  ) -> None:
-        from qtapp.engine.loader import load_dequantized
+        from qtapp.engine.model.loader import load_dequantized
 
         _read_config(folder)
         model, tokenizer = load_dequantized(folder, trust_remote_code=trust_remote_code)
@@ -228,7 +228,7 @@ def open_chat(model: str, device: str = "cpu", allow_download: bool = False,
 
 def _open_chat(model: str, device: str, allow_download: bool,
                trust_remote_code: bool) -> ChatBackend:
-    from qtapp.engine.sources import resolve_loadable
+    from qtapp.engine.model.sources import resolve_loadable
 
     path = resolve_loadable(model, allow_download=allow_download)
     if path.is_file():

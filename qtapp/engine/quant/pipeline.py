@@ -30,20 +30,20 @@ import torch
 from torch import nn
 
 from qtapp.engine import events as ev
-from qtapp.engine.attention import gpu_attention
-from qtapp.engine.batching import first_output, fit_batch
 from qtapp.engine.config import JobSpec, QuantScheme
 from qtapp.engine.errors import Cancelled, UserError
-from qtapp.engine.methods.gptq import (
+from qtapp.engine.model.sources import ModelInfo, SafetensorsReader
+from qtapp.engine.quant.attention import gpu_attention
+from qtapp.engine.quant.batching import first_output, fit_batch
+from qtapp.engine.quant.methods.gptq import (
     HessianAccumulator,
     gptq_quantize,
     relative_output_error,
     release_graphs,
 )
-from qtapp.engine.methods.rtn import rtn
-from qtapp.engine.primitives import QuantizedWeight
-from qtapp.engine.qstore import QuantStore
-from qtapp.engine.sources import ModelInfo, SafetensorsReader
+from qtapp.engine.quant.methods.rtn import rtn
+from qtapp.engine.quant.primitives import QuantizedWeight
+from qtapp.engine.quant.qstore import QuantStore
 
 Emit = Callable[[ev.Event], None]
 
@@ -408,7 +408,7 @@ class BlockQuantizer:
 
     def _awq_scale(self, block: nn.Module, prefix: str, inputs: BlockInputs,
                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
-        from qtapp.engine.methods.awq import awq_apply_block, awq_search_block
+        from qtapp.engine.quant.methods.awq import awq_apply_block, awq_search_block
 
         groups = self.info.arch.awq_groups
         result = awq_search_block(
@@ -497,7 +497,7 @@ def gather_awq_search(store: QuantStore, n_blocks: int, prefix_of: Callable[[int
     `.json` twin, so the search can be inspected or re-applied without searching again.
     The caller puts it in a subfolder: loaders such as vLLM read every *.safetensors file at
     the top of a model folder as weights."""
-    from qtapp.engine.methods.awq import AwqBlockResult
+    from qtapp.engine.quant.methods.awq import AwqBlockResult
 
     merged = AwqBlockResult()
     for i in range(n_blocks):

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qtapp.engine.config import QuantScheme
-from qtapp.engine.hardware import Hardware
+from qtapp.engine.planning.hardware import Hardware
+from qtapp.engine.units import format_size
 
 GB = 10**9
 GiB = 2**30
@@ -172,15 +173,6 @@ def fits(need: int, hw: Hardware) -> str:
     if need <= hw.ram_total * RAM_USABLE:
         return "ram"
     return "none"
-
-
-def format_size(n: float) -> str:
-    """Bytes in decimal units, as docs/formats.md#advisor-tables and model hubs print them."""
-    for unit, scale in (("TB", 10**12), ("GB", GB), ("MB", 10**6), ("KB", 10**3)):
-        if abs(n) >= scale:
-            value = n / scale
-            return f"{value:.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def format_params(n: int) -> str:
@@ -335,7 +327,7 @@ def recommend(hw: Hardware, shape: ModelShape | None = None, goal: str = "speed"
 def recommended_group_size(shape: ModelShape | None) -> int:
     """DEFAULT_GROUP (128) when it divides the input width of every quantized layer of
     `shape`, else 64 or 32 (arch.auto_group_size); 64 for the 576-wide demo."""
-    from qtapp.engine.arch import auto_group_size
+    from qtapp.engine.model.arch import auto_group_size
 
     if shape is None or shape.hidden_size <= 0:
         return DEFAULT_GROUP

@@ -13,6 +13,7 @@ start from new offsets.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,10 @@ from typing import Any
 
 import torch
 
+from qtapp.engine import events as ev
+from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
+from qtapp.engine.model.sources import ModelInfo
 
 DEFAULT_SAMPLES = 512
 CPU_SUGGESTED_SAMPLES = 128
@@ -136,3 +140,17 @@ def eval_tokens(tokenizer: Any, text: str | None = None,
         raise UserError(f"The evaluation text has {len(ids)} token(s); perplexity needs at "
                         "least 2. Give a longer text.")
     return ids.unsqueeze(0)
+
+
+def calibration_tokens(job: JobSpec, info: ModelInfo, emit: Callable[[ev.Event], None]
+                       ) -> torch.Tensor:
+    """The job's calibration batches (n, L), tokenized with the model's own tokenizer (code
+    shipped with the model runs only with trust_remote_code)."""
+    from qtapp.engine.model.loader import load_tokenizer
+
+    tokenizer = load_tokenizer(info.path, job.trust_remote_code)
+    c = job.calibration
+    tokens = calibration_batches(tokenizer, c.source, c.samples, c.seq_len, c.seed)
+    emit(ev.Log(level="info", message=f"calibration: {tokens.shape[0]} samples × "
+                f"{tokens.shape[1]} tokens from {c.source}"))
+    return tokens

@@ -1,7 +1,7 @@
 """Child-process entry: a JobSpec in, JSON-line events out.
 
-    python -m qtapp.engine.worker --job JOB.json      (or `quantdesk worker --job JOB.json`)
-    python -m qtapp.engine.worker --job JOB.json --plan
+    python -m qtapp.engine.jobs.worker --job JOB.json      (or `quantdesk worker --job JOB.json`)
+    python -m qtapp.engine.jobs.worker --job JOB.json --plan
 
 With --plan the job does not run: the planner times its first block on this machine
 (planner.plan_job with probe=True, as `quantdesk quantize --dry-run` does) and one JSON
@@ -142,7 +142,7 @@ def _watch_parent(flag: CancelFlag, interval_s: float = 0.5) -> None:
 def execute(job: JobSpec, emit: Callable[[ev.Event], None],
             should_cancel: Callable[[], bool]) -> int:
     """Run a job, turning every outcome into exactly one final event; returns the exit code."""
-    from qtapp.engine.job import run_job
+    from qtapp.engine.jobs.job import run_job
 
     try:
         summary = run_job(job, emit, should_cancel)
@@ -170,8 +170,8 @@ def execute(job: JobSpec, emit: Callable[[ev.Event], None],
 
 def plan_main(job: JobSpec, write_line: Callable[[str], None]) -> int:
     """--plan: the probed plan of `job` as one JSON line through `write_line`."""
-    from qtapp.engine.planner import plan_job
-    from qtapp.engine.sources import resolve_model
+    from qtapp.engine.model.sources import resolve_model
+    from qtapp.engine.planning.planner import plan_job
 
     try:
         plan = plan_job(job, resolve_model(job.model, allow_pickle=job.allow_pickle), probe=True)
@@ -183,17 +183,17 @@ def plan_main(job: JobSpec, write_line: Callable[[str], None]) -> int:
 
 
 def worker_command(job_file: str | os.PathLike[str], plan: bool = False) -> list[str]:
-    """The command line that runs a worker on `job_file`: `python -m qtapp.engine.worker`, or
+    """The command line that runs a worker on `job_file`: `python -m qtapp.engine.jobs.worker`, or
     in a frozen app (PyInstaller sets sys.frozen) the app's own executable as `<exe> worker`,
     since there is no Python to run `-m` with."""
     extra = ["--plan"] if plan else []
     if getattr(sys, "frozen", False):
         return [sys.executable, "worker", "--job", str(job_file), *extra]
-    return [sys.executable, "-m", "qtapp.engine.worker", "--job", str(job_file), *extra]
+    return [sys.executable, "-m", "qtapp.engine.jobs.worker", "--job", str(job_file), *extra]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qtapp.engine.worker")
+    parser = argparse.ArgumentParser(prog="qtapp.engine.jobs.worker")
     parser.add_argument("--job", required=True, help="path of a JobSpec JSON file")
     parser.add_argument("--plan", action="store_true",
                         help="print the job's plan (its first block timed) instead of running it")
