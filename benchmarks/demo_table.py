@@ -64,25 +64,24 @@ def main() -> None:
     args = parser.parse_args()
 
     from qtapp.engine.model.sources import resolve_model
-    from qtapp.engine.quality.evaluate import source_perplexity
+    from qtapp.engine.quality.gate import model_perplexity
+    from qtapp.engine.results import JobResult
 
     info = resolve_model(args.model)
     table = [{"row": "bf16 (source)", "method": "-", "bits": 16, "group": "-",
-              "size_mb": info.size_bytes / 2**20, "ppl": source_perplexity(info.path),
+              "size_mb": info.size_bytes / 2**20, "ppl": model_perplexity(info.path)[0],
               "quant_s": 0.0, "job_s": 0.0, "rss_mb": 0}]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.rows.split(","):
             r = run_row(name, args.model, args.samples, args.seq_len, Path(tmp))
-            s = r["summary"]
+            s = JobResult.from_dict(r["result"])
             spec = ROWS[name]
             table.append({"row": name, "method": spec["method"],
                           "bits": "8/4" if "rules" in spec else spec["scheme"].bits,
                           "group": spec["scheme"].group_size,
-                          "size_mb": s["size_bytes"] / 2**20, "ppl": s["ppl"],
-                          "quant_s": s["quantize_seconds"], "job_s": r["seconds"],
+                          "size_mb": s.sizes.bytes / 2**20, "ppl": s.quality.ppl,
+                          "quant_s": s.quantize_seconds, "job_s": r["seconds"],
                           "rss_mb": r["peak_rss_mb"]})
-            if "ppl_source" in s:  # the quality gate's protocol (second half of each window)
-                table[0]["ppl"] = s["ppl_source"]
             t = table[-1]
             print(f"row {name}: size {t['size_mb']:.1f} MiB, ppl {t['ppl']:.3f}, quantize "
                   f"{t['quant_s']:.0f} s, job {t['job_s']:.0f} s, peak RSS {t['rss_mb']} MiB",

@@ -1,8 +1,9 @@
 """GGUF benchmark on the demo model: QuantDesk's converter and quantizer next to llama.cpp's.
 
 Rows: type, imatrix, size, perplexity, time. Perplexity is measured for every file the
-same way, through llama-cpp-python on the built-in evaluation text (windows of 512 tokens,
-qtapp.engine.gguf.llama_runtime.perplexity). The importance matrices of both routes are
+same way, the quality gate's protocol through llama-cpp-python on the built-in evaluation
+text (windows of 512 tokens, the second half of each scored;
+qtapp.engine.quality.gate.model_perplexity). The importance matrices of both routes are
 computed on the same tokens: the first `--chunks` windows of 512 tokens of the built-in
 calibration text (QuantDesk: hooks on the transformers model; llama.cpp: llama-imatrix on
 its own F16 file). The llama.cpp route is convert_hf_to_gguf.py → F16 → llama-imatrix →
@@ -37,10 +38,10 @@ import torch
 from degrid import degrid_demo_dir
 
 from qtapp.engine.gguf.imatrix import compute_imatrix, write_imatrix
-from qtapp.engine.gguf.llama_runtime import perplexity
 from qtapp.engine.gguf.quantize import quantize_to_gguf
 from qtapp.engine.model.sources import demo_model_dir
-from qtapp.engine.quant.calibration import builtin_calibration_text, eval_tokens, tokenize
+from qtapp.engine.quality.gate import model_perplexity
+from qtapp.engine.quant.calibration import builtin_calibration_text, tokenize
 
 CTX = 512
 IMATRIX_TYPES = ("Q4_0", "Q4_K_M", "Q5_K_M")
@@ -100,7 +101,6 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src)
-    evaluation = eval_tokens(tokenizer)
     calib_text = builtin_calibration_text()
     calib = tokenize(tokenizer, calib_text)[: args.chunks * CTX].reshape(args.chunks, CTX)
     (out / "calibration.txt").write_text(calib_text, encoding="utf-8")
@@ -108,9 +108,10 @@ def main() -> None:
     timings: dict[str, float] = {}
 
     def row(route: str, gguf_type: str, imatrix: str, path: Path, clock: Clock | None) -> None:
-        ppl = perplexity(path, evaluation, CTX)
+        ppl, positions = model_perplexity(path, CTX)
         rows.append({"route": route, "type": gguf_type, "imatrix": imatrix,
                      "size_mib": path.stat().st_size / 2**20, "ppl": ppl,
+                     "positions": positions,
                      "wall_s": clock.wall if clock else None,
                      "cpu_s": clock.cpu if clock else None})
         print(json.dumps(rows[-1]), flush=True)
@@ -170,7 +171,8 @@ def main() -> None:
 
     (out / "gguf_table.json").write_text(json.dumps({"model": str(src), "rows": rows,
                                                      "timings": timings}, indent=1))
-    print(f"\nmodel {src}, evaluation {evaluation.shape[1]} tokens, imatrix "
+    scored = rows[0]["positions"] if rows else 0
+    print(f"\nmodel {src}, evaluation {scored} scored positions, imatrix "
           f"{args.chunks}x{CTX} tokens, torch threads {torch.get_num_threads()}")
     print("| route | type | imatrix | size MiB | ppl | wall s | CPU s |")
     print("|---|---|---|---:|---:|---:|---:|")

@@ -10,7 +10,8 @@ checkpoint written per block as in a real job (export and evaluation are not tim
 Peer (`--peer`, needs llmcompressor importable): `benchmarks/gpu_peer_llmcompressor.py`
 in its own process, its default sequential pipeline, model loaded in bf16 on the CPU as its
 examples do. Peak VRAM is `torch.cuda.max_memory_allocated` of each process.
-The advisor's predicted peak (`advisor.quantize_peak_bytes`) is printed beside ours.
+The planner's predicted peak VRAM (`planner.working_bytes`, the quantize stage's working
+memory on the GPU) is printed beside ours.
 """
 
 from __future__ import annotations
@@ -143,11 +144,12 @@ def run_peer(folder: Path, method: str, tokens_file: Path, group: int) -> dict:
 
 
 def predicted_gib(folder: Path, method: str, tokens: torch.Tensor) -> float:
-    from qtapp.engine.planning.advisor import ModelShape, quantize_peak_bytes
+    from qtapp.engine.planning.planner import working_bytes
+    from qtapp.engine.planning.shape import ModelShape
 
     config = json.loads((folder / "config.json").read_text())
     shape = ModelShape.from_config(config)
-    return round(quantize_peak_bytes(shape, method, tokens.shape[0], tokens.shape[1]) / 2**30, 2)
+    return round(working_bytes(shape, method, tokens.shape[0], tokens.shape[1]) / 2**30, 2)
 
 
 def main() -> None:
@@ -193,7 +195,7 @@ def main() -> None:
     layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
     print(f"\nrandom Llama {args.shape} shape ({layers} blocks), W4 g{args.group}, "
           f"{args.samples} × {args.seq} tokens, {name}\n")
-    print("| who | method | total s | s / block (median) | peak VRAM GiB | advisor GiB |")
+    print("| who | method | total s | s / block (median) | peak VRAM GiB | planner GiB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:

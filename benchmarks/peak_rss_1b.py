@@ -76,8 +76,8 @@ def main() -> None:
             if r.returncode:
                 raise SystemExit(r.stderr[-3000:])
             d = json.loads(r.stdout.strip().splitlines()[-1])
-            rows.append((method, d["summary"]["quantize_seconds"], d["seconds"],
-                         d["peak_rss_mb"], d["summary"]["size_bytes"] / 2**20))
+            rows.append((method, d["result"]["quantize_seconds"], d["seconds"],
+                         d["peak_rss_mb"], d["result"]["sizes"]["bytes"] / 2**20))
     size = info.size_bytes / 2**20
     print(f"\nrandom Llama, 1B shape ({info.n_params / 1e9:.2f} B parameters, {args.layers} "
           f"layers), bf16 on disk {size:.0f} MiB (float32 in memory {2 * size:.0f} MiB); "

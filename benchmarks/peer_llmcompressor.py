@@ -2,7 +2,8 @@
 
 Both get the same N × 512 calibration rows (consecutive 512-token rows of the same text,
 as the peer script in shared/peers makes them); both outputs are scored by the same
-evaluator on the built-in evaluation text. Wall time is the quantization itself (the
+evaluator on the built-in evaluation text (the quality gate's perplexity protocol,
+qtapp.engine.quality.gate.model_perplexity). Wall time is the quantization itself (the
 peer's `oneshot`, our layer-streaming pass); peak RSS is each process's own. CPU time is
 each whole process's user + system time (model loading and saving included): on a machine
 that is busy with other work it is a fairer comparison than wall time.
@@ -59,7 +60,7 @@ def run_ours(method: str, sym: bool, model_dir: Path, tokens_file: Path, out: Pa
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
     d = json.loads(r.stdout.strip().splitlines()[-1])
-    return {"seconds": d["summary"]["quantize_seconds"], "job_seconds": d["seconds"],
+    return {"seconds": d["result"]["quantize_seconds"], "job_seconds": d["seconds"],
             "peak_rss_mb": d["peak_rss_mb"], "out": out, "cpu_s": _child_cpu_seconds() - cpu0}
 
 
@@ -86,7 +87,7 @@ def main() -> None:
     if not PEER_PY.exists():
         raise SystemExit(f"no peer venv at {PEER_PY}; see this script's docstring")
     from qtapp.engine.model.sources import resolve_model
-    from qtapp.engine.quality.evaluate import model_perplexity, source_perplexity
+    from qtapp.engine.quality.gate import model_perplexity
     from qtapp.engine.quant.calibration import builtin_calibration_text
 
     model_dir = resolve_model(args.model).path
@@ -103,11 +104,11 @@ def main() -> None:
             peer = run_peer(method, sym, model_dir, calib, tmp / "peer", args.samples)
             ours = run_ours(method, sym, model_dir, tokens_file, tmp / f"ours-{method}")
             for who, r in (("llm-compressor 0.14", peer), ("QuantDesk", ours)):
-                rows.append({"method": method, "who": who, "ppl": model_perplexity(r["out"]),
+                rows.append({"method": method, "who": who, "ppl": model_perplexity(r["out"])[0],
                              "seconds": r["seconds"], "cpu_s": r["cpu_s"],
                              "rss": r["peak_rss_mb"], "load": os.getloadavg()[0]})
                 print(json.dumps({k: v for k, v in rows[-1].items()}), flush=True)
-        base = source_perplexity(model_dir)
+        base = model_perplexity(model_dir)[0]
     print(f"\n{model_dir.name}: W4 g64 (GPTQ symmetric, AWQ asymmetric), "
           f"{args.samples} × 512 calibration tokens; source perplexity {base:.3f}\n")
     print("| method | tool | perplexity | quantize s (wall) | process CPU s | peak RSS MiB | "

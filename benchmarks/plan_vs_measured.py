@@ -23,24 +23,24 @@ from pathlib import Path
 QUANTDESK = [sys.executable, "-m", "qtapp"]
 
 
-def _gib(text: str) -> float:
-    return float(text) * 2**30
+def _seconds(text: str) -> float:
+    """Seconds of a duration as units.format_duration writes it: '45 s', '3 min 07 s',
+    '1 h 05 min'."""
+    parts = {unit: int(n) for n, unit in re.findall(r"(\d+) (h|min|s)\b", text)}
+    return parts.get("h", 0) * 3600 + parts.get("min", 0) * 60 + parts.get("s", 0)
 
 
 def planned(common: list[str]) -> tuple[float, float]:
     """(peak RAM bytes, seconds) from the dry run's plan table."""
+    from qtapp.engine.units import parse_size
+
     r = subprocess.run([*QUANTDESK, *common, "--dry-run"], capture_output=True, text=True,
                        check=True)
-    ram = re.search(r"peak RAM\s+([\d.]+) GiB", r.stderr)
-    t = re.search(r"wall time\s+(?:(\d+) h )?(\d+) min (\d+) s|wall time\s+(\d+) h (\d+) min",
-                  r.stderr)
+    ram = re.search(r"peak RAM\s+([\d.]+ [KMGT]?i?B)", r.stderr)
+    t = re.search(r"wall time\s+(.+)", r.stderr)
     if ram is None or t is None:
         raise RuntimeError(f"no plan in the dry run's output:\n{r.stderr[-2000:]}")
-    if t.group(2) is not None:
-        seconds = int(t.group(1) or 0) * 3600 + int(t.group(2)) * 60 + int(t.group(3))
-    else:
-        seconds = int(t.group(4)) * 3600 + int(t.group(5)) * 60
-    return _gib(ram.group(1)), float(seconds)
+    return float(parse_size(ram.group(1))), float(_seconds(t.group(1)))
 
 
 def measured(common: list[str]) -> tuple[float, float, str]:

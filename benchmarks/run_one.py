@@ -1,4 +1,5 @@
-"""Run one QuantDesk job in this process and print one JSON line: seconds and peak RSS.
+"""Run one QuantDesk job in this process and print one JSON line: seconds, peak RSS and the
+job's result (JobResult.to_dict()).
 
 Used by the benchmark tables so that each row's peak RSS is its own process's.
     python benchmarks/run_one.py JOB.json [TOKENS.pt]
@@ -28,11 +29,11 @@ def main() -> None:
                            "seconds": e.seconds})
 
     t0 = time.perf_counter()
-    summary = run_job(job, emit, lambda: False, tokens=tokens)
+    result = run_job(job, emit, lambda: False, tokens=tokens)
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": round(seconds, 1), "peak_rss_mb": round(rss),
-                      "summary": summary, "layers": layers}))
+                      "result": result.to_dict(), "layers": layers}))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 from qtapp import __version__
 from qtapp.engine.errors import UserError
+from qtapp.engine.jobs.worker import main as worker_main
 
 COMMANDS = ("quantize", "eval", "chat", "hw", "recommend", "convert", "check")
 WINDOW_MODULES = ("PySide6", "pyqtgraph")  # dependencies of the default install (pyproject)
@@ -44,12 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _missing_window_modules() -> list[str]:
     """Which of the window's packages cannot be imported (installed without them)."""
-    from importlib.util import find_spec
-
     missing = []
     for name in WINDOW_MODULES:
         try:
-            found = find_spec(name) is not None
+            found = importlib.util.find_spec(name) is not None
         except (ImportError, ValueError):
             found = False
         if not found:
@@ -84,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return gui_main(smoke=args.smoke)
     if args.command == "worker":
-        from qtapp.engine.jobs.worker import main as worker_main
-
         return worker_main(["--job", args.job, *(["--plan"] if args.plan else [])])
     module = importlib.import_module(f"qtapp.commands.{args.command}")
     try:

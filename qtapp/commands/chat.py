@@ -9,6 +9,9 @@ from pathlib import Path
 
 from qtapp.engine.quality.chat import GenerationSettings, Message, open_chat
 
+# Engine modules that import torch are imported inside the functions that run the command: the
+# command line imports every command module at start-up, to build its parser.
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("chat", help="chat with a model or a .gguf file")

@@ -8,6 +8,11 @@ from pathlib import Path
 
 from qtapp.engine.config import GGUF_TYPES
 from qtapp.engine.errors import UserError
+from qtapp.engine.outputs import disk_full_error, is_disk_full
+from qtapp.engine.units import format_duration, format_size
+
+# Engine modules that import torch are imported inside the functions that run the command: the
+# command line imports every command module at start-up, to build its parser.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,15 +28,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qtapp.engine.gguf.quantize import quantize_to_gguf
-    from qtapp.engine.model.sources import disk_full_error, resolve_model
-    from qtapp.engine.outputs import is_disk_full
-
+    from qtapp.engine.model.sources import resolve_model
     out: Path = args.out.expanduser().resolve()
     if out.suffix != ".gguf":
         raise UserError(f"--out {out} must end in .gguf")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists; choose another name or pass --overwrite")
-    info = resolve_model(args.model)
+    info = resolve_model(args.model, pickle_option=False)
     if info.path.resolve() in out.parents:
         raise UserError(f"{out} is inside the source model folder; write it elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -50,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
         raise
     print(file=sys.stderr)
     print(f"{out}: {args.type}, {len(report.tensors)} tensors, "
-          f"{report.size_bytes / 2**20:.1f} MiB in {report.seconds:.1f} s")
+          f"{format_size(report.size_bytes)} in {format_duration(report.seconds)}")
     return 0

@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qtapp.commands.chat import warn_remote_code
+from qtapp.engine.config import EVAL_CTX
 from qtapp.engine.errors import UserError
+from qtapp.engine.units import format_size
+
+# Engine modules that import torch are imported inside the functions that run the command: the
+# command line imports every command module at start-up, to build its parser.
 
 VERDICT_MARK = {"good": "GOOD", "degraded": "DEGRADED", "broken": "BROKEN"}
 
@@ -22,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--against", help="source model to compare with ('demo', a folder or a "
                    ".gguf file): KL divergence, top-1 agreement, generation check, verdict")
     p.add_argument("--text", type=Path, help="evaluate on this UTF-8 text file instead")
-    p.add_argument("--ctx", type=int, default=512, help="window length in tokens")
+    p.add_argument("--ctx", type=int, default=EVAL_CTX,
+                   help=f"window length in tokens (default {EVAL_CTX}, as every job's evaluation)")
     p.add_argument("--no-generation", action="store_true",
                    help="skip the generation check (figures only)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -52,8 +59,8 @@ def _print_report(path: Path, against: Path, d: dict[str, Any]) -> None:
     print(f"  perplexity      {d['ppl']:.3f}   (source {d['ppl_source']:.3f})")
     print(f"  KL divergence   mean {d['kld_mean']:.4f}, 99th percentile {d['kld_p99']:.4f}")
     print(f"  top-1 agreement {d['top1_agree']:.1f} %")
-    print(f"  size            {d['size_bytes'] / 2**20:.1f} MiB (source "
-          f"{d['size_source_bytes'] / 2**20:.1f} MiB)")
+    print(f"  size            {format_size(d['size_bytes'])} (source "
+          f"{format_size(d['size_source_bytes'])})")
     for check in d["generation"]:
         flags = ", ".join(check["flags"]) or "ok"
         print(f"  [{flags}] {check['prompt']}\n      → {check['text'][:100]!r}")
@@ -63,7 +70,6 @@ def _print_report(path: Path, against: Path, d: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qtapp.commands.chat import warn_remote_code
     from qtapp.engine.quality.evaluate import folder_size
     from qtapp.engine.quality.gate import model_perplexity, quality_report
 
@@ -101,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(result))
         else:
             print(f"{path}: perplexity {result['ppl']:.3f} ({positions} positions, window "
-                  f"{args.ctx}), size {result['size_bytes'] / 2**20:.1f} MiB")
+                  f"{args.ctx}), size {format_size(result['size_bytes'])}")
         return 0
     d = {"model": str(path), "source": str(against), **report.to_dict(),
          "size_bytes": folder_size(path), "size_source_bytes": folder_size(against)}

@@ -6,8 +6,9 @@ import argparse
 import json
 
 from qtapp.commands.report import print_advice
-from qtapp.engine.planning.advisor import advise, format_size
+from qtapp.engine.planning.advisor import advise
 from qtapp.engine.planning.hardware import Hardware, detect
+from qtapp.engine.units import format_size
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
-import subprocess
 import sys
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,8 +22,15 @@ from qtapp.engine.config import (
     rules_from_json,
 )
 from qtapp.engine.errors import UserError
-from qtapp.engine.jobs.worker import worker_command
-from qtapp.engine.outputs import discard_partial, make_job_dir, sweep_job_dirs
+from qtapp.engine.jobs.client import WorkerClient
+from qtapp.engine.jobs.worker import EXIT_BUSY, CancelFlag, execute
+from qtapp.engine.model.arch import auto_group_size, check_group_sizes, linear_input_widths
+from qtapp.engine.outputs import check_output_path, sweep_job_dirs
+from qtapp.engine.planning.planner import plan_job
+from qtapp.engine.units import format_duration, format_size, parse_size
+
+# Engine modules that import torch are imported inside the functions that run the command: the
+# command line imports every command module at start-up, to build its parser.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -109,11 +113,7 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
     """The job the flags describe, checked against the model before anything runs: the
     output folder must be writable, and each group size must divide the input width of every
     layer it quantizes (--group-size auto picks one that does). UserError otherwise."""
-    from qtapp.engine.model.arch import auto_group_size, check_group_sizes, linear_input_widths
     from qtapp.engine.model.sources import resolve_model
-    from qtapp.engine.outputs import check_output_path
-    from qtapp.engine.planning.budget import parse_size
-
     sym = args.sym if args.sym is not None else args.method != "awq"
     group = args.group_size
     QuantScheme(bits=args.bits, group_size=128 if group == "auto" else group,
@@ -146,6 +146,7 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         export_format=args.export_format, device=args.device, evaluate=not args.no_eval,
         resume=not args.no_resume, overwrite=args.overwrite,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+        ignore_plan=args.ignore_plan,
     ).validate()
     check_group_sizes(job, info.config)
     return job
@@ -163,7 +164,7 @@ class ProgressPrinter:
         if isinstance(event, ev.Progress):
             frac = event.step / max(event.total, 1)
             bar = "#" * int(frac * 30)
-            eta = f" ETA {_fmt_s(event.eta_s)}" if event.eta_s else ""
+            eta = f" ETA {format_duration(event.eta_s)}" if event.eta_s else ""
             line = f"[{bar:<30}] {event.stage} {event.message}{eta}"
             self._line(line)
         elif isinstance(event, ev.Log) and event.level in ("warning", "error"):
@@ -174,10 +175,10 @@ class ProgressPrinter:
             self._print(f"quantizing {event.model} with {event.method} → {event.out}")
         elif isinstance(event, ev.Result):
             s = event.summary
-            self._print(f"done in {_fmt_s(event.seconds)}: {event.out}")
+            self._print(f"done in {format_duration(event.seconds)}: {event.out}")
             if "size_bytes" in s:
-                self._print(f"  size {s['size_bytes'] / 2**20:.1f} MiB"
-                            + (f" (source {s['source_size_bytes'] / 2**20:.1f} MiB)"
+                self._print(f"  size {format_size(s['size_bytes'])}"
+                            + (f" (source {format_size(s['source_size_bytes'])})"
                                if "source_size_bytes" in s else ""))
             if "ppl" in s:
                 self._print(f"  perplexity {s['ppl']:.3f}"
@@ -209,20 +210,13 @@ class ProgressPrinter:
             pass         # job still stops cleanly, with no one left to read about it
 
 
-def _fmt_s(s: float | None) -> str:
-    if s is None:
-        return "?"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def run(args: argparse.Namespace) -> int:
     # Until the job starts, SIGTERM and SIGHUP (a closed terminal) stop it as Ctrl+C does.
     with _on_stop_signals(_interrupt, ("SIGTERM", "SIGHUP")):
         job = job_from_args(args)
         if job.target_bytes or job.target_bpw:
             job = _plan(job, args.json)
-        if args.dry_run or not args.ignore_plan:
+        if args.dry_run or not job.ignore_plan:
             _resource_plan(job, probe=args.dry_run, refuse=not args.dry_run)
     if args.dry_run:
         print(job.to_json())
@@ -243,16 +237,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _resource_plan(job: JobSpec, probe: bool, refuse: bool) -> None:
     """Show the memory, disk and time plan on stderr (a dry run times one block); refuse a
-    job that does not fit unless --ignore-plan."""
+    job that does not fit unless --ignore-plan (the job runner's check_plan makes the same
+    check, with the same override, job.ignore_plan, before the job starts)."""
     from qtapp.engine.model.sources import resolve_model
-    from qtapp.engine.planning.planner import plan_job
-
     plan = plan_job(job, resolve_model(job.model, allow_pickle=job.allow_pickle), probe=probe)
     if probe or not plan.fits:
         print(plan.table(), file=sys.stderr)
     if refuse and not plan.fits:
-        raise UserError(f"the job does not fit on this machine ({'; '.join(plan.problems)}). "
-                        f"Fixes: {'; '.join(plan.fixes)}. Pass --ignore-plan to start anyway.")
+        raise plan.refusal()
 
 
 def _plan(job: JobSpec, as_json: bool) -> JobSpec:
@@ -308,8 +300,6 @@ def _cancelled_exit(reason: str) -> int:
 def _run_in_process(job: JobSpec, render) -> int:
     """Run the job here. Ctrl+C, SIGTERM and SIGHUP cancel it: the job stops within a few
     seconds, removes its partial output, keeps its checkpoint and says so in one line."""
-    from qtapp.engine.jobs.worker import EXIT_BUSY, CancelFlag, execute
-
     flag = CancelFlag()
     with _on_stop_signals(flag.set):
         code = execute(job, render, flag)
@@ -318,80 +308,22 @@ def _run_in_process(job: JobSpec, render) -> int:
     return {0: 0, EXIT_BUSY: 2}.get(code, 1)
 
 
-class _WorkerStop:
-    """Forwards a stop signal the command gets to its worker as a cancel (on stdin); kills
-    the worker when it has not stopped CANCEL_GRACE_S later."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc = proc
-        self.reason = ""
-        self.timer: threading.Timer | None = None
-
-    def request(self, signum, _frame=None) -> None:
-        name = signal.Signals(signum).name
-        self.reason = self.reason or name
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(f"cancel {name}\n")
-            self.proc.stdin.flush()
-        except (OSError, ValueError):  # the worker has already ended
-            pass
-        if self.timer is None:
-            self.timer = threading.Timer(CANCEL_GRACE_S, self._kill)
-            self.timer.daemon = True
-            self.timer.start()
-
-    def _kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-
-    def done(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-
-
 def _run_in_worker(job: JobSpec, render) -> int:
-    """Run the job in a worker process, as the window does. A stop signal to this command
-    reaches the worker as a cancel; the job folder is removed whatever happens (and those
-    of earlier runs that were killed are swept by `run`)."""
-    folder = make_job_dir()
-    try:
-        spec = folder / "job.json"
-        spec.write_text(job.to_json(), encoding="utf-8")
-        cmd = worker_command(spec)
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        stop = _WorkerStop(proc)
-        final = None
-        with _on_stop_signals(stop.request):
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                try:
-                    event = ev.decode(line)
-                except ev.EventDecodeError:
-                    continue
-                render(event)
-                if event.type in ev.FINAL_TYPES:
-                    final = event
-            code = proc.wait()
-        stop.done()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    if final is None and stop.reason:
-        discard_partial(job.out)
-        render(ev.Cancelled(message=f"cancelled by {stop.reason}; the worker did not stop "
-                            f"within {CANCEL_GRACE_S:.0f} s and was ended; no output was "
-                            "written"))
-        return _cancelled_exit(stop.reason)
-    if final is None:
-        how = (f"killed by signal {-code} ({signal.strsignal(-code) or 'unknown'})"
-               if code < 0 else f"exit code {code}")
-        kept = "; its partial output was removed" if discard_partial(job.out) else ""
-        render(ev.Failed(message=f"the worker stopped without a result ({how}){kept}. Nothing "
-                         f"was written to {job.out}; start the job again (finished blocks are "
-                         "resumed from the checkpoint)", kind="internal"))
-        return 1
+    """Run the job in a worker process through the worker client, as the window does. A stop
+    signal to this command reaches the worker as a cancel (`cancel SIGTERM`), and the worker
+    is killed when it has not stopped CANCEL_GRACE_S later; the client removes the job folder
+    whatever happens and ends the events with one final event (its own, printed like the
+    worker's, when the worker stopped without one)."""
+    client = WorkerClient(job, kill_after_s=CANCEL_GRACE_S)
+    client.start()
+    with _on_stop_signals(lambda signum, _frame: client.cancel(signal.Signals(signum).name)):
+        for event in client.events():
+            render(event)
+    ending = client.ending
+    assert ending is not None
+    final = ending.final
     if isinstance(final, ev.Cancelled):
-        return _cancelled_exit(stop.reason)
+        return _cancelled_exit(ending.cancel_reason)
     if isinstance(final, ev.Failed) and final.kind == "busy":
         return 2
     return 0 if final.type == "result" else 1

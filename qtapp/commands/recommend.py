@@ -6,8 +6,11 @@ import argparse
 import json
 
 from qtapp.commands.report import print_advice
-from qtapp.engine.planning.advisor import DEFAULT_CTX, GOALS, TARGETS, ModelShape, advise
+from qtapp.engine.planning.advisor import GOALS, RUN_CTX, TARGETS, ModelShape, advise
 from qtapp.engine.planning.hardware import detect
+
+# Engine modules that import torch are imported inside the functions that run the command: the
+# command line imports every command module at start-up, to build its parser.
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,15 +19,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--goal", choices=GOALS, default="speed")
     p.add_argument("--target", choices=TARGETS, default=None,
                    help="where the model will run (default: this machine's GPU, else CPU)")
-    p.add_argument("--ctx", type=int, default=DEFAULT_CTX,
-                   help=f"context length for the KV cache estimate (default {DEFAULT_CTX})")
+    p.add_argument("--ctx", type=int, default=RUN_CTX,
+                   help=f"context length for the KV cache estimate (default {RUN_CTX})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
     from qtapp.engine.model.sources import resolve_model
 
-    info = resolve_model(args.model)
+    info = resolve_model(args.model, pickle_option=False)
     shape = ModelShape.from_config(info.config, name=info.name, n_params=info.n_params)
     advice = advise(detect(), shape, goal=args.goal, target=args.target, ctx=args.ctx)
     if args.json:

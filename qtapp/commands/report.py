@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from qtapp.engine.planning.advisor import PRECISIONS, Advice, SizeRow, format_params, format_size
+from qtapp.engine.planning.advisor import PRECISIONS, Advice, SizeRow
+from qtapp.engine.units import format_params, format_size
 
 FIT_WORDS = {"gpu": "GPU", "ram": "RAM", "none": "no"}
 

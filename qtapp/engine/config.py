@@ -23,6 +23,8 @@ PER_CHANNEL = -1
 PER_TENSOR = 0
 EXPORT_FORMATS = ("auto", "gptq", "awq", "compressed-tensors")
 DEVICES = ("auto", "cpu", "cuda")
+EVAL_CTX = 512  # tokens per window of the quality gate's perplexity and KL divergence
+#                 (every job's evaluation, `quantdesk eval --ctx`): qtapp.engine.quality.gate
 GGUF_TYPES = (
     "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0",
     "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K",
@@ -239,6 +241,9 @@ class JobSpec:
     trust_remote_code: bool = False
     target_bytes: int = 0  # size budget of the written model (allocate.py); 0: none
     target_bpw: float = 0.0  # or bits per parameter of the written model; 0: none
+    # start even when the plan (planning/planner.py) says the job does not fit: the one
+    # override of the one check, set by --ignore-plan and the window's "Start anyway"
+    ignore_plan: bool = False
 
     def validate(self) -> JobSpec:
         if not isinstance(self.model, str) or not self.model.strip():

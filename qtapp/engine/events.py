@@ -1,7 +1,9 @@
 """Events a job emits, and their JSON-lines codec.
 
 One event per line on the worker's stdout: ``{"v": 1, "type": "layer", "t": 1732.5, ...}``.
-Every job emits `Started` first and exactly one of `Result`, `Failed` or `Cancelled` last.
+Every job emits `Started` first and exactly one of `Result`, `Failed` or `Cancelled` last
+(a job refused before it starts emits only `Failed`). A plan run (`worker --plan`) emits one
+`Plan`, then `Result` (nothing written: `out` is "") or `Failed` last.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -103,10 +106,26 @@ class Cancelled(Event):
     message: str = "cancelled by the user; no output was written"
 
 
+@dataclass(frozen=True)
+class Plan(Event):
+    """The memory, disk and time plan of a job with its first block timed (`worker --plan`):
+    `plan` is planning.planner.Plan.to_dict()."""
+
+    type: ClassVar[str] = "plan"
+    plan: dict[str, Any]
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (Started, Progress, Layer, Log, Artifact, Result, Failed, Cancelled)
+    cls.type: cls for cls in (Started, Progress, Layer, Log, Artifact, Result, Failed, Cancelled,
+                              Plan)
 }
 FINAL_TYPES = frozenset({"result", "failed", "cancelled"})
+
+Emit = Callable[[Event], None]
+"""Where a job's stages send their events (the worker's writer, the command line's printer,
+a test's ``list.append``)."""
+ShouldCancel = Callable[[], bool]
+"""Polled by long stages between steps; True makes them raise `errors.Cancelled`."""
 
 
 def encode(event: Event) -> str:

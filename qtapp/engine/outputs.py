@@ -21,7 +21,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Self
 
+import psutil
+
 from qtapp.engine.errors import Busy, UserError
+from qtapp.engine.events import Emit, Log
+from qtapp.engine.units import format_size
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
@@ -87,6 +91,32 @@ def free_bytes(folder: Path) -> int | None:
     return None
 
 
+def disk_full_error(e: BaseException, folder: Path, what: str, advice: str) -> UserError:
+    """The error for a write into ``folder`` that failed because its disk is full: names the
+    disk (by the folder written to), the free space left there, and what to do."""
+    n = free_bytes(Path(folder))
+    free = "unknown" if n is None else format_size(n)
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return UserError(f"The disk is full: writing {what} into {folder} failed ({reason}). Free "
+                     f"space on that disk: {free}. {advice}")
+
+
+def job_disk_full_error(e: BaseException, out: Path, work: Path) -> UserError:
+    """The error for a job whose writes failed on a full disk: the free space left by the
+    output folder ``out`` and by the checkpoint folder ``work``, after the job cleaned up."""
+    def free(p: Path) -> str:
+        n = free_bytes(p)
+        return "unknown" if n is None else format_size(n)
+
+    return UserError(
+        f"The disk is full: writing the job's files failed ({e}). Free space after clean-up: "
+        f"output folder "
+        f"{out.parent} {free(out.parent)}, checkpoint folder {work} {free(work)}. Nothing was "
+        f"kept in {out}; free some space or choose an output folder on another disk, then "
+        "start the job again (finished blocks stay in the checkpoint)."
+    )
+
+
 # --------------------------------------------------------------------------- final contents
 
 TEMP_MARKERS = (".tmp", ".partial")
@@ -106,6 +136,36 @@ def stray_files(folder: Path, expected: Iterable[str]) -> tuple[list[Path], list
         hidden = p.name.startswith(".")
         (temp if hidden or any(m in p.name for m in TEMP_MARKERS) else other).append(p)
     return temp, other
+
+
+def drop_strays(partial: Path, files: Iterable[str], emit: Emit) -> None:
+    """Before the rename: the finished folder holds only the files the job wrote. Temporary
+    files (a writer's `.tmp*`) are removed (and logged); anything else means another writer,
+    a bug (RuntimeError)."""
+    temp, other = stray_files(partial, files)
+    for p in temp:
+        p.unlink(missing_ok=True)
+    if temp:
+        emit(Log(level="info", message="removed temporary files from the output: "
+                 + ", ".join(str(p.relative_to(partial)) for p in temp)))
+    if other:
+        raise RuntimeError("the finished output holds files the job did not write: "
+                           + ", ".join(str(p.relative_to(partial)) for p in other))
+
+
+def replace_output(partial: Path, out: Path) -> None:
+    """Move the finished ``partial`` to ``out``; an old ``out`` is kept until that succeeds."""
+    if not out.exists():
+        os.replace(partial, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.replace(out, old)
+    try:
+        os.replace(partial, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- locks
@@ -277,8 +337,6 @@ def sweep_job_dirs(root: Path | None = None) -> list[Path]:
     """Remove the job folders (in the temporary folder) of processes that have ended,
     killed before they could remove their own; folders without an owner's id in their name
     once they are a day old. Only this user's folders; returns those removed."""
-    import psutil
-
     root = Path(root) if root is not None else Path(tempfile.gettempdir())
     removed = []
     try:

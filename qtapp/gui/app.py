@@ -12,8 +12,12 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from qtapp import __version__
+from qtapp.gui import theme
 from qtapp.gui.i18n import install_translator, tr
 from qtapp.gui.paths import data_dir
+
+# The main window and the welcome dialog are imported in main(), after logging is set up and the
+# start clock runs: the start-up time it logs includes importing the window.
 
 log = logging.getLogger("quantdesk")
 
@@ -49,8 +53,6 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     app.setOrganizationName("QuantDesk")
     app.setApplicationName("QuantDesk")
     app.setApplicationVersion(__version__)
-    from qtapp.gui import theme
-
     theme.apply(app)
     install_translator(app)
     return app  # type: ignore[return-value]

@@ -19,9 +19,9 @@ from PySide6.QtWidgets import (
 )
 
 from qtapp import __version__
-from qtapp.engine.planning.advisor import format_size
 from qtapp.engine.planning.hardware import Hardware
 from qtapp.gui.engine_process import EngineProcess, Outcome
+from qtapp.gui.format import format_size
 from qtapp.gui.i18n import LANGUAGE_SETTING, LANGUAGES, tr
 from qtapp.gui.pages.chat import ChatPage
 from qtapp.gui.pages.hardware import HardwarePage

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import platformdirs
+
 
 def data_dir() -> Path:
     env = os.environ.get("QUANTDESK_DATA_DIR")
     if env:
         return Path(env)
-    import platformdirs
-
     return Path(platformdirs.user_data_dir("QuantDesk", appauthor=False))
 
 

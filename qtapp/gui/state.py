@@ -6,7 +6,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from qtapp.engine.planning.advisor import DEFAULT_CTX, Advice, ModelShape, advise
+from qtapp.engine.planning.advisor import RUN_CTX, Advice, ModelShape, advise
 from qtapp.engine.planning.hardware import Hardware
 from qtapp.gui.results_store import ResultsStore
 from qtapp.gui.tasks import Background
@@ -29,7 +29,7 @@ class AppState(QObject):
         self.shape: ModelShape | None = None
         self.goal = "speed"
         self.target: str | None = None
-        self.ctx = DEFAULT_CTX
+        self.ctx = RUN_CTX
         self.advice: Advice | None = None
         self.job_running = False
 

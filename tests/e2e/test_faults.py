@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -307,31 +308,43 @@ def test_out_of_memory_is_predicted_and_refused_before_starting(source, tmp_path
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=120,
                        check=False, env=env)
     assert r.returncode == 2
-    assert "does not fit" in r.stderr and "GiB" in r.stderr and "--ignore-plan" in r.stderr
+    assert "does not fit" in r.stderr and "TiB of RAM" in r.stderr
+    assert "--ignore-plan" in r.stderr
     assert_nothing_lost(source, digest, out)
-    # overriding the plan still meets the job's own check against available memory
-    r = subprocess.run([*args, "--ignore-plan"], capture_output=True, text=True, cwd=ROOT,
-                       timeout=120, check=False, env=env)
-    assert r.returncode == 1
+    # the job runner makes the same check (here the worker, as the window starts it): it
+    # refuses before `started`, in the plan's words. --ignore-plan / the window's Start
+    # anyway (JobSpec.ignore_plan) lifts both; not run here, the job would really start.
+    job = job_for(source, out, method="gptq",
+                  calibration=CalibrationSpec(samples=100000, seq_len=32768))
+    spec = tmp_path / "job.json"
+    spec.write_text(job.to_json(), encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "qtapp.engine.jobs.worker", "--job", str(spec)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+                       env=env)
+    assert r.returncode == 1, r.stderr
     events = [json.loads(x) for x in r.stdout.splitlines()]
     assert [e["type"] for e in events] == ["failed"]  # refused before `started`
     msg = events[0]["message"]
-    assert "100000 calibration samples × 32768 tokens needs about 1.7 TB of working memory, " \
-           "but this machine has" in msg and "GB of available RAM" in msg
-    assert "Use fewer samples (--samples)" in msg
+    assert re.search(r"the job does not fit on this machine \(needs [\d.]+ TiB of RAM; "
+                     r"[\d.]+ GiB of [\d.]+ GiB are usable\)", msg), msg
+    assert "--ignore-plan" in msg
     assert_nothing_lost(source, digest, out)
     assert not cache.exists()
 
 
 def test_memory_check_uses_what_is_available_now(source, tmp_path, cache, monkeypatch):
+    """The plan's RAM limit is 80 % of the total, or what is available now when less."""
     from collections import namedtuple
 
-    vm = namedtuple("vm", "available")
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: vm(100 * 2**20))
-    with pytest.raises(UserError, match=r"needs about 537 MB of working memory, but this machine has 105 MB of "
-                       "available RAM"):
+    vm = namedtuple("vm", "total available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: vm(64 * 2**30, 100 * 2**20))
+    with pytest.raises(UserError, match=r"needs [\d.]+ MiB of RAM; 100\.0 MiB of 64\.00 GiB "
+                       "are usable"):
         run(job_for(source, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+    # overriding the plan lifts the check: the job runs
+    summary, seen = run(job_for(source, tmp_path / "out", ignore_plan=True))
+    assert Path(summary["out"]).is_dir() and seen[0].type == "started"
 
 
 # ----------------------------------------------------------------------------- the window

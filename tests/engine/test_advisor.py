@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from qtapp.engine.config import CalibrationSpec, JobSpec
 from qtapp.engine.planning.advisor import (
     GB,
     REFERENCE_SHAPES,
@@ -14,12 +15,13 @@ from qtapp.engine.planning.advisor import (
     advise,
     fits,
     kv_cache_bytes,
-    quantize_peak_bytes,
     recommend,
     run_bytes,
+    size_row,
     weight_bytes,
 )
 from qtapp.engine.planning.hardware import GPU, Hardware
+from qtapp.engine.planning.planner import peak_memory, vram_limit, working_bytes
 
 GiB = 2**30
 
@@ -72,8 +74,35 @@ def test_kv_cache_counts_kv_heads() -> None:
 def test_quantize_peak_is_far_below_the_whole_model() -> None:
     s = SHAPES["70B"]
     for method in ("rtn", "gptq", "awq", "gguf"):
-        assert quantize_peak_bytes(s, method) < weight_bytes(s, 16) / 5
-    assert quantize_peak_bytes(s, "gptq", samples=512) > quantize_peak_bytes(s, "gptq", 128)
+        assert working_bytes(s, method, 128, 512) < weight_bytes(s, 16) / 5
+    assert working_bytes(s, "gptq", 512, 512) > working_bytes(s, "gptq", 128, 512)
+
+
+def _quantizing(method: str, samples: int) -> JobSpec:
+    return JobSpec(model="m", method=method, out="-", evaluate=False,
+                   calibration=CalibrationSpec(samples=samples, seq_len=512))
+
+
+def test_the_advisor_asks_the_planner_where_quantizing_fits() -> None:
+    """The table's quantize column is the planner's peak on the device it fits: VRAM on the
+    GPU when the planner's limits take it, else the planner's CPU peak RAM."""
+    seven = SHAPES["7B"]
+    row = size_row(seven, machine(8, ram_gib=16), method="awq", samples=128)
+    assert row.quantize_fit == "gpu"
+    assert row.quantize_peak == peak_memory(_quantizing("awq", 128), seven, gpu=True)[1]
+    # 512 samples do not fit the 8 GiB card by the planner's numbers: on the CPU then
+    assert peak_memory(_quantizing("awq", 512), seven, gpu=True)[1] > vram_limit(
+        machine(8).best_gpu)
+    row = size_row(seven, machine(8, ram_gib=64), method="awq", samples=512)
+    assert row.quantize_fit == "ram"
+    assert row.quantize_peak == peak_memory(_quantizing("awq", 512), seven, gpu=False)[0]
+    # no GPU, 70B with GPTQ: the planner's CPU peak (the embeddings and the prefetched block
+    # on top of the working set) fits 32 GiB of RAM, not 8
+    cpu = peak_memory(_quantizing("gptq", 128), SHAPES["70B"], gpu=False)[0]
+    assert 12 * GiB < cpu < 0.8 * 32 * GiB
+    assert (size_row(SHAPES["70B"], machine(None, 32)).quantize_fit,
+            size_row(SHAPES["70B"], machine(None, 32)).quantize_peak) == ("ram", cpu)
+    assert size_row(SHAPES["70B"], machine(None, 8)).quantize_fit == "none"
 
 
 def test_shape_from_hf_config() -> None:

@@ -17,7 +17,8 @@ from qtapp.engine.jobs import job as job_module
 from qtapp.engine.jobs.job import run_job
 from qtapp.engine.model.sources import resolve_model
 from qtapp.engine.planning.allocate import budget_model, rules_for, solve_mckp
-from qtapp.engine.planning.budget import parse_size, size_model
+from qtapp.engine.planning.budget import size_model
+from qtapp.engine.units import parse_size
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -181,6 +182,24 @@ def test_plan_rules_reproduce_the_choice(tiny128, tmp_path):
         assert (scheme is None) if key == "16-bit" else (f"W{scheme.bits}" == key)
     again = JobSpec.from_json(planned.to_json())
     assert all(again.scheme_for(n) == planned.scheme_for(n) for n in choice)
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "compressed-tensors"])
+def test_the_planner_sizes_a_job_as_the_budget_does(tiny128, tmp_path, fmt):
+    """One size model: a job carrying an allocation as rules is planned at exactly the size
+    the budget's SizeModel gives that choice; a budgeted job not yet allocated at its
+    budget."""
+    from qtapp.engine.planning.planner import final_bytes
+
+    base = _base(tiny128, "rtn", tmp_path / "x", fmt)
+    info = resolve_model(str(tiny128))
+    model = size_model(base, info)
+    choice = {m.name: m.options[i % len(m.options)].key for i, m in enumerate(model.modules)}
+    assert len(set(choice.values())) == 5  # W2, W3, W4, W8 and 16-bit all appear
+    planned = rules_for(dataclasses.replace(base, target_bytes=10**9), model, choice)
+    assert final_bytes(planned, info) == model.total(choice)
+    budget = (model.smallest() + model.largest()) // 2
+    assert final_bytes(dataclasses.replace(base, target_bytes=budget), info) == budget
 
 
 def test_cli_refuses_an_impossible_target_and_dry_runs_a_plan(tiny128, tmp_path, capsys):

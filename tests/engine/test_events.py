@@ -15,6 +15,8 @@ SAMPLES = [
     ev.Result(out="/o", seconds=3.5, summary={"ppl": 12.5, "files": ["a"]}),
     ev.Failed(message="bad", kind="internal", detail="Traceback"),
     ev.Cancelled(),
+    ev.Plan(plan={"model": "m", "peak_ram": 2**30, "seconds": 12.5, "probed": True,
+                  "problems": [], "fits": True}),
 ]
 
 
@@ -36,6 +38,15 @@ def test_schema_version_and_type_are_checked():
     with pytest.raises(ev.EventDecodeError, match="rel_error"):
         ev.decode('{"v": 1, "type": "layer", "block": 1, "module": "m", "kind": "q", "bits": 4,'
                   ' "group_size": 64, "rel_error": "big", "seconds": 1}')
+    with pytest.raises(ev.EventDecodeError, match="plan.plan"):
+        ev.decode('{"v": 1, "type": "plan", "plan": ["not", "a", "dict"]}')
+    with pytest.raises(ev.EventDecodeError, match="lacks 'plan'"):
+        ev.decode('{"v": 1, "type": "plan"}')
+    # the unversioned lines `worker --plan` wrote before the plan became an event
+    with pytest.raises(ev.EventDecodeError, match="schema version None"):
+        ev.decode('{"plan": {"model": "m"}}')
+    with pytest.raises(ev.EventDecodeError, match="schema version None"):
+        ev.decode('{"error": "the model folder does not exist"}')
     with pytest.raises(ev.EventDecodeError, match="not JSON"):
         ev.decode("progress 3/30")
     with pytest.raises(ev.EventDecodeError, match="not UTF-8"):

@@ -5,14 +5,16 @@ tests/damage.py: truncated weights, a header whose dtype is unknown, disagrees w
 length or is not a float, a header lying about a shape or its own length, a shard the index
 names but that is absent, pickle weights only, custom code named by auto_map in
 tokenizer_config.json or in config.json (its .py files write a sentinel when imported),
-config.json that is not JSON, no tokenizer, and empty files. Each command runs in-process
-through `qtapp.cli.main`, the function `python -m qtapp` exits with:
+config.json that is not JSON, no tokenizer, a truncated tokenizer.json, and empty files.
+Each command runs in-process through `qtapp.cli.main`, the function `python -m qtapp` exits
+with:
 
   check M · eval M · eval M --against INTACT · chat M --prompt hi --max-tokens 2 ·
   convert M --out OUT/x.gguf · quantize --model M --method rtn … --no-eval --out OUT/q ·
   recommend M
 
-and every run must:
+(eval on a 1 KB text with --ctx 64, and --no-generation against the source: `chat` is the
+command that generates), and every run must:
 
 - exit 0, or exit 2 (1 for a failed quantize job) printing exactly one error line, which
   starts `quantdesk CMD: error: ` (or `error: ` for a failed job) and is not the worker's
@@ -20,7 +22,9 @@ and every run must:
 - leave the damaged folder and the intact source byte-identical;
 - create nothing outside OUT (and QuantDesk's cache), and in OUT only the output of a run
   that exited 0;
-- never run the model's code (the sentinel never appears).
+- never run the model's code (the sentinel never appears);
+- and `check` refuses (exit 2, the same message) exactly the folders that `recommend`, whose
+  only input check is the one `quantize` and `convert` make, refuses.
 
 The hypothesis tests (25 folders per command) are marked slow; the fixed combinations below
 them are the fast variant.
@@ -112,6 +116,13 @@ def _dtype(dtype: str) -> Callable[[Path, Path], None]:
     return lambda model, _sentinel: set_dtype(model, dtype)
 
 
+def _truncate(name: str) -> Callable[[Path, Path], None]:
+    def cut(model: Path, _sentinel: Path) -> None:
+        if (model / name).is_file():
+            truncate(model / name)
+    return cut
+
+
 def _empty(name: str) -> Callable[[Path, Path], None]:
     def empty(model: Path, _sentinel: Path) -> None:
         if name == "weights":
@@ -138,6 +149,7 @@ DAMAGES: dict[str, Callable[[Path, Path], None]] = {
     "no tokenizer": _remove_tokenizer,
     "config.json not JSON": _config_not_json,
     "empty config.json": _empty("config.json"),
+    "truncated tokenizer.json": _truncate("tokenizer.json"),
     "empty tokenizer.json": _empty("tokenizer.json"),
     "empty tokenizer_config.json": _empty("tokenizer_config.json"),
     "empty generation_config.json": _empty("generation_config.json"),
@@ -160,7 +172,7 @@ COMMANDS: dict[str, tuple[Callable[[str, str, Path, str], list[str]], str | None
     "check": (lambda m, s, o, t: ["check", m], None),
     "eval": (lambda m, s, o, t: ["eval", m, "--ctx", "64", "--text", t], None),
     "eval --against": (lambda m, s, o, t: ["eval", m, "--against", s, "--ctx", "64",
-                                           "--text", t], None),
+                                           "--text", t, "--no-generation"], None),
     "chat": (lambda m, s, o, t: ["chat", m, "--prompt", "hi", "--max-tokens", "2"], None),
     "convert": (lambda m, s, o, t: ["convert", m, "--out", str(o / "x.gguf")], "x.gguf"),
     "quantize": (lambda m, s, o, t: ["quantize", "--model", m, "--method", "rtn", "--samples",
@@ -217,6 +229,14 @@ class Fuzz:
         assert self.listing(out, self.cache) == listed, what
         written = sorted(p.name for p in out.iterdir()) if out.exists() else []
         assert written == ([output] if output and code == 0 else []), what
+        if command == "check":
+            # check refuses what the other commands refuse before they start (recommend
+            # makes quantize's and convert's input check and nothing else), with the same line
+            refused = main(["recommend", str(model)]) == 2
+            line = capfd.readouterr().err.strip().splitlines()[-1:]
+            assert (code == 2) == refused, (what, line)
+            if refused:
+                assert errors[0].split(": error: ", 1)[1] == line[0].split(": error: ", 1)[1]
         shutil.rmtree(case)
 
 
@@ -241,10 +261,11 @@ def fuzz(tiny_llama_dir, tmp_path_factory):
 FIXED = [
     frozenset(),
     frozenset({"truncated weights", "no tokenizer"}),
-    frozenset({"dtype I32 (same length)", "auto_map in config.json"}),
-    frozenset({"auto_map in tokenizer_config.json", "empty generation_config.json"}),
-    frozenset({"missing shard", "header lies about a shape", "empty chat_template.jinja"}),
+    frozenset({"auto_map in config.json", "empty generation_config.json"}),
+    frozenset({"auto_map in tokenizer_config.json", "empty chat_template.jinja"}),
+    frozenset({"missing shard", "header lies about a shape"}),
     frozenset({"pickle only", "config.json not JSON"}),
+    frozenset({"dtype I32 (same length)", "empty tokenizer_config.json"}),
 ]
 
 

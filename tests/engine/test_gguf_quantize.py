@@ -19,7 +19,6 @@ from qtapp.engine.gguf.llama_runtime import (
     chat_stream,
     llama_cpp_available,
     load_llama,
-    perplexity,
     write_modelfile,
 )
 from qtapp.engine.gguf.quantize import quantize_to_gguf
@@ -164,25 +163,22 @@ def test_modelfile_for_chatml(tmp_path):
 @needs_llama
 @pytest.mark.llama_cpp
 def test_demo_perplexity_and_chat(demo_dir, tmp_path):
-    """F16 through llama.cpp scores the evaluation text as transformers does; Q4_K_M stays
-    close (the demo's weights are Q4_1 already); the chat template works."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """F16 through llama.cpp scores the evaluation text as transformers does (the quality
+    gate's protocol, both on the source's tokens); Q4_K_M stays close (the demo's weights
+    are Q4_1 already); the chat template works."""
+    from qtapp.engine.quality.gate import quality_report
+    from qtapp.engine.quant.calibration import builtin_eval_text
 
-    from qtapp.engine.quality.evaluate import perplexity as hf_perplexity
-    from qtapp.engine.quant.calibration import eval_tokens
-
-    tokens = eval_tokens(AutoTokenizer.from_pretrained(demo_dir), max_tokens=1024)
-    import torch
-
-    model = AutoModelForCausalLM.from_pretrained(demo_dir, dtype=torch.float32)
-    ppl_hf = hf_perplexity(model, tokens, ctx=512)
+    text = builtin_eval_text()[:6000]  # about 1 500 tokens: 2 windows of 512
     f16 = quantize_to_gguf(demo_dir, tmp_path / "f16.gguf", "F16").path
     q4 = quantize_to_gguf(demo_dir, tmp_path / "q4km.gguf", "Q4_K_M").path
-    ppl_f16 = perplexity(f16, tokens, ctx=512, n_threads=1)
-    ppl_q4 = perplexity(q4, tokens, ctx=512, n_threads=1)
-    assert ppl_f16 == pytest.approx(ppl_hf, rel=0.01)
-    assert ppl_f16 < ppl_q4 < 1.1 * ppl_f16
-    assert math.isfinite(ppl_q4)
+    r16 = quality_report(f16, demo_dir, ctx=512, text=text, generation=False)
+    r4 = quality_report(q4, demo_dir, ctx=512, text=text, generation=False)
+    assert r16.positions == r4.positions == 2 * 255
+    assert r16.ppl == pytest.approx(r16.ppl_source, rel=0.01)
+    assert r16.ppl < r4.ppl < 1.1 * r16.ppl
+    assert math.isfinite(r4.ppl)
+
     llm = load_llama(f16, n_ctx=512, n_threads=1)
     reply = "".join(chat_stream(llm, [{"role": "user", "content": "What is the capital of "
                                        "France?"}], max_tokens=12, temperature=0))

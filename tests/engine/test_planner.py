@@ -3,6 +3,7 @@ dry run (timed on one block) and refusal, predicted against measured in a job's 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ import pytest
 from qtapp.engine.config import CalibrationSpec, JobSpec
 from qtapp.engine.planning import advisor as A
 from qtapp.engine.planning.hardware import Hardware
-from qtapp.engine.planning.planner import BASE_RSS, memory, plan_job
+from qtapp.engine.planning.planner import BASE_RSS, memory, plan_job, working_bytes
 
 GiB = 2**30
 LLAMA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
@@ -34,7 +35,10 @@ def test_memory_follows_the_documented_formulas():
                   calibration=CalibrationSpec(samples=128, seq_len=512))
     shape = A.ModelShape.from_config(LLAMA_7B, "Llama-7B", info.n_params)
     ram, vram = memory(job, info, gpu=False)
-    work = A.quantize_peak_bytes(shape, "gptq", 128, 512) - A.RUNTIME_OVERHEAD_FIXED
+    work = working_bytes(shape, "gptq", 128, 512)
+    # one fp32 block + the activations in and out + the Hessians of q/k/v, o, gate/up, down
+    assert work == (shape.block_linear_params * 4 + 2 * 128 * 512 * 4096 * 4
+                    + (2 * 4096**2 + 4096**2 + 11008**2) * 4)
     block16 = int(shape.block_linear_params * 2)  # bf16 source: 2 bytes per parameter
     assert vram == 0
     assert ram == pytest.approx(BASE_RSS + 32000 * 4096 * 4 + work + block16, rel=1e-3)
@@ -55,7 +59,7 @@ def test_a_plan_that_does_not_fit_says_so_with_numbers_and_fixes(tmp_path):
     plan = plan_job(JobSpec(model="x", method="gptq", out=str(tmp_path / "o")), llama7b(),
                     machine(16))
     assert not plan.fits
-    assert "RAM" in plan.problems[0] and "12.8 GiB of 16.0 GiB" in plan.problems[0]
+    assert "RAM" in plan.problems[0] and "12.80 GiB of 16.00 GiB" in plan.problems[0]
     assert any("--no-eval" in f for f in plan.fixes)
     assert all("GiB" in f for f in plan.fixes)
     table = plan.table()
@@ -77,7 +81,9 @@ def test_cli_refuses_a_job_that_does_not_fit_and_writes_nothing(tiny_llama_dir, 
                  str(out), "--samples", "2", "--seq-len", "32"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "does not fit" in err and "GiB of RAM" in err and "--ignore-plan" in err
+    assert "does not fit" in err and "--ignore-plan" in err
+    # 80 % of 256 MiB, in the one unit convention (qtapp/engine/units.py)
+    assert re.search(r"needs \d+\.\d MiB of RAM; 204\.8 MiB of 256\.0 MiB are usable", err), err
     assert not out.exists() and not list(tmp_path.glob(".o*"))
 
 
@@ -94,14 +100,36 @@ def test_cli_dry_run_times_one_block(tiny_llama_dir, tmp_path, capsys):
 
 
 def test_a_job_records_predicted_against_measured(tiny_llama_dir, tmp_path):
-    from qtapp.engine.config import QuantScheme
-    from qtapp.engine.jobs.job import run_job
+    import dataclasses
 
+    from qtapp.engine.config import ModuleRule, QuantScheme
+    from qtapp.engine.jobs.job import run_job
+    from qtapp.engine.model.sources import resolve_model
+    from qtapp.engine.planning.budget import job_bytes
+    from qtapp.engine.planning.planner import final_bytes, formula_bytes
+
+    # 8-bit, with the MLP at 2 bits by a per-module rule
     job = JobSpec(model=str(tiny_llama_dir), method="rtn", out=str(tmp_path / "o"),
-                  scheme=QuantScheme(bits=8, group_size=32), evaluate=False, calibration=CalibrationSpec(samples=2, seq_len=32))
+                  scheme=QuantScheme(bits=8, group_size=32), evaluate=False,
+                  rules=(ModuleRule("*.mlp.*", QuantScheme(bits=2, group_size=32)),),
+                  calibration=CalibrationSpec(samples=2, seq_len=32))
     summary = run_job(job, lambda e: None, lambda: False)
     r = summary["resources"]
     assert r["predicted"]["final_disk"] > 0 and r["predicted"]["peak_ram"] > BASE_RSS
+    # the final size is the size budget's exact count, the rule included: what was written
+    # (every file but the model card, as a budget counts), up to the config.json allowance
+    info = resolve_model(str(tiny_llama_dir))
+    predicted = r["predicted"]["final_disk"]
+    assert predicted == job_bytes(job, info)
+    written = sum(p.stat().st_size for p in Path(summary["out"]).iterdir()
+                  if p.is_file() and p.name != "README.md")
+    assert 0 <= predicted - written < 16 * 1024
+    # without the rule the file is bigger; the bits-per-weight formula (for a config.json
+    # alone) cannot tell the two apart
+    plain = dataclasses.replace(job, rules=())
+    assert final_bytes(plain, info) > predicted
+    shape = A.ModelShape.from_config(info.config, info.name, info.n_params)
+    assert formula_bytes(job, shape) == formula_bytes(plain, shape)
     assert r["measured"]["peak_ram"] > 0 and r["measured"]["seconds"] == summary["seconds"]
     # where the peak happened and how long each stage took, for plan-vs-measured tables
     stages = r["measured"]["stage_peak_ram"]
@@ -111,3 +139,41 @@ def test_a_job_records_predicted_against_measured(tiny_llama_dir, tmp_path):
     assert set(r["measured"]["stage_seconds"]) == set(stages)
     assert sum(r["measured"]["stage_seconds"].values()) <= summary["seconds"]
     assert Path(summary["out"]).is_dir()
+
+
+def test_the_job_runner_refuses_what_the_plan_refuses_unless_overridden(tiny_llama_dir,
+                                                                        tmp_path, monkeypatch):
+    """One check before a job, the planner's: run_job refuses a job that does not fit with
+    the plan's words, before `started`; job.ignore_plan (--ignore-plan, the window's Start
+    anyway) skips exactly that refusal."""
+    import dataclasses
+
+    from qtapp.engine.config import QuantScheme
+    from qtapp.engine.errors import UserError
+    from qtapp.engine.jobs.job import run_job
+    from qtapp.engine.planning import hardware
+
+    monkeypatch.setattr(hardware, "detect", lambda use_torch=True: machine(0.25))
+    job = JobSpec(model=str(tiny_llama_dir), method="rtn", out=str(tmp_path / "o"),
+                  scheme=QuantScheme(bits=4, group_size=32), evaluate=False,
+                  calibration=CalibrationSpec(samples=2, seq_len=32))
+    events = []
+    with pytest.raises(UserError, match=r"does not fit on this machine \(needs .* of RAM; "
+                       r"204\.8 MiB of 256\.0 MiB are usable\).*--ignore-plan"):
+        run_job(job, events.append, lambda: False)
+    assert events == [] and not (tmp_path / "o").exists()
+    summary = run_job(dataclasses.replace(job, ignore_plan=True), events.append, lambda: False)
+    assert Path(summary["out"]).is_dir() and events[0].type == "started"
+    # the plan is still made and logged for the record, the override changes nothing else
+    assert summary["resources"]["predicted"]["peak_ram"] > 256 * 2**20
+
+
+def test_ram_limit_is_what_is_available_now_when_less(tmp_path):
+    from qtapp.engine.planning.planner import ram_limit
+
+    busy = Hardware("Fake CPU", 2, 2, 16 * GiB, 2 * GiB, "TestOS", ())
+    assert ram_limit(busy) == 2 * GiB and ram_limit(machine(16)) == int(0.8 * 16 * GiB)
+    plan = plan_job(JobSpec(model="x", method="gptq", out=str(tmp_path / "o"), evaluate=False),
+                    llama7b(), busy)
+    assert not plan.fits and plan.ram_usable == 2 * GiB
+    assert "of RAM; 2.00 GiB of 16.00 GiB are usable" in plan.problems[0]

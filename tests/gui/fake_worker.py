@@ -1,12 +1,14 @@
 """A scripted stand-in for the engine worker, for GUI tests.
 
-    fake_worker.py --job JOB.json --mode ok|cooperative|hang|crash|exit|fail|noise
-                   [--blocks N] [--delay SECONDS] [--burst]
+    fake_worker.py --job JOB.json --mode ok|cooperative|hang|crash|exit|fail|noise|after
+                   [--blocks N] [--delay SECONDS] [--burst] [--plan]
 
 ok: started, progress and 7 layer events per block, an artifact, a result. cooperative:
 like ok but slow, and answers `cancel` on stdin with a cancelled event. hang: ignores
 cancel and SIGTERM. crash: writes a traceback to stderr, then SIGKILLs itself mid-run.
 exit: exits with code 1 and no final event. fail: a failed event. noise: a non-event line.
+after: like ok, with a log event written after the result (which does not count).
+--plan with ok: a plan event (PLAN) and a result, as `worker --plan` writes them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ KINDS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj
 
 
 BURST: list[str] = []  # with --burst, every event is written at the end in one write
+PLAN = {"model": "fake-model", "method": "rtn", "device": "cpu", "peak_ram": 2**30,
+        "peak_vram": 0, "temp_disk": 2**20, "final_disk": 2**20, "seconds": 12.5,
+        "ram_total": 2**34, "vram_total": 0, "disk_free": 2**36, "probed": True,
+        "block_seconds": 1.5, "problems": [], "fixes": [], "fits": True}
 
 
 def emit(event: ev.Event) -> None:
@@ -47,17 +53,22 @@ def main() -> int:
     p.add_argument("--blocks", type=int, default=4)
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--burst", action="store_true")
+    p.add_argument("--plan", action="store_true")
     args = p.parse_args()
     if args.burst:
         BURST.append("")
     job = json.loads(Path(args.job).read_text(encoding="utf-8"))
+    if args.plan and args.mode == "ok":
+        emit(ev.Plan(plan=PLAN))
+        emit(ev.Result(out="", seconds=0.1))
+        return 0
     cancel = threading.Event()
     if args.mode == "hang":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
         def watch() -> None:
             for line in sys.stdin:
-                if line.strip() == "cancel":
+                if line.split()[:1] == ["cancel"]:  # `cancel` or `cancel SIGTERM`
                     cancel.set()
                     return
         threading.Thread(target=watch, daemon=True).start()
@@ -105,6 +116,8 @@ def main() -> int:
         "source_size_bytes": 270_000_000, "ppl": 12.5, "ppl_source": 12.0,
         "files": ["config.json", "model.safetensors"], "calibration": [8, 64],
         "seconds": 1.5}))
+    if args.mode == "after":
+        emit(ev.Log(level="info", message="written after the result"))
     return 0
 
 

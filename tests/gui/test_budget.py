@@ -22,27 +22,35 @@ def page(tiny_method_page):
     return tiny_method_page
 
 
+def _preview(method, qtbot, profiled: bool = False):
+    budget = method.budget
+    qtbot.waitUntil(lambda: budget.preview is not None
+                    and (budget.preview[1] is not None or not profiled), timeout=20000)
+    return budget.preview
+
+
 def test_budget_field_spans_the_possible_sizes_and_goes_into_the_job(page, qtbot):
     method, _info = page
-    method.budget_on.setChecked(True)
-    qtbot.waitUntil(lambda: method._budget is not None, timeout=20000)
-    model = method._budget[0]
-    assert method.budget_mib.minimum() == pytest.approx(model.smallest() / 2**20, abs=0.1)
-    assert method.budget_mib.maximum() == pytest.approx(model.largest() / 2**20, abs=0.1)
-    assert "measures each module's sensitivity" in method.budget_info.text()
-    method.budget_slider.setValue(1000)
-    assert method.budget_mib.value() == pytest.approx(method.budget_mib.maximum())
+    budget, rules = method.budget, method.rules_table
+    budget.budget_on.setChecked(True)
+    model = _preview(method, qtbot)[0]
+    assert budget.budget_mib.minimum() == pytest.approx(model.smallest() / 2**20, abs=0.1)
+    assert budget.budget_mib.maximum() == pytest.approx(model.largest() / 2**20, abs=0.1)
+    assert "measures each module's sensitivity" in budget.budget_info.text()
+    budget.budget_slider.setValue(1000)
+    assert budget.budget_mib.value() == pytest.approx(budget.budget_mib.maximum())
     job = method.build_job()
-    assert job.target_bytes == int(method.budget_mib.value() * 2**20) and job.rules == ()
-    assert not method.mixed.isEnabled()
-    method.budget_on.setChecked(False)
-    assert method.build_job().target_bytes == 0 and method.mixed.isEnabled()
+    assert job.target_bytes == int(budget.budget_mib.value() * 2**20) and job.rules == ()
+    assert not rules.mixed.isEnabled() and not rules.table.isEnabled()
+    budget.budget_on.setChecked(False)
+    assert method.build_job().target_bytes == 0 and rules.mixed.isEnabled()
 
 
 def test_prediction_follows_the_slider_once_a_profile_exists(page, qtbot):
     method, info = page
-    method.budget_on.setChecked(True)
-    qtbot.waitUntil(lambda: method._budget is not None, timeout=20000)
+    budget = method.budget
+    budget.budget_on.setChecked(True)
+    _preview(method, qtbot)
     job = method.build_job()
     model, _ = budget_preview(job, info)
     # a made-up profile: errors fall with bits, the first module matters 100× more
@@ -59,20 +67,20 @@ def test_prediction_follows_the_slider_once_a_profile_exists(page, qtbot):
         method.plan_finished({"plan": {"rules": [
             {"pattern": model.modules[0].name, "scheme": None, "skip": True, "gguf_type": ""}],
             "scheme": {"bits": 3, "group_size": 64, "sym": True}}})
-        qtbot.waitUntil(lambda: method._budget is not None and method._budget[1] is not None,
-                        timeout=20000)
-        method.budget_slider.setValue(0)
-        low = method.budget_info.text()
-        method.budget_slider.setValue(600)
-        high = method.budget_info.text()
+        _preview(method, qtbot, profiled=True)
+        budget.budget_slider.setValue(0)
+        low = budget.budget_info.text()
+        budget.budget_slider.setValue(600)
+        high = budget.budget_info.text()
         assert "× the output error" in low and "× the output error" in high
         ratio = [float(t.split("Predicted: ")[1].split("×")[0]) for t in (low, high)]
         assert ratio[1] < ratio[0]
         # the finished plan becomes ordinary, editable rules
-        assert method.use_plan.isVisible() or not method.isVisible()
-        method.use_plan.click()
-        assert not method.budget_on.isChecked() and method.mixed.currentIndex() == 2
-        rules = method.rules_from_table()
+        assert budget.use_plan.isVisible() or not method.isVisible()
+        budget.use_plan.click()
+        assert not budget.budget_on.isChecked() and method.rules_table.mixed.currentIndex() == 2
+        assert method.rules_table.table.isVisible() or not method.isVisible()
+        rules = method.rules_table.rules()
         assert [r.pattern for r in rules] == [model.modules[0].name] and rules[0].skip
         assert method.bits.currentData() == 3
     finally:

@@ -64,20 +64,21 @@ def test_only_dividing_group_sizes_are_offered_and_64_is_chosen_for_the_demo(win
     assert window.page("hardware").rec_title.text() == "Recommended: AWQ 4-bit, group 64"
     assert method.group.currentData() == 64 and method.start_button.isEnabled()
 
-    method.mixed.setCurrentIndex(1)  # the attention 8-bit / FFN 4-bit preset follows the group
-    assert [method.rules.item(r, 2).text() for r in range(2)] == ["64", "64"]
+    method.rules_table.mixed.setCurrentIndex(1)  # the attention 8-bit / FFN 4-bit preset
+    table = method.rules_table.table  # follows the group
+    assert [table.item(r, 2).text() for r in range(2)] == ["64", "64"]
     method.group.setCurrentIndex(0)  # 32
-    assert [method.rules.item(r, 2).text() for r in range(2)] == ["32", "32"]
+    assert [table.item(r, 2).text() for r in range(2)] == ["32", "32"]
     assert method.start_button.isEnabled(), method.validation.text()
 
-    method.rules.item(1, 2).setText("128")  # a custom rule with a group that does not divide
+    table.item(1, 2).setText("128")  # a custom rule with a group that does not divide
     assert not method.start_button.isEnabled()
     assert method.validation.text() == (
         "⚠ rule 2 ('*.mlp.*'): group size 128 does not divide the 576 input features of "
         "gate_proj, up_proj in every block (576 / 128 = 4.5); GPTQ, AWQ and compressed-tensors "
         "need whole groups. Fix: give rule 2 ('*.mlp.*') group size 64 (576 = 9 × 64, "
         "1536 = 24 × 64)")
-    method.rules.item(1, 2).setText("64")
+    table.item(1, 2).setText("64")
     assert method.start_button.isEnabled(), method.validation.text()
 
     window.state.set_model(model_info(tmp_path, "Llama-7B-test", LLAMA_7B, 6_738_415_616))

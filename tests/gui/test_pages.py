@@ -59,7 +59,7 @@ def test_hardware_page_shows_facts_table_and_recommendation(window: MainWindow) 
     assert page.rec_title.text() == "Recommended: GGUF Q4_K_M"
     rows = page.table_text()
     assert [r[0] for r in rows] == ["7B", "13B", "70B"]
-    assert rows[0][1:5] == ["6.7B", "13.5 GB", "7.2 GB", "3.9 GB"]
+    assert rows[0][1:5] == ["6.7B", "12.55 GiB", "6.66 GiB", "3.62 GiB"]  # binary units
     assert rows[2][5] == "does not fit"  # 70B on 32 GiB of RAM and no GPU
     window.state.set_model(model_info(Path("/models")))
     rows = page.table_text()
@@ -96,26 +96,27 @@ def test_method_page_explains_why_start_is_disabled(window: MainWindow, tmp_path
     assert method.validation.text().startswith("✓ Ready: AWQ")
     assert Path(method.out_edit.text()).name == "Llama-7B-test-awq-w4g128"
 
-    method.mixed.setCurrentIndex(1)  # the attention 8-bit / FFN 4-bit preset
-    assert method.rules.rowCount() == 2
-    assert [method.rules.item(r, 1).text() for r in range(2)] == ["8", "4"]
-    assert method.mixed.currentIndex() == 1
+    mixed, rules = method.rules_table.mixed, method.rules_table.table
+    mixed.setCurrentIndex(1)  # the attention 8-bit / FFN 4-bit preset
+    assert rules.rowCount() == 2
+    assert [rules.item(r, 1).text() for r in range(2)] == ["8", "4"]
+    assert mixed.currentIndex() == 1
     job = method.build_job()
     assert job.scheme_for("model.layers.0.self_attn.q_proj").bits == 8
     assert job.scheme_for("model.layers.0.mlp.down_proj").bits == 4
     assert method.out_edit.text().endswith("-mixed")
 
-    method.rules.item(0, 0).setText("")  # an empty pattern
-    assert method.mixed.currentIndex() == 2  # an edited preset becomes custom rules
+    rules.item(0, 0).setText("")  # an empty pattern
+    assert mixed.currentIndex() == 2  # an edited preset becomes custom rules
     assert not method.start_button.isEnabled()
     assert "Mixed-precision rule 1" in method.validation.text()
     assert "non-empty glob" in method.validation.text()
-    method.rules.item(0, 0).setText("*.self_attn.*")
-    method.rules.item(1, 1).setText("9")
+    rules.item(0, 0).setText("*.self_attn.*")
+    rules.item(1, 1).setText("9")
     assert not method.start_button.isEnabled()
     assert "Mixed-precision rule 2" in method.validation.text()
     assert "9 is not allowed" in method.validation.text()
-    method.rules.item(1, 1).setText("4")
+    rules.item(1, 1).setText("4")
     assert method.start_button.isEnabled()
 
     method.calib_source.setCurrentIndex(1)
@@ -171,12 +172,12 @@ def test_a_run_fills_the_chart_and_lands_in_results(window: MainWindow, tmp_path
     assert run.progress.value() == run.progress.maximum()
     assert "fake worker started" in run.log_view.toPlainText()
     assert run.results_button.isVisible() and not run.cancel_button.isVisible()
-    assert "Finished: 90.0 MB, perplexity 12.50" in run.stage.text()
+    assert "Finished: 85.8 MiB, perplexity 12.50" in run.stage.text()  # 90e6 bytes
 
     results = window.page("results")
     rows = results.table_text()
-    assert rows[0][:5] == ["fake-model", "original", "16-bit", "270 MB", "12.00"]
-    assert rows[1][:6] == ["fake-model", "GPTQ", "W4 g128 sym", "90.0 MB (33%)", "12.50",
+    assert rows[0][:5] == ["fake-model", "original", "16-bit", "257.5 MiB", "12.00"]
+    assert rows[1][:6] == ["fake-model", "GPTQ", "W4 g128 sym", "85.8 MiB (33%)", "12.50",
                            "+4.2 %"]
     assert results.selected()[1].out == str(tmp_path / "out-gptq")
     assert "model.safetensors" in results.detail.text("Files")

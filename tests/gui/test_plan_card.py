@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 from PySide6.QtWidgets import QMessageBox
 
-from qtapp.engine.planning.budget import format_size
 from qtapp.engine.planning.hardware import detect
 from qtapp.engine.planning.planner import plan_job
+from qtapp.engine.units import format_size
 
 
 @pytest.fixture
@@ -23,9 +23,9 @@ def page(tiny_method_page):
 
 
 def _planned(method, qtbot):
-    qtbot.waitUntil(lambda: method._plan is not None
-                    and method._plan_for == method._plan_key(method.build_job()), timeout=20000)
-    return method._plan
+    card = method.plan_card
+    qtbot.waitUntil(lambda: card.plan_for(method.build_job()) is not None, timeout=20000)
+    return card.plan
 
 
 def test_plan_shows_the_planners_numbers_for_the_form(page, qtbot):
@@ -34,15 +34,13 @@ def test_plan_shows_the_planners_numbers_for_the_form(page, qtbot):
     expected = plan_job(method.build_job(), info, hw=method.state.hardware)
     assert plan.fits and plan.peak_ram == expected.peak_ram
     assert plan.final_disk == expected.final_disk
-    text = method.plan_text.text()
+    text = method.plan_card.plan_text.text()
     assert "Fits on this machine" in text
     assert format_size(plan.peak_ram) in text and format_size(plan.final_disk) in text
     assert method.start_button.text() == "Start quantizing"
     # the plan follows the form: 8 bits make a bigger file than 4 bits
     method.bits.setCurrentIndex(method.bits.findData(8))
-    qtbot.waitUntil(lambda: method._plan_for == method._plan_key(method.build_job()),
-                    timeout=20000)
-    assert method._plan.final_disk > plan.final_disk
+    assert _planned(method, qtbot).final_disk > plan.final_disk
 
 
 def test_a_job_that_does_not_fit_is_shown_and_start_asks(page, qtbot, monkeypatch):
@@ -53,10 +51,11 @@ def test_a_job_that_does_not_fit_is_shown_and_start_asks(page, qtbot, monkeypatc
     method.samples.setValue(method.samples.value() + 1)
     plan = _planned(method, qtbot)
     assert not plan.fits and plan.problems
-    assert "Does not fit" in method.plan_text.text()
-    assert "RAM" in method.plan_text.text()
-    assert method.plan_fixes.isVisible() or not method.isVisible()
-    assert method.plan_fixes.text().startswith("What would fit")
+    card = method.plan_card
+    assert "Does not fit" in card.plan_text.text()
+    assert "RAM" in card.plan_text.text()
+    assert card.plan_fixes.isVisible() or not method.isVisible()
+    assert card.plan_fixes.text().startswith("What would fit")
     assert method.start_button.text() == "Start anyway…"
 
     started = []
@@ -76,17 +75,20 @@ def test_a_job_that_does_not_fit_is_shown_and_start_asks(page, qtbot, monkeypatc
     monkeypatch.setattr(QMessageBox, "warning", answer(QMessageBox.StandardButton.Yes))
     method.start_button.click()
     assert len(asked) == 2 and len(started) == 1
+    # the user's override travels with the job: the job runner's own check honours it
+    assert started[0].ignore_plan and not method.build_job().ignore_plan
 
 
 @pytest.mark.slow
 def test_time_one_block_runs_the_planner_probe_in_a_worker(page, qtbot):
     method, _info = page
     _planned(method, qtbot)
-    method.probe_button.click()
-    assert not method.probe_button.isEnabled()
-    assert "Timing one block" in method.plan_text.text()
-    qtbot.waitUntil(lambda: method.probe_button.isEnabled(), timeout=180000)
-    plan = method._plan
-    assert plan is not None and plan.probed, method.plan_text.text()
+    card = method.plan_card
+    card.probe_button.click()
+    assert not card.probe_button.isEnabled()
+    assert "Timing one block" in card.plan_text.text()
+    qtbot.waitUntil(lambda: card.probe_button.isEnabled(), timeout=180000)
+    plan = card.plan
+    assert plan is not None and plan.probed, card.plan_text.text()
     assert plan.block_seconds > 0
-    assert "one block timed on this machine" in method.plan_text.text()
+    assert "one block timed on this machine" in card.plan_text.text()

@@ -16,14 +16,12 @@ from typing import Any
 
 import qtapp
 from qtapp.engine.config import JobSpec
+from qtapp.engine.units import format_size
 
 METHOD_NAMES = {"rtn": "RTN (round to nearest)", "gptq": "GPTQ (Frantar et al.)",
                 "awq": "AWQ (Lin et al.)", "gguf": "GGUF (llama.cpp)"}
 FORMAT_TAGS = {"gptq": "gptq", "awq": "awq", "compressed-tensors": "compressed-tensors"}
 
-
-def _mib(n: float) -> str:
-    return f"{n / 2**20:,.1f} MiB"
 
 
 def _scheme_label(bits: int, group_size: int, sym: bool) -> str:
@@ -88,9 +86,9 @@ def _measured(summary: dict[str, Any]) -> list[str]:
         rows.append("| perplexity | not measured |")
     size, size_src = summary.get("size_bytes"), summary.get("source_size_bytes")
     if size is not None:
-        rel = f" ({size / size_src * 100:.0f}% of the source's {_mib(size_src)})" \
+        rel = f" ({size / size_src * 100:.0f}% of the source's {format_size(size_src)})" \
             if size_src else ""
-        rows.append(f"| size of the weight files | {_mib(size)}{rel} |")
+        rows.append(f"| size of the weight files | {format_size(size)}{rel} |")
     else:
         rows.append("| size of the weight files | not measured |")
     for key, label in (("quantize_seconds", "quantization time"), ("seconds", "total time")):

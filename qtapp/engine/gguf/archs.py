@@ -1,7 +1,8 @@
-"""The Hugging Face architectures QuantDesk converts to GGUF, and what differs between them.
+"""The GGUF side of each family: read from the family table (qtapp.engine.model.arch).
 
-Re-derived from llama.cpp @0c1e57098 (the llama-cpp-python 0.3.36 vendor copy):
-conversion/llama.py (LlamaModel) and conversion/qwen.py (Qwen2Model, Qwen3Model).
+Each family's GgufFacts were re-derived from llama.cpp's convert_hf_to_gguf.py (conversion/
+llama.py, qwen.py, granite.py, olmo.py, phi.py, gemma.py, glm.py, smollm3.py); tensor names
+come from the gguf package's TensorNameMap for the family's MODEL_ARCH (hf_model.py).
 """
 
 from __future__ import annotations
@@ -12,49 +13,66 @@ from typing import Any
 import gguf
 
 from qtapp.engine.errors import UserError
+from qtapp.engine.model.arch import FAMILIES, Family, GgufFacts, family_for
 
 
 @dataclass(frozen=True)
 class GgufArch:
-    """How one family is written.
-
-    permute_qk: attn_q/attn_k rows are reordered for llama.cpp's rotary layout
-    (LlamaModel.undo_permute). llama_keys: the family also writes `{arch}.vocab_size` and
-    `{arch}.rope.dimension_count` (LlamaModel.set_gguf_parameters). vocab: the order in
-    which tokenizer files are tried, "llama" (SentencePiece, then Llama-style HF BPE, then
-    GPT-2 BPE) or "qwen" (SentencePiece, then GPT-2 BPE).
-    """
+    """How one family is written (see GgufFacts): model_arch is the gguf.MODEL_ARCH member;
+    norm_offset is added to every norm weight (Gemma's x̂·(1 + w), stored as 1 + w the way
+    llama.cpp's Gemma converters do)."""
 
     model_arch: gguf.MODEL_ARCH
-    permute_qk: bool
-    llama_keys: bool
-    vocab: str
+    facts: GgufFacts
+    norm_offset: float = 0.0
 
     @property
     def name(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.model_arch]
 
+    @property
+    def permute_qk(self) -> bool:
+        return self.facts.permute_qk
 
-LLAMA = GgufArch(gguf.MODEL_ARCH.LLAMA, permute_qk=True, llama_keys=True, vocab="llama")
-QWEN2 = GgufArch(gguf.MODEL_ARCH.QWEN2, permute_qk=False, llama_keys=False, vocab="qwen")
-QWEN3 = GgufArch(gguf.MODEL_ARCH.QWEN3, permute_qk=False, llama_keys=False, vocab="qwen")
+    @property
+    def llama_keys(self) -> bool:
+        return self.facts.llama_keys
 
-ARCHS: dict[str, GgufArch] = {
-    "LlamaForCausalLM": LLAMA,
-    "MistralForCausalLM": LLAMA,
-    "Qwen2ForCausalLM": QWEN2,
-    "Qwen3ForCausalLM": QWEN3,
-}
+    @property
+    def vocab(self) -> str:
+        return self.facts.vocab
+
+
+def gguf_arch(family: Family) -> GgufArch | None:
+    """The GgufArch of a supported family that llama.cpp converts, else None."""
+    if not family.supported or family.gguf is None:
+        return None
+    return GgufArch(getattr(gguf.MODEL_ARCH, family.gguf.arch), family.gguf, family.norm_offset)
+
+
+ARCHS: dict[str, GgufArch] = {a: g for f in FAMILIES.values()
+                              if (g := gguf_arch(f)) is not None for a in f.architectures}
+LLAMA = ARCHS["LlamaForCausalLM"]
+QWEN2 = ARCHS["Qwen2ForCausalLM"]
+QWEN3 = ARCHS["Qwen3ForCausalLM"]
 
 
 def arch_of(config: dict[str, Any]) -> GgufArch:
     """The GGUF family of a model from its config.json, or a UserError naming it."""
     names = config.get("architectures") or []
-    for name in names:
-        if name in ARCHS:
-            return ARCHS[name]
     shown = ", ".join(names) if names else f"model_type {config.get('model_type')!r}"
-    raise UserError(
-        f"GGUF conversion does not support the architecture {shown}. QuantDesk converts "
-        f"{', '.join(ARCHS)}. Choose GPTQ or AWQ for this model, or convert it with "
-        "llama.cpp's convert_hf_to_gguf.py.")
+    try:
+        family = family_for(config)
+    except UserError as e:
+        raise UserError(f"GGUF conversion does not support the architecture {shown}: {e}"
+                        ) from None
+    if not family.supported:
+        raise UserError(f"GGUF conversion does not support the architecture {shown}: "
+                        f"{family.reason}.")
+    found = gguf_arch(family)
+    if found is None:
+        raise UserError(
+            f"GGUF conversion does not support the architecture {shown}: {family.gguf_reason}. "
+            f"QuantDesk converts {', '.join(ARCHS)}. Choose GPTQ or AWQ for this model, or convert it "
+            "with llama.cpp's convert_hf_to_gguf.py.")
+    return found

@@ -21,6 +21,7 @@ import gguf
 import numpy as np
 
 from qtapp.engine.errors import Cancelled, UserError
+from qtapp.engine.events import ShouldCancel
 from qtapp.engine.gguf import ggml_quant
 from qtapp.engine.gguf.hf_model import HfModel, SourceTensor
 from qtapp.engine.gguf.metadata import add_general, add_hparams
@@ -34,9 +35,9 @@ from qtapp.engine.gguf.types import (
     file_type,
 )
 from qtapp.engine.gguf.vocab import add_vocab
+from qtapp.engine.units import format_size
 
-Progress = Callable[[str, int, int], None]
-ShouldCancel = Callable[[], bool]
+StepCallback = Callable[[str, int, int], None]  # (tensor name, tensors done, tensors in all)
 Encoder = Callable[["PlannedTensor", np.ndarray], np.ndarray]
 
 # tensors llama.cpp's converter always keeps in F32 (ModelBase.prepare_tensors)
@@ -117,14 +118,14 @@ def plan_tensors(model: HfModel, ftype: FT, has_imatrix: bool = False,
 def _check_free_space(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise UserError(f"{folder} has {free / 2**30:.1f} GiB free but the GGUF file needs "
-                        f"about {needed / 2**30:.1f} GiB; free some space or pick another "
+        raise UserError(f"{folder} has {format_size(free)} free but the GGUF file needs "
+                        f"about {format_size(needed)}; free some space or pick another "
                         "folder.")
 
 
 def write_gguf(model: HfModel, out_file: Path, ftype: FT, plan: list[PlannedTensor],
                encode: Encoder, extra_kv: Callable[[gguf.GGUFWriter], None] | None = None,
-               progress: Progress | None = None, should_cancel: ShouldCancel | None = None
+               progress: StepCallback | None = None, should_cancel: ShouldCancel | None = None
                ) -> GgufReport:
     """Write `plan` to `out_file` atomically; `encode` turns float32 data into stored bytes."""
     start = time.perf_counter()
@@ -169,7 +170,7 @@ def write_gguf(model: HfModel, out_file: Path, ftype: FT, plan: list[PlannedTens
 
 
 def convert_to_gguf(model_dir: Path, out_file: Path, out_type: str = "F16",
-                    progress: Progress | None = None,
+                    progress: StepCallback | None = None,
                     should_cancel: ShouldCancel | None = None) -> GgufReport:
     """Convert a Hugging Face folder to an F32, F16 or BF16 GGUF file."""
     ftype = file_type(out_type)

@@ -84,6 +84,13 @@ class HfModel:
         self.n_head: int = self.hparam("num_attention_heads", "n_head", "n_heads")
         self.n_head_kv: int = self.config.get("num_key_value_heads", self.n_head)
         self.reader = SafetensorsReader(self.dir)
+        rope = rope_parameters(self.config)
+        if rope.get("long_factor") is not None or str(rope.get("rope_type")) in ("su",
+                                                                                "longrope"):
+            raise UserError(
+                f"{self.dir.name} uses long-context rope scaling (longrope, per-frequency "
+                "factors), which QuantDesk's GGUF writer does not carry; convert it with "
+                "llama.cpp's convert_hf_to_gguf.py, or choose GPTQ or AWQ.")
 
     def hparam(self, *keys: str) -> Any:
         for key in keys:
@@ -127,7 +134,12 @@ class HfModel:
             if hf_name == "lm_head.weight" and self.tied_embeddings:
                 continue  # the loader reuses token_embd (ggml-org/llama.cpp PR #5824)
             transform = None
-            if self.arch.permute_qk:
+            if self.arch.norm_offset and hf_name.endswith("norm.weight"):
+                offset = self.arch.norm_offset
+
+                def transform(w: np.ndarray) -> np.ndarray:
+                    return w + np.float32(offset)  # x̂·(1 + w) stored as 1 + w
+            elif self.arch.permute_qk:
                 if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
                     def transform(w: np.ndarray) -> np.ndarray:
                         return permute_rows(w, self.n_head, self.n_head)

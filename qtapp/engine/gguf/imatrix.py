@@ -31,6 +31,11 @@ import numpy as np
 import torch
 
 from qtapp.engine.errors import Cancelled, UserError
+from qtapp.engine.gguf.hf_model import HfModel
+from qtapp.engine.model.loader import load_tokenizer
+
+# transformers is imported inside compute_imatrix, the one function that builds a whole model: it
+# takes about half a second to import.
 
 KEY_DATASETS = "imatrix.datasets"
 KEY_CHUNK_COUNT = "imatrix.chunk_count"
@@ -320,9 +325,6 @@ def compute_imatrix(model_dir: Path, batches: torch.Tensor, dataset: str = "buil
     the block inputs it captures instead.
     """
     from transformers import AutoModelForCausalLM
-
-    from qtapp.engine.gguf.hf_model import HfModel
-    from qtapp.engine.model.loader import load_tokenizer
 
     hf = HfModel(Path(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,

@@ -1,26 +1,23 @@
-"""Run GGUF files with llama-cpp-python: perplexity, streaming chat, Ollama Modelfile.
+"""Run GGUF files with llama-cpp-python: loading, streaming chat, Ollama Modelfile.
 
-Perplexity uses the same protocol as qtapp.engine.quality.evaluate: non-overlapping windows of
-`ctx` tokens of the given token ids; within each window every token but the first is
-predicted. The model is created with logits_all=True, so `Llama.eval(window)` leaves one row
-of logits per position in `Llama.scores`; the log-softmax is taken here in float64. The
-token ids come from the Hugging Face tokenizer, so GGUF and Hugging Face models are scored
-on identical inputs (llama.cpp's own tokenizer is not involved).
+A GGUF file's perplexity is the quality gate's (qtapp.engine.quality.gate, which loads the
+file here with logits for every position): the one protocol for every model QuantDesk
+measures.
 """
 
 from __future__ import annotations
 
-import math
+import importlib.util
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from qtapp.engine.errors import UserError
 
-DEFAULT_CTX = 512
+# llama_cpp (llama-cpp-python, the optional [gguf] extra) is imported inside load_llama: QuantDesk
+# runs without it, and llama_cpp_available() says whether it is there.
+
 # ggml's "extra buffer types" repack Q4_0/Q4_K/IQ4 weights at load time for faster CPU
 # kernels (AMX / AVX-512 variants). On some virtual machines whose CPUs advertise AMX and
 # AVX-512 (seen on the 2-core Xeon build machines of this project) a natively built
@@ -35,8 +32,6 @@ def _repack_enabled() -> bool:
 
 
 def llama_cpp_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("llama_cpp") is not None
 
 
@@ -72,29 +67,6 @@ def load_llama(gguf_path: Path, n_ctx: int = 2048, logits_all: bool = False,
                         "download or convert it again.") from e
     finally:
         lib.llama_model_default_params = defaults
-
-
-def perplexity(gguf_path: Path, tokens: Sequence[int] | np.ndarray, ctx: int = DEFAULT_CTX,
-               n_threads: int | None = None) -> float:
-    """exp(mean NLL) of `tokens` ((T,) or (1, T) ids) under the GGUF model."""
-    ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
-    n_windows = ids.size // ctx
-    if n_windows == 0:
-        raise ValueError(f"the evaluation text has {ids.size} tokens; need at least {ctx}")
-    llm = load_llama(gguf_path, n_ctx=ctx, logits_all=True, n_threads=n_threads)
-    nll, count = 0.0, 0
-    try:
-        for w in ids[: n_windows * ctx].reshape(n_windows, ctx):
-            llm.reset()
-            llm.eval(w.tolist())
-            logits = np.asarray(llm.scores[: ctx - 1], dtype=np.float64)  # (ctx-1, V)
-            m = logits.max(axis=-1, keepdims=True)
-            logz = (m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True)))[:, 0]
-            nll -= float((logits[np.arange(ctx - 1), w[1:]] - logz).sum())
-            count += ctx - 1
-    finally:
-        llm.close()
-    return math.exp(nll / count)
 
 
 def chat_stream(llm: Any, messages: list[dict[str, str]], max_tokens: int = 256,

@@ -1,8 +1,9 @@
 """Model hyper-parameters and authorship of a Hugging Face folder as GGUF keys.
 
 Follows llama.cpp @0c1e57098 conversion/base.py (TextModel.set_gguf_parameters,
-ModelBase.prepare_metadata) and conversion/llama.py (LlamaModel.set_gguf_parameters), for
-the dense Llama and Qwen families QuantDesk converts.
+ModelBase.prepare_metadata) and conversion/llama.py (LlamaModel.set_gguf_parameters); what a
+family adds (Granite's multipliers, Gemma's soft-capping, Phi-3's sliding window …) is data
+in its GgufFacts (qtapp.engine.model.arch), written here.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def add_general(writer: gguf.GGUFWriter, model_dir: Path) -> None:
 
 def add_hparams(writer: gguf.GGUFWriter, model: HfModel, file_type: int) -> None:
     """{arch}.* keys, general.file_type and general.quantization_version."""
-    c = model.config
+    facts = model.arch.facts
+    c = {k: v for k, v in model.config.items() if k not in facts.ignore}
     writer.add_block_count(model.n_layer)
     if (n_ctx := _first(c, "max_position_embeddings", "n_ctx", "n_positions", "max_length",
                         "max_sequence_length", "model_max_length")) is not None:
@@ -52,9 +54,18 @@ def add_hparams(writer: gguf.GGUFWriter, model: HfModel, file_type: int) -> None
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     writer.add_file_type(file_type)
-    if model.arch.llama_keys:
+    if facts.llama_keys:
         writer.add_vocab_size(c["vocab_size"])
-        writer.add_rope_dimension_count(head_dim or c["hidden_size"] // model.n_head)
+    if facts.rope_dims:
+        rope = rope_parameters(c)
+        partial = rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
+        writer.add_rope_dimension_count(
+            int((head_dim or c["hidden_size"] // model.n_head) * (partial or 1.0)))
+    for key, method, default in facts.kv:  # the family's own keys (arch.GgufFacts.kv)
+        value = c.get(key)
+        value = default if value is None else value
+        if value is not None:
+            getattr(writer, method)(value)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 

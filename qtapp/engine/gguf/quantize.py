@@ -16,12 +16,12 @@ import gguf
 import numpy as np
 
 from qtapp.engine.errors import UserError
+from qtapp.engine.events import ShouldCancel
 from qtapp.engine.gguf import ggml_quant
 from qtapp.engine.gguf.convert import (
     GgufReport,
     PlannedTensor,
-    Progress,
-    ShouldCancel,
+    StepCallback,
     plan_tensors,
     write_gguf,
 )
@@ -61,7 +61,7 @@ def _importance_for(plan: list[PlannedTensor], importance: Mapping[str, np.ndarr
 def quantize_to_gguf(model_dir: Path, out_file: Path, ftype: str = "Q4_K_M",
                      imatrix: Imatrix | Mapping[str, np.ndarray] | None = None,
                      overrides: Mapping[str, str] | None = None,
-                     progress: Progress | None = None,
+                     progress: StepCallback | None = None,
                      should_cancel: ShouldCancel | None = None) -> GgufReport:
     """Write `model_dir` as a GGUF file of llama.cpp file type `ftype` ("Q4_K_M", "F16"...).
 

@@ -195,7 +195,7 @@ class _Mixture:
         return t
 
 
-def _fallback(t: Q, ne0: int) -> Q:
+def type_fallback(t: Q, ne0: int) -> Q:
     """tensor_type_fallback: a type whose block fits rows of `ne0` values."""
     if ne0 % block_size(t) == 0:
         return t
@@ -242,7 +242,7 @@ def choose_types(tensors: Sequence[TensorSpec], ftype: FT, facts: ModelFacts,
         else:
             t = mixture.type_for(default, spec.name, ne0)
             reason = "default" if t == default else "mixture"
-        fitted = _fallback(t, ne0)
+        fitted = type_fallback(t, ne0)
         if fitted != t:
             reason = f"fallback from {t.name}"
         choices[spec.name] = TypeChoice(fitted, reason)

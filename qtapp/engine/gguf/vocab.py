@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+from sentencepiece import SentencePieceProcessor
 
 from qtapp.engine.errors import UserError
 from qtapp.engine.gguf.archs import GgufArch
 from qtapp.engine.gguf.pretokenizers import CHKTXT, PRE_BY_HASH
+from qtapp.engine.model.loader import load_tokenizer
 
 LLAMA_CPP_VERSION = "0c1e57098"
 
@@ -67,8 +69,6 @@ def _tokenizer_config(model_dir: Path) -> dict[str, Any]:
 def _auto_tokenizer(model_dir: Path) -> Any:
     """The folder's tokenizer (qtapp.engine.model.loader.load_tokenizer: never code shipped with
     the model, which a GGUF file could not carry anyway)."""
-    from qtapp.engine.model.loader import load_tokenizer
-
     return load_tokenizer(model_dir)
 
 
@@ -153,8 +153,6 @@ def _add_sentencepiece(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int
     path = model_dir / "tokenizer.model"
     if not path.is_file():
         raise FileNotFoundError(path)
-    from sentencepiece import SentencePieceProcessor
-
     sp = SentencePieceProcessor()
     sp.LoadFromFile(str(path))
     n_vocab = vocab_size or sp.vocab_size()

@@ -1,2 +1,3 @@
-"""Running one job: the orchestrator from model to renamed output (job) and the child-process
-entry that runs it for the window and the command line (worker)."""
+"""Running one job: the orchestrator from model to renamed output (job), the child-process
+entry that runs it (worker), and the one client that starts a worker and reads its events for
+the window, the command line and the plan probe (client)."""

@@ -8,9 +8,6 @@ a failed or cancelled job leaves no output folder behind.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -18,106 +15,52 @@ from pathlib import Path
 from typing import Any
 
 from qtapp.engine import events as ev
+from qtapp.engine import export
 from qtapp.engine.config import JobSpec
-from qtapp.engine.errors import UserError
-from qtapp.engine.model.loader import load_tokenizer
+from qtapp.engine.errors import Cancelled
+from qtapp.engine.events import Emit
+from qtapp.engine.export.common import custom_code_warning
+from qtapp.engine.export.model_card import write_model_card
+from qtapp.engine.model.loader import load_tokenizer, remote_code_warning
 from qtapp.engine.model.sources import ModelInfo, cache_root, resolve_model
 from qtapp.engine.outputs import (
     check_output_path,
-    free_bytes,
+    drop_strays,
     is_disk_full,
+    job_disk_full_error,
     lock_checkpoint,
     lock_output,
     partial_path,
-    stray_files,
+    replace_output,
 )
+from qtapp.engine.planning.allocate import plan_for_job
+from qtapp.engine.planning.compat import chat_warnings
+from qtapp.engine.planning.planner import Plan, StagePeaks, plan_job, track_stage_peaks
+from qtapp.engine.quality.evaluate import folder_size
+from qtapp.engine.quality.gate import quality_report
 from qtapp.engine.quant.calibration import calibration_tokens
-
-Emit = Callable[[ev.Event], None]
-
-
-def check_memory(job: JobSpec, info: ModelInfo, device: Any) -> None:
-    """Refuse a job that the advisor predicts cannot fit in memory, before it starts."""
-    from qtapp.engine.planning.advisor import ModelShape, format_size, quantize_peak_bytes
-
-    c = job.calibration
-    shape = ModelShape.from_config(info.config, info.name, info.n_params)
-    need = quantize_peak_bytes(shape, job.method, c.samples, c.seq_len)
-    if str(device).startswith("cuda"):
-        import torch
-
-        have, where = torch.cuda.mem_get_info(device)[0], "free GPU memory"
-    else:
-        import psutil
-
-        have, where = psutil.virtual_memory().available, "available RAM"
-    if need > have:
-        raise UserError(
-            f"{info.name} with {job.method} and {c.samples} calibration samples × {c.seq_len} "
-            f"tokens needs about {format_size(need)} of working memory, but this machine has "
-            f"{format_size(have)} of {where}. Use fewer samples (--samples) or a shorter "
-            "--seq-len, close other programs, or use a machine with more memory."
-        )
+from qtapp.engine.quant.pipeline import (
+    collect_input_stats,
+    gather_awq_search,
+    pick_device,
+    quantize_blocks,
+)
+from qtapp.engine.quant.qstore import QuantStore, checkpoint_dir, job_fingerprint
+from qtapp.engine.units import format_size
 
 
-def _disk_full(e: BaseException, out: Path, work: Path) -> UserError:
-    from qtapp.engine.planning.advisor import format_size
-
-    def free(p: Path) -> str:
-        n = free_bytes(p)
-        return "unknown" if n is None else format_size(n)
-
-    return UserError(
-        f"The disk is full: writing the job's files failed ({e}). Free space after clean-up: "
-        f"output folder "
-        f"{out.parent} {free(out.parent)}, checkpoint folder {work} {free(work)}. Nothing was "
-        f"kept in {out}; free some space or choose an output folder on another disk, then "
-        "start the job again (finished blocks stay in the checkpoint)."
-    )
-
-
-def _drop_strays(partial: Path, files: list[str], emit: Emit) -> None:
-    """Before the rename: the finished folder holds only the files the job wrote. Temporary
-    files (a writer's `.tmp*`) are removed; anything else means another writer, a bug."""
-    temp, other = stray_files(partial, files)
-    for p in temp:
-        p.unlink(missing_ok=True)
-    if temp:
-        emit(ev.Log(level="info", message="removed temporary files from the output: "
-                    + ", ".join(str(p.relative_to(partial)) for p in temp)))
-    if other:
-        raise RuntimeError("the finished output holds files the job did not write: "
-                           + ", ".join(str(p.relative_to(partial)) for p in other))
-
-
-def _replace_output(partial: Path, out: Path) -> None:
-    """Move the finished ``partial`` to ``out``; an old ``out`` is kept until that succeeds."""
-    if not out.exists():
-        os.replace(partial, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.replace(out, old)
-    try:
-        os.replace(partial, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def job_fingerprint(job: JobSpec, info: ModelInfo) -> str:
-    """What makes two jobs' checkpoints interchangeable: model, method and its settings."""
-    d = job.to_dict()
-    for k in ("out", "evaluate", "resume", "overwrite", "export_format", "device"):
-        d.pop(k, None)
-    d["model_path"] = str(info.path.resolve())
-    d["weights"] = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in info.weight_files]
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def checkpoint_dir(job: JobSpec, info: ModelInfo) -> Path:
-    """The folder of the job's resumable checkpoint (shared by jobs with the same settings)."""
-    return cache_root() / "jobs" / job_fingerprint(job, info)
+def check_plan(job: JobSpec, info: ModelInfo, out: Path) -> Plan | None:
+    """The one check before a job starts: the planner's plan (memory against what this
+    machine has now, disk, group sizes, the output folder); a job that does not fit is
+    refused with the plan's problems and fixes, as `quantdesk quantize` and the window refuse
+    it, unless the user overrode the plan (job.ignore_plan). Returns the plan (None when
+    overridden: nothing was planned)."""
+    if job.ignore_plan:
+        return None
+    plan = plan_job(job, info, out=out)
+    if not plan.fits:
+        raise plan.refusal()
+    return plan
 
 
 def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
@@ -125,7 +68,7 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
     """Run `job`; `tokens` (n, L) replaces the calibration sampling (benchmarks use it)."""
     t0 = time.perf_counter()
     job.validate()
-    emit, stage_peaks = _tracking_stage_peaks(emit)
+    emit, stage_peaks = track_stage_peaks(emit)
     out = Path(job.out).expanduser().resolve()
     info = resolve_model(job.model, allow_pickle=job.allow_pickle)
     check_output_path(out, info.path, job.overwrite)
@@ -136,27 +79,21 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
 
 def _run_locked(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
                 should_cancel: Callable[[], bool], tokens: Any, t0: float,
-                stage_peaks: _StagePeaks) -> dict[str, Any]:
-    from qtapp.engine.quant.pipeline import pick_device
-
-    check_memory(job, info, pick_device(job.device))
+                stage_peaks: StagePeaks) -> dict[str, Any]:
+    checked = check_plan(job, info, out)
     emit(ev.Started(model=info.name, method=job.method, out=str(out),
                     total_steps=info.n_layers, job=job.to_dict()))
     _warn_unsafe_options(job, info, emit)
-    from qtapp.engine.planning.compat import chat_warnings
-
     for warning in chat_warnings(info.path):
         emit(ev.Log(level="warning", message=f"{info.name}: {warning}"))
     emit(ev.Log(level="info", message=f"{info.name}: {info.arch.name}, {info.n_layers} blocks, "
-                f"{info.n_params / 1e6:.1f} M parameters, {info.size_bytes / 2**20:.0f} MiB"))
+                f"{info.n_params / 1e6:.1f} M parameters, {format_size(info.size_bytes)}"))
     plan = None
     if job.target_bytes or job.target_bpw:
-        from qtapp.engine.planning.allocate import plan_for_job
-
         job, tokens, plan = plan_for_job(job, info, tokens,
                                          lambda: calibration_tokens(job, info, emit),
                                          emit, should_cancel)
-    predicted = _resource_plan(job, info, out, emit)
+    predicted = _resource_plan(job, info, out, emit, checked if plan is None else None)
     partial = partial_path(out)
     if partial.exists():
         shutil.rmtree(partial)
@@ -166,15 +103,13 @@ def _run_locked(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
         else:
             summary = _run_linear_method(job, info, partial, emit, should_cancel, tokens)
         if should_cancel():
-            from qtapp.engine.errors import Cancelled
-
             raise Cancelled()
-        _drop_strays(partial, summary.get("files", []), emit)
-        _replace_output(partial, out)
+        drop_strays(partial, summary.get("files", []), emit)
+        replace_output(partial, out)
     except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
         if is_disk_full(e):
-            raise _disk_full(e, out, cache_root() / "jobs") from None
+            raise job_disk_full_error(e, out, cache_root() / "jobs") from None
         raise
     if plan is not None:
         summary["plan"] = plan
@@ -194,48 +129,11 @@ def _run_locked(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
     return summary
 
 
-class _StagePeaks:
-    """Peak RSS of the process at the end of each progress stage (ru_maxrss only grows, so
-    the first stage whose figure equals the job's peak is where the peak happened), and the
-    seconds each stage took."""
-
-    def __init__(self) -> None:
-        self.peaks: dict[str, int] = {}
-        self.seconds: dict[str, float] = {}
-        self.stage: str | None = None
-        self.t0 = time.perf_counter()
-
-    def see(self, stage: str) -> None:
-        if stage != self.stage:
-            self.finish()
-            self.stage = stage
-
-    def finish(self) -> None:
-        from qtapp.engine.planning.planner import peak_rss
-
-        now = time.perf_counter()
-        if self.stage is not None:
-            self.peaks[self.stage] = peak_rss()
-            self.seconds[self.stage] = round(self.seconds.get(self.stage, 0) + now - self.t0, 2)
-        self.t0 = now
-
-
-def _tracking_stage_peaks(emit: Emit) -> tuple[Emit, _StagePeaks]:
-    peaks = _StagePeaks()
-
-    def tracked(e: ev.Event) -> None:
-        if isinstance(e, ev.Progress):
-            peaks.see(e.stage)
-        emit(e)
-
-    return tracked, peaks
-
-
-def _resource_plan(job: JobSpec, info: ModelInfo, out: Path, emit: Emit) -> dict[str, Any]:
-    """The planner's prediction (formulas, no probe), logged and kept for the result."""
-    from qtapp.engine.planning.planner import plan_job
-
-    plan = plan_job(job, info, out=out)
+def _resource_plan(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
+                   plan: Plan | None = None) -> dict[str, Any]:
+    """The planner's prediction (formulas, no probe; `plan` when check_plan made it for this
+    job), logged and kept for the result."""
+    plan = plan or plan_job(job, info, out=out)
     emit(ev.Log(level="info", message=plan.table()))
     return {k: v for k, v in plan.to_dict().items()
             if k in ("peak_ram", "peak_vram", "temp_disk", "final_disk", "seconds", "device")}
@@ -248,19 +146,14 @@ def _warn_unsafe_options(job: JobSpec, info: ModelInfo, emit: Emit) -> None:
                     "only tensors, but pickle is still a code-execution format; use it only "
                     "for models from authors you trust"))
     if job.trust_remote_code:
-        from qtapp.engine.model.loader import remote_code_warning
-
         emit(ev.Log(level="warning", message=remote_code_warning(info.path)))
 
 
 def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
                        should_cancel: Callable[[], bool], tokens: Any = None,
                        ) -> dict[str, Any]:
-    from qtapp.engine.export import resolve_format
-    from qtapp.engine.quant.pipeline import pick_device
-
     device = pick_device(job.device)
-    fmt = resolve_format(job, info.path)
+    fmt = export.resolve_format(job, info.path)
     if tokens is None:
         tokens = calibration_tokens(job, info, emit)
     work = checkpoint_dir(job, info)
@@ -274,10 +167,6 @@ def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
 def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
                          should_cancel: Callable[[], bool], tokens: Any, device: Any, fmt: str,
                          work: Path) -> dict[str, Any]:
-    from qtapp.engine.export import export_checkpoint
-    from qtapp.engine.quant.pipeline import quantize_blocks
-    from qtapp.engine.quant.qstore import QuantStore
-
     store = QuantStore(work / "blocks", fingerprint=job_fingerprint(job, info))
     emit(ev.Log(level="info", message=f"device {device}; checkpoint in {work}"))
     t_quantize = time.perf_counter()
@@ -290,15 +179,11 @@ def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emi
                                "mixed": job.is_mixed,
                                "quantize_seconds": round(t_quantize, 2),
                                "calibration": [int(tokens.shape[0]), int(tokens.shape[1])]}
-    files = export_checkpoint(fmt, info.path, store, job, partial, summary)
-    from qtapp.engine.export.common import custom_code_warning
-
+    files = export.export_checkpoint(fmt, info.path, store, job, partial, summary)
     dropped = custom_code_warning(info.config)
     if dropped is not None:
         emit(ev.Log(level="warning", message=f"{info.name}: {dropped}"))
     if job.method == "awq":
-        from qtapp.engine.quant.pipeline import gather_awq_search
-
         search = gather_awq_search(store, info.n_layers,
                                    lambda i: f"{info.arch.layers_prefix}.{i}.",
                                    partial / "awq_search" / "search.safetensors")
@@ -307,16 +192,11 @@ def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emi
     summary["files"] = sorted({str(Path(f).relative_to(partial)) for f in files})
     if job.evaluate:
         summary.update(_evaluate(job, info, partial, emit, should_cancel))
-    from qtapp.engine.export.model_card import write_model_card
-    from qtapp.engine.quality.evaluate import folder_size
-
     summary["size_bytes"] = folder_size(partial)
     summary["source_size_bytes"] = info.size_bytes
     write_model_card(partial, job, info, summary)
     summary["files"] = sorted({*summary["files"], "README.md"})
     if should_cancel():  # keep the checkpoint: a cancelled job resumes without re-quantizing
-        from qtapp.engine.errors import Cancelled
-
         raise Cancelled()
     shutil.rmtree(work, ignore_errors=True)
     return summary
@@ -331,8 +211,6 @@ def _quality(model: Path, info: ModelInfo, emit: Emit,
              should_cancel: Callable[[], bool] = lambda: False,
              trust_remote_code: bool = False) -> dict[str, Any]:
     """The quality gate against the source (qtapp.engine.quality.gate), as summary entries."""
-    from qtapp.engine.quality.gate import quality_report
-
     def progress(message: str) -> None:
         emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="evaluate",
                          message=message))
@@ -352,6 +230,7 @@ def _quality(model: Path, info: ModelInfo, emit: Emit,
 
 def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
               should_cancel: Callable[[], bool], tokens: Any = None) -> dict[str, Any]:
+    # The GGUF modules are imported here: they load the gguf package, which only GGUF jobs need.
     from qtapp.engine.gguf.hf_model import HfModel
     from qtapp.engine.gguf.imatrix import (
         ImatrixCollector,
@@ -367,7 +246,6 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
         overrides_from_rules,
     )
     from qtapp.engine.gguf.quantize import quantize_to_gguf
-    from qtapp.engine.quant.pipeline import collect_input_stats, pick_device
 
     ftype = job.gguf.type
     overrides = overrides_from_rules(job.rules)
@@ -413,8 +291,6 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     files.append(write_modelfile(partial, out_file.name, chat_template_of(info.path)).name)
     if job.evaluate:
         summary.update(_evaluate_gguf(info, out_file, emit, should_cancel))
-    from qtapp.engine.export.model_card import write_model_card
-
     write_model_card(partial, job, info, summary)
     summary["files"] = sorted({*files, "README.md"})
     return summary

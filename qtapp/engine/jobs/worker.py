@@ -4,38 +4,54 @@
     python -m qtapp.engine.jobs.worker --job JOB.json --plan
 
 With --plan the job does not run: the planner times its first block on this machine
-(planner.plan_job with probe=True, as `quantdesk quantize --dry-run` does) and one JSON
-object, {"plan": Plan.to_dict()} or {"error": message}, is written to fd 1 (exit 0 / 2).
+(planner.plan_job with probe=True, as `quantdesk quantize --dry-run` does), and the worker
+writes one `plan` event (Plan.to_dict()) followed by `result` with `out` "" (nothing was
+written). A plan run does not watch for `cancel`: SIGTERM ends it at once.
 
-fd 1 carries only events (one JSON object per line); everything else any library prints
-goes to stderr. A line `cancel` (or `cancel SIGTERM`, naming why) on stdin, SIGTERM, SIGHUP
-or SIGINT asks the job to stop within a few seconds; it then cleans up and emits
-`cancelled`. So does the parent's death (seen as this process being re-parented, or as
+fd 1 carries only events (one JSON object per line, events.encode); everything else any
+library prints goes to stderr. A line `cancel` (or `cancel SIGTERM`, naming why) on stdin,
+SIGTERM, SIGHUP or SIGINT asks the job to stop within a few seconds; it then cleans up and
+emits `cancelled`. So does the parent's death (seen as this process being re-parented, or as
 events that can no longer be written): an orphaned worker stops quietly, removes its
-partial output and its job folder, and keeps its checkpoint. Exactly one `result`, `failed`
-or `cancelled` event ends every run. Exit codes: 0 result, 1 failed, 2 bad job file, 3
-cancelled, 4 another job is writing the same output or checkpoint.
+partial output and its job folder, and keeps its checkpoint.
+
+The final-event rule: every run, with --plan or without, ends with exactly one final event
+(events.FINAL_TYPES: `result`, `failed` or `cancelled`; a plan run `result` or `failed`) and
+writes nothing after it. A worker that exits without one was killed or crashed; the client
+that started it (jobs/client.py, for the window, the command line and the plan probe) then
+reports that as one final event of its own. Exit codes: 0 result, 1 failed, 2 bad job file
+(and, with --plan, a job the planner refuses), 3 cancelled, 4 another job is writing the
+same output or checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+import psutil
+
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import Busy, Cancelled, UserError
+from qtapp.engine.events import Emit
+from qtapp.engine.outputs import JOB_DIR_PREFIX
+from qtapp.engine.planning.planner import plan_job
+
+# The job runner (jobs.job) and model.sources import torch: they are imported inside the functions
+# that run a job or a plan, so that the command line, which imports this module at start-up,
+# starts without torch.
 
 EXIT_BUSY = 4
 SIGNAL_WORDS = {"SIGTERM": "SIGTERM (a request to stop)",
@@ -130,8 +146,6 @@ def _watch_parent(flag: CancelFlag, interval_s: float = 0.5) -> None:
         if os.name == "posix":
             gone = os.getppid() != parent
         else:
-            import psutil
-
             gone = not psutil.pid_exists(parent)
         if gone:
             flag.set("parent exited")
@@ -139,7 +153,7 @@ def _watch_parent(flag: CancelFlag, interval_s: float = 0.5) -> None:
         threading.Event().wait(interval_s)
 
 
-def execute(job: JobSpec, emit: Callable[[ev.Event], None],
+def execute(job: JobSpec, emit: Emit,
             should_cancel: Callable[[], bool]) -> int:
     """Run a job, turning every outcome into exactly one final event; returns the exit code."""
     from qtapp.engine.jobs.job import run_job
@@ -149,36 +163,43 @@ def execute(job: JobSpec, emit: Callable[[ev.Event], None],
     except Cancelled:
         emit(ev.Cancelled(message=cancel_message(getattr(should_cancel, "reason", ""))))
         return 3
-    except Busy as e:
-        emit(ev.Failed(message=str(e), kind="busy"))
-        return EXIT_BUSY
-    except UserError as e:
-        emit(ev.Failed(message=str(e), kind="user"))
-        return 1
-    except MemoryError:
-        emit(ev.Failed(message="the machine ran out of memory; use fewer calibration samples "
-                       "(--samples), a shorter --seq-len, or a machine with more memory",
-                       kind="user", detail=traceback.format_exc()[-4000:]))
-        return 1
     except Exception as e:  # noqa: BLE001 - every crash must become a failed event
-        emit(ev.Failed(message=f"internal error: {type(e).__name__}: {e}", kind="internal",
-                       detail=traceback.format_exc()[-4000:]))
-        return 1
+        failed = failed_event(e)
+        emit(failed)
+        return EXIT_BUSY if failed.kind == "busy" else 1
     emit(ev.Result(out=summary["out"], seconds=summary["seconds"], summary=summary))
     return 0
 
 
-def plan_main(job: JobSpec, write_line: Callable[[str], None]) -> int:
-    """--plan: the probed plan of `job` as one JSON line through `write_line`."""
-    from qtapp.engine.model.sources import resolve_model
-    from qtapp.engine.planning.planner import plan_job
+def failed_event(e: BaseException) -> ev.Failed:
+    """The `failed` event that ends a run which raised `e`: "busy" for Busy, "user" for a
+    UserError or the machine running out of memory, else "internal" with the traceback."""
+    if isinstance(e, Busy):
+        return ev.Failed(message=str(e), kind="busy")
+    if isinstance(e, UserError):
+        return ev.Failed(message=str(e), kind="user")
+    detail = "".join(traceback.format_exception(e))[-4000:]
+    if isinstance(e, MemoryError):
+        return ev.Failed(message="the machine ran out of memory; use fewer calibration samples "
+                         "(--samples), a shorter --seq-len, or a machine with more memory",
+                         kind="user", detail=detail)
+    return ev.Failed(message=f"internal error: {type(e).__name__}: {e}", kind="internal",
+                     detail=detail)
 
+
+def plan_main(job: JobSpec, emit: Emit) -> int:
+    """--plan: the probed plan of `job` as a `plan` event, then `result` (exit 0); or one
+    `failed` event (exit 2 for a job the planner refuses, 1 for an internal error)."""
+    from qtapp.engine.model.sources import resolve_model
+    t0 = time.monotonic()
     try:
         plan = plan_job(job, resolve_model(job.model, allow_pickle=job.allow_pickle), probe=True)
-    except UserError as e:
-        write_line(json.dumps({"error": str(e)}))
-        return 2
-    write_line(json.dumps({"plan": plan.to_dict()}))
+    except Exception as e:  # noqa: BLE001 - every crash must become a failed event
+        failed = failed_event(e)
+        emit(failed)
+        return 2 if isinstance(e, UserError) else 1
+    emit(ev.Plan(plan=plan.to_dict()))
+    emit(ev.Result(out="", seconds=time.monotonic() - t0))
     return 0
 
 
@@ -198,19 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", action="store_true",
                         help="print the job's plan (its first block timed) instead of running it")
     args = parser.parse_args(argv)
-    writer = EventWriter()  # fd 1 carries events (or the plan) alone; prints go to stderr
+    writer = EventWriter()  # fd 1 carries events alone; prints go to stderr
     try:
         job = JobSpec.from_json(Path(args.job).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, UserError) as e:
         message = (f"the job file {args.job} is invalid: {e}" if isinstance(e, UserError)
                    else f"cannot read the job file {args.job}: {e}")
-        if args.plan:
-            writer.write_line(json.dumps({"error": message}))
-        else:
-            writer(ev.Failed(message=message, kind="user"))
+        writer(ev.Failed(message=message, kind="user"))
         return 2
     if args.plan:
-        return plan_main(job, writer.write_line)
+        return plan_main(job, writer)
     flag = CancelFlag()
     writer.on_broken = lambda: flag.set("parent exited")
     for name in ("SIGTERM", "SIGINT", "SIGHUP"):
@@ -226,8 +244,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _remove_job_dir(job_file: Path) -> None:
     """An orphan's job folder (its parent could not remove it) goes with the worker."""
-    from qtapp.engine.outputs import JOB_DIR_PREFIX
-
     folder = job_file.resolve().parent
     if folder.name.startswith(JOB_DIR_PREFIX) and \
             folder.parent == Path(tempfile.gettempdir()).resolve():

@@ -1,23 +1,47 @@
-"""Per-architecture facts: where the blocks are and how their linear layers are grouped.
+"""Per-family facts, as data: one `Family` record per Hugging Face model_type.
 
-Module names inside a block are relative to the block (``model.layers.{i}``). All four
-supported model types (Llama incl. SmolLM, Mistral, Qwen2, Qwen3) share the Llama block:
+A family says where the decoder blocks are, how a block's linear layers are grouped
+(true-sequential GPTQ), which op absorbs each AWQ scale, whether its norms compute
+x̂·(1 + w) (Gemma), and how llama.cpp's converter writes it (GGUF architecture, q/k row
+permutation, the config keys it turns into metadata). The pipeline runs every block through
+the transformers module itself, so a new dense family is an entry in FAMILIES plus a test
+(tests/engine/test_families.py); what the table declares is checked against the real
+module graph (`ArchSpec.check_block`: every nn.Linear of a block is in exactly one group).
+
+Module names inside a block are relative to the block (``model.layers.{i}``). The Llama
+block, shared by Llama (SmolLM2), SmolLM3, Mistral, Qwen2, Qwen3 and Granite:
 
     x + o_proj(attn(q_proj(n1(x)), k_proj(n1(x)), v_proj(n1(x))))       n1 = input_layernorm
     h + down_proj(act(gate_proj(n2(h))) * up_proj(n2(h)))               n2 = post_attention_layernorm
 
-Qwen2 adds biases on q/k/v, Qwen3 adds per-head RMSNorms q_norm/k_norm after q/k; neither
-changes the groups below (scaling the input channels of q/k/v leaves q_norm/k_norm inputs
-unchanged, and an AWQ scale folded into v_proj divides its bias as well as its weight).
+Qwen2 adds biases on q/k/v, Qwen3 per-head RMSNorms q_norm/k_norm after q/k; neither changes
+the groups (scaling the input channels of q/k/v leaves q_norm/k_norm inputs unchanged, and
+an AWQ scale folded into v_proj divides its bias as well as its weight). Granite multiplies
+embeddings, residuals, attention and logits by constants inside the transformers forward,
+so only GGUF needs them (as metadata). Other layouts:
+
+    OLMo 2   no norm before attention or MLP; post-norms on their outputs
+             (x + post_attention_layernorm(attn(x)), h + post_feedforward_layernorm(mlp(h))):
+             q/k/v and gate/up have no op that can absorb an AWQ scale, only v→o, up→down do.
+    Phi-3    fused qkv_proj and gate_up_proj (one linear each): qkv and gate_up take the
+             norm scales; v→o and up→down are slices of a fused output and are not scaled.
+    Gemma 2/3  four norms per block (input, post-attention, pre-feedforward, post-feedforward),
+             each x̂·(1 + w): a scale s folds as w' = (1 + w)/s − 1 (norm_offset = 1).
+    GLM-4    separate q/k/v (biased), fused gate_up_proj, post-norms after attention and MLP
+             besides the pre-norms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from qtapp.engine.config import GROUP_SIZES
 from qtapp.engine.errors import UserError
+
+# torch and transformers are imported inside the functions that use them: the window and the
+# planner read the family tables without loading either.
 
 if TYPE_CHECKING:
     from qtapp.engine.config import JobSpec
@@ -39,6 +63,68 @@ class AwqGroup:
 
 
 @dataclass(frozen=True)
+class BlockLayout:
+    """The linears of one decoder block and how quantization groups them.
+
+    sequential: linears in true-sequential order (GPTQ solves a group on the outputs of the
+        groups before it). awq: scaling pairs in search order. v_o: the pair of awq that
+        exists only when v_proj's output matches o_proj's input (no grouped-query attention).
+    attn_out / mlp_out: the linears whose input is num_heads·head_dim / intermediate_size
+        wide (every other linear reads hidden_size). norms: every norm of the block.
+    """
+
+    sequential: tuple[tuple[str, ...], ...]
+    awq: tuple[AwqGroup, ...]
+    attn_out: str
+    mlp_out: str
+    norms: tuple[str, ...]
+    v_o: AwqGroup | None = None
+
+
+@dataclass(frozen=True)
+class GgufFacts:
+    """How llama.cpp's convert_hf_to_gguf.py writes a family.
+
+    arch: the gguf.MODEL_ARCH member name. permute_qk: q/k rows go from HF's rotate-half
+    layout to llama.cpp's interleaved pairs (LlamaModel.permute). llama_keys: the family also
+    writes vocab_size (LlamaModel). rope_dims: write rope.dimension_count = head_dim ·
+    partial_rotary_factor. vocab: tokenizer files tried in order, "llama" (SentencePiece, HF
+    BPE, GPT-2 BPE) or "gpt2" (SentencePiece, GPT-2 BPE). kv: (config key, GGUFWriter method,
+    default when the key is absent or null (None: write nothing)). ignore: config keys the
+    converter drops (Granite ignores head_dim).
+    """
+
+    arch: str
+    permute_qk: bool = False
+    llama_keys: bool = False
+    rope_dims: bool = False
+    vocab: str = "gpt2"
+    kv: tuple[tuple[str, str, Any], ...] = ()
+    ignore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything QuantDesk knows about one model_type; `supported` False with the reason
+    says why it is refused (before any download: `quantdesk check`)."""
+
+    model_type: str
+    architectures: tuple[str, ...]
+    examples: str
+    block: BlockLayout | None = None
+    supported: bool = True
+    reason: str = ""
+    layers_prefix: str = "model.layers"
+    embed: str = "model.embed_tokens"
+    final_norm: str = "model.norm"
+    lm_head: str = "lm_head"
+    norm_offset: float = 0.0  # the block's norms compute x̂·(norm_offset + w)
+    gguf: GgufFacts | None = None
+    gguf_reason: str = ""  # why there is no GGUF conversion, when gguf is None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     name: str
     layers_prefix: str
@@ -49,6 +135,7 @@ class ArchSpec:
     awq_groups: tuple[AwqGroup, ...]
     attn_norm: str = "input_layernorm"
     mlp_norm: str = "post_attention_layernorm"
+    norm_offset: float = 0.0
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -59,28 +146,161 @@ class ArchSpec:
         """Absolute module name of block ``i``, e.g. ``model.layers.3``."""
         return f"{self.layers_prefix}.{i}"
 
+    def check_block(self, block: Any) -> None:
+        """UserError unless the block's nn.Linear modules (from its module graph) are exactly
+        the table's linears: a linear the table misses would silently stay in float."""
+        found = block_linears(block)
+        missing = [n for n in self.linears if n not in found]
+        extra = [n for n in found if n not in self.linears]
+        if missing or extra:
+            raise UserError(
+                f"the {self.name} block of this model does not match QuantDesk's table of "
+                f"the family: {'linears not in the model: ' + ', '.join(missing) if missing else ''}"
+                f"{'; ' if missing and extra else ''}"
+                f"{'linears the table lacks: ' + ', '.join(extra) if extra else ''}. "
+                "This variant of the family is not supported.")
 
-LLAMA_SEQUENTIAL: tuple[tuple[str, ...], ...] = (
-    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    ("self_attn.o_proj",),
-    ("mlp.gate_proj", "mlp.up_proj"),
-    ("mlp.down_proj",),
-)
 
-_QKV = AwqGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-                "self_attn")
-_VO = AwqGroup("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj")
-_GATE_UP = AwqGroup("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp")
-_UP_DOWN = AwqGroup("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj")
+def block_linears(block: Any) -> list[str]:
+    """Names (relative to the block) of the nn.Linear modules of a block, in module order."""
+    from torch import nn
 
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
+    return [n for n, m in block.named_modules() if isinstance(m, nn.Linear)]
 
-_ARCHITECTURE_TO_TYPE = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-}
+
+# ------------------------------------------------------------------------ block layouts
+
+_Q, _K, _V, _O = (f"self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+_GATE, _UP, _DOWN = (f"mlp.{n}" for n in ("gate_proj", "up_proj", "down_proj"))
+_QKV_FUSED, _GATE_UP_FUSED = "self_attn.qkv_proj", "mlp.gate_up_proj"
+
+LLAMA_SEQUENTIAL: tuple[tuple[str, ...], ...] = ((_Q, _K, _V), (_O,), (_GATE, _UP), (_DOWN,))
+_VO = AwqGroup(_V, (_O,), _O)
+_UP_DOWN = AwqGroup(_UP, (_DOWN,), _DOWN)
+
+LLAMA_BLOCK = BlockLayout(
+    sequential=LLAMA_SEQUENTIAL,
+    awq=(AwqGroup("input_layernorm", (_Q, _K, _V), "self_attn"), _VO,
+         AwqGroup("post_attention_layernorm", (_GATE, _UP), "mlp"), _UP_DOWN),
+    attn_out=_O, mlp_out=_DOWN, norms=("input_layernorm", "post_attention_layernorm"), v_o=_VO)
+
+OLMO2_BLOCK = BlockLayout(
+    sequential=LLAMA_SEQUENTIAL, awq=(_VO, _UP_DOWN), attn_out=_O, mlp_out=_DOWN,
+    norms=("post_attention_layernorm", "post_feedforward_layernorm", "self_attn.q_norm",
+           "self_attn.k_norm"), v_o=_VO)
+
+GEMMA_BLOCK = BlockLayout(
+    sequential=LLAMA_SEQUENTIAL,
+    awq=(AwqGroup("input_layernorm", (_Q, _K, _V), "self_attn"), _VO,
+         AwqGroup("pre_feedforward_layernorm", (_GATE, _UP), "mlp"), _UP_DOWN),
+    attn_out=_O, mlp_out=_DOWN,
+    norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+           "post_feedforward_layernorm"), v_o=_VO)
+
+PHI3_BLOCK = BlockLayout(
+    sequential=((_QKV_FUSED,), (_O,), (_GATE_UP_FUSED,), (_DOWN,)),
+    awq=(AwqGroup("input_layernorm", (_QKV_FUSED,), "self_attn"),
+         AwqGroup("post_attention_layernorm", (_GATE_UP_FUSED,), "mlp")),
+    attn_out=_O, mlp_out=_DOWN, norms=("input_layernorm", "post_attention_layernorm"))
+
+GLM4_BLOCK = BlockLayout(
+    sequential=((_Q, _K, _V), (_O,), (_GATE_UP_FUSED,), (_DOWN,)),
+    awq=(AwqGroup("input_layernorm", (_Q, _K, _V), "self_attn"), _VO,
+         AwqGroup("post_attention_layernorm", (_GATE_UP_FUSED,), "mlp")),
+    attn_out=_O, mlp_out=_DOWN,
+    norms=("input_layernorm", "post_self_attn_layernorm", "post_attention_layernorm",
+           "post_mlp_layernorm"), v_o=_VO)
+
+# --------------------------------------------------------------------------- the table
+
+_LLAMA_GGUF = GgufFacts("LLAMA", permute_qk=True, llama_keys=True, rope_dims=True,
+                        vocab="llama")
+_QWEN_GGUF = dict(vocab="gpt2")
+_GEMMA_KV = (("sliding_window", "add_sliding_window", None),)
+_MOE = ("a mixture-of-experts model: its experts are not nn.Linear modules QuantDesk can "
+        "quantize one by one (fused 3-D expert tensors in transformers 5) and routed tokens "
+        "need per-expert calibration; not yet supported")
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (
+    Family("llama", ("LlamaForCausalLM",), "Llama 3.x, SmolLM2", LLAMA_BLOCK,
+           gguf=_LLAMA_GGUF),
+    Family("mistral", ("MistralForCausalLM",), "Mistral 7B", LLAMA_BLOCK, gguf=_LLAMA_GGUF),
+    Family("qwen2", ("Qwen2ForCausalLM",), "Qwen2, Qwen2.5", LLAMA_BLOCK,
+           gguf=GgufFacts("QWEN2", **_QWEN_GGUF)),
+    Family("qwen3", ("Qwen3ForCausalLM",), "Qwen3 (dense)", LLAMA_BLOCK,
+           gguf=GgufFacts("QWEN3", **_QWEN_GGUF)),
+    Family("smollm3", ("SmolLM3ForCausalLM",), "SmolLM3", LLAMA_BLOCK,
+           gguf=GgufFacts("SMOLLM3", permute_qk=True, llama_keys=True, rope_dims=True,
+                          vocab="llama"),
+           notes=("every 4th layer has no rotary embedding (NoPE); llama.cpp fixes that "
+                  "interval at 4, as SmolLM3 ships",)),
+    Family("granite", ("GraniteForCausalLM",), "Granite 3.x dense", LLAMA_BLOCK,
+           gguf=GgufFacts("GRANITE", permute_qk=True, llama_keys=True, rope_dims=True,
+                          vocab="llama",
+                          kv=(("attention_multiplier", "add_attention_scale", None),
+                              ("embedding_multiplier", "add_embedding_scale", None),
+                              ("residual_multiplier", "add_residual_scale", None),
+                              ("logits_scaling", "add_logit_scale", None)),
+                          ignore=("head_dim",))),
+    Family("olmo2", ("Olmo2ForCausalLM",), "OLMo 2", OLMO2_BLOCK,
+           gguf=GgufFacts("OLMO2"),
+           notes=("AWQ scales only v→o and up→down: OLMo 2 has no norm before attention "
+                  "or MLP to absorb the other scales",)),
+    Family("phi3", ("Phi3ForCausalLM",), "Phi-3, Phi-4, Phi-4-mini", PHI3_BLOCK,
+           gguf=GgufFacts("PHI3", rope_dims=True,
+                          kv=(("original_max_position_embeddings",
+                               "add_rope_scaling_orig_ctx_len", None),
+                              ("sliding_window", "add_sliding_window", 0))),
+           notes=("fused qkv_proj / gate_up_proj are quantized as one linear each; AWQ "
+                  "does not scale v→o or up→down (slices of a fused output)",
+                  "long-context (longrope) variants: the GGUF lacks the rope factor "
+                  "tensors, so they are refused for GGUF")),
+    Family("gemma2", ("Gemma2ForCausalLM",), "Gemma 2", GEMMA_BLOCK, norm_offset=1.0,
+           gguf=GgufFacts("GEMMA2", kv=(*_GEMMA_KV,
+                                        ("attn_logit_softcapping",
+                                         "add_attn_logit_softcapping", None),
+                                        ("final_logit_softcapping",
+                                         "add_final_logit_softcapping", None))),
+           notes=("llama.cpp scales attention by 1/√head_dim (1/√(hidden/heads) for the "
+                  "27B); a checkpoint whose query_pre_attn_scalar differs reads wrong",)),
+    Family("gemma3_text", ("Gemma3ForCausalLM",), "Gemma 3 1B / 270M (text-only)",
+           GEMMA_BLOCK, norm_offset=1.0, gguf=GgufFacts("GEMMA3", kv=_GEMMA_KV),
+           notes=("llama.cpp fixes the sliding-window pattern (5 local : 1 global) and the "
+                  "local rope base (10 000), as Gemma 3 ships",)),
+    Family("gemma3", ("Gemma3ForConditionalGeneration",), "Gemma 3 4B/12B/27B",
+           supported=False,
+           reason="a vision-language checkpoint (Gemma3ForConditionalGeneration): its text "
+                  "decoder sits under model.language_model and the vision tower would be "
+                  "dropped; not yet supported. Gemma 3 1B and 270M (gemma3_text) are"),
+    Family("gemma4_text", ("Gemma4ForCausalLM",), "Gemma 4 (text)", supported=False,
+           reason="Gemma 4's per-layer embeddings and shared key/value layers are not in "
+                  "QuantDesk's table yet; not yet supported"),
+    Family("gemma4", ("Gemma4ForConditionalGeneration",), "Gemma 4", supported=False,
+           reason="a multimodal checkpoint (Gemma4ForConditionalGeneration); not yet "
+                  "supported"),
+    Family("glm4", ("Glm4ForCausalLM",), "GLM-4 0414", GLM4_BLOCK,
+           gguf=GgufFacts("GLM4", rope_dims=True),
+           notes=("the GGUF converter of llama.cpp sets GLM-4's special tokens from its own "
+                  "tokenizer; QuantDesk writes the tokenizer's own special tokens",)),
+    Family("qwen3_moe", ("Qwen3MoeForCausalLM",), "Qwen3-30B-A3B", supported=False,
+           reason=_MOE),
+    Family("mixtral", ("MixtralForCausalLM",), "Mixtral 8x7B", supported=False, reason=_MOE),
+    Family("gpt_oss", ("GptOssForCausalLM",), "gpt-oss 20B/120B", supported=False,
+           reason=_MOE + "; its experts also ship as MXFP4, and attention has sinks"),
+    Family("qwen3_5_moe", ("Qwen3_5MoeForCausalLM", "Qwen3_5MoeForConditionalGeneration"),
+           "Qwen3.5 MoE", supported=False,
+           reason=_MOE + "; it is also a hybrid of linear (Gated DeltaNet) and full attention"),
+    Family("qwen3_5", ("Qwen3_5ForCausalLM", "Qwen3_5ForConditionalGeneration"), "Qwen3.5",
+           supported=False,
+           reason="a hybrid of Gated DeltaNet (linear attention) and full-attention layers: "
+                  "the blocks differ in kind and the linear-attention ones hold convolution "
+                  "and gating weights QuantDesk's table does not describe yet; not yet "
+                  "supported"),
+)}
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for t, f in FAMILIES.items() if f.supported)
+
+_ARCHITECTURE_TO_TYPE = {a: t for t, f in FAMILIES.items() for a in f.architectures}
 
 
 def _int_field(config: dict, key: str, model_type: str) -> int:
@@ -108,7 +328,15 @@ def v_o_shapes_match(config: dict) -> bool:
     return kv_heads * head_dim == hidden and heads * head_dim == hidden
 
 
-def _model_type(config: dict) -> str:
+def _supported_list() -> str:
+    return ", ".join(SUPPORTED_MODEL_TYPES)
+
+
+def family_for(config: dict) -> Family:
+    """The Family of a parsed config.json, supported or not; UserError when QuantDesk has no
+    entry for it (unknown to QuantDesk, or not a causal language model)."""
+    if not isinstance(config, dict):
+        raise UserError("config.json does not hold a JSON object; the model folder is damaged.")
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
     if not isinstance(architectures, list):
@@ -119,43 +347,65 @@ def _model_type(config: dict) -> str:
             raise UserError(
                 "config.json names no 'model_type' and no supported 'architectures' "
                 f"(architectures: {architectures or 'none'}). QuantDesk supports model types "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)}; pick a model of one of these families."
+                f"{_supported_list()}; pick a model of one of these families."
             )
         model_type = known[0]
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    family = FAMILIES.get(str(model_type))
+    if family is None:
+        from_transformers = _transformers_knows(str(model_type))
         raise UserError(
-            f"Model type '{model_type}' (architectures: {', '.join(map(str, architectures)) or 'none'}) "
-            f"is not supported. QuantDesk supports the Llama family: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)} (SmolLM is llama). Pick a model of one of these "
-            "types."
+            f"Model type '{model_type}' (architectures: "
+            f"{', '.join(map(str, architectures)) or 'none'}) is "
+            + ("known to transformers but not to QuantDesk: no entry in its table of "
+               "families (block layout, scaling pairs, GGUF names)" if from_transformers else
+               "unknown (neither transformers nor QuantDesk has it)")
+            + f". QuantDesk supports {_supported_list()} (SmolLM2 is llama). Pick a model of "
+            "one of these types; docs/models.md lists what works per method."
         )
-    heads = [a for a in architectures if isinstance(a, str) and not a.endswith("ForCausalLM")]
+    heads = [a for a in architectures if isinstance(a, str) and not a.endswith("ForCausalLM")
+             and a not in family.architectures]
     if heads and len(heads) == len(architectures):
         raise UserError(
             f"This {model_type} model is a {heads[0]}, not a causal language model "
             f"(…ForCausalLM). QuantDesk quantizes text-generation models; pick the base or "
             "instruct checkpoint instead."
         )
-    return model_type
+    return family
+
+
+def _transformers_knows(model_type: str) -> bool:
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return model_type in CONFIG_MAPPING_NAMES
+
+
+def _model_type(config: dict) -> str:
+    family = family_for(config)
+    if not family.supported:
+        raise UserError(f"Model type '{family.model_type}' ({family.examples}) is not "
+                        f"supported: {family.reason}. QuantDesk supports {_supported_list()}.")
+    return family.model_type
 
 
 def arch_for(config: dict) -> ArchSpec:
     """The ArchSpec of a parsed config.json; UserError if the architecture is unsupported."""
-    if not isinstance(config, dict):
-        raise UserError("config.json does not hold a JSON object; the model folder is damaged.")
-    model_type = _model_type(config)
-    groups = [_QKV]
-    if v_o_shapes_match(config):
-        groups.append(_VO)
-    groups += [_GATE_UP, _UP_DOWN]
+    family = FAMILIES[_model_type(config)]
+    layout = family.block
+    assert layout is not None
+    groups = tuple(g for g in layout.awq if g != layout.v_o or v_o_shapes_match(config))
     return ArchSpec(
-        name=model_type,
-        layers_prefix="model.layers",
-        embed="model.embed_tokens",
-        final_norm="model.norm",
-        lm_head="lm_head",
-        sequential=LLAMA_SEQUENTIAL,
-        awq_groups=tuple(groups),
+        name=family.model_type,
+        layers_prefix=family.layers_prefix,
+        embed=family.embed,
+        final_norm=family.final_norm,
+        lm_head=family.lm_head,
+        sequential=layout.sequential,
+        awq_groups=groups,
+        attn_norm=layout.norms[0],
+        mlp_norm=layout.norms[1],
+        norm_offset=family.norm_offset,
     )
 
 
@@ -165,9 +415,9 @@ def arch_for(config: dict) -> ArchSpec:
 # format (GPTQ, AWQ, compressed-tensors) and its kernels need whole groups: G must divide the
 # input width of every quantized linear of a block, i.e.
 #
-#     hidden_size                for q_proj, k_proj, v_proj, gate_proj, up_proj
-#     num_heads · head_dim       for o_proj
-#     intermediate_size          for down_proj
+#     num_heads · head_dim       for the family's attn_out (o_proj)
+#     intermediate_size          for its mlp_out (down_proj)
+#     hidden_size                for every other linear (q/k/v or qkv, gate/up or gate_up)
 #
 # The demo (SmolLM2-135M) is 576 wide: 128 does not divide it, 64 does (576 = 9 × 64).
 # "auto" is the first of AUTO_GROUP_SIZES that divides every width, else per-channel (-1).
@@ -178,8 +428,9 @@ LLAMA_SEQUENTIAL_NAMES: tuple[str, ...] = tuple(n for g in LLAMA_SEQUENTIAL for 
 
 
 def linear_input_widths(config: dict) -> dict[str, int]:
-    """Input features of each quantized linear of a block, by its name in the block; empty
-    when config.json lacks the sizes (reading the model explains that elsewhere)."""
+    """Input features of each quantized linear of a block, by its name in the block (the
+    family's layout; the Llama block for a family QuantDesk does not support); empty when
+    config.json lacks the sizes (reading the model explains that elsewhere)."""
     if not isinstance(config, dict):
         return {}
     hidden, heads, inter = (config.get(k) for k in ("hidden_size", "num_attention_heads",
@@ -190,8 +441,13 @@ def linear_input_widths(config: dict) -> dict[str, int]:
     head_dim = config.get("head_dim")
     if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim <= 0:
         head_dim = hidden // heads
-    widths = {"self_attn.o_proj": heads * head_dim, "mlp.down_proj": inter}
-    return {name: widths.get(name, hidden) for name in LLAMA_SEQUENTIAL_NAMES}
+    try:
+        layout = FAMILIES[_model_type(config)].block
+    except UserError:
+        layout = LLAMA_BLOCK
+    assert layout is not None
+    widths = {layout.attn_out: heads * head_dim, layout.mlp_out: inter}
+    return {name: widths.get(name, hidden) for group in layout.sequential for name in group}
 
 
 def dividing_group_sizes(widths: Iterable[int], choices: Iterable[int]) -> tuple[int, ...]:
@@ -255,8 +511,6 @@ def group_size_problem(job: JobSpec, config: dict) -> GroupSizeProblem | None:
     """The first scheme of `job` (its own, or a rule's) whose group size does not divide the
     input width of a linear it quantizes; None when every group is whole, for GGUF (its own
     block sizes), and when the config cannot be read (other checks explain that)."""
-    from qtapp.engine.config import GROUP_SIZES
-
     widths = linear_input_widths(config)
     n_layers = config.get("num_hidden_layers") if isinstance(config, dict) else None
     if job.method == "gguf" or not widths or not isinstance(n_layers, int) or n_layers < 1:

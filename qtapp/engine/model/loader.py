@@ -24,6 +24,9 @@ from torch import nn
 
 from qtapp.engine.errors import UserError
 
+# transformers is imported inside the functions that build a model or a tokenizer: it takes about
+# half a second to import, and commands that only read model files do without it.
+
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # logical column j sits at nibble REVERSE[j]
 
 

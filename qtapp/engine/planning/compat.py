@@ -15,8 +15,13 @@ them (always when HF_HUB_OFFLINE is set), else from the Hub (huggingface-hub). P
                     (qtapp.engine.gguf.pretokenizers);
     all             the planner's memory for the job with default settings fits this machine.
 
-It also warns when the tokenizer has no chat template or no end-of-turn token (a chat
-then never stops where the model means to).
+For a local folder holding weights (or a shard index) these are at hand, so it first makes
+the checks every command makes of its model (qtapp.engine.model.sources.check_model_folder:
+config.json, each weight file's header against its size, pickle-only weights, the tokenizer
+files): a damaged folder is the UserError `quantize` would give. It also warns when the
+tokenizer has no chat template or no end-of-turn token (a chat then never stops where the
+model means to), or is code shipped with the model (auto_map; refused without
+--trust-remote-code).
 """
 
 from __future__ import annotations
@@ -25,17 +30,38 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
+from hashlib import sha256
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from tokenizers import Tokenizer
+
+from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
+from qtapp.engine.gguf.pretokenizers import CHKTXT, PRE_BY_HASH
+from qtapp.engine.model.arch import (
+    AUTO_GROUP_SIZES,
+    arch_for,
+    auto_group_size,
+    linear_input_widths,
+)
+from qtapp.engine.planning import hardware
+from qtapp.engine.planning.planner import memory, memory_problems
+from qtapp.engine.planning.shape import ModelShape
+from qtapp.engine.quality.chat import END_OF_TURN_TOKENS
+from qtapp.engine.units import format_size
+
+# huggingface_hub, the gguf package (gguf.archs) and model.sources (torch) are imported inside
+# the functions that need them, on the paths that need them (a Hub id, the GGUF check, a folder
+# with weights): each takes 0.1-1 s to import.
 
 METHODS = ("rtn", "gptq", "awq", "gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja",
                    "chat_template.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+LOCAL_WEIGHTS = (".safetensors", ".safetensors.index.json", ".bin", ".pt", ".pth")
 
 
 @dataclass
@@ -68,7 +94,7 @@ class CompatReport:
         archs = ", ".join(self.architectures) or "no architectures"
         lines = [(f"{self.model} ({self.where}): {archs}, model_type "
                   f"{self.model_type or '?'}, about {self.n_params / 1e9:.2f} B parameters, "
-                  f"{self.weights_bytes / 2**30:.2f} GiB of weights")]
+                  f"{format_size(self.weights_bytes)} of weights")]
         for m in self.methods:
             lines.append(f"  {m.method:5} {'yes' if m.ok else 'no '}  {m.reason}")
         works = self.works
@@ -196,13 +222,6 @@ def _vision_reason(config: dict[str, Any]) -> str:
 def _linear_check(config: dict[str, Any]) -> MethodCheck:
     """Whether the architecture is one the linear methods know, and the group size that
     `--group-size auto` picks for it (one that divides every quantized layer's inputs)."""
-    from qtapp.engine.model.arch import (
-        AUTO_GROUP_SIZES,
-        arch_for,
-        auto_group_size,
-        linear_input_widths,
-    )
-
     vision = _vision_reason(config)
     if vision:
         return MethodCheck("gptq", False, vision)
@@ -236,12 +255,6 @@ def _tokenizer_check(folder: Path, files: dict[str, int]) -> str:
         return f"tokenizer.json cannot be read ({e})"
     if kind != "BPE":
         return f"the tokenizer is of type {kind}; the GGUF converter takes BPE or SentencePiece"
-    from hashlib import sha256
-
-    from tokenizers import Tokenizer
-
-    from qtapp.engine.gguf.pretokenizers import CHKTXT, PRE_BY_HASH
-
     try:
         ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(CHKTXT).ids
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own types
@@ -275,12 +288,12 @@ def _gguf_check(config: dict[str, Any], folder: Path, files: dict[str, int]) -> 
 
 def chat_warnings(folder: Path, files: dict[str, int] | None = None) -> list[str]:
     """Warnings for a model folder without a chat template or an end-of-turn token."""
-    from qtapp.engine.quality.chat import END_OF_TURN_TOKENS
-
     files = _cached_sizes(folder) if files is None else files
     try:
         tc = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        tc = {}
+    if not isinstance(tc, dict):
         tc = {}
     warnings = []
     if not (tc.get("chat_template") or "chat_template.jinja" in files
@@ -298,9 +311,22 @@ def chat_warnings(folder: Path, files: dict[str, int] | None = None) -> list[str
     return warnings
 
 
-def _n_params(config: dict[str, Any]) -> int:
-    from qtapp.engine.planning.advisor import ModelShape
+def _code_warnings(folder: Path) -> list[str]:
+    """A tokenizer that is Python code shipped with the model: quantize, chat and eval refuse
+    it unless given --trust-remote-code."""
+    try:
+        tc = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not (isinstance(tc, dict) and isinstance(tc.get("auto_map"), dict | list)):
+        return []
+    return [("the tokenizer is Python code shipped with the model (auto_map in "
+             "tokenizer_config.json): quantize, chat and eval refuse it unless given "
+             "--trust-remote-code, which runs that code; pass it only if you trust the "
+             "model's author")]
 
+
+def _n_params(config: dict[str, Any]) -> int:
     try:
         return ModelShape.from_config(config).n_params
     except (TypeError, ValueError, ZeroDivisionError):
@@ -309,33 +335,29 @@ def _n_params(config: dict[str, Any]) -> int:
 
 def _fits(config: dict[str, Any], name: str, n_params: int, size: int, method: str,
           hw: Any) -> str:
-    """'' when the planner's memory for the method (default settings) fits, else why not."""
-    from qtapp.engine.config import JobSpec
-    from qtapp.engine.planning import advisor as A
-    from qtapp.engine.planning.planner import memory
-
+    """'' when the planner's memory for the method (default settings) fits, else why not
+    (the planner's own words and limits)."""
     info = SimpleNamespace(name=name, config=config, n_params=n_params,
                            size_bytes=size or 2 * n_params,
                            n_layers=int(config.get("num_hidden_layers") or 0))
     gpu = hw.best_gpu
     ram, vram = memory(JobSpec(model=name, method=method, out="x"), info, gpu is not None)
-    if ram > hw.ram_total * A.RAM_USABLE:
-        return (f"needs about {ram / 2**30:.1f} GiB of RAM; "
-                f"{hw.ram_total * A.RAM_USABLE / 2**30:.1f} GiB are usable here")
-    if gpu is not None and vram > gpu.vram_total * A.VRAM_USABLE:
-        return f"needs about {vram / 2**30:.1f} GiB of GPU memory"
-    return ""
+    return "; ".join(memory_problems(ram, vram, hw, gpu))
 
 
 def check_model(model: str, hw: Any = None) -> CompatReport:
     """Per-method answer for `model` (see the module docstring); UserError for bad input."""
-    from qtapp.engine.planning.hardware import detect
-
     model = str(model).strip()
     if not model:
         raise UserError("no model given; give 'demo', a model folder or a Hugging Face id")
     with tempfile.TemporaryDirectory(prefix="quantdesk-check-") as tmp:
         folder, files, where = _locate(model, Path(tmp))
+        if where == "local folder" and any(n.endswith(LOCAL_WEIGHTS) for n in files):
+            # the weights are here: refuse what every other command refuses (damaged or
+            # missing weight files, pickle weights, no tokenizer), in the same words
+            from qtapp.engine.model.sources import check_model_folder  # imports torch
+
+            check_model_folder(folder, pickle_option=False)  # check has no --allow-pickle
         config = _config(folder)
         if not (config.get("architectures") or config.get("model_type")):
             raise UserError(f"config.json of {model} names neither 'architectures' nor "
@@ -346,7 +368,7 @@ def check_model(model: str, hw: Any = None) -> CompatReport:
         checks = [MethodCheck(m, linear.ok, linear.reason, linear.group_size)
                   for m in ("rtn", "gptq", "awq")]
         checks.append(_gguf_check(config, folder, files))
-        hw = hw or detect(use_torch=False)
+        hw = hw or hardware.detect(use_torch=False)
         for c in checks:
             if c.ok and n_params:
                 problem = _fits(config, model, n_params, weights, c.method, hw)
@@ -356,5 +378,5 @@ def check_model(model: str, hw: Any = None) -> CompatReport:
                               architectures=[str(a) for a in config.get("architectures") or []],
                               model_type=str(config.get("model_type") or ""),
                               n_params=n_params, weights_bytes=weights, methods=checks,
-                              warnings=chat_warnings(folder, files))
+                              warnings=chat_warnings(folder, files) + _code_warnings(folder))
     return report

@@ -15,6 +15,9 @@ from typing import Any
 
 import psutil
 
+# pynvml (NVIDIA machines only) and torch are imported inside the functions that probe GPUs: the
+# window and the command line import this module at start-up, without torch.
+
 
 @dataclass(frozen=True)
 class GPU:

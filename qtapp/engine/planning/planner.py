@@ -5,8 +5,14 @@
 Memory (bytes; P parameters, h hidden, i intermediate, V vocabulary, N×L calibration tokens):
 
     base      = BASE_RSS                       (Python, torch, transformers, the tokenizer)
-    quantize  = base + V·h·4 (embeddings, fp32) + advisor.quantize_peak_bytes(shape, method,
-                N, L) + one block in the source dtype (the prefetched next block)
+    work      = one block in fp32 + the activations entering and leaving it (2·N·L·h·4) +
+                what the method keeps per block: GPTQ its Hessians H = 2XXᵀ ((2h² + (n_heads
+                · head_dim)² + i²)·4: q/k/v and gate/up share one), AWQ three (tokens, FFN)
+                tensors of its reruns on at most 4096 tokens (3·min(N·L, 4096)·i·4), GGUF a
+                quantized copy of the block (the imatrix is one vector per tensor); RTN only
+                the block (no activations)                    (working_bytes)
+    quantize  = base + V·h·4 (embeddings, fp32) + work + one block in the source dtype (the
+                prefetched next block)
     evaluate  = base + P·4 (the quantized model loaded dequantized in fp32; for GGUF the file,
                 mapped) + 3·ctx·V·4 (logits, their log-softmax and the top-k pass; for GGUF
                 2·ctx·V·4 more: llama.cpp's output buffer and llama-cpp-python's scores)
@@ -18,8 +24,13 @@ tokens in this process (its checkpoint goes to a temporary folder) and the measu
 replaces the quantize formula when larger; the first block's seconds are counted once and
 the second's give the rate of the others (the first carries one-time start-up costs).
 
-Disk: final = advisor.weight_bytes(shape, bits, group) (GGUF: bits per weight of the type);
-temporary = the block checkpoint (≈ final) plus the hidden output folder (final) at once.
+Disk: final = budget.job_bytes(job, info), the exact bytes of every tensor the job writes
+(per-module rules and skips included) and of the files beside them, counted as the size
+budget counts them; a job with a size budget, the budget (its allocation fills at most
+that). A plan made from config.json alone, with no tensors at hand (`quantdesk check`),
+uses the formula shape.weight_bytes(shape, bits, group) instead (GGUF: GGUF_BPW, bits per
+weight of the type). Temporary = the block checkpoint (≈ final) plus the hidden output
+folder (final) at once.
 
 Time: setup (measured or 0) + first block + (n_layers − 1) · seconds per block (measured,
 or from FLOPs at this machine's measured matmul rate) + export (final / 200 MB/s) +
@@ -27,9 +38,13 @@ evaluation on the CPU (a pass over the evaluation text, 2·P FLOPs per token, an
 tokens reading P·4 bytes each at 5 GB/s, for the quantized model, and for the source too
 when its distributions are not cached yet).
 
-A plan that does not fit (RAM beyond advisor.RAM_USABLE of the total, VRAM beyond
-advisor.VRAM_USABLE, disk beyond the free space) lists the problems with the numbers and
-fixes that would fit; the job runner refuses such a job unless the user overrides. Two
+A plan that does not fit (RAM beyond RAM_USABLE of the total or beyond what is available
+now, VRAM beyond VRAM_USABLE of the card or beyond what is free on it now, disk beyond the
+free space) lists the problems with the numbers and fixes that would fit. It is the one
+check before a job: the command line and the window show it, and the job runner refuses
+such a job before it starts (jobs/job.py, check_plan) unless the user overrode the plan
+(--ignore-plan, the window's "Start anyway": JobSpec.ignore_plan). The advisor asks
+`quantize_fit` where quantizing a model fits, by the same memory model and limits. Two
 problems come before the numbers: a group size that does not divide the input width of a
 layer it quantizes (arch.group_size_problem, with the group size that does), and an output
 folder that cannot be written (outputs.output_folder_problem; its free space is then not
@@ -38,7 +53,6 @@ reported as a disk that is too small).
 
 from __future__ import annotations
 
-import math
 import resource
 import shutil
 import sys
@@ -48,14 +62,27 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtapp.engine.config import JobSpec
-from qtapp.engine.planning import advisor as A
-from qtapp.engine.planning.hardware import Hardware
+from qtapp.engine import events as ev
+from qtapp.engine.config import CalibrationSpec, JobSpec
+from qtapp.engine.errors import Cancelled, UserError
+from qtapp.engine.events import Emit
+from qtapp.engine.model.arch import group_size_problem
+from qtapp.engine.outputs import output_folder_problem
+from qtapp.engine.planning import hardware
+from qtapp.engine.planning.hardware import GPU, Hardware
+from qtapp.engine.planning.shape import ModelShape, weight_bytes
+from qtapp.engine.units import format_duration, format_size
+
+# torch, and the modules that import it (model.sources, planning.budget, quality.gate, the
+# quantizing pipeline), are imported inside the functions that use them: the advisor imports this
+# module, and the window and the command line start without torch.
 
 if TYPE_CHECKING:
     from qtapp.engine.model.sources import ModelInfo
 
 BASE_RSS = 600 * 2**20
+RAM_USABLE = 0.80  # the OS and other programs take the rest
+VRAM_USABLE = 0.90  # the driver, the desktop and fragmentation take the rest
 EVAL_TOKENS = 18_000  # the built-in evaluation text, in tokens of a 49k BPE vocabulary
 EVAL_CTX = 512
 GENERATED_TOKENS = 2 * 3 * 48
@@ -85,6 +112,8 @@ class Plan:
     disk_free: int
     probed: bool = False
     block_seconds: float = 0.0
+    ram_usable: int = 0  # the limits the peaks were checked against (ram_limit, vram_limit)
+    vram_usable: int = 0
     problems: list[str] = field(default_factory=list)
     fixes: list[str] = field(default_factory=list)
 
@@ -95,64 +124,176 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "fits": self.fits}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """The plan `to_dict` described (`fits` follows from the problems)."""
+        return cls(**{k: v for k, v in data.items() if k != "fits"})
+
     def table(self) -> str:
-        gib = 2**30
         rows = [
             (f"plan for {self.model}, {self.method.upper()} on {self.device}"
              f"{' (timed on its first blocks)' if self.probed else ' (estimated)'}:"),
-            f"  peak RAM        {self.peak_ram / gib:6.2f} GiB of {self.ram_total / gib:.1f} GiB",
+            f"  peak RAM        {format_size(self.peak_ram):>10} of {format_size(self.ram_total)}",
         ]
         if self.device != "cpu":
-            rows.append(f"  peak VRAM       {self.peak_vram / gib:6.2f} GiB of "
-                        f"{self.vram_total / gib:.1f} GiB")
+            rows.append(f"  peak VRAM       {format_size(self.peak_vram):>10} of "
+                        f"{format_size(self.vram_total)}")
         rows += [
-            (f"  temporary disk  {self.temp_disk / gib:6.2f} GiB, final "
-             f"{self.final_disk / gib:.2f} GiB ({self.disk_free / gib:.1f} GiB free)"),
-            f"  wall time       {_duration(self.seconds)}",
+            (f"  temporary disk  {format_size(self.temp_disk):>10}, final "
+             f"{format_size(self.final_disk)} ({format_size(self.disk_free)} free)"),
+            f"  wall time       {format_duration(self.seconds)}",
         ]
         rows += [f"  DOES NOT FIT: {p}" for p in self.problems]
         rows += [f"  fix: {f}" for f in self.fixes]
         return "\n".join(rows)
 
-
-def _duration(s: float) -> str:
-    s = round(s)
-    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else \
-        f"{s // 60} min {s % 60:02d} s"
-
-
-def _shape(info: ModelInfo) -> A.ModelShape:
-    return A.ModelShape.from_config(info.config, info.name, info.n_params)
+    def refusal(self) -> UserError:
+        """The error a job that does not fit is refused with (before it starts), on the
+        command line and in the job runner alike."""
+        return UserError(f"the job does not fit on this machine ({'; '.join(self.problems)}). "
+                         f"Fixes: {'; '.join(self.fixes) or 'none found'}. To start anyway, "
+                         "pass --ignore-plan (in the window: Start anyway).")
 
 
-def final_bytes(job: JobSpec, shape: A.ModelShape) -> int:
+def _shape(info: ModelInfo) -> ModelShape:
+    return ModelShape.from_config(info.config, info.name, info.n_params)
+
+
+def formula_bytes(job: JobSpec, shape: ModelShape) -> int:
+    """The output's size from the shape alone (no tensors at hand, see the module docstring):
+    shape.weight_bytes at the job's scheme, or GGUF_BPW bits per weight of the GGUF type.
+    Per-module rules are not counted."""
     if job.method == "gguf":
         return int(shape.n_params * GGUF_BPW.get(job.gguf.type, 16) / 8)
-    return A.weight_bytes(shape, job.scheme.bits, job.scheme.group_size)
+    return weight_bytes(shape, job.scheme.bits, job.scheme.group_size)
+
+
+_FINAL_BYTES: dict[tuple, int] = {}
+
+
+def final_bytes(job: JobSpec, info: ModelInfo) -> int:
+    """Bytes of the job's output (see the module docstring): the size budget's exact count
+    (budget.job_bytes) when the model's safetensors are at hand, the budget of a job with a
+    size budget, else `formula_bytes`. Remembered per model and size-relevant settings (the
+    window plans again on every change of the form)."""
+    from qtapp.engine.planning.budget import job_bytes, target_bytes
+
+    if job.target_bytes or job.target_bpw:
+        return target_bytes(job, info)
+    path = getattr(info, "path", None)
+    files = tuple(getattr(info, "weight_files", ()) or ())
+    if path is None or not files or any(f.suffix != ".safetensors" for f in files):
+        return formula_bytes(job, _shape(info))
+    d = job.to_dict()
+    for k in ("out", "evaluate", "resume", "overwrite", "device", "ignore_plan"):
+        d.pop(k, None)
+    key = (str(path), repr(sorted(d.items())),
+           tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _FINAL_BYTES:
+        try:
+            _FINAL_BYTES[key] = job_bytes(job, info)
+        except UserError:  # a format that cannot hold the job: the job itself says why
+            return formula_bytes(job, _shape(info))
+        if len(_FINAL_BYTES) > 256:
+            _FINAL_BYTES.pop(next(iter(_FINAL_BYTES)))
+    return _FINAL_BYTES[key]
 
 
 def _source_bytes_per_param(info: ModelInfo) -> float:
     return info.size_bytes / max(info.n_params, 1)
 
 
-def memory(job: JobSpec, info: ModelInfo, gpu: bool) -> tuple[int, int]:
-    """(peak RAM, peak VRAM) by the formulas of the module docstring."""
-    shape = _shape(info)
+def working_bytes(shape: ModelShape, method: str, samples: int, seq_len: int) -> int:
+    """The quantize stage's working memory on its device, `work` of the module docstring."""
+    h, i = shape.hidden_size, shape.intermediate_size
+    tokens = samples * seq_len
+    block = shape.block_linear_params * 4  # fp32
+    acts = 2 * tokens * h * 4  # block input and output
+    attn_out = shape.n_heads * shape.head_dim
+    if method == "gptq":
+        extra = (2 * h * h + attn_out * attn_out + i * i) * 4  # qkv, gate/up, o, down
+    elif method == "awq":
+        # attention / MLP reruns on at most 4096 tokens (methods.awq.LOSS_TOKENS), three
+        # (tokens, FFN) tensors live at once; measured on an H100 with 128 × 2048 tokens:
+        # 4.41 GiB (Llama-1B shape, this formula + 0.5 GiB 4.64), 9.33 GiB (8B shape, 9.6)
+        extra = 3 * min(tokens, 4096) * i * 4
+    elif method == "gguf":
+        extra = block  # a quantized copy; the imatrix itself is one vector per tensor
+    else:  # rtn
+        extra, acts = block, 0
+    return int(block + acts + extra)
+
+
+def peak_memory(job: JobSpec, shape: ModelShape, gpu: bool,
+                source_bytes_per_param: float = 2.0, gguf_bytes: int = 0) -> tuple[int, int]:
+    """(peak RAM, peak VRAM) of `job` on a model of `shape` by the formulas of the module
+    docstring; `gguf_bytes` is the GGUF file the quality gate maps (GGUF jobs)."""
     c = job.calibration
     embed = shape.vocab_size * shape.hidden_size * 4
     method = job.method
     if method == "gguf" and job.gguf.imatrix != "auto":
         method = "rtn"  # no calibration pass
-    work = A.quantize_peak_bytes(shape, method, c.samples, c.seq_len) - A.RUNTIME_OVERHEAD_FIXED
-    prefetch = int(shape.block_linear_params * _source_bytes_per_param(info))
+    work = working_bytes(shape, method, c.samples, c.seq_len)
+    prefetch = int(shape.block_linear_params * source_bytes_per_param)
     logits = 3 * EVAL_CTX * shape.vocab_size * 4
     if job.method == "gguf":  # llama.cpp's output buffer and llama-cpp-python's score array
         logits += 2 * EVAL_CTX * shape.vocab_size * 4
-    model = shape.n_params * 4 if job.method != "gguf" else final_bytes(job, shape)
+    model = shape.n_params * 4 if job.method != "gguf" else gguf_bytes
     evaluate = BASE_RSS + model + logits if job.evaluate else 0
     if gpu:
         return max(BASE_RSS + embed + 2 * prefetch, evaluate), work
     return max(BASE_RSS + embed + work + prefetch, evaluate), 0
+
+
+def memory(job: JobSpec, info: ModelInfo, gpu: bool) -> tuple[int, int]:
+    """(peak RAM, peak VRAM) of `job` on `info` (`peak_memory` with the model's source dtype
+    and, for GGUF, its file size from `final_bytes`)."""
+    gguf = final_bytes(job, info) if job.method == "gguf" and job.evaluate else 0
+    return peak_memory(job, _shape(info), gpu, _source_bytes_per_param(info), gguf)
+
+
+def ram_limit(hw: Hardware) -> int:
+    """The RAM a job may take: RAM_USABLE of the total, or what is available now if less."""
+    cap = int(hw.ram_total * RAM_USABLE)
+    return min(cap, int(hw.ram_available)) if hw.ram_available > 0 else cap
+
+
+def vram_limit(gpu: GPU | None) -> int:
+    """The GPU memory a job may take: VRAM_USABLE of the card, or what is free now if less."""
+    if gpu is None:
+        return 0
+    cap = int(gpu.vram_total * VRAM_USABLE)
+    return min(cap, int(gpu.vram_free)) if gpu.vram_free > 0 else cap
+
+
+def memory_problems(ram: int, vram: int, hw: Hardware, gpu: GPU | None) -> list[str]:
+    """Why peaks of `ram` (and `vram` on `gpu`) do not fit `hw`: [] when they do."""
+    problems = []
+    if ram > ram_limit(hw):
+        problems.append(f"needs {format_size(ram)} of RAM; {format_size(ram_limit(hw))} of "
+                        f"{format_size(hw.ram_total)} are usable")
+    if gpu is not None and vram > vram_limit(gpu):
+        problems.append(f"needs {format_size(vram)} of GPU memory; "
+                        f"{format_size(vram_limit(gpu))} of {format_size(gpu.vram_total)} "
+                        "are usable")
+    return problems
+
+
+def quantize_fit(shape: ModelShape, method: str, samples: int, hw: Hardware,
+                 seq_len: int = CalibrationSpec.seq_len) -> tuple[str, int]:
+    """Where quantizing a model of `shape` with `method` fits on `hw`, and its peak there:
+    ("gpu", peak VRAM) when the GPU takes its working memory and RAM the rest, else ("ram",
+    peak RAM) on the CPU, else ("none", peak RAM). The quantize stage alone (no quality
+    gate), 16-bit source weights: what the advisor shows and recommends by."""
+    job = JobSpec(model=shape.name, method=method, out="-", evaluate=False,
+                  calibration=CalibrationSpec(samples=samples, seq_len=seq_len))
+    gpu = hw.best_gpu
+    if gpu is not None:
+        ram, vram = peak_memory(job, shape, True)
+        if not memory_problems(ram, vram, hw, gpu):
+            return "gpu", vram
+    ram, _ = peak_memory(job, shape, False)
+    return ("ram" if not memory_problems(ram, 0, hw, None) else "none"), ram
 
 
 _best_flops = 0.0
@@ -174,14 +315,14 @@ def matmul_flops(seconds: float = 0.2) -> float:
     return _best_flops
 
 
-def _block_seconds_estimate(job: JobSpec, shape: A.ModelShape, flops: float) -> float:
+def _block_seconds_estimate(job: JobSpec, shape: ModelShape, flops: float) -> float:
     tokens = job.calibration.samples * job.calibration.seq_len
     forward = 2 * shape.block_linear_params * tokens
     factor = {"rtn": 1.0, "gptq": 3.0, "awq": 2.0 + job.awq.grid / 4, "gguf": 2.0}[job.method]
     return forward * factor / flops
 
 
-def evaluation_seconds(job: JobSpec, info: ModelInfo, shape: A.ModelShape,
+def evaluation_seconds(job: JobSpec, info: ModelInfo, shape: ModelShape,
                        cpu_flops: float) -> float:
     """The quality gate (on the CPU): a pass over the evaluation text and the generation
     check for the quantized model, and for the source too unless its distributions are
@@ -203,6 +344,42 @@ def peak_rss() -> int:
     return int(r if sys.platform == "darwin" else r * 1024)
 
 
+class StagePeaks:
+    """Peak RSS of the process at the end of each progress stage (ru_maxrss only grows, so
+    the first stage whose figure equals the job's peak is where the peak happened), and the
+    seconds each stage took."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self.stage: str | None = None
+        self.t0 = time.perf_counter()
+
+    def see(self, stage: str) -> None:
+        if stage != self.stage:
+            self.finish()
+            self.stage = stage
+
+    def finish(self) -> None:
+        now = time.perf_counter()
+        if self.stage is not None:
+            self.peaks[self.stage] = peak_rss()
+            self.seconds[self.stage] = round(self.seconds.get(self.stage, 0) + now - self.t0, 2)
+        self.t0 = now
+
+
+def track_stage_peaks(emit: Emit) -> tuple[Emit, StagePeaks]:
+    """`emit` wrapped so that each Progress event's stage is timed and its peak RSS noted."""
+    peaks = StagePeaks()
+
+    def tracked(e: ev.Event) -> None:
+        if isinstance(e, ev.Progress):
+            peaks.see(e.stage)
+        emit(e)
+
+    return tracked, peaks
+
+
 def probe_block(job: JobSpec, info: ModelInfo) -> tuple[float, float, float, int]:
     """(setup seconds, seconds of the first block, seconds of a later block, peak RSS) of the
     job's own pipeline, run up to the end of block 1 (block 0 for a one-block model) in this
@@ -213,8 +390,6 @@ def probe_block(job: JobSpec, info: ModelInfo) -> tuple[float, float, float, int
     only the first and multiplying it by the depth over-predicted GPTQ and AWQ jobs by 37 %
     on the demo. A later block is the rate; the first is counted once.
     """
-    from qtapp.engine import events as ev
-    from qtapp.engine.errors import Cancelled
     from qtapp.engine.quant.calibration import calibration_tokens
     from qtapp.engine.quant.pipeline import collect_input_stats, pick_device, quantize_blocks
     from qtapp.engine.quant.qstore import QuantStore
@@ -251,13 +426,12 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
              out: Path | None = None) -> Plan:
     """The plan of `job` on `info` (see the module docstring); `out` decides which disk."""
     from qtapp.engine.model.sources import cache_root
-    from qtapp.engine.planning.hardware import detect
 
-    hw = hw or detect()
+    hw = hw or hardware.detect()
     gpu = hw.best_gpu if job.device in ("auto", "cuda") else None
     shape = _shape(info)
     ram, vram = memory(job, info, gpu is not None)
-    final = final_bytes(job, shape)
+    final = final_bytes(job, info)
     temp = 2 * final if job.method != "gguf" else final
     cpu_flops = matmul_flops()
     flops = cpu_flops * (20 if gpu is not None else 1)
@@ -275,9 +449,6 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
                + final / EXPORT_BYTES_PER_S)
     if job.evaluate:
         seconds += evaluation_seconds(job, info, shape, cpu_flops)
-    from qtapp.engine.model.arch import group_size_problem
-    from qtapp.engine.outputs import output_folder_problem
-
     target = Path(out or job.out).expanduser().resolve()
     unwritable = output_folder_problem(target)
     while not target.exists() and target != target.parent:
@@ -288,7 +459,8 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
                 peak_ram=int(ram), peak_vram=int(vram), temp_disk=int(temp),
                 final_disk=int(final), seconds=round(seconds, 1), ram_total=hw.ram_total,
                 vram_total=gpu.vram_total if gpu else 0, disk_free=int(disk_free),
-                probed=probed, block_seconds=round(per_block, 3))
+                probed=probed, block_seconds=round(per_block, 3), ram_usable=ram_limit(hw),
+                vram_usable=vram_limit(gpu))
     groups = group_size_problem(job, info.config)
     if groups is not None:
         plan.problems.append(groups.problem)
@@ -296,7 +468,7 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
     if unwritable:  # before the disk check: an unwritable folder is not a full disk
         plan.problems.append(unwritable)
         plan.fixes.append("choose an output folder you can write to (--out)")
-    _check(plan, job, info, gpu is not None, disk=not unwritable)
+    _check(plan, job, info, hw, gpu, disk=not unwritable)
     return plan
 
 
@@ -306,31 +478,32 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
-
-
-def _check(plan: Plan, job: JobSpec, info: ModelInfo, gpu: bool, disk: bool = True) -> None:
+def _check(plan: Plan, job: JobSpec, info: ModelInfo, hw: Hardware, gpu: GPU | None,
+           disk: bool = True) -> None:
     """Add the memory and disk problems to plan.problems, and fixes to plan.fixes (each
     memory fix re-planned with the formulas); `disk` False skips the free-space check."""
-    ram_ok = plan.ram_total * A.RAM_USABLE
-    memory_short = False
-    if plan.peak_ram > ram_ok:
-        memory_short = True
-        plan.problems.append(f"needs {_gib(plan.peak_ram)} of RAM; {_gib(ram_ok)} of "
-                             f"{_gib(plan.ram_total)} are usable")
-    if gpu and plan.peak_vram > plan.vram_total * A.VRAM_USABLE:
-        memory_short = True
-        plan.problems.append(f"needs {_gib(plan.peak_vram)} of GPU memory; "
-                             f"{_gib(plan.vram_total * A.VRAM_USABLE)} are usable")
+    memory = memory_problems(plan.peak_ram, plan.peak_vram, hw, gpu)
+    plan.problems += memory
+    memory_short = bool(memory)
     if disk and plan.temp_disk > plan.disk_free:
-        plan.problems.append(f"needs {_gib(plan.temp_disk)} of disk while running; "
-                             f"{_gib(plan.disk_free)} are free")
-        plan.fixes.append(f"free {_gib(plan.temp_disk - plan.disk_free)} on the output's disk "
-                          "or choose an output folder on another disk")
-    if not memory_short:
-        return
-    limit_ram, limit_vram = ram_ok, plan.vram_total * A.VRAM_USABLE
+        plan.problems.append(f"needs {format_size(plan.temp_disk)} of disk while running; "
+                             f"{format_size(plan.disk_free)} are free")
+        plan.fixes.append(f"free {format_size(plan.temp_disk - plan.disk_free)} on the "
+                          "output's disk or choose an output folder on another disk")
+    if memory_short:
+        _fixes(plan, job, info, hw, gpu)
+
+
+def _fixes(plan: Plan, job: JobSpec, info: ModelInfo, hw: Hardware, gpu: GPU | None) -> None:
+    """Settings that would fit, each re-planned by the memory formulas."""
+    on_gpu = gpu is not None
+
+    def fits(ram: int, vram: int, device: GPU | None = gpu) -> bool:
+        return not memory_problems(ram, vram, hw, device)
+
+    def vram_text(vram: int) -> str:
+        return f", {format_size(vram)} VRAM" if on_gpu else ""
+
     earlier = len(plan.fixes)
     c = job.calibration
     for samples, seq_len in ((c.samples // 2, c.seq_len), (c.samples // 4, c.seq_len),
@@ -338,27 +511,28 @@ def _check(plan: Plan, job: JobSpec, info: ModelInfo, gpu: bool, disk: bool = Tr
         if samples < 1 or seq_len < 32 or job.method == "rtn":
             continue
         trial = replace(job, calibration=replace(c, samples=samples, seq_len=seq_len))
-        ram, vram = memory(trial, info, gpu)
-        if ram <= limit_ram and (not gpu or vram <= limit_vram):
+        ram, vram = memory(trial, info, on_gpu)
+        if fits(ram, vram):
             plan.fixes.append(f"calibrate on {samples} samples × {seq_len} tokens: "
-                              f"{_gib(ram)} RAM" + (f", {_gib(vram)} VRAM" if gpu else ""))
+                              f"{format_size(ram)} RAM" + vram_text(vram))
             break
-    if gpu:
+    if on_gpu:
         ram, _ = memory(job, info, False)
-        if ram <= limit_ram:
+        if fits(ram, 0, None):
             plan.fixes.append(f"run on the CPU (--device cpu; activations in RAM): "
-                              f"{_gib(ram)} RAM, slower")
+                              f"{format_size(ram)} RAM, slower")
     for method in ("rtn", "gguf"):
         if method != job.method:
-            ram, vram = memory(replace(job, method=method), info, gpu)
-            if ram <= limit_ram and (not gpu or vram <= limit_vram):
+            ram, vram = memory(replace(job, method=method), info, on_gpu)
+            if fits(ram, vram):
                 plan.fixes.append(f"method {method.upper()} (no per-block search): "
-                                  f"{_gib(ram)} RAM")
+                                  f"{format_size(ram)} RAM")
     if job.evaluate:
-        ram, vram = memory(replace(job, evaluate=False), info, gpu)
-        if ram <= limit_ram:
+        ram, vram = memory(replace(job, evaluate=False), info, on_gpu)
+        if fits(ram, vram):
             plan.fixes.append(f"skip the quality gate (--no-eval; it loads the whole model): "
-                              f"{_gib(ram)} RAM")
+                              f"{format_size(ram)} RAM")
     if len(plan.fixes) == earlier:
-        need = math.ceil((plan.peak_ram - ram_ok) / 2**30)
-        plan.fixes.append(f"no setting fits: this model needs about {need} GiB more RAM")
+        need = max(plan.peak_ram - ram_limit(hw), 0)
+        plan.fixes.append(f"no setting fits: this model needs about {format_size(need)} "
+                          "more RAM")

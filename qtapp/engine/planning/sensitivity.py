@@ -56,15 +56,29 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import Cancelled
+from qtapp.engine.events import Emit
 from qtapp.engine.model.sources import ModelInfo, cache_root
 from qtapp.engine.planning.budget import Candidate, ModuleSlot
+from qtapp.engine.quant.batching import first_output, fit_batch
+from qtapp.engine.quant.methods.gptq import gptq_quantize
+from qtapp.engine.quant.methods.rtn import rtn
+from qtapp.engine.quant.pipeline import (
+    BlockInputs,
+    LayerStreamer,
+    collect_hessians,
+    forward_block,
+    stream_blocks,
+)
 
-Emit = Callable[[ev.Event], None]
+# The gguf package and ggml_quant are imported inside quantized_weight, for GGUF candidates only:
+# other methods' profiles are measured without them.
+
 GAIN_SAMPLES = 4
 FISHER_SAMPLES = 4
 
@@ -146,7 +160,6 @@ def quantized_weight(method: str, W: torch.Tensor, H: torch.Tensor, c: Candidate
         return W
     if method == "gguf":
         import gguf
-        import numpy as np
 
         from qtapp.engine.gguf import ggml_quant
 
@@ -156,11 +169,7 @@ def quantized_weight(method: str, W: torch.Tensor, H: torch.Tensor, c: Candidate
         return torch.from_numpy(gguf.quants.dequantize(data, t).astype(np.float32)).to(W)
     assert c.scheme is not None
     if method == "gptq":
-        from qtapp.engine.quant.methods.gptq import gptq_quantize
-
         return gptq_quantize(W, H, c.scheme, job.gptq).dequantize()
-    from qtapp.engine.quant.methods.rtn import rtn
-
     return rtn(W, c.scheme).dequantize()
 
 
@@ -179,13 +188,6 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
                     slots: list[ModuleSlot], emit: Emit, should_cancel: Callable[[], bool],
                     device: torch.device, batch: int = 8) -> SensitivityProfile:
     """Stream the float model once and estimate every slot's candidates (see module doc)."""
-    from qtapp.engine.quant.pipeline import (
-        BlockInputs,
-        LayerStreamer,
-        collect_hessians,
-        forward_block,
-    )
-
     by_name = {s.name: s for s in slots}
     names = list(info.arch.linears)
     streamer = LayerStreamer(info, device)
@@ -193,15 +195,15 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
     energy: list[float] = []
     saved: list[torch.Tensor] = []  # block inputs of the Fisher samples, for the backward
     spread: dict[str, torch.Tensor] = {}  # g_m,i per module
+
+    def progress(i: int, _seconds: float) -> None:
+        emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="sensitivity",
+                         message=f"block {i + 1}/{streamer.n_blocks}"))
+
     try:
         inputs = streamer.capture_inputs(tokens, batch)
-        for i in range(streamer.n_blocks):
-            if should_cancel():
-                raise Cancelled()
-            prefix = streamer.block_prefix(i)
-            block = streamer.materialize(streamer.blocks[i], prefix)
-            if i + 1 < streamer.n_blocks:
-                streamer.prefetch(streamer.block_prefix(i + 1))
+        for b in stream_blocks(streamer, inputs, should_cancel, progress):
+            prefix, block = b.prefix, b.module
             todo = [n for n in names if prefix + n in by_name]
             energy.append(float(inputs.x.pow(2).sum(-1).mean()))
             saved.append(inputs.x[:FISHER_SAMPLES].to("cpu", copy=True))
@@ -233,10 +235,6 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
                 modules[slot.name] = ModuleSensitivity(slot.name, float(per_dim.sum()), errors,
                                                        ref.key if ref else "")
                 del H
-            forward_block(block, inputs, out=inputs.x, should_cancel=should_cancel)
-            streamer.release(block)
-            emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="sensitivity",
-                             message=f"block {i + 1}/{streamer.n_blocks}"))
         fisher = fisher_diagonals(streamer, saved, inputs, tokens[:FISHER_SAMPLES], emit,
                                   should_cancel)
     finally:
@@ -268,8 +266,6 @@ def _block_gain(block: torch.nn.Module, linear: torch.nn.Linear, W: torch.Tensor
                 W_hat: torch.Tensor, sub, y_ref: torch.Tensor) -> torch.Tensor:
     """g_i = Σ_t ΔY_{t,i}² / Σ_t ‖ΔW x_t‖² per output channel i of the block, with only
     `linear` replaced by Ŵ (see module doc); Σ_i g_i is the scalar gain g_m."""
-    from qtapp.engine.quant.pipeline import forward_block
-
     dW = (W - W_hat).to(linear.weight.dtype)
     module_err = [0.0]
 
@@ -298,11 +294,9 @@ def fisher_diagonals(streamer, saved: list[torch.Tensor], inputs, tokens: torch.
     inputs and the gradient is carried to its input. One block in memory at a time, as in
     the forward pass; `saved[l]` holds block l's inputs for the Fisher samples.
     """
-    from qtapp.engine.quant.batching import first_output, fit_batch
-
     arch = streamer.info.arch
     device = streamer.device
-    norm = streamer.materialize(streamer._resolve(arch.final_norm), arch.final_norm + ".")
+    norm = streamer.materialize(streamer.resolve(arch.final_norm), arch.final_norm + ".")
     reader = streamer.reader
     head = arch.lm_head + ".weight" if reader.has(arch.lm_head + ".weight") \
         else arch.embed + ".weight"

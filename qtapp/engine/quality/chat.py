@@ -20,6 +20,10 @@ from typing import Any
 
 from qtapp.engine.errors import UserError
 
+# jinja2, torch, llama.cpp and the model loaders are imported inside the functions that need them:
+# the window and the command line import this module at start-up (END_OF_TURN_TOKENS,
+# render_chat), before any model is opened.
+
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
 
 FALLBACK_TEMPLATE = (
@@ -108,7 +112,7 @@ class TransformersChat(ChatBackend):
         self.tokenizer = tokenizer
         self.device = device
         super().__init__(folder.name, getattr(tokenizer, "chat_template", None) or None)
-        self.eos_ids = _eos_ids(tokenizer, model)
+        self.eos_ids = eos_ids(tokenizer, model)
         # transformers 5.2x renamed past_key_values to cache (argument and output field)
         params = inspect.signature(self.model.forward).parameters
         self.cache_name = "cache" if "cache" in params else "past_key_values"
@@ -246,7 +250,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise UserError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
 
 
-def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
+def eos_ids(tokenizer: Any, model: Any) -> set[int]:
+    """The token ids that end an answer: the tokenizer's and the generation config's EOS, and
+    the end-of-turn tokens of the chat templates (END_OF_TURN_TOKENS) in the vocabulary."""
     ids: set[int] = set()
     for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
         if isinstance(value, int):

@@ -1,7 +1,8 @@
 """Quality gate: is a quantized model still its source? Perplexity, KL divergence, top-1
 agreement and a generation check, with a verdict good / degraded / broken.
 
-    quality_report(model, source, ctx=512, text=None) -> QualityReport
+    quality_report(model, source, ctx=EVAL_CTX, text=None) -> QualityReport
+    model_perplexity(model, ctx=EVAL_CTX, text=None) -> (perplexity, positions)
 
 `model` and `source` are anything QuantDesk can load: a Hugging Face folder (plain, GPTQ,
 AWQ, compressed-tensors; dequantized by qtapp.engine.model.loader), a `.gguf` file, or a folder
@@ -17,6 +18,11 @@ at least ctx/2 tokens of context. Over all scored positions t:
     ppl        = exp(mean_t −log Q(x_{t+1}))          (ppl_source likewise with P)
     kld_mean   = mean_t KL(P_t‖Q_t),  kld_p99 its 99th percentile (linear interpolation)
     top1_agree = 100 · mean_t [argmax Q_t = argmax P_t]
+
+It is QuantDesk's one perplexity protocol: `model_perplexity` scores a model alone with
+it (its own tokenizer), so `quantdesk eval M`, `quantdesk eval M --against S`, a job's
+result and the benchmarks print the same perplexity for M. The window is
+qtapp.engine.config.EVAL_CTX (512) unless `ctx` is given.
 
 P is the source's next-token distribution, Q the model's; KL uses the source's cached top-k
 and a sample of its tail (qtapp.engine.quality.kld explains the estimate and its error). The source's distributions and
@@ -52,15 +58,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from qtapp.engine.config import EVAL_CTX
 from qtapp.engine.errors import Cancelled, UserError
-from qtapp.engine.model.sources import gguf_file_of
+from qtapp.engine.events import ShouldCancel
+from qtapp.engine.gguf.llama_runtime import load_llama
+from qtapp.engine.model.loader import has_tokenizer, load_dequantized, load_tokenizer
+from qtapp.engine.model.sources import cache_disk_full, cache_root, gguf_file_of
 from qtapp.engine.quality import kld as K
-from qtapp.engine.quality.gencheck import GenerationCheck
+from qtapp.engine.quality.gencheck import GenerationCheck, check_llama, check_torch
+from qtapp.engine.quant.calibration import builtin_eval_text, tokenize
 
-DEFAULT_CTX = 512
 CACHE_VERSION = "quality-2"
-Progress = Callable[[str], None]
-ShouldCancel = Callable[[], bool]
+MessageCallback = Callable[[str], None]  # one line saying what the gate is doing now
 
 
 def _never() -> bool:
@@ -138,8 +147,6 @@ class _TorchScorer(_Scorer):
     model's, nor spend their load time."""
 
     def __init__(self, path: Path, trust_remote_code: bool = False) -> None:
-        from qtapp.engine.model.loader import has_tokenizer, load_tokenizer
-
         if not (path / "config.json").exists():
             raise UserError(f"{path} is neither a model folder (no config.json) nor a .gguf "
                             "file; give what QuantDesk wrote or a Hugging Face folder")
@@ -151,15 +158,11 @@ class _TorchScorer(_Scorer):
     @property
     def model(self) -> Any:
         if self._model is None:
-            from qtapp.engine.model.loader import load_dequantized
-
             self._model, _tokenizer = load_dequantized(
                 self.path, trust_remote_code=self.trust_remote_code)
         return self._model
 
     def token_ids(self, text: str) -> tuple[list[int], int | None]:
-        from qtapp.engine.quant.calibration import tokenize
-
         tok = self.tokenizer
         if tok is None:
             raise UserError("the source model folder has no tokenizer; it is needed to "
@@ -175,8 +178,6 @@ class _TorchScorer(_Scorer):
 
     def generate(self, tokenizer: Any = None, should_cancel: ShouldCancel = _never,
                  ) -> list[GenerationCheck]:
-        from qtapp.engine.quality.gencheck import check_torch
-
         tok = self.tokenizer or tokenizer
         return check_torch(self.model, tok, should_cancel=should_cancel) \
             if tok is not None else []
@@ -187,8 +188,6 @@ class _TorchScorer(_Scorer):
 
 class _LlamaScorer(_Scorer):
     def __init__(self, file: Path, ctx: int) -> None:
-        from qtapp.engine.gguf.llama_runtime import load_llama
-
         self.ctx = ctx
         self.llm = load_llama(file, n_ctx=max(ctx, 512), logits_all=True)
 
@@ -203,8 +202,6 @@ class _LlamaScorer(_Scorer):
 
     def generate(self, tokenizer: Any = None, should_cancel: ShouldCancel = _never,
                  ) -> list[GenerationCheck]:
-        from qtapp.engine.quality.gencheck import check_llama
-
         return check_llama(self.llm, should_cancel=should_cancel)
 
     def close(self) -> None:
@@ -263,8 +260,6 @@ def fingerprint(path: Path) -> str:
 
 
 def _cache_file(source: Path, tokens: np.ndarray, ctx: int) -> Path:
-    from qtapp.engine.model.sources import cache_root
-
     h = hashlib.sha256(f"{CACHE_VERSION}\0{K.TOP_K}\0{K.TAIL_SAMPLES}\0{ctx}\0"
                        f"{fingerprint(source)}".encode())
     h.update(tokens.tobytes())
@@ -275,8 +270,8 @@ def _checks_from(data: list[dict[str, Any]]) -> list[GenerationCheck]:
     return [GenerationCheck(**d) for d in data]
 
 
-def _source_pass(scorer: _Scorer, w: np.ndarray, generation: bool, progress: Progress,
-                 should_cancel: ShouldCancel = _never,
+def _source_pass(scorer: _Scorer, w: np.ndarray, generation: bool,
+                 progress: MessageCallback, should_cancel: ShouldCancel = _never,
                  ) -> tuple[K.SourceDistributions, list[GenerationCheck]]:
     parts = []
     for i, window in enumerate(w):
@@ -287,12 +282,10 @@ def _source_pass(scorer: _Scorer, w: np.ndarray, generation: bool, progress: Pro
     return K.SourceDistributions.concat(parts), checks
 
 
-def source_is_cached(source: Path, ctx: int = DEFAULT_CTX, text: str | None = None) -> bool:
+def source_is_cached(source: Path, ctx: int = EVAL_CTX, text: str | None = None) -> bool:
     """Whether `source`'s distributions and generation check on the evaluation text are in
     the cache (then a quality gate runs only the quantized model). Tokenizes the text; a
     folder's model is not loaded. False when that cannot be told."""
-    from qtapp.engine.quant.calibration import builtin_eval_text
-
     text = builtin_eval_text() if text is None else text
     try:
         scorer = _open(Path(source), ctx)
@@ -309,8 +302,8 @@ def source_is_cached(source: Path, ctx: int = DEFAULT_CTX, text: str | None = No
         scorer.close()
 
 
-def source_distributions(source: Path, ctx: int = DEFAULT_CTX, text: str | None = None,
-                         generation: bool = True, progress: Progress | None = None,
+def source_distributions(source: Path, ctx: int = EVAL_CTX, text: str | None = None,
+                         generation: bool = True, progress: MessageCallback | None = None,
                          trust_remote_code: bool = False, *,
                          should_cancel: ShouldCancel = _never,
                          ) -> tuple[np.ndarray, K.SourceDistributions, list[GenerationCheck]]:
@@ -318,9 +311,6 @@ def source_distributions(source: Path, ctx: int = DEFAULT_CTX, text: str | None 
     when present. A cache entry without a generation check is completed by one. A full
     disk while writing the cache is a UserError naming the cache. should_cancel() is
     polled per window and per generated token (then Cancelled is raised)."""
-    from qtapp.engine.model.sources import cache_disk_full
-    from qtapp.engine.quant.calibration import builtin_eval_text
-
     progress = progress or (lambda _m: None)
     text = builtin_eval_text() if text is None else text
     if not text.strip():
@@ -390,8 +380,8 @@ def _new_flags(model: list[GenerationCheck], source: list[GenerationCheck]) -> i
     return sum(bool(set(m.flags) - set(s.flags)) for m, s in zip(model, source, strict=False))
 
 
-def quality_report(model: Path, source: Path, ctx: int = DEFAULT_CTX, text: str | None = None,
-                   *, generation: bool = True, progress: Progress | None = None,
+def quality_report(model: Path, source: Path, ctx: int = EVAL_CTX, text: str | None = None,
+                   *, generation: bool = True, progress: MessageCallback | None = None,
                    thresholds: Thresholds = THRESHOLDS,
                    trust_remote_code: bool = False,
                    should_cancel: ShouldCancel = _never) -> QualityReport:
@@ -440,8 +430,6 @@ def quality_report(model: Path, source: Path, ctx: int = DEFAULT_CTX, text: str 
 
 def _source_tokenizer(scorer: _Scorer, source: Path, trust_remote_code: bool = False) -> Any:
     """The source folder's tokenizer when a quantized folder lacks its own, else None."""
-    from qtapp.engine.model.loader import has_tokenizer, load_tokenizer
-
     path = Path(source)
     if scorer.tokenizer is not None or not isinstance(scorer, _TorchScorer):
         return None
@@ -450,8 +438,8 @@ def _source_tokenizer(scorer: _Scorer, source: Path, trust_remote_code: bool = F
     return load_tokenizer(path, trust_remote_code)
 
 
-def model_perplexity(model: Path, ctx: int = DEFAULT_CTX, text: str | None = None, *,
-                     progress: Progress | None = None,
+def model_perplexity(model: Path, ctx: int = EVAL_CTX, text: str | None = None, *,
+                     progress: MessageCallback | None = None,
                      trust_remote_code: bool = False) -> tuple[float, int]:
     """(perplexity, scored positions) of `model` alone, with the quality gate's protocol
     (module docstring): the same windows, the same scored second halves and the same
@@ -459,8 +447,6 @@ def model_perplexity(model: Path, ctx: int = DEFAULT_CTX, text: str | None = Non
     `quantdesk eval M --against S` prints for M when M and S tokenize the text alike (a
     quantized folder and its source do). The text is tokenized by `model`'s own tokenizer
     (a .gguf file's, through llama.cpp)."""
-    from qtapp.engine.quant.calibration import builtin_eval_text
-
     progress = progress or (lambda _m: None)
     text = builtin_eval_text() if text is None else text
     if not text.strip():

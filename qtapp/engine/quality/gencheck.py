@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qtapp.engine.errors import Cancelled
+from qtapp.engine.quality.chat import END_OF_TURN_TOKENS, eos_ids, render_chat
+
+# torch and numpy are imported inside the check of the runtime that needs them (a transformers
+# model or llama.cpp): the other runtime's check does without.
 
 PROMPTS = (
     "What is the capital of France? Answer in one sentence.",
@@ -84,10 +88,8 @@ def check_torch(model: Any, tokenizer: Any, prompts: Sequence[str] = PROMPTS,
     should_cancel() is polled before every token (raises Cancelled)."""
     import torch
 
-    from qtapp.engine.quality.chat import _eos_ids, render_chat
-
     template = getattr(tokenizer, "chat_template", None) or None
-    eos = _eos_ids(tokenizer, model)
+    eos = eos_ids(tokenizer, model)
     params = inspect.signature(model.forward).parameters
     cache_name = "cache" if "cache" in params else "past_key_values"
     device = next(model.parameters()).device
@@ -119,8 +121,6 @@ def check_llama(llm: Any, prompts: Sequence[str] = PROMPTS,
                 should_cancel: Callable[[], bool] | None = None) -> list[GenerationCheck]:
     """Greedy answers of a llama_cpp.Llama created with logits_all=True."""
     import numpy as np
-
-    from qtapp.engine.quality.chat import END_OF_TURN_TOKENS, render_chat
 
     def text_of(token: int) -> str:
         return llm._model.token_get_text(token) if token >= 0 else ""

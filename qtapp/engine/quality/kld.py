@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qtapp.engine.errors import UserError
+
 TOP_K = 32
 TAIL_SAMPLES = 32
 
@@ -129,8 +131,6 @@ def compare(source: SourceDistributions, logits: torch.Tensor, targets: torch.Te
     logq = torch.log_softmax(logits.float(), dim=-1)
     ids = torch.from_numpy(source.top_ids.astype(np.int64))
     if int(ids.max()) >= logq.shape[-1]:
-        from qtapp.engine.errors import UserError
-
         raise UserError(f"the model's vocabulary ({logq.shape[-1]} tokens) is smaller than the "
                         "source's; compare a quantized model only with its own source")
     logp_s = torch.from_numpy(source.top_logp)

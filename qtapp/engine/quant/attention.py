@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 
+# transformers is imported inside the functions that use it (GPU forwards only): it takes about
+# half a second to import.
+
 NAME = "quantdesk_sdpa"
 _registered = False
 

@@ -24,6 +24,7 @@ import torch
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
+from qtapp.engine.model.loader import load_tokenizer
 from qtapp.engine.model.sources import ModelInfo
 
 DEFAULT_SAMPLES = 512
@@ -146,8 +147,6 @@ def calibration_tokens(job: JobSpec, info: ModelInfo, emit: Callable[[ev.Event],
                        ) -> torch.Tensor:
     """The job's calibration batches (n, L), tokenized with the model's own tokenizer (code
     shipped with the model runs only with trust_remote_code)."""
-    from qtapp.engine.model.loader import load_tokenizer
-
     tokenizer = load_tokenizer(info.path, job.trust_remote_code)
     c = job.calibration
     tokens = calibration_batches(tokenizer, c.source, c.samples, c.seq_len, c.seed)

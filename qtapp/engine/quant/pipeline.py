@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,11 @@ from torch import nn
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec, QuantScheme
 from qtapp.engine.errors import Cancelled, UserError
+from qtapp.engine.events import Emit
 from qtapp.engine.model.sources import ModelInfo, SafetensorsReader
 from qtapp.engine.quant.attention import gpu_attention
 from qtapp.engine.quant.batching import first_output, fit_batch
+from qtapp.engine.quant.methods.awq import AwqBlockResult, awq_apply_block, awq_search_block
 from qtapp.engine.quant.methods.gptq import (
     HessianAccumulator,
     gptq_quantize,
@@ -45,7 +47,9 @@ from qtapp.engine.quant.methods.rtn import rtn
 from qtapp.engine.quant.primitives import QuantizedWeight
 from qtapp.engine.quant.qstore import QuantStore
 
-Emit = Callable[[ev.Event], None]
+# accelerate and transformers are imported where the model skeleton is built (LayerStreamer), not
+# with this module: they take about a second to import, and pick_device and the block helpers are
+# used without them.
 
 # On a GPU, float32 matrix products (block forwards, Hessians XᵀX, the GPTQ sweep) may use
 # TF32 tensor cores. Measured on an H100, Llama-8B shape, W4 g128, 128 × 2048 tokens:
@@ -137,8 +141,9 @@ class LayerStreamer:
         with init_empty_weights(include_buffers=False):
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, **extra)
         self.model.eval()
-        self.blocks = self._resolve(info.arch.layers_prefix)
+        self.blocks = self.resolve(info.arch.layers_prefix)
         self.n_blocks = len(self.blocks)
+        info.arch.check_block(self.blocks[0])  # the family table against the module graph
         self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._pending: dict[str, Future[dict[str, torch.Tensor]]] = {}
 
@@ -157,7 +162,8 @@ class LayerStreamer:
         if prefix not in self._pending:
             self._pending[prefix] = self._reader_thread.submit(self._read, prefix)
 
-    def _resolve(self, dotted: str) -> Any:
+    def resolve(self, dotted: str) -> Any:
+        """The (meta) submodule of the model at a dotted path ("model.norm")."""
         obj: Any = self.model
         for part in dotted.split("."):
             obj = getattr(obj, part)
@@ -194,14 +200,14 @@ class LayerStreamer:
     def capture_inputs(self, tokens: torch.Tensor, batch: int) -> BlockInputs:
         """Run the embeddings on the calibration tokens and capture block 0's inputs."""
         arch = self.info.arch
-        embed = self._resolve(arch.embed)
+        embed = self.resolve(arch.embed)
         self.materialize(embed, arch.embed + ".")
         catcher = _Catcher(self.blocks[0])
         original = self.blocks[0]
         self.blocks[0] = catcher
         xs: list[torch.Tensor] = []
         kwargs: dict[str, Any] = {}
-        inner = self._resolve(arch.layers_prefix.rsplit(".", 1)[0])
+        inner = self.resolve(arch.layers_prefix.rsplit(".", 1)[0])
         try:
             with torch.no_grad():
                 for i in range(0, tokens.shape[0], batch):
@@ -242,6 +248,47 @@ def _poll(should_cancel: Callable[[], bool] | None) -> None:
 
 def block_dtype(block: nn.Module) -> torch.dtype:
     return next(block.parameters()).dtype
+
+
+@dataclass
+class StreamedBlock:
+    """One block of `stream_blocks`, materialised on the device."""
+
+    index: int
+    prefix: str  # "model.layers.3."
+    module: nn.Module
+    hooks: list[Any] = field(default_factory=list)  # handles removed after the block's forward
+
+
+def stream_blocks(streamer: LayerStreamer, inputs: BlockInputs,
+                  should_cancel: Callable[[], bool],
+                  after_block: Callable[[int, float], None]) -> Iterator[StreamedBlock]:
+    """The loop of every streamed pass over the model (quantizing, the importance matrix,
+    the sensitivity pass), one block in memory at a time:
+
+        for each block i:
+            should_cancel()?  → raise Cancelled
+            materialise block i; start reading block i + 1 from disk (prefetch)
+            yield it            (the caller quantizes or measures it, and may register
+                                 forward hooks, listed in `hooks`)
+            X_{i+1} = block i (X_i), written over inputs.x; the hooks are removed
+            free block i; after_block(i, seconds since block i was started)
+    """
+    for i in range(streamer.n_blocks):
+        _poll(should_cancel)
+        t0 = time.perf_counter()
+        prefix = streamer.block_prefix(i)
+        block = StreamedBlock(i, prefix, streamer.materialize(streamer.blocks[i], prefix))
+        if i + 1 < streamer.n_blocks:
+            streamer.prefetch(streamer.block_prefix(i + 1))
+        yield block
+        try:
+            forward_block(block.module, inputs, out=inputs.x, should_cancel=should_cancel)
+        finally:
+            for h in block.hooks:
+                h.remove()
+        streamer.release(block.module)
+        after_block(i, time.perf_counter() - t0)
 
 
 def _linear(block: nn.Module, name: str) -> nn.Linear:
@@ -408,15 +455,13 @@ class BlockQuantizer:
 
     def _awq_scale(self, block: nn.Module, prefix: str, inputs: BlockInputs,
                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
-        from qtapp.engine.quant.methods.awq import awq_apply_block, awq_search_block
-
         groups = self.info.arch.awq_groups
         result = awq_search_block(
             block, inputs.x, inputs.kwargs, groups,
             lambda n: self.scheme(prefix, n), self.job.awq, batch_size=inputs.batch,
         )
         self._check_cancel()
-        awq_apply_block(block, result, groups)
+        awq_apply_block(block, result, groups, self.info.arch.norm_offset)
         # The scaled previous ops (norms, v/up rows) differ from the source: keep them.
         changed = {g.prev for g in groups if g.prev in result.scales}
         floats = {}
@@ -461,14 +506,17 @@ def _quantize_streamed(streamer: LayerStreamer, quantizer: BlockQuantizer, input
                        should_cancel: Callable[[], bool]) -> None:
     t_start = time.perf_counter()
     timed = 0
-    for i in range(streamer.n_blocks):
-        if should_cancel():
-            raise Cancelled()
-        t0 = time.perf_counter()
-        prefix = streamer.block_prefix(i)
-        block = streamer.materialize(streamer.blocks[i], prefix)
-        if i + 1 < streamer.n_blocks:
-            streamer.prefetch(streamer.block_prefix(i + 1))
+
+    def progress(i: int, seconds: float) -> None:
+        elapsed = time.perf_counter() - t_start
+        left = streamer.n_blocks - i - 1
+        eta = elapsed / max(timed, 1) * left if timed else None
+        emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="quantize",
+                         message=f"block {i + 1}/{streamer.n_blocks} ({seconds:.1f} s)",
+                         eta_s=eta))
+
+    for b in stream_blocks(streamer, inputs, should_cancel, progress):
+        i, prefix, block = b.index, b.prefix, b.module
         if i in done:
             modules, _meta, floats = store.load_block(i)
             for name, qw in modules.items():
@@ -480,14 +528,6 @@ def _quantize_streamed(streamer: LayerStreamer, quantizer: BlockQuantizer, input
                 report.search.save(store.root / AWQ_SEARCH_FILE.format(i))
             store.save_block(i, report.modules, report.meta, report.floats)
             timed += 1
-        forward_block(block, inputs, out=inputs.x, should_cancel=should_cancel)
-        streamer.release(block)
-        elapsed = time.perf_counter() - t_start
-        left = streamer.n_blocks - i - 1
-        eta = elapsed / max(timed, 1) * left if timed else None
-        emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="quantize",
-                         message=f"block {i + 1}/{streamer.n_blocks} "
-                         f"({time.perf_counter() - t0:.1f} s)", eta_s=eta))
 
 
 def gather_awq_search(store: QuantStore, n_blocks: int, prefix_of: Callable[[int], str],
@@ -497,8 +537,6 @@ def gather_awq_search(store: QuantStore, n_blocks: int, prefix_of: Callable[[int
     `.json` twin, so the search can be inspected or re-applied without searching again.
     The caller puts it in a subfolder: loaders such as vLLM read every *.safetensors file at
     the top of a model folder as weights."""
-    from qtapp.engine.quant.methods.awq import AwqBlockResult
-
     merged = AwqBlockResult()
     for i in range(n_blocks):
         f = store.root / AWQ_SEARCH_FILE.format(i)
@@ -545,24 +583,15 @@ def _collect_streamed(streamer: LayerStreamer, inputs: BlockInputs, info: ModelI
                       add: Callable[[str, torch.Tensor], None], emit: Emit,
                       should_cancel: Callable[[], bool]) -> None:
     names = [n for group in info.arch.sequential for n in group]
-    for i in range(streamer.n_blocks):
-        if should_cancel():
-            raise Cancelled()
-        prefix = streamer.block_prefix(i)
-        block = streamer.materialize(streamer.blocks[i], prefix)
-        if i + 1 < streamer.n_blocks:
-            streamer.prefetch(streamer.block_prefix(i + 1))
-        hooks = [
-            _linear(block, n).register_forward_hook(
-                lambda _m, args, _out, full=prefix + n: add(full, args[0].detach())
-            )
-            for n in names
-        ]
-        try:
-            forward_block(block, inputs, out=inputs.x, should_cancel=should_cancel)
-        finally:
-            for h in hooks:
-                h.remove()
-        streamer.release(block)
+
+    def progress(i: int, _seconds: float) -> None:
         emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="imatrix",
                          message=f"importance matrix: block {i + 1}/{streamer.n_blocks}"))
+
+    for b in stream_blocks(streamer, inputs, should_cancel, progress):
+        b.hooks.extend(  # the inputs of the block's forward that stream_blocks runs next
+            _linear(b.module, n).register_forward_hook(
+                lambda _m, args, _out, full=b.prefix + n: add(full, args[0].detach())
+            )
+            for n in names
+        )

@@ -16,12 +16,13 @@ One safetensors file per decoder block, written atomically (temporary file, fsyn
 Module names are stored as given (the pipeline uses names relative to the block, e.g.
 ``self_attn.q_proj``); float tensors carry full names (``model.layers.3.input_layernorm.weight``).
 A store belongs to one job: `fingerprint` (model, method, scheme, rules, calibration — see
-`qtapp.engine.jobs.job.job_fingerprint`) is kept in job.json, and a store made by a different
+`job_fingerprint`) is kept in job.json, and a store made by a different
 job is emptied when it is opened, never resumed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -34,12 +35,30 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from qtapp.engine.config import JobSpec
+from qtapp.engine.model.sources import ModelInfo, cache_root
 from qtapp.engine.quant.primitives import QuantizedWeight, default_g_idx
 
 STORE_VERSION = 1
 _META_KEY = "quantdesk"
 _PARTS = ("q", "scale", "zero", "g_idx")
 _BLOCK_RE = re.compile(r"^block-(\d{5})\.safetensors$")
+
+
+def job_fingerprint(job: JobSpec, info: ModelInfo) -> str:
+    """What makes two jobs' checkpoints interchangeable: model, method and its settings."""
+    d = job.to_dict()
+    for k in ("out", "evaluate", "resume", "overwrite", "export_format", "device",
+              "ignore_plan"):
+        d.pop(k, None)
+    d["model_path"] = str(info.path.resolve())
+    d["weights"] = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in info.weight_files]
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checkpoint_dir(job: JobSpec, info: ModelInfo) -> Path:
+    """The folder of the job's resumable checkpoint (shared by jobs with the same settings)."""
+    return cache_root() / "jobs" / job_fingerprint(job, info)
 
 
 def _block_file(root: Path, index: int) -> Path:

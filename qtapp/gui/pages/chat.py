@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from qtapp.engine.quality import chat as chat_engine
 from qtapp.engine.quality.chat import GenerationSettings, Message
 from qtapp.gui import theme
 from qtapp.gui.i18n import tr
@@ -67,8 +68,6 @@ class ChatPane(Card):
         return self.loading or self.task is not None
 
     def load(self, spec: str, title: str) -> None:
-        from qtapp.engine.quality.chat import open_chat
-
         if self.backend is not None and spec == self.model_spec:
             return
         self.close_backend()
@@ -92,7 +91,7 @@ class ChatPane(Card):
             self._status(tr("Could not load: {error}").format(error=error), "ErrorText")
             self.state_changed.emit()
 
-        self.state.background.run(lambda ctx: open_chat(spec), done, failed)
+        self.state.background.run(lambda ctx: chat_engine.open_chat(spec), done, failed)
 
     def send(self, text: str, settings: GenerationSettings) -> None:
         if self.backend is None or self.task is not None:

@@ -18,15 +18,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qtapp.engine.planning.advisor import (
-    PRECISIONS,
-    Advice,
-    SizeRow,
-    format_params,
-    format_size,
-)
+from qtapp.engine.planning.advisor import PRECISIONS, Advice, SizeRow
 from qtapp.engine.planning.hardware import Hardware, detect
 from qtapp.gui import theme
+from qtapp.gui.format import format_params, format_size
 from qtapp.gui.i18n import tr
 from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import Card, PageHeader, button, label, page_layout

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from qtapp.engine.errors import UserError
-from qtapp.engine.planning.advisor import format_params, format_size
+from qtapp.gui.format import format_params, format_size
 from qtapp.gui.i18n import tr
 from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import (
@@ -30,6 +30,9 @@ from qtapp.gui.widgets.common import (
     page_layout,
     set_role,
 )
+
+# model.sources (which imports torch) is imported inside the background task that resolves a
+# model: the window opens without torch.
 
 SOURCES = ("demo", "folder", "hub")
 INFO_KEYS = [QT_TR_NOOP("Name"), QT_TR_NOOP("Architecture"), QT_TR_NOOP("Parameters"),

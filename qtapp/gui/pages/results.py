@@ -16,10 +16,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qtapp.engine.planning.advisor import format_size
 from qtapp.gui import theme
+from qtapp.gui.format import (
+    format_duration,
+    format_ppl,
+    format_size,
+    ppl_change,
+    quality_text,
+    size_share,
+)
 from qtapp.gui.i18n import tr
-from qtapp.gui.pages.run import format_duration
 from qtapp.gui.results_store import RunRecord
 from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import Card, KeyValues, PageHeader, button, label, page_layout
@@ -115,15 +121,12 @@ class ResultsPage(QWidget):
         muted = QColor(theme.MUTED)
         if kind == ORIGINAL:
             cells = [r.model, tr("original"), "16-bit", format_size(r.source_size_bytes),
-                     _ppl(r.ppl_source), "", "", "", ""]
+                     format_ppl(r.ppl_source), "", "", "", ""]
         else:
-            delta = ""
-            if r.ppl is not None and r.ppl_source:
-                delta = f"{(r.ppl / r.ppl_source - 1) * 100:+.1f} %"
-            ratio = (f" ({r.size_bytes / r.source_size_bytes:.0%})"
-                     if r.source_size_bytes else "")
-            cells = [r.model, r.method.upper(), r.settings, format_size(r.size_bytes) + ratio,
-                     _ppl(r.ppl), delta, r.verdict, format_duration(r.seconds),
+            cells = [r.model, r.method.upper(), r.settings,
+                     format_size(r.size_bytes) + size_share(r.size_bytes, r.source_size_bytes),
+                     format_ppl(r.ppl), ppl_change(r.ppl, r.ppl_source), r.verdict,
+                     format_duration(r.seconds),
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r.finished))]
         for c, text in enumerate(cells):
             item = QTableWidgetItem(text)
@@ -157,7 +160,7 @@ class ResultsPage(QWidget):
                   ", ".join(map(str, files)) or "—",
                   tr("{n} samples × {L} tokens").format(n=calib[0], L=calib[1])
                   if isinstance(calib, list) and len(calib) == 2 else "—",
-                  r.source, _quality(r.summary) if kind == "run" else "—"]
+                  r.source, quality_text(r.summary) if kind == "run" else "—"]
         for k, v in zip(DETAIL_KEYS, values):
             self.detail.set(tr(k), v)
 
@@ -180,18 +183,3 @@ class ResultsPage(QWidget):
     def table_text(self) -> list[list[str]]:
         return [[self.table.item(r, c).text() for c in range(self.table.columnCount())]
                 for r in range(self.table.rowCount())]
-
-
-def _quality(summary: dict) -> str:
-    """KL divergence, top-1 agreement and the verdict's reasons of a run's quality gate."""
-    if summary.get("kld_mean") is None:
-        return "—"
-    text = tr("KL divergence {kld:.4f} (99th percentile {p99:.3f}), top-1 agreement "
-              "{top1:.1f} %").format(kld=summary["kld_mean"], p99=summary.get("kld_p99", 0.0),
-                                     top1=summary.get("top1_agree", 0.0))
-    reasons = summary.get("verdict_reasons") or []
-    return text + "".join(f"\n• {x}" for x in reasons)
-
-
-def _ppl(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"

@@ -17,9 +17,9 @@ from PySide6.QtWidgets import (
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
-from qtapp.engine.planning.advisor import format_size
 from qtapp.gui import theme
 from qtapp.gui.engine_process import EngineProcess, Outcome
+from qtapp.gui.format import format_duration, format_size, job_title
 from qtapp.gui.i18n import tr
 from qtapp.gui.state import AppState
 from qtapp.gui.widgets.common import Card, button, label, page_layout, set_role
@@ -33,21 +33,6 @@ STAGE_WORDS = {"calibration": QT_TR_NOOP("Preparing calibration data"),
                "evaluate": QT_TR_NOOP("Measuring perplexity")}
 STATUS_ROLES = {"running": "Muted", "result": "OkText", "failed": "ErrorText",
                 "crashed": "ErrorText", "cancelled": "WarnText"}
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return tr("{s} s").format(s=seconds)
-    if seconds < 3600:
-        return tr("{m} min {s:02d} s").format(m=seconds // 60, s=seconds % 60)
-    return tr("{h} h {m:02d} min").format(h=seconds // 3600, m=seconds % 3600 // 60)
-
-
-def job_title(job: JobSpec) -> str:
-    settings = job.gguf.type if job.method == "gguf" else job.scheme.label
-    mixed = tr(" + mixed precision") if job.rules else ""
-    return f"{job.method.upper()} {settings}{mixed}"
 
 
 class RunPage(QWidget):

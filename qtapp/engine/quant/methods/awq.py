@@ -31,8 +31,8 @@ tokens chose the same α for every group, at 20, 30 and 43 CPU-seconds per block
 Folding (exact in real arithmetic):  W X = (W · diag s) (diag s⁻¹ X).  diag s⁻¹ goes into
 the previous op: an RMSNorm/LayerNorm's weight (and bias) or the previous linear's output
 rows (and bias). A linear → linear pair whose shapes do not match (v→o under grouped-query
-attention) is skipped, as AutoAWQ does. Norms of the form x̂·(1 + w) (Gemma) are not
-supported.
+attention) is skipped, as AutoAWQ does. Norms of the form x̂·(1 + w) (Gemma) fold as
+w' = (1 + w)/s − 1 (the family's norm_offset, qtapp.engine.model.arch).
 
 Clipping (paper §3.3 / llm-awq `auto_clip`), after scaling, for every quantized linear but
 q/k (their errors pass through the softmax, so a per-row error is a poor proxy): per output
@@ -509,12 +509,13 @@ def awq_search_block(
 
 
 def awq_apply_block(block: nn.Module, result: AwqBlockResult, groups: tuple[AwqGroup, ...],
-                    ) -> None:
+                    norm_offset: float = 0.0) -> None:
     """Fold the scales into the block, then clamp the weights to the clip values (in place).
 
     prev op: norm weight (and bias) / s, or prev linear's output rows (and bias) / s;
-    the group's linears: weight[:, k] · s_k. Arithmetic in float32, stored in each
-    parameter's own dtype.
+    the group's linears: weight[:, k] · s_k. A norm that computes x̂·(norm_offset + w)
+    (Gemma: 1) gets w' = (norm_offset + w) / s − norm_offset. Arithmetic in float32, stored
+    in each parameter's own dtype.
     """
     with torch.no_grad():
         for g in groups:
@@ -525,7 +526,7 @@ def awq_apply_block(block: nn.Module, result: AwqBlockResult, groups: tuple[AwqG
             if isinstance(prev, nn.Linear):
                 _set(prev.weight, prev.weight.float() / s[:, None])
             else:
-                _set(prev.weight, prev.weight.float() / s)
+                _set(prev.weight, (prev.weight.float() + norm_offset) / s - norm_offset)
             if getattr(prev, "bias", None) is not None:
                 _set(prev.bias, prev.bias.float() / s)
             for name in g.linears:

@@ -26,6 +26,7 @@ docs/formats.md#gptq-group-index.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch import Tensor
@@ -294,8 +295,6 @@ _graphs_broken = False
 
 
 def _graphs_enabled() -> bool:
-    import os
-
     return not _graphs_broken and os.environ.get("QUANTDESK_GPTQ_GRAPHS", "1") != "0"
 
 
