@@ -27,6 +27,7 @@ from qtapp.engine.jobs.worker import EXIT_BUSY, CancelFlag, execute
 from qtapp.engine.model.arch import auto_group_size, check_group_sizes, linear_input_widths
 from qtapp.engine.outputs import check_output_path, sweep_job_dirs
 from qtapp.engine.planning.planner import plan_job
+from qtapp.engine.results import JobResult
 from qtapp.engine.units import format_duration, format_size, parse_size
 
 # Engine modules that import torch are imported inside the functions that run the command: the
@@ -174,19 +175,22 @@ class ProgressPrinter:
         elif isinstance(event, ev.Started):
             self._print(f"quantizing {event.model} with {event.method} → {event.out}")
         elif isinstance(event, ev.Result):
-            s = event.summary
             self._print(f"done in {format_duration(event.seconds)}: {event.out}")
-            if "size_bytes" in s:
-                self._print(f"  size {format_size(s['size_bytes'])}"
-                            + (f" (source {format_size(s['source_size_bytes'])})"
-                               if "source_size_bytes" in s else ""))
-            if "ppl" in s:
-                self._print(f"  perplexity {s['ppl']:.3f}"
-                            + (f" (source {s['ppl_source']:.3f})" if "ppl_source" in s else ""))
+            self._print_result(JobResult.from_dict(event.summary))
         elif isinstance(event, ev.Failed):
             self._print(f"error: {event.message}")
         elif isinstance(event, ev.Cancelled):
             self._print(event.message)
+
+    def _print_result(self, r: JobResult) -> None:
+        if r.sizes is not None:
+            self._print(f"  size {format_size(r.sizes.bytes)}"
+                        + (f" (source {format_size(r.sizes.source_bytes)})"
+                           if r.sizes.source_bytes else ""))
+        q = r.quality
+        if q is not None and q.ppl is not None:
+            self._print(f"  perplexity {q.ppl:.3f}"
+                        + (f" (source {q.ppl_source:.3f})" if q.ppl_source is not None else ""))
 
     def _line(self, line: str) -> None:
         if self.tty:

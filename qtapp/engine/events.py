@@ -83,6 +83,9 @@ class Artifact(Event):
 
 @dataclass(frozen=True)
 class Result(Event):
+    """`summary` is the job's result, qtapp.engine.results.JobResult.to_dict() (versioned by
+    its own `v`; read it back with JobResult.from_dict); {} after a plan run."""
+
     type: ClassVar[str] = "result"
     out: str
     seconds: float

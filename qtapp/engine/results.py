@@ -172,7 +172,7 @@ def _from_flat(d: dict[str, Any]) -> dict[str, Any]:
         out["sizes"] = {"bytes": int(d["size_bytes"]),
                         "source_bytes": int(d.get("source_size_bytes") or 0)}
     figures = ("ppl", "ppl_source", "kld_mean", "kld_p99", "top1_agree")
-    if any(d.get(k) is not None for k in (*figures, "verdict")):
+    if any(d.get(k) is not None for k in figures) or d.get("verdict"):
         out["quality"] = {**{k: d.get(k) for k in figures}, "verdict": d.get("verdict") or "",
                           "reasons": list(d.get("verdict_reasons") or []),
                           "generation": list(d.get("generation") or [])}

@@ -17,7 +17,7 @@ import subprocess
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
@@ -26,6 +26,7 @@ from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
 from qtapp.engine.jobs.client import Ending, WorkerClient
 from qtapp.engine.jobs.worker import worker_command
+from qtapp.engine.results import JobResult, ResultDecodeError
 from qtapp.gui.i18n import tr
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Outcome:
     status: str
     message: str
     out: str = ""
-    summary: dict[str, Any] = field(default_factory=dict)
+    result: JobResult | None = None  # the job's result, when status is "result"
     detail: str = ""
     stderr_tail: str = ""
     exit_code: int | None = None
@@ -58,7 +59,12 @@ def outcome_of(ending: Ending) -> Outcome:
         return Outcome("failed", tr("Could not start the engine worker ({program}): {error}")
                        .format(program=ending.program, error=ending.start_error))
     if isinstance(final, ev.Result):
-        return Outcome("result", tr("Finished"), final.out, final.summary, exit_code=code,
+        try:
+            result = JobResult.from_dict(final.summary)
+        except ResultDecodeError as e:
+            return Outcome("failed", tr("The worker's result could not be read: {error}")
+                           .format(error=e), out=final.out, stderr_tail=tail, exit_code=code)
+        return Outcome("result", tr("Finished"), final.out, result, exit_code=code,
                        stderr_tail=tail)
     if isinstance(final, ev.Cancelled):
         message = final.message if ending.from_worker else tr(

@@ -7,10 +7,10 @@ translates the words of a duration."""
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from qtapp.engine import units
 from qtapp.engine.config import JobSpec
+from qtapp.engine.results import Quality
 from qtapp.engine.units import format_params, format_size
 from qtapp.gui.i18n import tr
 
@@ -52,15 +52,15 @@ def size_share(size: float, reference: float) -> str:
     return f" ({size / reference:.0%})" if reference else ""
 
 
-def quality_text(summary: dict[str, Any]) -> str:
-    """KL divergence, top-1 agreement and the verdict's reasons of a run's quality gate."""
-    if summary.get("kld_mean") is None:
+def quality_text(quality: Quality | None) -> str:
+    """KL divergence, top-1 agreement and the verdict's reasons of a run's quality gate
+    (JobResult.quality)."""
+    if quality is None or quality.kld_mean is None:
         return MISSING
     text = tr("KL divergence {kld:.4f} (99th percentile {p99:.3f}), top-1 agreement "
-              "{top1:.1f} %").format(kld=summary["kld_mean"], p99=summary.get("kld_p99", 0.0),
-                                     top1=summary.get("top1_agree", 0.0))
-    reasons = summary.get("verdict_reasons") or []
-    return text + "".join(f"\n• {x}" for x in reasons)
+              "{top1:.1f} %").format(kld=quality.kld_mean, p99=quality.kld_p99 or 0.0,
+                                     top1=quality.top1_agree or 0.0)
+    return text + "".join(f"\n• {x}" for x in quality.reasons)
 
 
 def job_title(job: JobSpec) -> str:

@@ -174,14 +174,13 @@ class MainWindow(QMainWindow):
 
     def _job_finished(self, outcome: Outcome, job) -> None:
         if outcome.ok:
-            record = self.state.results.add(RunRecord.from_result(
-                {"out": outcome.out, **outcome.summary}, job.to_dict()))
+            record = self.state.results.add(RunRecord.from_result(outcome.result, job.to_dict()))
             self.state.results_changed.emit()
             results: ResultsPage = self.pages["results"]  # type: ignore[assignment]
             results.refresh(select_id=record.id)
         method: MethodPage = self.pages["method"]  # type: ignore[assignment]
         if outcome.ok:
-            method.plan_finished(outcome.summary)
+            method.plan_finished(outcome.result.plan)
         method.refresh_output_name()
 
     def _chat_with(self, record: RunRecord) -> None:

@@ -245,8 +245,8 @@ def test_disk_full_while_exporting(source, tmp_path, cache, reference, monkeypat
 
     real = export.export_checkpoint
 
-    def full(fmt, src, store, job, partial, summary):
-        real(fmt, src, store, job, partial, summary)
+    def full(fmt, src, store, job, partial):
+        real(fmt, src, store, job, partial)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export, "export_checkpoint", full)
@@ -343,8 +343,8 @@ def test_memory_check_uses_what_is_available_now(source, tmp_path, cache, monkey
         run(job_for(source, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
     # overriding the plan lifts the check: the job runs
-    summary, seen = run(job_for(source, tmp_path / "out", ignore_plan=True))
-    assert Path(summary["out"]).is_dir() and seen[0].type == "started"
+    result, seen = run(job_for(source, tmp_path / "out", ignore_plan=True))
+    assert Path(result.out).is_dir() and seen[0].type == "started"
 
 
 # ----------------------------------------------------------------------------- the window
@@ -449,11 +449,11 @@ def test_stray_temporary_files_never_reach_the_output(source, tmp_path, cache, r
 
     real = export.export_checkpoint
 
-    def leaves_temp_files(fmt, src, store, job, partial, summary):
-        files = real(fmt, src, store, job, partial, summary)
+    def leaves_temp_files(fmt, src, store, job, partial):
+        exported = real(fmt, src, store, job, partial)
         (partial / ".tmp8f3k2l").write_bytes(b"\0" * 1000)  # another writer's temp file
         (partial / "model.safetensors.tmp-123").write_bytes(b"\0" * 1000)
-        return files
+        return exported
 
     monkeypatch.setattr(export, "export_checkpoint", leaves_temp_files)
     out = tmp_path / "out"

@@ -17,6 +17,8 @@ from qtapp.engine import events as ev
 from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme, preset_rules
 from qtapp.engine.errors import Cancelled, UserError
 from qtapp.engine.jobs.job import partial_path, run_job
+from qtapp.engine.results import SCHEMA_VERSION as RESULT_VERSION
+from qtapp.engine.results import JobResult
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIB = CalibrationSpec(samples=8, seq_len=64)
@@ -35,8 +37,8 @@ def run(job: JobSpec, cancel_after: int | None = None):
     def should_cancel() -> bool:
         return cancel_after is not None and layers[0] >= cancel_after
 
-    summary = run_job(job, emit, should_cancel)
-    return summary, seen
+    result = run_job(job, emit, should_cancel)
+    return result, seen
 
 
 @pytest.fixture()
@@ -58,7 +60,7 @@ def test_gptq_beats_rtn_per_module_and_writes_a_loadable_gptq_folder(source, tmp
     before = tree_digest(source)
     errors = {}
     for method in ("rtn", "gptq"):
-        summary, seen = run(job_for(source, tmp_path / method, method=method))
+        result, seen = run(job_for(source, tmp_path / method, method=method))
         layer_events = [e for e in seen if isinstance(e, ev.Layer)]
         assert len(layer_events) == 2 * 7
         assert {e.bits for e in layer_events} == {4}
@@ -67,7 +69,7 @@ def test_gptq_beats_rtn_per_module_and_writes_a_loadable_gptq_folder(source, tmp
         out = tmp_path / method
         cfg = json.loads((out / "config.json").read_text())["quantization_config"]
         assert cfg["quant_method"] == "gptq" and cfg["bits"] == 4 and cfg["group_size"] == 64
-        assert summary["format"] == "gptq" and summary["ppl"] > 1
+        assert result.export.format == "gptq" and result.quality.ppl > 1
         assert (out / "README.md").exists() and "perplexity" in (out / "README.md").read_text()
         assert not partial_path(out).exists()
     for module, e_rtn in errors["rtn"].items():
@@ -80,10 +82,10 @@ def test_awq_job_saves_its_search_beside_the_output(source, tmp_path):
     in a subfolder that weight loaders do not read, and it is what the folded model holds."""
     from qtapp.engine.quant.methods.awq import AwqBlockResult
 
-    summary, _ = run(job_for(source, tmp_path / "awq", method="awq", evaluate=False,
+    result, _ = run(job_for(source, tmp_path / "awq", method="awq", evaluate=False,
                              scheme=QuantScheme(4, 32, False)))
     out = tmp_path / "awq"
-    assert "awq_search/search.safetensors" in summary["files"]
+    assert "awq_search/search.safetensors" in result.export.files
     assert not list(out.glob("awq_search*.safetensors"))  # nothing extra at the top level
     search = AwqBlockResult.load(out / "awq_search" / "search.safetensors")
     for i in range(2):
@@ -103,11 +105,11 @@ def test_awq_job_saves_its_search_beside_the_output(source, tmp_path):
 def test_mixed_preset_events_carry_each_modules_bits(source, tmp_path):
     job = job_for(source, tmp_path / "mixed", method="rtn", evaluate=False,
                   rules=preset_rules("attn8-ffn4", QuantScheme(4, 64, True)))
-    summary, seen = run(job)
+    result, seen = run(job)
     bits = {e.module.split(".", 3)[-1]: e.bits for e in seen if isinstance(e, ev.Layer)}
     assert bits["self_attn.q_proj"] == 8 and bits["self_attn.o_proj"] == 8
     assert bits["mlp.down_proj"] == 4
-    assert summary["format"] in ("gptq", "compressed-tensors")
+    assert result.export.format in ("gptq", "compressed-tensors")
 
 
 @pytest.mark.slow
@@ -117,7 +119,7 @@ def test_cancel_leaves_no_output_and_resume_gives_the_same_result(source, tmp_pa
     with pytest.raises(Cancelled):
         run(job, cancel_after=8)  # inside block 1: block 0 is checkpointed
     assert not out.exists() and not partial_path(out).exists()
-    _summary, seen = run(job)
+    _result, seen = run(job)
     logs = [e.message for e in seen if isinstance(e, ev.Log)]
     assert any("resuming: 1 of 2 blocks" in m for m in logs)
     assert len([e for e in seen if isinstance(e, ev.Layer)]) == 7  # only block 1 again
@@ -158,6 +160,12 @@ def test_worker_stdout_is_only_events_and_ends_with_one_result(source, tmp_path)
     assert events[0].type == "started"
     assert [e.type for e in events].count("result") == 1 and events[-1].type == "result"
     assert not any(e.type in ("failed", "cancelled") for e in events)
+    # the result event carries the job's versioned result, the file listing what was written
+    assert events[-1].summary["v"] == RESULT_VERSION
+    result = JobResult.from_dict(events[-1].summary)
+    assert result.out == events[-1].out == str(tmp_path / "w") and result.method == "rtn"
+    assert result.export.files == sorted(p.name for p in (tmp_path / "w").iterdir())
+    assert result.sizes.bytes == (tmp_path / "w" / "model.safetensors").stat().st_size
 
 
 def test_worker_cancel_on_stdin(source, tmp_path):
@@ -266,12 +274,13 @@ def test_gguf_job_on_the_demo_streams_an_imatrix_and_llama_cpp_reads_it(demo_dir
     job = JobSpec(model=str(demo_dir), method="gguf", out=str(out), evaluate=False,
                   calibration=CalibrationSpec(samples=4, seq_len=128),
                   rules=preset_rules("attn8-ffn4", QuantScheme()))
-    summary, seen = run(job)
-    assert summary["imatrix"] and summary["gguf_type"] == "Q4_K_M"
+    result, seen = run(job)
+    assert result.gguf.imatrix and result.gguf.type == "Q4_K_M"
     assert any(isinstance(e, ev.Progress) and e.stage == "imatrix" for e in seen)
     files = sorted(p.name for p in out.iterdir())
-    assert {"Modelfile", "README.md", "imatrix.gguf", summary["gguf_file"]} <= set(files)
-    reader = gguf.GGUFReader(out / summary["gguf_file"])
+    assert {"Modelfile", "README.md", "imatrix.gguf", result.gguf.file} <= set(files)
+    assert result.export.files == files  # the result lists what the folder holds
+    reader = gguf.GGUFReader(out / result.gguf.file)
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     assert types["blk.0.attn_q.weight"] == "Q8_0"  # the rule: attention at 8 bit
     assert types["blk.0.ffn_down.weight"] == "Q4_K"  # FFN at 4 bit (rows of 1536)

@@ -18,6 +18,7 @@ from qtapp.engine.jobs.job import run_job
 from qtapp.engine.model.sources import resolve_model
 from qtapp.engine.planning.allocate import budget_model, rules_for, solve_mckp
 from qtapp.engine.planning.budget import size_model
+from qtapp.engine.results import JobResult
 from qtapp.engine.units import parse_size
 
 
@@ -98,9 +99,9 @@ def tiny128(tmp_path_factory, make_tiny_model) -> Path:
 TOKENS = torch.randint(3, 259, (4, 64), generator=torch.Generator().manual_seed(0))
 
 
-def _written(out: Path, summary: dict) -> int:
-    if "gguf_file" in summary:
-        return (out / summary["gguf_file"]).stat().st_size
+def _written(out: Path, result: JobResult) -> int:
+    if result.gguf is not None:
+        return (out / result.gguf.file).stat().st_size
     return sum(p.stat().st_size for p in out.iterdir() if p.name != "README.md")
 
 
@@ -117,11 +118,11 @@ def test_allocation_meets_the_budget_in_the_written_folder(tiny128, tmp_path, me
         budget = int(model.smallest() + frac * (model.largest() - model.smallest()))
         job = dataclasses.replace(base, target_bytes=budget, out=str(tmp_path / f"o{frac}"))
         s = run_job(job, lambda e: None, lambda: False, tokens=TOKENS)
-        real = _written(Path(s["out"]), s)
+        real = _written(Path(s.out), s)
         assert real <= budget
         # the prediction is an upper bound, tight to the config.json allowance
-        assert s["plan"]["predicted_bytes"] <= budget
-        assert 0 <= s["plan"]["predicted_bytes"] - real < 16 * 1024
+        assert s.plan["predicted_bytes"] <= budget
+        assert 0 <= s.plan["predicted_bytes"] - real < 16 * 1024
         if frac > 0:  # a real budget is used, not left idle
             largest_step = max(max(m.nbytes) - min(m.nbytes) for m in model.modules)
             assert real > budget - largest_step - 16 * 1024
@@ -143,12 +144,12 @@ def test_gguf_allocation_meets_the_budget_in_the_written_file(tmp_path, make_tin
         s = run_job(job, lambda e: None, lambda: False,
                     tokens=torch.randint(3, 1000, (4, 64),
                                          generator=torch.Generator().manual_seed(0)))
-        real = _written(Path(s["out"]), s)
-        assert real <= s["plan"]["predicted_bytes"] <= budget
-        assert s["plan"]["predicted_bytes"] - real < 2048  # GGUF headers are computed exactly
-        types = {t for t in s["plan"]["schemes"]}
+        real = _written(Path(s.out), s)
+        assert real <= s.plan["predicted_bytes"] <= budget
+        assert s.plan["predicted_bytes"] - real < 2048  # GGUF headers are computed exactly
+        types = {t for t in s.plan["schemes"]}
         assert types <= {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16"}
-        assert s["overrides"] and len(s["overrides"]) == len(model.modules)
+        assert s.gguf.overrides and len(s.gguf.overrides) == len(model.modules)
 
 
 def test_impossible_budget_is_refused_before_any_work(tiny128, tmp_path, monkeypatch):

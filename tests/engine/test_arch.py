@@ -30,8 +30,9 @@ def tiny(model_type: str, kv_heads: int = 2):
     return config, AutoModelForCausalLM.from_config(config)
 
 
-def test_supported_types_are_the_llama_family():
-    assert set(SUPPORTED_MODEL_TYPES) == set(CONFIGS)
+def test_the_llama_block_families_are_supported():
+    # the other supported families are tested in test_families.py
+    assert set(CONFIGS) <= set(SUPPORTED_MODEL_TYPES)
 
 
 @pytest.mark.parametrize("model_type", sorted(CONFIGS))
@@ -97,8 +98,8 @@ def test_architectures_alone_are_enough():
 @pytest.mark.parametrize(
     "config, words",
     [
-        ({"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]},
-         ["gemma2", "Gemma2ForCausalLM", "llama", "mistral", "qwen2", "qwen3"]),
+        ({"model_type": "falcon", "architectures": ["FalconForCausalLM"]},
+         ["falcon", "FalconForCausalLM", "llama", "mistral", "qwen2", "qwen3"]),
         ({"architectures": ["GPT2LMHeadModel"]}, ["GPT2LMHeadModel", "llama"]),
         ({}, ["model_type", "none", "llama"]),
         ({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"],

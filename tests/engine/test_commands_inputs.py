@@ -289,18 +289,34 @@ def test_eval_quality_cache_on_a_full_disk(tiny_llama_dir, tmp_path, isolated, m
 
 def test_eval_alone_prints_the_perplexity_the_quality_gate_prints(tiny_llama_dir, tmp_path,
                                                                   isolated, capfd):
-    copy = shutil.copytree(tiny_llama_dir, tmp_path / "copy")
+    """One perplexity protocol: `eval M` prints for M what `eval M --against S` prints for
+    it, as JSON and as text; M is changed from S, so the two models' figures differ."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = shutil.copytree(tiny_llama_dir, tmp_path / "changed")
+    weights = load_file(str(model / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    weights[name] = weights[name] * 4 + 0.05 * torch.randn(
+        weights[name].shape, generator=torch.Generator().manual_seed(0))
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
     text = tmp_path / "text.txt"
     text.write_text(TEXT)
-    common = ["--ctx", "64", "--text", str(text), "--json"]
+    common = ["--ctx", "64", "--text", str(text)]
+    against = ["--against", str(tiny_llama_dir), "--no-generation"]
     capfd.readouterr()
-    assert main(["eval", str(copy), *common]) == 0
+    assert main(["eval", str(model), *common, "--json"]) == 0
     alone = json.loads(capfd.readouterr().out)
-    assert main(["eval", str(copy), "--against", str(tiny_llama_dir), "--no-generation",
-                 *common]) == 0
+    assert main(["eval", str(model), *against, *common, "--json"]) == 0
     gate = json.loads(capfd.readouterr().out)
-    assert alone["ppl"] == gate["ppl"]
+    assert alone["ppl"] == gate["ppl"] != gate["ppl_source"]
     assert alone["positions"] == gate["positions"] == len(TEXT.encode()) // 64 * 31
+    # the printed lines say the same number
+    assert main(["eval", str(model), *common]) == 0
+    printed_alone = capfd.readouterr().out.split(": perplexity ")[1].split()[0]
+    assert main(["eval", str(model), *against, *common]) == 0
+    line = next(x for x in capfd.readouterr().out.splitlines() if "perplexity" in x)
+    assert printed_alone == line.split()[1] == f"{gate['ppl']:.3f}"
 
 
 def test_eval_gguf_without_llama_cpp_says_what_to_install(tmp_path, monkeypatch, capfd):

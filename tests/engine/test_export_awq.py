@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from qtapp.engine.config import ModuleRule, QuantScheme
 from qtapp.engine.errors import UserError
-from qtapp.engine.export import export_checkpoint
+from qtapp.engine.export import ExportResult, export_checkpoint
 from qtapp.engine.model.loader import load_dequantized
 from qtapp.engine.quant.qstore import QuantStore
 
@@ -92,11 +92,10 @@ def reference_dequantize_gemm(qweight, qzeros, scales, bits, group_size) -> torc
     return (iweight - izeros) * scales
 
 
-def _export(src: Path, tmp: Path, job) -> tuple[Path, dict, QuantStore]:
+def _export(src: Path, tmp: Path, job) -> tuple[Path, ExportResult, QuantStore]:
     store = quantize_to_store(src, tmp / "store", job)
-    summary: dict = {}
-    export_checkpoint("awq", src, store, job, tmp / "out", summary)
-    return tmp / "out", summary, store
+    exported = export_checkpoint("awq", src, store, job, tmp / "out")
+    return tmp / "out", exported, store
 
 
 @pytest.mark.parametrize(("group_size", "sym"), [(32, False), (64, True), (-1, False)])
@@ -138,21 +137,21 @@ def test_interleave_puts_column_2_in_nibble_1(src: Path, tmp_path: Path) -> None
 def test_config_and_logits(src: Path, tmp_path: Path) -> None:
     job = job_for(method="awq", bits=4, group_size=32, sym=False,
                   rules=(ModuleRule("*.mlp.down_proj", skip=True),))
-    out, summary, store = _export(src, tmp_path, job)
+    out, exported, store = _export(src, tmp_path, job)
     q = json.loads((out / "config.json").read_text())["quantization_config"]
     assert q == {"quant_method": "awq", "zero_point": True, "group_size": 32, "bits": 4,
                  "version": "gemm", "modules_to_not_convert": [
                      "lm_head", "model.layers.0.mlp.down_proj",
                      "model.layers.1.mlp.down_proj"]}
-    assert summary["format"] == "awq" and summary["format_notes"] == []
+    assert exported.format == "awq" and exported.notes == []
     ours, _ = load_dequantized(out)
     ref = reference_model(src, store, scale_dtype=torch.float16)
     assert (logits(ours) - logits(ref)).abs().max().item() < 1e-5
 
 
 def test_symmetric_is_stored_with_explicit_zero_8(src: Path, tmp_path: Path) -> None:
-    _, summary, _ = _export(src, tmp_path, job_for(method="awq", bits=4, group_size=32))
-    assert any("zero point 8" in n for n in summary["format_notes"])
+    _, exported, _ = _export(src, tmp_path, job_for(method="awq", bits=4, group_size=32))
+    assert any("zero point 8" in n for n in exported.notes)
 
 
 @pytest.mark.parametrize(("job", "message"), [
@@ -171,7 +170,7 @@ def test_refuses_act_order(src: Path, tmp_path: Path) -> None:
     job = job_for(bits=4, group_size=32)
     store = quantize_to_store(src, tmp_path / "store", job, act_order=True)
     with pytest.raises(UserError, match="act-order"):
-        export_checkpoint("awq", src, store, job, tmp_path / "out", {})
+        export_checkpoint("awq", src, store, job, tmp_path / "out")
 
 
 def test_real_consumer_transformers_gptqmodel(src: Path, tmp_path: Path) -> None:

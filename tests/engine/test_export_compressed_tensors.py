@@ -42,9 +42,8 @@ def src(make_tiny_model, tmp_path_factory) -> Path:
 
 def _export(src: Path, tmp: Path, job, act_order: bool = False):
     store = quantize_to_store(src, tmp / "store", job, act_order=act_order)
-    summary: dict = {}
-    export_checkpoint("compressed-tensors", src, store, job, tmp / "out", summary)
-    return tmp / "out", summary, store
+    exported = export_checkpoint("compressed-tensors", src, store, job, tmp / "out")
+    return tmp / "out", exported, store
 
 
 def _consumer(out: Path, **kw):
@@ -95,9 +94,9 @@ def test_asymmetric_loads_with_dequantize(src: Path, tmp_path: Path, group_size:
 def test_layout_and_config(src: Path, tmp_path: Path) -> None:
     rules = (ModuleRule("*.self_attn.*", QuantScheme(8, -1, True)),
              ModuleRule("*.mlp.down_proj", skip=True))
-    out, summary, store = _export(src, tmp_path, job_for(bits=4, group_size=32, sym=False,
+    out, exported, store = _export(src, tmp_path, job_for(bits=4, group_size=32, sym=False,
                                                          rules=rules))
-    assert any("llm-compressor#1618" in n for n in summary["format_notes"])
+    assert any("llm-compressor#1618" in n for n in exported.notes)
     q = json.loads((out / "config.json").read_text())["quantization_config"]
     assert q["quant_method"] == "compressed-tensors" and q["format"] == "pack-quantized"
     assert q["quantization_status"] == "compressed"
@@ -137,7 +136,7 @@ def test_layout_and_config(src: Path, tmp_path: Path) -> None:
 
 
 def test_odd_bits_are_naive_quantized(src: Path, tmp_path: Path) -> None:
-    out, summary, store = _export(src, tmp_path, job_for(bits=5, group_size=32, sym=False))
+    out, exported, store = _export(src, tmp_path, job_for(bits=5, group_size=32, sym=False))
     q = json.loads((out / "config.json").read_text())["quantization_config"]
     assert q["format"] == "naive-quantized"
     with safe_open(str(out / "model.safetensors"), "pt") as f:
@@ -146,7 +145,7 @@ def test_odd_bits_are_naive_quantized(src: Path, tmp_path: Path) -> None:
     qw = store.load_block(0)[0]["mlp.up_proj"]
     assert w.dtype == torch.int8 and torch.equal(w.to(torch.int16), qw.q.to(torch.int16) - 16)
     assert zp.dtype == torch.int8 and torch.equal(zp.to(torch.int32), qw.zero - 16)
-    assert any("naive-quantized" in n for n in summary["format_notes"])
+    assert any("naive-quantized" in n for n in exported.notes)
     theirs = _consumer(out, quantization_config=__import__(
         "transformers").CompressedTensorsConfig(dequantize=True))
     ours, _ = load_dequantized(out)

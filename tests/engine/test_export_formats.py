@@ -63,9 +63,13 @@ def test_resolve_format_checks_shapes_against_the_source(src: Path) -> None:
 def test_auto_falls_back_to_compressed_tensors_for_mixed_bits(src: Path, tmp_path: Path) -> None:
     job = job_for("rtn", 4, 32, rules=ATTN8)
     store = quantize_to_store(src, tmp_path / "store", job)
-    summary: dict = {}
-    export_checkpoint("auto", src, store, job, tmp_path / "out", summary)
-    assert summary["format"] == "compressed-tensors"
+    out = tmp_path / "out"
+    exported = export_checkpoint("auto", src, store, job, out)
+    assert exported.format == exported.checkpoint_format == "compressed-tensors"
+    # the files it wrote, relative to the folder: what the job lists and keeps
+    assert exported.files == sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                                    if p.is_file())
+    assert "model.safetensors" in exported.files and "config.json" in exported.files
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
 
@@ -73,9 +77,7 @@ def test_auto_falls_back_to_compressed_tensors_for_mixed_bits(src: Path, tmp_pat
 def test_module_summary(src: Path, tmp_path: Path) -> None:
     job = job_for("rtn", 4, 32, rules=(*ATTN8, ModuleRule("*.mlp.down_proj", skip=True)))
     store = quantize_to_store(src, tmp_path / "store", job)
-    summary: dict = {}
-    export_checkpoint("gptq", src, store, job, tmp_path / "out", summary)
-    m = summary["modules"]
+    m = export_checkpoint("gptq", src, store, job, tmp_path / "out").modules
     assert m["schemes"] == {
         "W4 g32 sym": {"bits": 4, "modules": 4, "params": 4 * 128 * 64,
                        "patterns": ["model.layers.*.mlp.gate_proj", "model.layers.*.mlp.up_proj"]},
@@ -97,7 +99,7 @@ def test_float_tensors_from_the_store_replace_the_source(src: Path, tmp_path: Pa
     modules, meta, _ = store.load_block(1)
     norm = torch.linspace(0.5, 1.5, 64)
     store.save_block(1, modules, meta, {"model.layers.1.post_attention_layernorm.weight": norm})
-    export_checkpoint("awq", src, store, job, tmp_path / "out", {})
+    export_checkpoint("awq", src, store, job, tmp_path / "out")
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
         t = f.get_tensor("model.layers.1.post_attention_layernorm.weight")
     assert t.dtype == torch.bfloat16 and torch.equal(t, norm.to(torch.bfloat16))
@@ -110,7 +112,7 @@ def test_tied_embeddings(make_tiny_model, tmp_path: Path) -> None:
     src = make_tiny_model(tmp_path / "tied", dtype=torch.bfloat16, tie_word_embeddings=True)
     job = job_for("rtn", 4, 32)
     store = quantize_to_store(src, tmp_path / "store", job)
-    export_checkpoint("compressed-tensors", src, store, job, tmp_path / "out", {})
+    export_checkpoint("compressed-tensors", src, store, job, tmp_path / "out")
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
         assert "lm_head.weight" not in set(f.keys())
     q = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
@@ -127,11 +129,11 @@ def test_store_of_another_model_is_refused(src: Path, make_tiny_model,
     job = job_for("rtn", 4, 32)
     store = quantize_to_store(other, tmp_path / "store", job)
     with pytest.raises(UserError, match="belongs to another model"):
-        export_checkpoint("gptq", src, store, job, tmp_path / "out", {})
+        export_checkpoint("gptq", src, store, job, tmp_path / "out")
 
 
 def test_empty_store_is_refused(src: Path, tmp_path: Path) -> None:
     from qtapp.engine.quant.qstore import QuantStore
 
     with pytest.raises(UserError, match="holds no quantized blocks"):
-        export_checkpoint("gptq", src, QuantStore(tmp_path / "s"), job_for(), tmp_path / "o", {})
+        export_checkpoint("gptq", src, QuantStore(tmp_path / "s"), job_for(), tmp_path / "o")

@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from qtapp.engine.config import ModuleRule, QuantScheme
 from qtapp.engine.errors import UserError
-from qtapp.engine.export import export_checkpoint
+from qtapp.engine.export import ExportResult, export_checkpoint
 from qtapp.engine.model.loader import load_dequantized
 from qtapp.engine.quant.primitives import quantize_weight
 
@@ -109,11 +109,11 @@ def reference_pack(W: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
     return qweight.astype(np.int32), qzeros.astype(np.int32)
 
 
-def _export(src: Path, tmp: Path, job, act_order: bool = False, **kw) -> tuple[Path, dict]:
+def _export(src: Path, tmp: Path, job, act_order: bool = False, **kw,
+            ) -> tuple[Path, ExportResult]:
     store = quantize_to_store(src, tmp / "store", job, act_order=act_order)
-    summary: dict = {}
-    export_checkpoint("gptq", src, store, job, tmp / "out", summary, **kw)
-    return tmp / "out", summary
+    exported = export_checkpoint("gptq", src, store, job, tmp / "out", **kw)
+    return tmp / "out", exported
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -129,8 +129,8 @@ def test_packing_matches_gptqmodel_pack_loop(src: Path, tmp_path: Path, bits: in
                                              group_size: int, sym: bool,
                                              act_order: bool) -> None:
     job = job_for(bits=bits, group_size=group_size, sym=sym)
-    out, summary = _export(src, tmp_path, job, act_order=act_order)
-    assert summary["checkpoint_format"] == "gptq"
+    out, exported = _export(src, tmp_path, job, act_order=act_order)
+    assert exported.checkpoint_format == "gptq"
     store_mods = {}
     from qtapp.engine.quant.qstore import QuantStore
 
@@ -202,12 +202,11 @@ def _store_with_zero_point_zero(src: Path, tmp: Path):
 
 def test_asymmetric_zero_point_zero_switches_to_gptq_v2(src: Path, tmp_path: Path) -> None:
     job, store = _store_with_zero_point_zero(src, tmp_path)
-    summary: dict = {}
-    export_checkpoint("gptq", src, store, job, tmp_path / "out", summary)
+    exported = export_checkpoint("gptq", src, store, job, tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     assert config["checkpoint_format"] == config["format"] == "gptq_v2"
-    assert summary["checkpoint_format"] == "gptq_v2"
-    assert any("gptq_v2" in n for n in summary["format_notes"])
+    assert exported.checkpoint_format == "gptq_v2"
+    assert any("gptq_v2" in n for n in exported.notes)
     qw = store.load_block(0)[0]["mlp.up_proj"]
     qzeros = _tensors(tmp_path / "out")["model.layers.0.mlp.up_proj.qzeros"]
     # v2: zeros as they are; the first nibble of row 0 is z[0, 0] = 0
@@ -243,7 +242,7 @@ def test_mixed_bits_and_skipped_modules_use_dynamic(src: Path, tmp_path: Path) -
     rules = (ModuleRule("*.self_attn.*", QuantScheme(8, 32, True)),
              ModuleRule("*.mlp.down_proj", skip=True),
              ModuleRule("model.layers.1.mlp.up_proj", QuantScheme(2, 64, False)))
-    out, summary = _export(src, tmp_path, job_for(bits=4, group_size=32, rules=rules))
+    out, exported = _export(src, tmp_path, job_for(bits=4, group_size=32, rules=rules))
     q = json.loads((out / "config.json").read_text())["quantization_config"]
     assert (q["bits"], q["group_size"], q["sym"]) == (8, 32, True)  # the most common scheme
     assert q["dynamic"] == {
@@ -255,7 +254,7 @@ def test_mixed_bits_and_skipped_modules_use_dynamic(src: Path, tmp_path: Path) -
     assert q["modules_in_block_to_quantize"] == [[
         "mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj", "self_attn.o_proj",
         "self_attn.q_proj", "self_attn.v_proj"]]
-    assert any("dynamic" in n for n in summary["format_notes"])
+    assert any("dynamic" in n for n in exported.notes)
     t = _tensors(out)
     assert t["model.layers.1.mlp.up_proj.qweight"].shape == (64 * 2 // 32, 128)
     assert t["model.layers.0.mlp.down_proj.weight"].dtype == torch.bfloat16
@@ -322,7 +321,7 @@ def test_real_consumer_gptqmodel_reads_v2_and_dynamic(src: Path, tmp_path: Path)
     from gptqmodel import GPTQModel
 
     job, store = _store_with_zero_point_zero(src, tmp_path / "v2")
-    export_checkpoint("gptq", src, store, job, tmp_path / "v2" / "out", {})
+    export_checkpoint("gptq", src, store, job, tmp_path / "v2" / "out")
     rules = (ModuleRule("*.self_attn.*", QuantScheme(8, 32, True)),
              ModuleRule("*.mlp.down_proj", skip=True))
     mixed, _ = _export(src, tmp_path / "mixed", job_for(bits=4, group_size=32, rules=rules))

@@ -20,8 +20,8 @@ command that generates), and every run must:
   starts `quantdesk CMD: error: ` (or `error: ` for a failed job) and is not the worker's
   `internal error: …` for an unexpected exception, and no Traceback;
 - leave the damaged folder and the intact source byte-identical;
-- create nothing outside OUT (and QuantDesk's cache), and in OUT only the output of a run
-  that exited 0;
+- create nothing outside OUT (and QuantDesk's cache; the temp folder is inside the listed
+  tree), and in OUT only the output of a run that exited 0;
 - never run the model's code (the sentinel never appears);
 - and `check` refuses (exit 2, the same message) exactly the folders that `recommend`, whose
   only input check is the one `quantize` and `convert` make, refuses.
@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import struct
+import tempfile
 from collections.abc import Callable
 from hashlib import sha256
 from pathlib import Path
@@ -242,14 +243,18 @@ class Fuzz:
 
 @pytest.fixture(scope="module")
 def fuzz(tiny_llama_dir, tmp_path_factory):
-    """Isolated cache; the tiny byte tokenizer known to the GGUF converter as "gpt2", so
-    `convert` gets past the tokenizer to the weights."""
+    """Isolated cache and temp folder; the tiny byte tokenizer known to the GGUF converter as
+    "gpt2", so that `convert` gets past the tokenizer to the weights."""
     from qtapp.engine.gguf import vocab
     from qtapp.engine.model.loader import load_tokenizer
 
     digest = sha256(str(load_tokenizer(tiny_llama_dir).encode(vocab.CHKTXT)).encode())
     state = Fuzz(tmp_path_factory.mktemp("fuzz-commands"), tiny_llama_dir)
+    temp = state.root / "tmp"  # inside the listed tree: a temp file left behind fails the case
+    temp.mkdir()
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(temp))
+        mp.setattr(tempfile, "tempdir", str(temp))
         mp.setenv("QUANTDESK_CACHE", str(state.cache))
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setitem(vocab.PRE_BY_HASH, digest.hexdigest(), "gpt2")

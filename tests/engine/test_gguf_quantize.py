@@ -169,7 +169,7 @@ def test_demo_perplexity_and_chat(demo_dir, tmp_path):
     from qtapp.engine.quality.gate import quality_report
     from qtapp.engine.quant.calibration import builtin_eval_text
 
-    text = builtin_eval_text()[:6000]  # about 1 500 tokens: 2 windows of 512
+    text = builtin_eval_text()[:3000]  # about 1 200 tokens: 2 windows of 512
     f16 = quantize_to_gguf(demo_dir, tmp_path / "f16.gguf", "F16").path
     q4 = quantize_to_gguf(demo_dir, tmp_path / "q4km.gguf", "Q4_K_M").path
     r16 = quality_report(f16, demo_dir, ctx=512, text=text, generation=False)

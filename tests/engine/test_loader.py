@@ -52,7 +52,7 @@ def test_plain_folder(src: Path) -> None:
 def _gptq_out(src: Path, tmp: Path) -> Path:
     job = job_for(bits=4, group_size=32)
     store = quantize_to_store(src, tmp / "store", job)
-    export_checkpoint("gptq", src, store, job, tmp / "out", {})
+    export_checkpoint("gptq", src, store, job, tmp / "out")
     return tmp / "out"
 
 
@@ -95,7 +95,7 @@ def test_missing_weights_are_named(src: Path, tmp_path: Path) -> None:
 def test_awq_gemv_is_refused(src: Path, tmp_path: Path) -> None:
     job = job_for(bits=4, group_size=32, sym=False)
     store = quantize_to_store(src, tmp_path / "store", job)
-    export_checkpoint("awq", src, store, job, tmp_path / "out", {})
+    export_checkpoint("awq", src, store, job, tmp_path / "out")
     _edit_config(tmp_path / "out", version="gemv")
     with pytest.raises(UserError, match="4-bit GEMM"):
         load_dequantized(tmp_path / "out")

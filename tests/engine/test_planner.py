@@ -113,15 +113,15 @@ def test_a_job_records_predicted_against_measured(tiny_llama_dir, tmp_path):
                   scheme=QuantScheme(bits=8, group_size=32), evaluate=False,
                   rules=(ModuleRule("*.mlp.*", QuantScheme(bits=2, group_size=32)),),
                   calibration=CalibrationSpec(samples=2, seq_len=32))
-    summary = run_job(job, lambda e: None, lambda: False)
-    r = summary["resources"]
-    assert r["predicted"]["final_disk"] > 0 and r["predicted"]["peak_ram"] > BASE_RSS
+    result = run_job(job, lambda e: None, lambda: False)
+    r = result.resources
+    assert r.predicted["final_disk"] > 0 and r.predicted["peak_ram"] > BASE_RSS
     # the final size is the size budget's exact count, the rule included: what was written
     # (every file but the model card, as a budget counts), up to the config.json allowance
     info = resolve_model(str(tiny_llama_dir))
-    predicted = r["predicted"]["final_disk"]
+    predicted = r.predicted["final_disk"]
     assert predicted == job_bytes(job, info)
-    written = sum(p.stat().st_size for p in Path(summary["out"]).iterdir()
+    written = sum(p.stat().st_size for p in Path(result.out).iterdir()
                   if p.is_file() and p.name != "README.md")
     assert 0 <= predicted - written < 16 * 1024
     # without the rule the file is bigger; the bits-per-weight formula (for a config.json
@@ -130,15 +130,15 @@ def test_a_job_records_predicted_against_measured(tiny_llama_dir, tmp_path):
     assert final_bytes(plain, info) > predicted
     shape = A.ModelShape.from_config(info.config, info.name, info.n_params)
     assert formula_bytes(job, shape) == formula_bytes(plain, shape)
-    assert r["measured"]["peak_ram"] > 0 and r["measured"]["seconds"] == summary["seconds"]
+    assert r.measured.peak_ram > 0 and r.measured.seconds == result.seconds
     # where the peak happened and how long each stage took, for plan-vs-measured tables
-    stages = r["measured"]["stage_peak_ram"]
+    stages = r.measured.stage_peak_ram
     assert list(stages) == ["calibration", "quantize", "export"]
-    assert max(stages.values()) <= r["measured"]["peak_ram"]
+    assert max(stages.values()) <= r.measured.peak_ram
     assert list(stages.values()) == sorted(stages.values())  # ru_maxrss only grows
-    assert set(r["measured"]["stage_seconds"]) == set(stages)
-    assert sum(r["measured"]["stage_seconds"].values()) <= summary["seconds"]
-    assert Path(summary["out"]).is_dir()
+    assert set(r.measured.stage_seconds) == set(stages)
+    assert sum(r.measured.stage_seconds.values()) <= result.seconds
+    assert Path(result.out).is_dir()
 
 
 def test_the_job_runner_refuses_what_the_plan_refuses_unless_overridden(tiny_llama_dir,
@@ -162,10 +162,10 @@ def test_the_job_runner_refuses_what_the_plan_refuses_unless_overridden(tiny_lla
                        r"204\.8 MiB of 256\.0 MiB are usable\).*--ignore-plan"):
         run_job(job, events.append, lambda: False)
     assert events == [] and not (tmp_path / "o").exists()
-    summary = run_job(dataclasses.replace(job, ignore_plan=True), events.append, lambda: False)
-    assert Path(summary["out"]).is_dir() and events[0].type == "started"
+    result = run_job(dataclasses.replace(job, ignore_plan=True), events.append, lambda: False)
+    assert Path(result.out).is_dir() and events[0].type == "started"
     # the plan is still made and logged for the record, the override changes nothing else
-    assert summary["resources"]["predicted"]["peak_ram"] > 256 * 2**20
+    assert result.resources.predicted["peak_ram"] > 256 * 2**20
 
 
 def test_ram_limit_is_what_is_available_now_when_less(tmp_path):

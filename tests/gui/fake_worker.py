@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from qtapp.engine import events as ev
+from qtapp.engine.results import ExportResult, JobResult, Quality, Sizes
 
 KINDS = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"),
          ("self_attn", "o_proj"), ("mlp", "gate_proj"), ("mlp", "up_proj"),
@@ -110,12 +111,13 @@ def main() -> int:
         sys.stderr.write("something went wrong\n")
         return 1
     emit(ev.Artifact(path=job["out"] + "/model.safetensors", kind="safetensors", bytes=1234))
-    emit(ev.Result(out=job["out"], seconds=1.5, summary={
-        "method": job["method"], "format": "gptq", "model": "fake-model",
-        "source": "/models/fake", "scheme": "W4 g128 sym", "size_bytes": 90_000_000,
-        "source_size_bytes": 270_000_000, "ppl": 12.5, "ppl_source": 12.0,
-        "files": ["config.json", "model.safetensors"], "calibration": [8, 64],
-        "seconds": 1.5}))
+    result = JobResult(model="fake-model", source="/models/fake", method=job["method"],
+                       export=ExportResult(format="gptq",
+                                           files=["config.json", "model.safetensors"]),
+                       scheme="W4 g128 sym", calibration=[8, 64],
+                       sizes=Sizes(bytes=90_000_000, source_bytes=270_000_000),
+                       quality=Quality(ppl=12.5, ppl_source=12.0), out=job["out"], seconds=1.5)
+    emit(ev.Result(out=job["out"], seconds=1.5, summary=result.to_dict()))
     if args.mode == "after":
         emit(ev.Log(level="info", message="written after the result"))
     return 0

@@ -64,9 +64,9 @@ def test_prediction_follows_the_slider_once_a_profile_exists(page, qtbot):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(SensitivityProfile(key, "rtn", 1, modules).to_json())
     try:
-        method.plan_finished({"plan": {"rules": [
+        method.plan_finished({"rules": [
             {"pattern": model.modules[0].name, "scheme": None, "skip": True, "gguf_type": ""}],
-            "scheme": {"bits": 3, "group_size": 64, "sym": True}}})
+            "scheme": {"bits": 3, "group_size": 64, "sym": True}})
         _preview(method, qtbot, profiled=True)
         budget.budget_slider.setValue(0)
         low = budget.budget_info.text()
@@ -88,15 +88,16 @@ def test_prediction_follows_the_slider_once_a_profile_exists(page, qtbot):
 
 
 def test_size_plot_separates_budgeted_runs_and_uses_kld(qtbot):
+    from qtapp.engine.results import ExportResult, JobResult, Quality, Sizes
     from qtapp.gui.results_store import RunRecord
     from qtapp.gui.widgets.size_plot import SizeQualityPlot
 
     def record(size_mib: float, kld: float | None, ppl: float, planned: bool) -> RunRecord:
-        summary = {"kld_mean": kld} if kld is not None else {}
-        if planned:
-            summary["plan"] = {"budget_bytes": int(size_mib * 2**20)}
-        return RunRecord("m", "src", "gptq", "W4", "out", size_bytes=int(size_mib * 2**20),
-                         ppl=ppl, summary=summary)
+        return RunRecord(JobResult(
+            model="m", source="src", method="gptq", export=ExportResult(format="gptq"),
+            out="out", sizes=Sizes(int(size_mib * 2**20), 0),
+            quality=Quality(ppl=ppl, kld_mean=kld),
+            plan={"budget_bytes": int(size_mib * 2**20)} if planned else None), settings="W4")
 
     plot = SizeQualityPlot()
     qtbot.addWidget(plot)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from qtapp.engine.quality import chat as chat_engine
+from qtapp.engine.results import ExportResult, JobResult, Quality, Sizes
 from qtapp.gui.main_window import MainWindow
 from qtapp.gui.results_store import RunRecord
 
@@ -57,9 +58,10 @@ def window(qtbot, tmp_path: Path, monkeypatch) -> MainWindow:
 
 
 def record(tmp_path: Path, out: str = "tiny-rtn-w8") -> RunRecord:
-    return RunRecord(model="tiny", source=str(tmp_path / "tiny"), method="rtn",
-                     settings="W8 g128 sym", out=str(tmp_path / out), size_bytes=10,
-                     source_size_bytes=20, ppl=10.1, ppl_source=10.0)
+    return RunRecord(JobResult(model="tiny", source=str(tmp_path / "tiny"), method="rtn",
+                               export=ExportResult(format="gptq"), out=str(tmp_path / out),
+                               sizes=Sizes(10, 20), quality=Quality(ppl=10.1, ppl_source=10.0)),
+                     settings="W8 g128 sym")
 
 
 def test_same_prompt_to_both_streamed(window: MainWindow, tmp_path: Path, qtbot) -> None:

@@ -27,7 +27,7 @@ def test_events_arrive_as_signals(qtbot) -> None:
         getattr(engine, name).connect(items.append)
     outcome = run_to_end(qtbot, engine)
     assert outcome.status == "result" and outcome.ok
-    assert outcome.summary["ppl"] == 12.5 and outcome.out == JOB.out
+    assert outcome.result.quality.ppl == 12.5 and outcome.out == outcome.result.out == JOB.out
     assert outcome.exit_code == 0
     assert len(seen["started"]) == 1 and seen["started"][0].total_steps == 3
     assert len(seen["layer"]) == 3 * 7

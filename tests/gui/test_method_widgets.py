@@ -6,6 +6,7 @@ from __future__ import annotations
 from PySide6.QtCore import QCoreApplication
 
 from qtapp.engine.config import JobSpec, ModuleRule, QuantScheme
+from qtapp.engine.results import Quality
 from qtapp.gui.format import (
     format_duration,
     friendly_error,
@@ -58,9 +59,9 @@ def test_format_helpers():
     assert ppl_change(12.5, 12.0) == "+4.2 %" and ppl_change(None, 12.0) == ""
     assert ppl_change(12.5, None) == ""
     assert size_share(90, 270) == " (33%)" and size_share(90, 0) == ""
-    assert quality_text({}) == "—"
-    assert quality_text({"kld_mean": 0.01234, "kld_p99": 0.2, "top1_agree": 91.25,
-                         "verdict_reasons": ["a", "b"]}) == (
+    assert quality_text(None) == quality_text(Quality(ppl=12.0)) == "—"
+    assert quality_text(Quality(kld_mean=0.01234, kld_p99=0.2, top1_agree=91.25,
+                                reasons=["a", "b"])) == (
         "KL divergence 0.0123 (99th percentile 0.200), top-1 agreement 91.2 %\n• a\n• b")
     assert friendly_error("job.rules[1].scheme.bits: 9 is not allowed") == (
         "Mixed-precision rule 2 bits: 9 is not allowed")

@@ -11,18 +11,20 @@ from PySide6.QtGui import QColor
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
+from qtapp.engine.results import ExportResult, JobResult, Quality, Sizes
 from qtapp.gui import theme
 from qtapp.gui.engine_process import EngineProcess, Outcome
 from qtapp.gui.main_window import MainWindow
 from qtapp.gui.pages.results import COLUMNS
 
 
-def _summary(tmp_path: Path, verdict: str, reasons: list[str]) -> dict:
-    return {"method": "rtn", "format": "gptq", "model": "tiny", "source": "/models/tiny",
-            "scheme": "W2 per-tensor sym", "size_bytes": 1_000, "source_size_bytes": 4_000,
-            "ppl": 812.0, "ppl_source": 20.0, "kld_mean": 3.21, "kld_p99": 7.5,
-            "top1_agree": 12.3, "verdict": verdict, "verdict_reasons": reasons,
-            "out": str(tmp_path / "out"), "seconds": 2.0}
+def _result(tmp_path: Path, verdict: str, reasons: list[str]) -> JobResult:
+    return JobResult(model="tiny", source="/models/tiny", method="rtn",
+                     export=ExportResult(format="gptq"), scheme="W2 per-tensor sym",
+                     sizes=Sizes(bytes=1_000, source_bytes=4_000),
+                     quality=Quality(ppl=812.0, ppl_source=20.0, kld_mean=3.21, kld_p99=7.5,
+                                     top1_agree=12.3, verdict=verdict, reasons=reasons),
+                     out=str(tmp_path / "out"), seconds=2.0)
 
 
 @pytest.mark.parametrize("verdict", ["good", "degraded", "broken"])
@@ -32,10 +34,11 @@ def test_verdict_reaches_the_results_page_coloured(qtbot, tmp_path, verdict):
     reasons = [] if verdict == "good" else ["mean KL divergence 3.210 nat > 1.0"]
     # through the JSON-lines codec, as the worker's result event arrives
     line = ev.encode(ev.Result(out=str(tmp_path / "out"), seconds=2.0,
-                               summary=_summary(tmp_path, verdict, reasons)))
-    result = ev.decode(line)
+                               summary=_result(tmp_path, verdict, reasons).to_dict()))
+    event = ev.decode(line)
     job = JobSpec(model="/models/tiny", method="rtn", out=str(tmp_path / "out"))
-    window._job_finished(Outcome("result", "done", result.out, result.summary), job)
+    window._job_finished(Outcome("result", "done", event.out,
+                                 JobResult.from_dict(event.summary)), job)
 
     page = window.page("results")
     column = COLUMNS.index("Verdict")

@@ -1,6 +1,6 @@
 """Quantized checkpoint export: GPTQ, AWQ (GEMM) and compressed-tensors Hugging Face folders.
 
-    export_checkpoint(fmt, source_dir, store, job, out_dir, summary) → written files
+    export_checkpoint(fmt, source_dir, store, job, out_dir) → ExportResult (what was written)
 
 "auto" picks GPTQ for GPTQ/RTN jobs and AWQ for AWQ jobs, and compressed-tensors when the
 quantized modules need something the preferred format cannot hold for transformers:
@@ -32,13 +32,14 @@ from qtapp.engine.export.gptq import GPTQ_BITS, GPTQWriter
 from qtapp.engine.model import arch as _arch
 from qtapp.engine.model.sources import SafetensorsReader
 from qtapp.engine.quant.qstore import QuantStore
+from qtapp.engine.results import ExportResult
 
 WRITERS = {"gptq": GPTQWriter, "awq": AWQWriter, "compressed-tensors": CompressedTensorsWriter}
 CHECKS = {"gptq": gptq.check_module, "awq": awq.check_module,
           "compressed-tensors": compressed_tensors.check_module}
 FORMATS = ("auto", *WRITERS)
 
-__all__ = ["FORMATS", "export_checkpoint", "resolve_format"]
+__all__ = ["FORMATS", "ExportResult", "export_checkpoint", "resolve_format"]
 
 
 def _job_schemes(job: JobSpec) -> list[tuple[int, int, bool]]:
@@ -117,13 +118,13 @@ def _check_shapes(fmt: str, source_dir: Path, job: JobSpec) -> None:
 
 
 def export_checkpoint(fmt: str, source_dir: Path, store: QuantStore, job: JobSpec,
-                      out_dir: Path, summary: dict[str, Any],
-                      max_shard_bytes: int = SHARD_BYTES) -> list[Path]:
+                      out_dir: Path, *, max_shard_bytes: int = SHARD_BYTES) -> ExportResult:
     """Write a loadable Hugging Face folder of `store`'s quantized model into `out_dir`.
 
-    Streams block by block (never the whole model in memory). Adds to `summary`: format,
-    checkpoint_format (GPTQ v1/v2), modules (per-scheme counts and patterns, 16-bit linears)
-    and format_notes, which the model card shows.
+    Streams block by block (never the whole model in memory). Returns what it wrote: the
+    format, the files (relative to `out_dir`), checkpoint_format (GPTQ v1/v2), modules
+    (per-scheme counts and patterns, 16-bit linears) and the format's notes, which the
+    model card shows.
     """
     if job.method == "gguf":
         raise UserError("GGUF jobs write a .gguf file, not a quantized Hugging Face folder")
@@ -135,11 +136,10 @@ def export_checkpoint(fmt: str, source_dir: Path, store: QuantStore, job: JobSpe
     else:
         raise UserError(f"export format {fmt!r} is not known; choose one of {', '.join(FORMATS)}")
     files = write_checkpoint(plan, writer, Path(out_dir), max_shard_bytes)
-    summary["format"] = writer.name
-    summary["checkpoint_format"] = getattr(writer, "checkpoint_format", writer.name)
-    summary["modules"] = plan.module_summary()
-    summary["format_notes"] = writer.notes()
-    return files
+    return ExportResult(format=writer.name,
+                        files=sorted({str(Path(f).relative_to(out_dir)) for f in files}),
+                        checkpoint_format=getattr(writer, "checkpoint_format", writer.name),
+                        modules=plan.module_summary(), notes=writer.notes())
 
 
 def _auto_writer(plan: ExportPlan, job: JobSpec) -> Any:

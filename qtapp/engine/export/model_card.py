@@ -1,12 +1,12 @@
 """README.md for an output folder: where the model came from, how it was quantized, what was
 measured, and how to load it.
 
-    write_model_card(out_dir, job, info, summary) → out_dir / README.md
+    write_model_card(out_dir, job, info, result) → out_dir / README.md
 
-`summary` is the job's result dict: method, format, scheme, calibration [n, L], modules
-(from export_checkpoint), format_notes, ppl / ppl_source, kld_mean / kld_p99 / top1_agree /
-verdict / verdict_reasons (qtapp.engine.quality.gate), size_bytes / source_size_bytes,
-quantize_seconds. Whatever is missing is shown as "not measured", never invented.
+`result` is the job's result (qtapp.engine.results.JobResult) as far as it is known when the
+card is written: the export (format, checkpoint format, modules, notes), calibration [n, L],
+the quality gate's figures (qtapp.engine.quality.gate), sizes, quantize_seconds. Whatever is
+missing is shown as "not measured", never invented.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import qtapp
 from qtapp.engine.config import JobSpec
+from qtapp.engine.results import JobResult
 from qtapp.engine.units import format_size
 
 METHOD_NAMES = {"rtn": "RTN (round to nearest)", "gptq": "GPTQ (Frantar et al.)",
@@ -75,43 +76,49 @@ def _load_section(fmt: str, folder: str) -> str:
     return "\n".join(lines)
 
 
-def _measured(summary: dict[str, Any]) -> list[str]:
+def _measured(result: JobResult) -> list[str]:
     rows = []
-    ppl, ppl_src = summary.get("ppl"), summary.get("ppl_source")
+    q = result.quality
+    ppl, ppl_src = (q.ppl, q.ppl_source) if q is not None else (None, None)
     if ppl is not None:
         rel = f" ({(ppl / ppl_src - 1) * 100:+.1f}%)" if ppl_src else ""
         src = f", source {ppl_src:.3f}{rel}" if ppl_src is not None else ""
         rows.append(f"| perplexity (built-in evaluation text) | {ppl:.3f}{src} |")
     else:
         rows.append("| perplexity | not measured |")
-    size, size_src = summary.get("size_bytes"), summary.get("source_size_bytes")
+    size, size_src = ((result.sizes.bytes, result.sizes.source_bytes)
+                      if result.sizes is not None else (None, None))
     if size is not None:
         rel = f" ({size / size_src * 100:.0f}% of the source's {format_size(size_src)})" \
             if size_src else ""
         rows.append(f"| size of the weight files | {format_size(size)}{rel} |")
     else:
         rows.append("| size of the weight files | not measured |")
-    for key, label in (("quantize_seconds", "quantization time"), ("seconds", "total time")):
-        if summary.get(key) is not None:
-            rows.append(f"| {label} | {float(summary[key]):.1f} s |")
-    if summary.get("kld_mean") is not None:
+    for seconds, label in ((result.quantize_seconds, "quantization time"),
+                           (result.seconds, "total time")):
+        if seconds is not None:
+            rows.append(f"| {label} | {float(seconds):.1f} s |")
+    if q is None:
+        return rows
+    if q.kld_mean is not None:
+        p99 = q.kld_p99 if q.kld_p99 is not None else float("nan")
         rows.append(f"| KL divergence vs source (mean / 99th percentile) | "
-                    f"{summary['kld_mean']:.4f} / {summary.get('kld_p99', float('nan')):.4f} |")
-    if summary.get("top1_agree") is not None:
-        rows.append(f"| top-1 agreement with the source | {summary['top1_agree']:.1f} % |")
-    if summary.get("verdict") is not None:
-        why = "; ".join(summary.get("verdict_reasons") or [])
-        rows.append(f"| quality verdict | **{summary['verdict']}**{f' ({why})' if why else ''} |")
+                    f"{q.kld_mean:.4f} / {p99:.4f} |")
+    if q.top1_agree is not None:
+        rows.append(f"| top-1 agreement with the source | {q.top1_agree:.1f} % |")
+    if q.verdict:
+        why = "; ".join(q.reasons)
+        rows.append(f"| quality verdict | **{q.verdict}**{f' ({why})' if why else ''} |")
     return rows
 
 
-def model_card(job: JobSpec, info: Any, summary: dict[str, Any]) -> str:
-    """The README.md text (see the module docstring for what `summary` may hold)."""
-    name = getattr(info, "name", None) or summary.get("model") or job.model
+def model_card(job: JobSpec, info: Any, result: JobResult) -> str:
+    """The README.md text (see the module docstring for what `result` may hold)."""
+    name = getattr(info, "name", None) or result.model or job.model
     source = str(getattr(info, "source", None) or job.model)
-    fmt = summary.get("format", job.export_format)
-    ckpt = summary.get("checkpoint_format", fmt)
-    modules = summary.get("modules") or {}
+    fmt = result.export.format or job.export_format
+    ckpt = result.export.checkpoint_format or fmt
+    modules = result.export.modules
     schemes = modules.get("schemes") or {}
     bits = sorted({int(s["bits"]) for s in schemes.values()}) or [job.scheme.bits]
     tags = ["quantized", "quantdesk", FORMAT_TAGS.get(fmt, fmt), *(f"{b}-bit" for b in bits)]
@@ -120,7 +127,7 @@ def model_card(job: JobSpec, info: Any, summary: dict[str, Any]) -> str:
         front.append(f"base_model: {source}")
     front.append("---")
 
-    cal = summary.get("calibration")
+    cal = result.calibration
     c = job.calibration
     n_samples, seq_len = (cal[0], cal[1]) if cal else (c.samples, c.seq_len)
     calibration = (f"{c.source}, {n_samples} samples × {seq_len} tokens, seed {c.seed}"
@@ -155,17 +162,17 @@ def model_card(job: JobSpec, info: Any, summary: dict[str, Any]) -> str:
         "",
         "## Method and settings", "", "\n".join(settings), "",
         "## Modules", "", "\n".join(module_rows), "",
-        "## Measured", "", "| | |", "|---|---|", "\n".join(_measured(summary)), "",
+        "## Measured", "", "| | |", "|---|---|", "\n".join(_measured(result)), "",
         "## How to load", "", _load_section(fmt, "path/to/this/folder"), "",
     ]
-    notes = summary.get("format_notes") or []
+    notes = result.export.notes
     if notes:
         parts += ["## Notes", "", *(f"- {n}" for n in notes), ""]
     return "\n".join(parts)
 
 
-def write_model_card(out_dir: Path, job: JobSpec, info: Any, summary: dict[str, Any]) -> Path:
+def write_model_card(out_dir: Path, job: JobSpec, info: Any, result: JobResult) -> Path:
     """Write README.md into `out_dir` and return its path."""
     path = Path(out_dir) / "README.md"
-    path.write_text(model_card(job, info, summary), encoding="utf-8")
+    path.write_text(model_card(job, info, result), encoding="utf-8")
     return path

@@ -135,10 +135,8 @@ class HfModel:
                 continue  # the loader reuses token_embd (ggml-org/llama.cpp PR #5824)
             transform = None
             if self.arch.norm_offset and hf_name.endswith("norm.weight"):
-                offset = self.arch.norm_offset
-
                 def transform(w: np.ndarray) -> np.ndarray:
-                    return w + np.float32(offset)  # x̂·(1 + w) stored as 1 + w
+                    return w + np.float32(self.arch.norm_offset)  # x̂·(1 + w) stored as 1 + w
             elif self.arch.permute_qk:
                 if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
                     def transform(w: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ a failed or cancelled job leaves no output folder behind.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable
@@ -46,6 +47,15 @@ from qtapp.engine.quant.pipeline import (
     quantize_blocks,
 )
 from qtapp.engine.quant.qstore import QuantStore, checkpoint_dir, job_fingerprint
+from qtapp.engine.results import (
+    ExportResult,
+    GGUFDetails,
+    JobResult,
+    Measured,
+    Quality,
+    Resources,
+    Sizes,
+)
 from qtapp.engine.units import format_size
 
 
@@ -64,8 +74,9 @@ def check_plan(job: JobSpec, info: ModelInfo, out: Path) -> Plan | None:
 
 
 def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
-            tokens: Any = None) -> dict[str, Any]:
-    """Run `job`; `tokens` (n, L) replaces the calibration sampling (benchmarks use it)."""
+            tokens: Any = None) -> JobResult:
+    """Run `job` and return its result (qtapp.engine.results.JobResult); `tokens` (n, L)
+    replaces the calibration sampling (benchmarks use it)."""
     t0 = time.perf_counter()
     job.validate()
     emit, stage_peaks = track_stage_peaks(emit)
@@ -79,7 +90,7 @@ def run_job(job: JobSpec, emit: Emit, should_cancel: Callable[[], bool],
 
 def _run_locked(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
                 should_cancel: Callable[[], bool], tokens: Any, t0: float,
-                stage_peaks: StagePeaks) -> dict[str, Any]:
+                stage_peaks: StagePeaks) -> JobResult:
     checked = check_plan(job, info, out)
     emit(ev.Started(model=info.name, method=job.method, out=str(out),
                     total_steps=info.n_layers, job=job.to_dict()))
@@ -99,34 +110,33 @@ def _run_locked(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
         shutil.rmtree(partial)
     try:
         if job.method == "gguf":
-            summary = _run_gguf(job, info, partial, emit, should_cancel, tokens)
+            result = _run_gguf(job, info, partial, emit, should_cancel, tokens)
         else:
-            summary = _run_linear_method(job, info, partial, emit, should_cancel, tokens)
+            result = _run_linear_method(job, info, partial, emit, should_cancel, tokens)
         if should_cancel():
             raise Cancelled()
-        drop_strays(partial, summary.get("files", []), emit)
+        drop_strays(partial, result.export.files, emit)
         replace_output(partial, out)
     except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
         if is_disk_full(e):
             raise job_disk_full_error(e, out, cache_root() / "jobs") from None
         raise
-    if plan is not None:
-        summary["plan"] = plan
-    summary["out"] = str(out)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    seconds = round(time.perf_counter() - t0, 2)
     from qtapp.engine.planning.planner import peak_rss  # of this process: the worker runs one job
 
     stage_peaks.finish()
-    summary["resources"] = {"predicted": predicted, "measured": {
-        "peak_ram": peak_rss(), "seconds": summary["seconds"],
-        "stage_peak_ram": dict(stage_peaks.peaks), "stage_seconds": dict(stage_peaks.seconds)}}
-    for f in summary.get("files", []):
+    measured = Measured(peak_ram=peak_rss(), seconds=seconds,
+                        stage_peak_ram=dict(stage_peaks.peaks),
+                        stage_seconds=dict(stage_peaks.seconds))
+    result = dataclasses.replace(result, plan=plan, out=str(out), seconds=seconds,
+                                 resources=Resources(predicted=predicted, measured=measured))
+    for f in result.export.files:
         p = out / f
         if p.exists():
             emit(ev.Artifact(path=str(p), kind=p.suffix.lstrip(".") or "file",
                              bytes=p.stat().st_size))
-    return summary
+    return result
 
 
 def _resource_plan(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
@@ -151,7 +161,7 @@ def _warn_unsafe_options(job: JobSpec, info: ModelInfo, emit: Emit) -> None:
 
 def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
                        should_cancel: Callable[[], bool], tokens: Any = None,
-                       ) -> dict[str, Any]:
+                       ) -> JobResult:
     device = pick_device(job.device)
     fmt = export.resolve_format(job, info.path)
     if tokens is None:
@@ -166,7 +176,7 @@ def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
 
 def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
                          should_cancel: Callable[[], bool], tokens: Any, device: Any, fmt: str,
-                         work: Path) -> dict[str, Any]:
+                         work: Path) -> JobResult:
     store = QuantStore(work / "blocks", fingerprint=job_fingerprint(job, info))
     emit(ev.Log(level="info", message=f"device {device}; checkpoint in {work}"))
     t_quantize = time.perf_counter()
@@ -174,12 +184,8 @@ def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emi
     t_quantize = time.perf_counter() - t_quantize
     emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="export",
                      message=f"writing the {fmt} checkpoint"))
-    summary: dict[str, Any] = {"method": job.method, "format": fmt, "model": info.name,
-                               "source": str(info.path), "scheme": job.scheme.label,
-                               "mixed": job.is_mixed,
-                               "quantize_seconds": round(t_quantize, 2),
-                               "calibration": [int(tokens.shape[0]), int(tokens.shape[1])]}
-    files = export.export_checkpoint(fmt, info.path, store, job, partial, summary)
+    exported = export.export_checkpoint(fmt, info.path, store, job, partial)
+    files = exported.files
     dropped = custom_code_warning(info.config)
     if dropped is not None:
         emit(ev.Log(level="warning", message=f"{info.name}: {dropped}"))
@@ -188,29 +194,32 @@ def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emi
                                    lambda i: f"{info.arch.layers_prefix}.{i}.",
                                    partial / "awq_search" / "search.safetensors")
         if search is not None:
-            files = [*files, search, search.with_suffix(".json")]
-    summary["files"] = sorted({str(Path(f).relative_to(partial)) for f in files})
-    if job.evaluate:
-        summary.update(_evaluate(job, info, partial, emit, should_cancel))
-    summary["size_bytes"] = folder_size(partial)
-    summary["source_size_bytes"] = info.size_bytes
-    write_model_card(partial, job, info, summary)
-    summary["files"] = sorted({*summary["files"], "README.md"})
+            files = [*files, *(str(p.relative_to(partial))
+                               for p in (search, search.with_suffix(".json")))]
+    quality = _evaluate(job, info, partial, emit, should_cancel) if job.evaluate else None
+    result = JobResult(
+        model=info.name, source=str(info.path), method=job.method,
+        export=dataclasses.replace(exported, files=sorted({*files, "README.md"})),
+        scheme=job.scheme.label, mixed=job.is_mixed,
+        calibration=[int(tokens.shape[0]), int(tokens.shape[1])],
+        quantize_seconds=round(t_quantize, 2),
+        sizes=Sizes(bytes=folder_size(partial), source_bytes=info.size_bytes), quality=quality)
+    write_model_card(partial, job, info, result)
     if should_cancel():  # keep the checkpoint: a cancelled job resumes without re-quantizing
         raise Cancelled()
     shutil.rmtree(work, ignore_errors=True)
-    return summary
+    return result
 
 
 def _evaluate(job: JobSpec, info: ModelInfo, folder: Path, emit: Emit,
-              should_cancel: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+              should_cancel: Callable[[], bool] = lambda: False) -> Quality:
     return _quality(folder, info, emit, should_cancel, job.trust_remote_code)
 
 
 def _quality(model: Path, info: ModelInfo, emit: Emit,
              should_cancel: Callable[[], bool] = lambda: False,
-             trust_remote_code: bool = False) -> dict[str, Any]:
-    """The quality gate against the source (qtapp.engine.quality.gate), as summary entries."""
+             trust_remote_code: bool = False) -> Quality:
+    """The quality gate against the source (qtapp.engine.quality.gate), for the result."""
     def progress(message: str) -> None:
         emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="evaluate",
                          message=message))
@@ -220,16 +229,16 @@ def _quality(model: Path, info: ModelInfo, emit: Emit,
                        trust_remote_code=trust_remote_code)
     emit(ev.Log(level="info" if r.verdict == "good" else "warning",
                 message=f"quality {r.summary()}" + "".join(f"; {x}" for x in r.reasons)))
-    return {"ppl": round(r.ppl, 4), "ppl_source": round(r.ppl_source, 4),
-            "kld_mean": round(r.kld_mean, 5), "kld_p99": round(r.kld_p99, 5),
-            "top1_agree": round(r.top1_agree, 2), "verdict": r.verdict,
-            "verdict_reasons": r.reasons,
-            "generation": [{"prompt": c.prompt, "text": c.text, "flags": c.flags}
-                           for c in r.generation]}
+    return Quality(ppl=round(r.ppl, 4), ppl_source=round(r.ppl_source, 4),
+                   kld_mean=round(r.kld_mean, 5), kld_p99=round(r.kld_p99, 5),
+                   top1_agree=round(r.top1_agree, 2), verdict=r.verdict,
+                   reasons=list(r.reasons),
+                   generation=[{"prompt": c.prompt, "text": c.text, "flags": c.flags}
+                               for c in r.generation])
 
 
 def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
-              should_cancel: Callable[[], bool], tokens: Any = None) -> dict[str, Any]:
+              should_cancel: Callable[[], bool], tokens: Any = None) -> JobResult:
     # The GGUF modules are imported here: they load the gguf package, which only GGUF jobs need.
     from qtapp.engine.gguf.hf_model import HfModel
     from qtapp.engine.gguf.imatrix import (
@@ -280,22 +289,19 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     if imatrix is not None:
         write_imatrix(imatrix, partial / "imatrix.gguf")
         files.append("imatrix.gguf")
-    summary: dict[str, Any] = {
-        "method": "gguf", "format": "gguf", "model": info.name, "source": str(info.path),
-        "gguf_type": ftype, "gguf_file": out_file.name, "tensor_types": report.types(),
-        "imatrix": imatrix is not None, "overrides": overrides,
-        "quantize_seconds": round(report.seconds, 2),
-        "mixed": job.is_mixed, "size_bytes": report.size_bytes,
-        "source_size_bytes": info.size_bytes,
-    }
     files.append(write_modelfile(partial, out_file.name, chat_template_of(info.path)).name)
-    if job.evaluate:
-        summary.update(_evaluate_gguf(info, out_file, emit, should_cancel))
-    write_model_card(partial, job, info, summary)
-    summary["files"] = sorted({*files, "README.md"})
-    return summary
+    quality = _evaluate_gguf(info, out_file, emit, should_cancel) if job.evaluate else None
+    result = JobResult(
+        model=info.name, source=str(info.path), method="gguf",
+        export=ExportResult(format="gguf", files=sorted({*files, "README.md"})),
+        mixed=job.is_mixed, quantize_seconds=round(report.seconds, 2),
+        sizes=Sizes(bytes=report.size_bytes, source_bytes=info.size_bytes), quality=quality,
+        gguf=GGUFDetails(type=ftype, file=out_file.name, tensor_types=report.types(),
+                         imatrix=imatrix is not None, overrides=overrides))
+    write_model_card(partial, job, info, result)
+    return result
 
 
 def _evaluate_gguf(info: ModelInfo, gguf_file: Path, emit: Emit,
-                   should_cancel: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+                   should_cancel: Callable[[], bool] = lambda: False) -> Quality:
     return _quality(gguf_file, info, emit, should_cancel)

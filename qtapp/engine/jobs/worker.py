@@ -159,7 +159,7 @@ def execute(job: JobSpec, emit: Emit,
     from qtapp.engine.jobs.job import run_job
 
     try:
-        summary = run_job(job, emit, should_cancel)
+        result = run_job(job, emit, should_cancel)
     except Cancelled:
         emit(ev.Cancelled(message=cancel_message(getattr(should_cancel, "reason", ""))))
         return 3
@@ -167,7 +167,7 @@ def execute(job: JobSpec, emit: Emit,
         failed = failed_event(e)
         emit(failed)
         return EXIT_BUSY if failed.kind == "busy" else 1
-    emit(ev.Result(out=summary["out"], seconds=summary["seconds"], summary=summary))
+    emit(ev.Result(out=result.out, seconds=result.seconds or 0.0, summary=result.to_dict()))
     return 0
 
 

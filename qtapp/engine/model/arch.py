@@ -215,7 +215,6 @@ GLM4_BLOCK = BlockLayout(
 
 _LLAMA_GGUF = GgufFacts("LLAMA", permute_qk=True, llama_keys=True, rope_dims=True,
                         vocab="llama")
-_QWEN_GGUF = dict(vocab="gpt2")
 _GEMMA_KV = (("sliding_window", "add_sliding_window", None),)
 _MOE = ("a mixture-of-experts model: its experts are not nn.Linear modules QuantDesk can "
         "quantize one by one (fused 3-D expert tensors in transformers 5) and routed tokens "
@@ -226,14 +225,14 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            gguf=_LLAMA_GGUF),
     Family("mistral", ("MistralForCausalLM",), "Mistral 7B", LLAMA_BLOCK, gguf=_LLAMA_GGUF),
     Family("qwen2", ("Qwen2ForCausalLM",), "Qwen2, Qwen2.5", LLAMA_BLOCK,
-           gguf=GgufFacts("QWEN2", **_QWEN_GGUF)),
+           gguf=GgufFacts("QWEN2", vocab="gpt2")),
     Family("qwen3", ("Qwen3ForCausalLM",), "Qwen3 (dense)", LLAMA_BLOCK,
-           gguf=GgufFacts("QWEN3", **_QWEN_GGUF)),
+           gguf=GgufFacts("QWEN3", vocab="gpt2")),
     Family("smollm3", ("SmolLM3ForCausalLM",), "SmolLM3", LLAMA_BLOCK,
            gguf=GgufFacts("SMOLLM3", permute_qk=True, llama_keys=True, rope_dims=True,
                           vocab="llama"),
-           notes=("every 4th layer has no rotary embedding (NoPE); llama.cpp fixes that "
-                  "interval at 4, as SmolLM3 ships",)),
+           notes=(("every 4th layer has no rotary embedding (NoPE); llama.cpp fixes that "
+                  "interval at 4, as SmolLM3 ships"),)),
     Family("granite", ("GraniteForCausalLM",), "Granite 3.x dense", LLAMA_BLOCK,
            gguf=GgufFacts("GRANITE", permute_qk=True, llama_keys=True, rope_dims=True,
                           vocab="llama",
@@ -244,34 +243,32 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                           ignore=("head_dim",))),
     Family("olmo2", ("Olmo2ForCausalLM",), "OLMo 2", OLMO2_BLOCK,
            gguf=GgufFacts("OLMO2"),
-           notes=("AWQ scales only v→o and up→down: OLMo 2 has no norm before attention "
-                  "or MLP to absorb the other scales",)),
+           notes=(("AWQ scales only v→o and up→down: OLMo 2 has no norm before attention "
+                  "or MLP to absorb the other scales"),)),
     Family("phi3", ("Phi3ForCausalLM",), "Phi-3, Phi-4, Phi-4-mini", PHI3_BLOCK,
-           gguf=GgufFacts("PHI3", rope_dims=True,
-                          kv=(("original_max_position_embeddings",
-                               "add_rope_scaling_orig_ctx_len", None),
-                              ("sliding_window", "add_sliding_window", 0))),
-           notes=("fused qkv_proj / gate_up_proj are quantized as one linear each; AWQ "
-                  "does not scale v→o or up→down (slices of a fused output)",
-                  "long-context (longrope) variants: the GGUF lacks the rope factor "
-                  "tensors, so they are refused for GGUF")),
+           gguf_reason="not verified: the llama.cpp of llama-cpp-python 0.3.36 refused the "
+                       "vocabulary of QuantDesk's Phi-3 test model (unordered_map::at while "
+                       "loading it), so no Phi-3 GGUF has been proven to run",
+           notes=(("fused qkv_proj / gate_up_proj are quantized as one linear each; AWQ "
+                  "does not scale v→o or up→down (slices of a fused output)"),)),
     Family("gemma2", ("Gemma2ForCausalLM",), "Gemma 2", GEMMA_BLOCK, norm_offset=1.0,
            gguf=GgufFacts("GEMMA2", kv=(*_GEMMA_KV,
                                         ("attn_logit_softcapping",
                                          "add_attn_logit_softcapping", None),
                                         ("final_logit_softcapping",
                                          "add_final_logit_softcapping", None))),
-           notes=("llama.cpp scales attention by 1/√head_dim (1/√(hidden/heads) for the "
-                  "27B); a checkpoint whose query_pre_attn_scalar differs reads wrong",)),
+           notes=(("llama.cpp scales attention by 1/√head_dim (1/√(hidden/heads) for the "
+                  "27B); a checkpoint whose query_pre_attn_scalar differs reads wrong"),)),
     Family("gemma3_text", ("Gemma3ForCausalLM",), "Gemma 3 1B / 270M (text-only)",
            GEMMA_BLOCK, norm_offset=1.0, gguf=GgufFacts("GEMMA3", kv=_GEMMA_KV),
-           notes=("llama.cpp fixes the sliding-window pattern (5 local : 1 global) and the "
-                  "local rope base (10 000), as Gemma 3 ships",)),
+           notes=(("llama.cpp fixes the sliding-window pattern (5 local : 1 global) and the "
+                  "local rope base (10 000), as Gemma 3 ships"),)),
     Family("gemma3", ("Gemma3ForConditionalGeneration",), "Gemma 3 4B/12B/27B",
            supported=False,
            reason="a vision-language checkpoint (Gemma3ForConditionalGeneration): its text "
                   "decoder sits under model.language_model and the vision tower would be "
-                  "dropped; not yet supported. Gemma 3 1B and 270M (gemma3_text) are"),
+                  "dropped; not yet supported (the text-only Gemma 3 1B and 270M, "
+                  "model_type gemma3_text, are)"),
     Family("gemma4_text", ("Gemma4ForCausalLM",), "Gemma 4 (text)", supported=False,
            reason="Gemma 4's per-layer embeddings and shared key/value layers are not in "
                   "QuantDesk's table yet; not yet supported"),
@@ -280,8 +277,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                   "supported"),
     Family("glm4", ("Glm4ForCausalLM",), "GLM-4 0414", GLM4_BLOCK,
            gguf=GgufFacts("GLM4", rope_dims=True),
-           notes=("the GGUF converter of llama.cpp sets GLM-4's special tokens from its own "
-                  "tokenizer; QuantDesk writes the tokenizer's own special tokens",)),
+           notes=(("the GGUF converter of llama.cpp sets GLM-4's special tokens from its own "
+                  "tokenizer; QuantDesk writes the tokenizer's own special tokens"),)),
     Family("qwen3_moe", ("Qwen3MoeForCausalLM",), "Qwen3-30B-A3B", supported=False,
            reason=_MOE),
     Family("mixtral", ("MixtralForCausalLM",), "Mixtral 8x7B", supported=False, reason=_MOE),

@@ -346,6 +346,50 @@ def _check_dtypes(folder: Path, reader: SafetensorsReader, config: dict) -> None
             )
 
 
+def _expected_shapes(config: dict) -> dict[str, tuple[int, ...]] | None:
+    """Tensor name -> shape of the model config.json describes (transformers' own class,
+    built on the meta device: no memory, no weights), or None when transformers cannot build
+    it (an unknown model type or a config it refuses: the later checks and the load say so)."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        return None
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        if model_type not in CONFIG_MAPPING_NAMES:
+            return None
+        fields = {k: v for k, v in config.items()
+                  if k not in ("model_type", "auto_map", "quantization_config")}
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **fields))
+    except Exception:  # noqa: BLE001 - any refusal here is reported by the real load
+        return None
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _check_shapes(folder: Path, reader: SafetensorsReader, config: dict) -> None:
+    """Each tensor has the shape config.json gives it: a header whose shape and dtype lie
+    together (so that its byte length is right), or weights of another model, would fail
+    deep in the load or, where QuantDesk copies a tensor as it is, write a broken output."""
+    if isinstance(config.get("quantization_config"), dict):
+        return  # packed shapes; the quantized loader checks them (loader.load_dequantized)
+    expected = _expected_shapes(config)
+    if expected is None:
+        return
+    wrong = [n for n in reader.names() if n in expected and reader.shape(n) != expected[n]]
+    if wrong:
+        name = wrong[0]
+        more = f" ({len(wrong) - 1} more tensors disagree too)" if len(wrong) > 1 else ""
+        raise UserError(
+            f"The weights in {folder} do not fit its config.json: tensor '{name}' in "
+            f"{reader._entry(name).file.name} has shape {list(reader.shape(name))}, but "
+            f"config.json describes a {config['model_type']} model in which it has shape "
+            f"{list(expected[name])}{more}. The weight files are damaged or belong to another "
+            "model; download or copy the model again."
+        )
+
+
 def _check_weights(folder: Path, reader: SafetensorsReader, arch: ArchSpec, n_layers: int,
                    config: dict) -> None:
     names = reader.names()
@@ -373,8 +417,8 @@ def check_model_folder(folder: Path, *, tokenizer: bool = True, pickle_option: b
     config.json is a JSON object naming a model; the weights are *.safetensors (a folder of
     pickle weights only is refused) and every header agrees with its file's size, so a
     truncated or damaged file is named here; a folder that is not quantized holds only
-    floating-point tensors; the tokenizer's JSON files are JSON objects, and some tokenizer
-    file is present when ``tokenizer``. Quantized folders (with a quantization_config) pass
+    floating-point tensors, each of the shape config.json gives it; the tokenizer's JSON
+    files are JSON objects, and some tokenizer file is present when ``tokenizer``. Quantized folders (with a quantization_config) pass
     like plain ones.
     ``pickle_option`` says whether the refusal of pickle weights may point to
     --allow-pickle (only `quantize` has it). Returns config.json and the weights' reader;
@@ -397,6 +441,7 @@ def check_model_folder(folder: Path, *, tokenizer: bool = True, pickle_option: b
                         "holds the model's weights.")
     reader = SafetensorsReader(folder)
     _check_dtypes(folder, reader, config)
+    _check_shapes(folder, reader, config)
     _check_tokenizer(folder, present=tokenizer)
     return config, reader
 

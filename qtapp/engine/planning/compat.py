@@ -6,11 +6,11 @@
 tokenizer files and the file list are read: from the local Hugging Face cache when it has
 them (always when HF_HUB_OFFLINE is set), else from the Hub (huggingface-hub). Per method:
 
-    rtn, gptq, awq  the architecture is one qtapp.engine.model.arch knows (a causal LM of the
-                    Llama / Mistral / Qwen2 / Qwen3 families); the answer names the group
+    rtn, gptq, awq  the architecture is a supported family of qtapp.engine.model.arch's table
+                    (FAMILIES; a family marked "not yet" answers with its reason); the answer names the group
                     size `--group-size auto` picks (arch.auto_group_size: 128 when it divides
                     every quantized layer's input width, else 64 or 32; 64 for the demo);
-    gguf            the architecture is one qtapp.engine.gguf.archs converts, and the
+    gguf            the family's table entry has GGUF facts (qtapp.engine.gguf.archs), and the
                     tokenizer is SentencePiece or a BPE whose pre-tokenizer llama.cpp knows
                     (qtapp.engine.gguf.pretokenizers);
     all             the planner's memory for the job with default settings fits this machine.

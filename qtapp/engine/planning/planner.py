@@ -91,6 +91,7 @@ EXPORT_BYTES_PER_S = 200e6
 # (measured on the demo, Q4_K_M, repacked kernels off: 50 s where the float gate took 30 s)
 LLAMA_CPP_EVAL_RATE = 0.6
 MEMORY_BYTES_PER_S = 5e9
+# bits per weight of each GGUF file type: formula_bytes only, for a plan without the tensors
 GGUF_BPW = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.69,
             "Q5_K_S": 5.54, "Q5_1": 6.0, "Q5_0": 5.5, "Q4_K_M": 4.85, "Q4_K_S": 4.58,
             "Q4_1": 5.0, "Q4_0": 4.5, "Q3_K_L": 4.27, "Q3_K_M": 3.91, "Q3_K_S": 3.5,

@@ -146,6 +146,7 @@ class LayerStreamer:
         info.arch.check_block(self.blocks[0])  # the family table against the module graph
         self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._pending: dict[str, Future[dict[str, torch.Tensor]]] = {}
+        self._buffers: dict[str, dict[str, torch.Tensor]] = {}  # see materialize
 
     def close(self) -> None:
         self._reader_thread.shutdown(wait=True, cancel_futures=True)
@@ -173,7 +174,16 @@ class LayerStreamer:
         """Give a meta module real weights from the safetensors files (prefix 'model.layers.3.')."""
         pending = self._pending.pop(prefix, None)
         state = pending.result() if pending is not None else self._read(prefix)
+        # Buffers the files do not hold (Gemma's embed_scale, rotary inv_freq) were computed
+        # from the config when the skeleton was built; to_empty would leave them as
+        # uninitialised memory (Gemma's block inputs came out as zeros), so they are kept
+        # from the first time the module is materialised and put back each time.
+        kept = self._buffers.setdefault(prefix, {
+            n: b.detach().clone() for n, b in module.named_buffers() if b.device.type != "meta"})
         module.to_empty(device=self.device)  # untouched memory: costs no RSS until written
+        for name, value in kept.items():
+            owner, _, leaf = name.rpartition(".")
+            module.get_submodule(owner)._buffers[leaf] = value.to(self.device)
         # Each source tensor is dropped as soon as it is converted, and the converted tensors
         # become the parameters (assign) instead of being copied into the empty ones: the
         # old way held the source, its conversion and the written copy at once (for the 1B

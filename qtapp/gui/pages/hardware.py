@@ -182,10 +182,11 @@ class HardwarePage(QWidget):
             self.table.rowHeight(i) for i in range(self.table.rowCount()))
         self.table.setFixedHeight(height)
         self.table_note.setText(tr(
-            "Weights at each precision (GB = 10⁹ bytes; INT8/INT4 include group scales, "
+            "Weights at each precision (GiB = 2³⁰ bytes; INT8/INT4 include group scales, "
             "embeddings stay 16-bit). “Runs here” adds a {ctx}-token KV cache and runtime "
-            "overhead: green fits in GPU memory, blue in RAM. “Quantizing needs” is the peak "
-            "working memory with {method}, one block at a time.").format(
+            "overhead: green fits in GPU memory, blue in RAM. “Quantizing needs” is the "
+            "planner's peak memory for quantizing with {method}, one block at a time: GPU "
+            "memory where it fits there, else RAM.").format(
                 ctx=advice.ctx, method=rec.method.upper()))
 
     def _fill_row(self, i: int, r: SizeRow, ctx: int) -> None:

@@ -450,9 +450,10 @@ class MethodPage(QWidget):
         self.budget.refresh(key, info,
                             lambda: dataclasses.replace(self.build_job(), target_bytes=0))
 
-    def plan_finished(self, summary: dict[str, Any]) -> None:
-        """A job planned for a size budget finished: offer its plan as editable rules."""
-        self.budget.plan_finished(summary)
+    def plan_finished(self, plan: dict[str, Any] | None) -> None:
+        """A job finished; `plan` is its size budget's plan (JobResult.plan), None without a
+        budget. A plan is offered as editable rules."""
+        self.budget.plan_finished(plan)
         self._refresh_budget()
 
     def _edit_plan_as_rules(self, rules: tuple[ModuleRule, ...], bits: Any) -> None:

@@ -154,13 +154,13 @@ class ResultsPage(QWidget):
         kind, r = chosen
         self.size_plot.show_runs([x for k, x in self.row_records
                                   if k == "run" and x.source == r.source])
-        files = r.summary.get("files") or []
-        calib = r.summary.get("calibration")
+        files = r.result.export.files
+        calib = r.result.calibration
         values = [r.out if kind == "run" else r.source, r.format or "—",
                   ", ".join(map(str, files)) or "—",
                   tr("{n} samples × {L} tokens").format(n=calib[0], L=calib[1])
                   if isinstance(calib, list) and len(calib) == 2 else "—",
-                  r.source, quality_text(r.summary) if kind == "run" else "—"]
+                  r.source, quality_text(r.result.quality) if kind == "run" else "—"]
         for k, v in zip(DETAIL_KEYS, values):
             self.detail.set(tr(k), v)
 

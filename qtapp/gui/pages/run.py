@@ -230,10 +230,11 @@ class RunPage(QWidget):
             self._set_status("result", tr("done in {t}").format(t=elapsed))
             self.progress.setRange(0, 1)
             self.progress.setValue(1)
-            s = outcome.summary
-            ppl = s.get("ppl")
+            r = outcome.result
+            ppl = r.quality.ppl if r is not None and r.quality is not None else None
+            size = r.sizes.bytes if r is not None and r.sizes is not None else 0
             self.stage.setText(tr("Finished: {size}{ppl}").format(
-                size=format_size(s.get("size_bytes", 0)),
+                size=format_size(size),
                 ppl=tr(", perplexity {p:.2f}").format(p=ppl) if ppl is not None else ""))
             self.eta.setText("")
         else:

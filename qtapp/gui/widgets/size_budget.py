@@ -108,10 +108,11 @@ class SizeBudget(QWidget):
                             lambda result, key=key: self._preview_ready(key, result),
                             lambda e: self.budget_info.setText("⚠ " + str(e)))
 
-    def plan_finished(self, summary: dict[str, Any]) -> None:
-        """A job planned for a size budget finished: offer its plan as editable rules, and
-        predict from the sensitivity profile it cached (the next refresh reads it)."""
-        self._last_plan = summary.get("plan")
+    def plan_finished(self, plan: dict[str, Any] | None) -> None:
+        """A job finished (`plan`: its size budget's plan, JobResult.plan, or None): offer a
+        plan as editable rules, and predict from the sensitivity profile the job cached (the
+        next refresh reads it)."""
+        self._last_plan = plan
         self.use_plan.setVisible(self._last_plan is not None)
         self._preview_for = None
 

@@ -19,7 +19,7 @@ PLANNED_COLOR = "#f0a35a"
 
 def quality_of(record: Any) -> tuple[str, float] | None:
     """("kld", value) or ("ppl", value) of a run, or None when nothing was measured."""
-    kld = (record.summary or {}).get("kld_mean")
+    kld = record.result.quality.kld_mean if record.result.quality is not None else None
     if kld is not None and kld > 0:
         return "kld", float(kld)
     return ("ppl", float(record.ppl)) if record.ppl is not None else None
@@ -53,7 +53,7 @@ class SizeQualityPlot(QWidget):
                            else tr("perplexity"))
         self.points = {"uniform": [], "planned": []}
         for r, q in measured:
-            group = "planned" if (r.summary or {}).get("plan") else "uniform"
+            group = "planned" if r.result.plan else "uniform"
             self.points[group].append((r.size_bytes / 2**20, q))
         uniform, planned = self.points["uniform"], sorted(self.points["planned"])
         if uniform:

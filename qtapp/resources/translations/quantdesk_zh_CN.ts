@@ -478,8 +478,8 @@ It was written to the log in {folder}.</source>
     </message>
     <message>
         <location filename="../../gui/pages/hardware.py" line="190"/>
-        <source>Weights at each precision (GB = 10⁹ bytes; INT8/INT4 include group scales, embeddings stay 16-bit). “Runs here” adds a {ctx}-token KV cache and runtime overhead: green fits in GPU memory, blue in RAM. “Quantizing needs” is the peak working memory with {method}, one block at a time.</source>
-        <translation>各精度下的权重大小（GB = 10⁹ 字节；INT8/INT4 含分组缩放因子，嵌入层保持 16 位）。“可在本机运行”另加 {ctx} 个词元的 KV 缓存和运行开销：绿色表示可放入显存，蓝色表示可放入内存。“量化所需”是使用 {method} 逐块量化时的峰值工作内存。</translation>
+        <source>Weights at each precision (GiB = 2³⁰ bytes; INT8/INT4 include group scales, embeddings stay 16-bit). “Runs here” adds a {ctx}-token KV cache and runtime overhead: green fits in GPU memory, blue in RAM. “Quantizing needs” is the planner&apos;s peak memory for quantizing with {method}, one block at a time: GPU memory where it fits there, else RAM.</source>
+        <translation>各精度下的权重大小（GiB = 2³⁰ 字节；INT8/INT4 含分组缩放因子，嵌入层保持 16 位）。“可在本机运行”另加 {ctx} 个词元的 KV 缓存和运行开销：绿色表示可放入显存，蓝色表示可放入内存。“量化所需”是规划器估算的使用 {method} 逐块量化时的峰值内存：能放入显存时为显存，否则为内存。</translation>
     </message>
     <message>
         <location filename="../../gui/pages/hardware.py" line="197"/>
