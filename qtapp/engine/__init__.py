@@ -17,6 +17,7 @@ import-linter contracts in pyproject.toml check this); each ``__init__`` says wh
   command runs on its inputs, supported families, loading plain and quantized folders.
 
 The shared vocabulary, used by every layer: ``config`` (the typed job spec), ``events`` (the
-versioned event stream), ``outputs`` (the output folder's life cycle and locks), ``units``
-(sizes and durations for people) and ``errors``.
+versioned event stream), ``results`` (a job's versioned result, ``JobResult``), ``outputs``
+(the output folder's life cycle and locks), ``units`` (sizes and durations for people) and
+``errors``.
 """

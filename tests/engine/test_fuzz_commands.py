@@ -292,3 +292,66 @@ damage_sets = st.frozensets(st.sampled_from(list(DAMAGES)), max_size=4)
 @given(names=damage_sets)
 def test_random_damages(command, names, fuzz, capfd):
     fuzz.run(capfd, command, names)
+
+
+# ----------------------------------------------------------------------------- what it found
+
+# (command, damages, words of the one error line); before the fixes: a JSONDecodeError
+# traceback from the GGUF writer; transformers' size-mismatch RuntimeError traceback (chat,
+# eval) or "internal error" (quantize) for a header whose shape and dtype lie together; an
+# int32 norm weight loaded as nonsense with exit 0; `check` answering "rtn yes" for folders
+# every other command refuses; `convert` and `recommend` pointing to an --allow-pickle they
+# do not have.
+NO_FLOAT = ("tensor 'model.norm.weight' is stored as int32, but config.json describes a "
+            "model that is not quantized (no quantization_config), whose weights are "
+            "floating-point numbers")
+SHAPE = ("do not fit its config.json: tensor 'model.norm.weight' in model.safetensors has "
+         "shape [128], but config.json describes a llama model in which it has shape [64]")
+SAFETENSORS_ONLY = "refused for safety. Use a copy of the model in *.safetensors format."
+FOUND = [
+    ("convert", {"empty tokenizer_config.json"},
+     ("The tokenizer file ", "tokenizer_config.json is not valid JSON (Expecting value",
+      "it is damaged or was cut short. Copy the tokenizer files")),
+    ("chat", {"dtype F16 (wrong length)", "header lies about a shape"},
+     (SHAPE, "download or copy the model again")),
+    ("quantize", {"dtype F16 (wrong length)", "header lies about a shape"}, (SHAPE,)),
+    ("eval", {"dtype I32 (same length)"}, (NO_FLOAT,)),
+    ("check", {"truncated weights"}, ("model.safetensors is damaged", "(truncated)")),
+    ("check", {"no tokenizer"}, ("No tokenizer in ",)),
+    ("convert", {"pickle only"}, (SAFETENSORS_ONLY,)),
+    ("recommend", {"pickle only"}, (SAFETENSORS_ONLY,)),
+]
+
+
+@pytest.mark.parametrize(("command", "names", "words"), FOUND,
+                         ids=[f"{c}-{' + '.join(sorted(n))}" for c, n, _ in FOUND])
+def test_what_the_fuzz_found(command, names, words, fuzz, capfd):
+    case = fuzz.root / "found"
+    model = shutil.copytree(fuzz.source, case / "model")
+    damage(model, names, case / "code-ran")
+    argv = COMMANDS[command][0](str(model), str(fuzz.source), case / "out", str(fuzz.text))
+    capfd.readouterr()
+    code = main(argv)
+    err = capfd.readouterr().err
+    lines = [x for x in err.splitlines() if "error" in x.lower()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"quantdesk {argv[0]}: error: ")
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert "--allow-pickle" not in lines[0]
+    shutil.rmtree(case)
+
+
+def test_check_warns_of_a_tokenizer_that_is_code(fuzz, capfd):
+    """`check` loads no tokenizer, so it names the code that quantize, chat and eval refuse."""
+    case = fuzz.root / "code"
+    model = shutil.copytree(fuzz.source, case / "model")
+    damage(model, {"auto_map in tokenizer_config.json"}, case / "code-ran")
+    capfd.readouterr()
+    assert main(["check", str(model)]) == 0
+    out = capfd.readouterr().out
+    assert ("warning: the tokenizer is Python code shipped with the model (auto_map in "
+            "tokenizer_config.json): quantize, chat and eval refuse it unless given "
+            "--trust-remote-code") in out, out
+    assert not (case / "code-ran").exists()
+    shutil.rmtree(case)

@@ -32,16 +32,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
 from qtapp.engine.jobs.worker import worker_command
 from qtapp.engine.outputs import discard_partial, make_job_dir, sweep_job_dirs
-
-if TYPE_CHECKING:
-    from qtapp.engine.planning.planner import Plan
+from qtapp.engine.planning.planner import Plan
 
 STDERR_TAIL_LINES = 40
 READ_BYTES = 1 << 16
@@ -366,7 +363,7 @@ def _creation_flags() -> int:
     window, as QProcess does; elsewhere nothing."""
     if sys.platform != "win32":
         return 0
-    import ctypes
+    import ctypes  # here: windll exists on Windows only
 
     has_console = bool(ctypes.windll.kernel32.GetConsoleWindow())  # type: ignore[attr-defined]
     return 0 if has_console else subprocess.CREATE_NO_WINDOW  # type: ignore[attr-defined]
@@ -378,8 +375,6 @@ def plan_in_worker(job: JobSpec, *, stop: threading.Event | None = None,
     """The plan of `job` with its first block timed, from `worker --plan` in its own process
     (the window does no model math). UserError with the worker's message when it fails;
     setting `stop` ends the worker."""
-    from qtapp.engine.planning.planner import Plan
-
     client = WorkerClient(job, plan=True, command=command, capture_stderr=True,
                           term_after_s=0.0, kill_after_s=2.0, timeout_s=timeout_s)
     client.start()

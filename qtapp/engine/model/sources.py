@@ -34,9 +34,9 @@ from qtapp.engine.model.arch import ArchSpec, arch_for
 from qtapp.engine.model.loader import load_tokenizer
 from qtapp.engine.outputs import disk_full_error, is_disk_full
 
-# transformers (to build the demo model) and huggingface_hub (to download) are imported inside the
-# functions that need them: each takes a few hundred milliseconds to import, and resolving a local
-# folder needs neither.
+# transformers (the shape check, the demo model) and huggingface_hub (downloads) are imported
+# inside the functions that use them: each takes a few hundred milliseconds to import, and many
+# callers of this module (cache paths, ModelInfo, disk checks) use neither.
 
 CACHE_ENV = "QUANTDESK_CACHE"
 DEMO_NAME = "SmolLM2-135M-Instruct"

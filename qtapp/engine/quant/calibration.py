@@ -13,7 +13,6 @@ start from new offsets.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
+from qtapp.engine.events import Emit
 from qtapp.engine.model.loader import load_tokenizer
 from qtapp.engine.model.sources import ModelInfo
 
@@ -143,8 +143,7 @@ def eval_tokens(tokenizer: Any, text: str | None = None,
     return ids.unsqueeze(0)
 
 
-def calibration_tokens(job: JobSpec, info: ModelInfo, emit: Callable[[ev.Event], None]
-                       ) -> torch.Tensor:
+def calibration_tokens(job: JobSpec, info: ModelInfo, emit: Emit) -> torch.Tensor:
     """The job's calibration batches (n, L), tokenized with the model's own tokenizer (code
     shipped with the model runs only with trust_remote_code)."""
     tokenizer = load_tokenizer(info.path, job.trust_remote_code)

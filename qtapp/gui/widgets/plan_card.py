@@ -19,6 +19,8 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QWidget
 
 from qtapp.engine.config import JobSpec
+from qtapp.engine.jobs.client import plan_in_worker
+from qtapp.engine.planning.planner import plan_job
 from qtapp.gui.format import format_duration, format_size
 from qtapp.gui.i18n import tr
 from qtapp.gui.tasks import Background
@@ -73,8 +75,6 @@ class PlanCard(Card):
         key = self.key(job)
         if key in (self._plan_for, self._wanted):
             return
-        from qtapp.engine.planning.planner import plan_job
-
         self._wanted = key
         self.plan_text.setText(tr("Planning memory, disk and time…"))
         self.background.run(lambda _ctx: plan_job(job, info, hw=hw),
@@ -151,6 +151,4 @@ def _probed_plan(job: JobSpec, stop: Any = None) -> Any:
     """Run `worker --plan` on `job` through the engine's worker client (on a background
     thread; setting the threading.Event `stop` ends the worker) and return its Plan;
     UserError with the worker's message when it fails."""
-    from qtapp.engine.jobs.client import plan_in_worker
-
     return plan_in_worker(job, stop=stop)

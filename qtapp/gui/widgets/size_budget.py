@@ -26,6 +26,9 @@ from qtapp.gui.i18n import tr
 from qtapp.gui.tasks import Background
 from qtapp.gui.widgets.common import button, label
 
+# planning.allocate (which imports torch) is imported inside the methods that preview a budget:
+# the window opens without torch.
+
 MIB = 2**20
 SLIDER_STEPS = 1000
 
