@@ -167,10 +167,10 @@ def test_bad_config(model_dir, content, words):
 
 def test_unsupported_architecture(model_dir):
     config = json.loads((model_dir / "config.json").read_text())
-    config.update(model_type="gemma2", architectures=["Gemma2ForCausalLM"])
+    config.update(model_type="falcon", architectures=["FalconForCausalLM"])
     (model_dir / "config.json").write_text(json.dumps(config))
     msg = _error(model_dir)
-    assert "gemma2" in msg and "llama, mistral, qwen2, qwen3" in msg
+    assert "falcon" in msg and "llama, mistral, qwen2, qwen3" in msg
 
 
 def test_no_weights(model_dir):

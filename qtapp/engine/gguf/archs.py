@@ -13,7 +13,13 @@ from typing import Any
 import gguf
 
 from qtapp.engine.errors import UserError
-from qtapp.engine.model.arch import FAMILIES, Family, GgufFacts, family_for
+from qtapp.engine.model.arch import (
+    ARCHITECTURE_TO_TYPE,
+    FAMILIES,
+    Family,
+    GgufFacts,
+    family_for,
+)
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,15 @@ def arch_of(config: dict[str, Any]) -> GgufArch:
     """The GGUF family of a model from its config.json, or a UserError naming it."""
     names = config.get("architectures") or []
     shown = ", ".join(names) if names else f"model_type {config.get('model_type')!r}"
+    # as llama.cpp's converter, the architectures decide; model_type only without them
+    known = [n for n in names if n in ARCHITECTURE_TO_TYPE]
+    if names and not known:
+        raise UserError(
+            f"GGUF conversion does not support the architecture {shown}. QuantDesk converts "
+            f"{', '.join(ARCHS)}. Choose GPTQ or AWQ for this model if QuantDesk supports it, "
+            "or convert it with llama.cpp's convert_hf_to_gguf.py.")
     try:
-        family = family_for(config)
+        family = FAMILIES[ARCHITECTURE_TO_TYPE[known[0]]] if known else family_for(config)
     except UserError as e:
         raise UserError(f"GGUF conversion does not support the architecture {shown}: {e}"
                         ) from None

@@ -297,7 +297,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for t, f in FAMILIES.items() if f.supported)
 
-_ARCHITECTURE_TO_TYPE = {a: t for t, f in FAMILIES.items() for a in f.architectures}
+ARCHITECTURE_TO_TYPE = {a: t for t, f in FAMILIES.items() for a in f.architectures}
 
 
 def _int_field(config: dict, key: str, model_type: str) -> int:
@@ -339,7 +339,7 @@ def family_for(config: dict) -> Family:
     if not isinstance(architectures, list):
         architectures = [architectures]
     if not model_type:
-        known = [_ARCHITECTURE_TO_TYPE[a] for a in architectures if a in _ARCHITECTURE_TO_TYPE]
+        known = [ARCHITECTURE_TO_TYPE[a] for a in architectures if a in ARCHITECTURE_TO_TYPE]
         if not known:
             raise UserError(
                 "config.json names no 'model_type' and no supported 'architectures' "
