@@ -24,7 +24,12 @@ from qtapp.engine.config import (
 from qtapp.engine.errors import UserError
 from qtapp.engine.jobs.client import WorkerClient
 from qtapp.engine.jobs.worker import EXIT_BUSY, CancelFlag, execute
-from qtapp.engine.model.arch import auto_group_size, check_group_sizes, linear_input_widths
+from qtapp.engine.model.arch import (
+    auto_group_size,
+    check_group_sizes,
+    linear_input_widths,
+    method_refusal,
+)
 from qtapp.engine.outputs import check_output_path, sweep_job_dirs
 from qtapp.engine.planning.planner import plan_job
 from qtapp.engine.results import JobResult
@@ -150,6 +155,9 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         ignore_plan=args.ignore_plan,
     ).validate()
     check_group_sizes(job, info.config)
+    refusal = method_refusal(job.method, info.config)
+    if refusal:
+        raise UserError(refusal)
     return job
 
 

@@ -25,6 +25,14 @@ EXPORT_FORMATS = ("auto", "gptq", "awq", "compressed-tensors")
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_CTX = 512  # tokens per window of the quality gate's perplexity and KL divergence
 #                 (every job's evaluation, `quantdesk eval --ctx`): qtapp.engine.quality.gate
+# RTN's weights do not depend on calibration data: its calibration pass only measures each
+# linear's relative output error for the window's error chart. That is a ratio of sums over
+# thousands of token rows (8 × 512 = 4096 at the default sequence length), which 8 samples
+# estimate to a few per cent, so an RTN job embeds and streams only its first
+# RTN_CHART_SAMPLES samples (JobSpec.quantize_samples). Streaming the window's default
+# 128 × 512 through every block, with a Hessian pass per block, made an RTN job's time on a
+# CPU mostly this chart (the demo's RTN W8: benchmarks/README.md).
+RTN_CHART_SAMPLES = 8
 GGUF_TYPES = (
     "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0",
     "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K",
@@ -301,6 +309,13 @@ class JobSpec:
     @property
     def is_mixed(self) -> bool:
         return bool(self.rules)
+
+    @property
+    def quantize_samples(self) -> int:
+        """The calibration samples the quantize pass streams through the model: all of
+        them, except for RTN (RTN_CHART_SAMPLES)."""
+        n = self.calibration.samples
+        return min(n, RTN_CHART_SAMPLES) if self.method == "rtn" else n
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)

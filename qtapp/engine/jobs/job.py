@@ -164,8 +164,10 @@ def _run_linear_method(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
                        ) -> JobResult:
     device = pick_device(job.device)
     fmt = export.resolve_format(job, info.path)
-    if tokens is None:
-        tokens = calibration_tokens(job, info, emit)
+    if tokens is None:  # RTN embeds only the few samples of its error chart
+        c = job.calibration
+        streamed = dataclasses.replace(c, samples=job.quantize_samples)
+        tokens = calibration_tokens(dataclasses.replace(job, calibration=streamed), info, emit)
     work = checkpoint_dir(job, info)
     # held until the checkpoint is removed: a second job with the same settings would
     # corrupt it
@@ -201,7 +203,7 @@ def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emi
         model=info.name, source=str(info.path), method=job.method,
         export=dataclasses.replace(exported, files=sorted({*files, "README.md"})),
         scheme=job.scheme.label, mixed=job.is_mixed,
-        calibration=[int(tokens.shape[0]), int(tokens.shape[1])],
+        calibration=[min(int(tokens.shape[0]), job.quantize_samples), int(tokens.shape[1])],
         quantize_seconds=round(t_quantize, 2),
         sizes=Sizes(bytes=folder_size(partial), source_bytes=info.size_bytes), quality=quality)
     write_model_card(partial, job, info, result)

@@ -79,6 +79,7 @@ class BlockLayout:
     mlp_out: str
     norms: tuple[str, ...]
     v_o: AwqGroup | None = None
+    experts: str = ""  # a MoE block's experts module; names "{experts}.{e}.…" expand per expert
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,15 @@ class ArchSpec:
     attn_norm: str = "input_layernorm"
     mlp_norm: str = "post_attention_layernorm"
     norm_offset: float = 0.0
+    experts: str = ""  # MoE: the experts module ("mlp.experts"), unfused (model/moe.py)
+    n_experts: int = 0
+
+    def expert_of(self, name: str) -> int | None:
+        """The expert index of a linear's name in the block ("mlp.experts.3.up_proj" → 3),
+        None for a linear outside the experts."""
+        if not self.experts or not name.startswith(self.experts + "."):
+            return None
+        return int(name[len(self.experts) + 1:].split(".", 1)[0])
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -202,6 +212,17 @@ PHI3_BLOCK = BlockLayout(
     awq=(AwqGroup("input_layernorm", (_QKV_FUSED,), "self_attn"),
          AwqGroup("post_attention_layernorm", (_GATE_UP_FUSED,), "mlp")),
     attn_out=_O, mlp_out=_DOWN, norms=("input_layernorm", "post_attention_layernorm"))
+
+# A sparse MoE block (Qwen3-MoE, Mixtral): the Llama attention, then a router (mlp.gate, a
+# TopKRouter: not an nn.Linear, never quantized) and E experts, each a Llama MLP that sees
+# only the tokens routed to it. "{e}" expands to every expert (arch_for). AWQ is not offered
+# yet: the norm before the experts feeds E experts through the router.
+_EXPERTS = "mlp.experts"
+_EGATE, _EUP, _EDOWN = (f"{_EXPERTS}.{{e}}.{n}" for n in ("gate_proj", "up_proj", "down_proj"))
+MOE_BLOCK = BlockLayout(
+    sequential=((_Q, _K, _V), (_O,), (_EGATE, _EUP), (_EDOWN,)),
+    awq=(), attn_out=_O, mlp_out=_EDOWN, norms=("input_layernorm", "post_attention_layernorm"),
+    experts=_EXPERTS)
 
 GLM4_BLOCK = BlockLayout(
     sequential=((_Q, _K, _V), (_O,), (_GATE_UP_FUSED,), (_DOWN,)),
@@ -279,8 +300,12 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            gguf=GgufFacts("GLM4", rope_dims=True),
            notes=(("the GGUF converter of llama.cpp sets GLM-4's special tokens from its own "
                   "tokenizer; QuantDesk writes the tokenizer's own special tokens"),)),
-    Family("qwen3_moe", ("Qwen3MoeForCausalLM",), "Qwen3-30B-A3B", supported=False,
-           reason=_MOE),
+    Family("qwen3_moe", ("Qwen3MoeForCausalLM",), "Qwen3-30B-A3B, Qwen3-235B-A22B", MOE_BLOCK,
+           gguf_reason="not yet: QuantDesk's GGUF writer does not merge experts into "
+                       "ffn_*_exps tensors",
+           notes=(("experts are calibrated one by one on the tokens routed to them; an expert "
+                  "with too few tokens is rounded to nearest with the range search (named in "
+                  "the run's log); the router stays 16-bit; AWQ not yet"),)),
     Family("mixtral", ("MixtralForCausalLM",), "Mixtral 8x7B", supported=False, reason=_MOE),
     Family("gpt_oss", ("GptOssForCausalLM",), "gpt-oss 20B/120B", supported=False,
            reason=_MOE + "; its experts also ship as MXFP4, and attention has sinks"),
@@ -386,23 +411,58 @@ def _model_type(config: dict) -> str:
     return family.model_type
 
 
+def n_experts(config: dict) -> int:
+    """Experts per MoE block from config.json (num_experts, or Mixtral's num_local_experts);
+    UserError when absent or when some blocks are dense (QuantDesk's table has one block
+    layout per family)."""
+    model_type = str(config.get("model_type", "model"))
+    key = "num_experts" if config.get("num_experts") is not None else "num_local_experts"
+    n = _int_field(config, key, model_type)
+    if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) not in (1, None):
+        raise UserError(f"this {model_type} model mixes dense and sparse (MoE) blocks "
+                        "(mlp_only_layers / decoder_sparse_step); not yet supported")
+    return n
+
+
+def method_refusal(method: str, config: dict) -> str:
+    """Why `method` cannot quantize this (supported) family yet; "" when it can."""
+    family = FAMILIES.get(str(config.get("model_type"))) if isinstance(config, dict) else None
+    if method == "awq" and family is not None and family.block is not None \
+            and family.block.experts:
+        return (f"AWQ is not yet supported for mixture-of-experts models ({family.model_type}): "
+                "the norm before the experts would need one scale for experts that see "
+                "different tokens; use GPTQ or RTN")
+    return ""
+
+
+def expand_experts(names: Iterable[str], n: int) -> tuple[str, ...]:
+    """Names with "{e}" repeated for experts 0 … n−1, expert by expert."""
+    names = tuple(names)
+    if not any("{e}" in x for x in names):
+        return names
+    return tuple(x.format(e=e) for e in range(n) for x in names)
+
+
 def arch_for(config: dict) -> ArchSpec:
     """The ArchSpec of a parsed config.json; UserError if the architecture is unsupported."""
     family = FAMILIES[_model_type(config)]
     layout = family.block
     assert layout is not None
     groups = tuple(g for g in layout.awq if g != layout.v_o or v_o_shapes_match(config))
+    experts = n_experts(config) if layout.experts else 0
     return ArchSpec(
         name=family.model_type,
         layers_prefix=family.layers_prefix,
         embed=family.embed,
         final_norm=family.final_norm,
         lm_head=family.lm_head,
-        sequential=layout.sequential,
+        sequential=tuple(expand_experts(g, experts) for g in layout.sequential),
         awq_groups=groups,
         attn_norm=layout.norms[0],
         mlp_norm=layout.norms[1],
         norm_offset=family.norm_offset,
+        experts=layout.experts,
+        n_experts=experts,
     )
 
 
@@ -432,6 +492,8 @@ def linear_input_widths(config: dict) -> dict[str, int]:
         return {}
     hidden, heads, inter = (config.get(k) for k in ("hidden_size", "num_attention_heads",
                                                     "intermediate_size"))
+    if config.get("moe_intermediate_size") is not None:  # Qwen3-MoE experts
+        inter = config.get("moe_intermediate_size")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                for v in (hidden, heads, inter)):
         return {}
@@ -444,7 +506,15 @@ def linear_input_widths(config: dict) -> dict[str, int]:
         layout = LLAMA_BLOCK
     assert layout is not None
     widths = {layout.attn_out: heads * head_dim, layout.mlp_out: inter}
-    return {name: widths.get(name, hidden) for group in layout.sequential for name in group}
+    out = {name: widths.get(name, hidden) for group in layout.sequential for name in group}
+    if layout.experts:  # every expert's linears have the widths of the "{e}" names
+        try:
+            n = n_experts(config)
+        except UserError:
+            return {}
+        out = {x.format(e=e): w for x, w in out.items()
+               for e in (range(n) if "{e}" in x else (0,))}
+    return out
 
 
 def dividing_group_sizes(widths: Iterable[int], choices: Iterable[int]) -> tuple[int, ...]:

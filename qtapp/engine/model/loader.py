@@ -23,6 +23,7 @@ from safetensors import safe_open
 from torch import nn
 
 from qtapp.engine.errors import UserError
+from qtapp.engine.model.moe import fuse_experts, unfuse_experts
 
 # transformers is imported inside the functions that build a model or a tokenizer: it takes about
 # half a second to import, and commands that only read model files do without it.
@@ -253,6 +254,7 @@ def _build_model(path: Path, dtype: torch.dtype) -> nn.Module:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
+    unfuse_experts(model)  # MoE: per-expert linears, as the quantized files name them
     return model
 
 
@@ -404,6 +406,7 @@ def load_dequantized(path: Path, dtype: torch.dtype = torch.float32, device: str
     if missing:
         raise UserError(f"{path} lacks {len(missing)} weights, e.g. {missing[0]}; the folder is "
                         "incomplete")
+    fuse_experts(model)  # back to transformers' own (fused) experts
     return model.to(device).eval(), tokenizer
 
 

@@ -346,6 +346,9 @@ def _check_dtypes(folder: Path, reader: SafetensorsReader, config: dict) -> None
             )
 
 
+SIZE_FIELDS = ("num_hidden_layers", "hidden_size", "vocab_size")
+
+
 def _expected_shapes(config: dict) -> dict[str, tuple[int, ...]] | None:
     """Tensor name -> shape of the model config.json describes (transformers' own class,
     built on the meta device: no memory, no weights), or None when transformers cannot build
@@ -353,6 +356,8 @@ def _expected_shapes(config: dict) -> dict[str, tuple[int, ...]] | None:
     model_type = config.get("model_type")
     if not isinstance(model_type, str):
         return None
+    if not all(isinstance(config.get(k), int) for k in SIZE_FIELDS):
+        return None  # transformers' defaults would stand in (the later checks name the field)
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
@@ -408,6 +413,28 @@ def _check_weights(folder: Path, reader: SafetensorsReader, arch: ArchSpec, n_la
             f"a {arch.name} model with {n_layers} layers. The files are incomplete or belong "
             "to another model; download the model again."
         )
+    if arch.n_experts:
+        _check_expert_count(folder, reader, arch, n_layers)
+
+
+def _check_expert_count(folder: Path, reader: SafetensorsReader, arch: ArchSpec,
+                        n_layers: int) -> None:
+    """Every MoE block holds as many experts as config.json says (per-expert tensors
+    ``{block}.mlp.experts.{e}.…`` or fused ``{block}.mlp.experts.gate_up_proj`` (E, …))."""
+    names = reader.names()
+    for i in range(n_layers):
+        head = f"{arch.block(i)}.{arch.experts}."
+        fused = head + "gate_up_proj"
+        if reader.has(fused):
+            found = reader.shape(fused)[0]
+        else:
+            found = len({n[len(head):].split(".", 1)[0] for n in names if n.startswith(head)
+                         and n[len(head):].split(".", 1)[0].isdigit()})
+        if found != arch.n_experts:
+            raise UserError(
+                f"config.json of {folder} says {arch.n_experts} experts per block, but the "
+                f"weights of {arch.block(i)} hold {found}. The config does not match the "
+                "weight files; download or copy the model again.")
 
 
 def check_model_folder(folder: Path, *, tokenizer: bool = True, pickle_option: bool = True,

@@ -45,6 +45,7 @@ from qtapp.engine.model.arch import (
     arch_for,
     auto_group_size,
     linear_input_widths,
+    method_refusal,
 )
 from qtapp.engine.planning import hardware
 from qtapp.engine.planning.planner import memory, memory_problems
@@ -367,6 +368,10 @@ def check_model(model: str, hw: Any = None) -> CompatReport:
         linear = _linear_check(config)
         checks = [MethodCheck(m, linear.ok, linear.reason, linear.group_size)
                   for m in ("rtn", "gptq", "awq")]
+        for c in checks:
+            refusal = method_refusal(c.method, config) if c.ok else ""
+            if refusal:
+                c.ok, c.reason = False, refusal
         checks.append(_gguf_check(config, folder, files))
         hw = hw or hardware.detect(use_torch=False)
         for c in checks:

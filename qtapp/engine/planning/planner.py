@@ -9,8 +9,9 @@ Memory (bytes; P parameters, h hidden, i intermediate, V vocabulary, N×L calibr
                 what the method keeps per block: GPTQ its Hessians H = 2XXᵀ ((2h² + (n_heads
                 · head_dim)² + i²)·4: q/k/v and gate/up share one), AWQ three (tokens, FFN)
                 tensors of its reruns on at most 4096 tokens (3·min(N·L, 4096)·i·4), GGUF a
-                quantized copy of the block (the imatrix is one vector per tensor); RTN only
-                the block (no activations)                    (working_bytes)
+                quantized copy of the block (the imatrix is one vector per tensor), RTN a
+                dequantized copy of the block; an RTN job streams only N = RTN_CHART_SAMPLES
+                samples (its error chart), a GGUF job without an imatrix none (working_bytes)
     quantize  = base + V·h·4 (embeddings, fp32) + work + one block in the source dtype (the
                 prefetched next block)
     evaluate  = base + P·4 (the quantized model loaded dequantized in fp32; for GGUF the file,
@@ -220,8 +221,8 @@ def working_bytes(shape: ModelShape, method: str, samples: int, seq_len: int) ->
         extra = 3 * min(tokens, 4096) * i * 4
     elif method == "gguf":
         extra = block  # a quantized copy; the imatrix itself is one vector per tensor
-    else:  # rtn
-        extra, acts = block, 0
+    else:  # rtn: the dequantized block, held until its error chart is measured
+        extra = block
     return int(block + acts + extra)
 
 
@@ -231,10 +232,10 @@ def peak_memory(job: JobSpec, shape: ModelShape, gpu: bool,
     docstring; `gguf_bytes` is the GGUF file the quality gate maps (GGUF jobs)."""
     c = job.calibration
     embed = shape.vocab_size * shape.hidden_size * 4
-    method = job.method
+    method, samples = job.method, job.quantize_samples
     if method == "gguf" and job.gguf.imatrix != "auto":
-        method = "rtn"  # no calibration pass
-    work = working_bytes(shape, method, c.samples, c.seq_len)
+        method, samples = "rtn", 0  # no calibration pass
+    work = working_bytes(shape, method, samples, c.seq_len)
     prefetch = int(shape.block_linear_params * source_bytes_per_param)
     logits = 3 * EVAL_CTX * shape.vocab_size * 4
     if job.method == "gguf":  # llama.cpp's output buffer and llama-cpp-python's score array
@@ -317,9 +318,10 @@ def matmul_flops(seconds: float = 0.2) -> float:
 
 
 def _block_seconds_estimate(job: JobSpec, shape: ModelShape, flops: float) -> float:
-    tokens = job.calibration.samples * job.calibration.seq_len
+    tokens = job.quantize_samples * job.calibration.seq_len  # RTN: RTN_CHART_SAMPLES only
     forward = 2 * shape.block_linear_params * tokens
-    factor = {"rtn": 1.0, "gptq": 3.0, "awq": 2.0 + job.awq.grid / 4, "gguf": 2.0}[job.method]
+    # RTN: the block's forward, and X·Wᵀ and X·(W − Ŵ)ᵀ for its error chart
+    factor = {"rtn": 3.0, "gptq": 3.0, "awq": 2.0 + job.awq.grid / 4, "gguf": 2.0}[job.method]
     return forward * factor / flops
 
 

@@ -33,6 +33,8 @@ from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec, QuantScheme
 from qtapp.engine.errors import Cancelled, UserError
 from qtapp.engine.events import Emit
+from qtapp.engine.model.arch import method_refusal
+from qtapp.engine.model.moe import min_expert_tokens, unfuse_experts
 from qtapp.engine.model.sources import ModelInfo, SafetensorsReader
 from qtapp.engine.quant.attention import gpu_attention
 from qtapp.engine.quant.batching import first_output, fit_batch
@@ -43,7 +45,7 @@ from qtapp.engine.quant.methods.gptq import (
     relative_output_error,
     release_graphs,
 )
-from qtapp.engine.quant.methods.rtn import rtn
+from qtapp.engine.quant.methods.rtn import rtn, rtn_searched
 from qtapp.engine.quant.primitives import QuantizedWeight
 from qtapp.engine.quant.qstore import QuantStore
 
@@ -143,6 +145,8 @@ class LayerStreamer:
         self.model.eval()
         self.blocks = self.resolve(info.arch.layers_prefix)
         self.n_blocks = len(self.blocks)
+        if info.arch.n_experts:  # per-expert nn.Linear modules (model/moe.py)
+            unfuse_experts(self.model)
         info.arch.check_block(self.blocks[0])  # the family table against the module graph
         self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._pending: dict[str, Future[dict[str, torch.Tensor]]] = {}
@@ -370,6 +374,50 @@ def collect_hessians(block: nn.Module, names: list[str], inputs: BlockInputs,
     return acc
 
 
+def measure_output_errors(block: nn.Module, quantized: dict[str, torch.Tensor],
+                          inputs: BlockInputs,
+                          should_cancel: Callable[[], bool] | None = None) -> dict[str, float]:
+    """‖X(W − Ŵ)ᵀ‖²_F / ‖XWᵀ‖²_F for each named linear of `block` (still holding its float
+    weights W), X being the linear's inputs over the calibration set and Ŵ = quantized[name]:
+    the quantity gptq.relative_output_error computes from a Hessian, summed directly over the
+    token rows. Each mini-batch's forward stops once every named linear has seen its input."""
+    if not quantized:
+        return {}
+    num = dict.fromkeys(quantized, 0.0)
+    den = dict.fromkeys(quantized, 0.0)
+    pending: set[str] = set()
+
+    def hook(name: str, linear: nn.Linear, x: torch.Tensor) -> None:
+        W = linear.weight.float()
+        xf = x.detach().reshape(-1, W.shape[1]).float()
+        num[name] += float((xf @ (W - quantized[name].to(W.device, torch.float32)).T)
+                           .square().sum())
+        den[name] += float((xf @ W.T).square().sum())
+        pending.discard(name)
+        if not pending:
+            raise _StopForward
+
+    hooks = []
+    for n in quantized:
+        linear = _linear(block, n)
+        hooks.append(linear.register_forward_pre_hook(
+            lambda _m, args, n=n, linear=linear: hook(n, linear, args[0])))
+    try:
+        with torch.no_grad():
+            for xb, kw in inputs.batches():
+                _poll(should_cancel)
+                pending.update(quantized)
+                try:
+                    block(xb.to(block_dtype(block)), **kw)
+                except _StopForward:
+                    pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: (num[n] / den[n] if den[n] > 0 else (0.0 if num[n] <= 0 else float("inf")))
+            for n in quantized}
+
+
 @dataclass
 class BlockReport:
     index: int
@@ -392,6 +440,9 @@ class BlockQuantizer:
         self.emit = emit
         self.should_cancel = should_cancel
         self.names = [n for group in info.arch.sequential for n in group]
+        refusal = method_refusal(job.method, info.config)
+        if refusal:
+            raise UserError(refusal)
 
     def scheme(self, block_prefix: str, name: str) -> QuantScheme | None:
         return self.job.scheme_for(block_prefix + name)
@@ -407,6 +458,8 @@ class BlockQuantizer:
         search = None
         if method == "awq":
             floats, meta, search = self._awq_scale(block, prefix, inputs)
+        if method == "rtn":
+            return BlockReport(i, self._rtn_block(i, block, prefix, inputs), floats, meta)
         groups = self.info.arch.sequential if method == "gptq" and \
             self.job.gptq.true_sequential else (tuple(self.names),)
         modules: dict[str, QuantizedWeight] = {}
@@ -416,18 +469,87 @@ class BlockQuantizer:
                 continue
             self._check_cancel()
             hessians = collect_hessians(block, todo, inputs, self.should_cancel)
+            few = self._few_tokens(i, prefix, todo, hessians, meta)
             while todo:
                 self._check_cancel()
                 first = todo.pop(0)
                 stack = [first] + [n for n in todo if hessians[n] is hessians[first]
-                                   and self.scheme(prefix, n) == self.scheme(prefix, first)]
+                                   and self.scheme(prefix, n) == self.scheme(prefix, first)
+                                   and (n in few) == (first in few)]
                 todo = [n for n in todo if n not in stack]
                 modules.update(self._quantize_linears(i, block, prefix, stack,
-                                                      hessians[first].H))
+                                                      hessians[first].H, first in few))
         return BlockReport(i, modules, floats, meta, search)
 
+    def _few_tokens(self, i: int, prefix: str, names: list[str],
+                    hessians: dict[str, HessianAccumulator], meta: dict[str, Any]) -> set[str]:
+        """The expert linears of `names` whose Hessian was built from fewer calibration tokens
+        than min_expert_tokens (model/moe.py): they are rounded with the range search instead
+        of being solved. A log event names the experts of each kind, with their tokens;
+        meta["experts"] keeps every expert linear's token count and the fallbacks."""
+        arch = self.info.arch
+        few: set[str] = set()
+        tokens: dict[str, int] = {}
+        for n in names:
+            if arch.expert_of(n) is None:
+                continue
+            scheme = self.scheme(prefix, n)
+            assert scheme is not None
+            tokens[n] = hessians[n].n_samples
+            if tokens[n] < min_expert_tokens(scheme.group_size):
+                few.add(n)
+        if not tokens:
+            return few
+        record = meta.setdefault("experts", {"tokens": {}, "fallback": []})
+        record["tokens"].update(tokens)
+        record["fallback"] += sorted(few)
+        if few:
+            kinds = sorted({n.rsplit(".", 1)[-1] for n in few})
+            ids = sorted({arch.expert_of(n) for n in few})  # type: ignore[type-var]
+            counts = ", ".join(f"{e} ({tokens[next(n for n in few if arch.expert_of(n) == e)]})"
+                               for e in ids)
+            scheme = self.scheme(prefix, next(iter(few)))
+            assert scheme is not None
+            self.emit(ev.Log(level="notice", message=(
+                f"block {i}: experts {counts} got fewer than "
+                f"{min_expert_tokens(scheme.group_size)} calibration tokens for "
+                f"{', '.join(kinds)}: rounded to nearest with the range search (rtn), not "
+                f"{self.job.method}; the other {arch.n_experts - len(ids)} experts use their "
+                "own tokens")))
+        return few
+
+    def _rtn_block(self, i: int, block: nn.Module, prefix: str, inputs: BlockInputs,
+                   ) -> dict[str, QuantizedWeight]:
+        """RTN: round each linear (no calibration data), then measure the relative output
+        errors for the chart on the float block's inputs in one forward (no Hessians)."""
+        todo = [n for n in self.names if self.scheme(prefix, n) is not None]
+        qws: dict[str, QuantizedWeight] = {}
+        hats: dict[str, torch.Tensor] = {}
+        seconds: dict[str, float] = {}
+        for name in todo:
+            self._check_cancel()
+            scheme = self.scheme(prefix, name)
+            assert scheme is not None
+            t0 = time.perf_counter()
+            qws[name] = rtn(_linear(block, name).weight.data.float(), scheme)
+            hats[name] = qws[name].dequantize()
+            seconds[name] = time.perf_counter() - t0
+        errors = measure_output_errors(block, hats, inputs, self.should_cancel)
+        for name in todo:
+            scheme = self.scheme(prefix, name)
+            assert scheme is not None
+            linear = _linear(block, name)
+            linear.weight.data.copy_(hats.pop(name).to(linear.weight.dtype))
+            self.emit(ev.Layer(
+                block=i, module=prefix + name, kind=ev.module_kind(name), bits=scheme.bits,
+                group_size=scheme.group_size, rel_error=float(errors[name]),
+                seconds=round(seconds[name], 4), method=self.job.method,
+            ))
+        return qws
+
     def _quantize_linears(self, i: int, block: nn.Module, prefix: str, names: list[str],
-                          H: torch.Tensor) -> dict[str, QuantizedWeight]:
+                          H: torch.Tensor, fallback: bool = False,
+                          ) -> dict[str, QuantizedWeight]:
         """Quantize linears that share an input and a scheme.
 
         GPTQ treats every output row alike given H, so the weights of q/k/v (or gate/up) are
@@ -440,7 +562,9 @@ class BlockQuantizer:
         linears = [_linear(block, n) for n in names]
         t0 = time.perf_counter()
         Ws = [lin.weight.data.float() for lin in linears]
-        if self.job.method == "gptq":
+        if fallback:  # an expert with too few calibration tokens (_few_tokens)
+            qws = [rtn_searched(W, scheme) for W in Ws]
+        elif self.job.method == "gptq":
             stacked = gptq_quantize(torch.cat(Ws) if len(Ws) > 1 else Ws[0], H, scheme,
                                     self.job.gptq)
             edges = [0, *itertools.accumulate(W.shape[0] for W in Ws)]
@@ -452,13 +576,13 @@ class BlockQuantizer:
         for name, linear, W, qw in zip(names, linears, Ws, qws, strict=True):
             t1 = time.perf_counter()
             W_hat = qw.dequantize()
-            err = relative_output_error(W, W_hat, H)
+            err = relative_output_error(W, W_hat, H) if bool(H.any()) else 0.0
             linear.weight.data.copy_(W_hat.to(linear.weight.dtype))
             self.emit(ev.Layer(
                 block=i, module=prefix + name, kind=ev.module_kind(name), bits=scheme.bits,
                 group_size=scheme.group_size, rel_error=float(err),
                 seconds=round(share * W.shape[0] + time.perf_counter() - t1, 4),
-                method=self.job.method,
+                method="rtn" if fallback else self.job.method,
             ))
             out[name] = qw
         return out
@@ -493,7 +617,10 @@ def quantize_blocks(
     device: torch.device,
     batch: int = 8,
 ) -> None:
-    """Stream the model block by block, quantizing each; resume from `store` when possible."""
+    """Stream the model block by block, quantizing each; resume from `store` when possible.
+    An RTN job streams only the first job.quantize_samples of `tokens` (its weights need no
+    calibration; the samples are for its error chart: config.RTN_CHART_SAMPLES)."""
+    tokens = tokens[: job.quantize_samples]
     streamer = LayerStreamer(info, device)
     quantizer = BlockQuantizer(job, info, emit, should_cancel)
     done = set(store.completed()) if job.resume else set()

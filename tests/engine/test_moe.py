@@ -1,0 +1,255 @@
+"""Mixture-of-experts (Qwen3-MoE): transformers 5's fused experts unfused into per-expert
+nn.Linear modules for calibration (qtapp/engine/model/moe.py).
+
+- the unfused block computes what the fused one does (same routing, same outputs);
+- every expert is quantized from its own statistics: its Hessian is the one built from
+  exactly the tokens the router sends it (recomputed here from the fused block's own
+  router), or, with fewer than min_expert_tokens, it is reported as a range-search RTN
+  fallback and its weight is that RTN; a zeroed Hessian or an unquantized expert fails;
+- GPTQ W8 through the CLI, exported with per-expert tensor names and loaded back into the
+  fused transformers model, matches the source (mean KLD < 1e-3); a zeroed expert does not;
+- the router stays in float; a config whose expert count does not match the weights is
+  refused before any work.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_families import (
+    KLD_MAX,
+    build_family_model,
+    damage_hf,
+    hf_logits,
+    mean_kld,
+    quantize_cli,
+    source_logits,
+    token_ids,
+)
+
+from qtapp.engine.config import QuantScheme
+from qtapp.engine.model.arch import arch_for
+from qtapp.engine.model.moe import (
+    UnfusedExperts,
+    fuse_experts,
+    min_expert_tokens,
+    unfuse_experts,
+)
+
+N_EXPERTS, TOP_K = 8, 2
+SCHEME = QuantScheme(8, 64, True)
+MOE = {"num_experts": N_EXPERTS, "num_experts_per_tok": TOP_K, "moe_intermediate_size": 64,
+       "norm_topk_prob": True}
+
+
+@pytest.fixture(scope="module")
+def moe_dir(tmp_path_factory):
+    return build_family_model(tmp_path_factory.mktemp("moe") / "qwen3_moe", "qwen3_moe", **MOE)
+
+
+def _model(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def test_table_expands_every_expert():
+    spec = arch_for({"model_type": "qwen3_moe", "num_local_experts": 4, "hidden_size": 64,
+                     "num_attention_heads": 4})
+    assert spec.n_experts == 4 and spec.experts == "mlp.experts"
+    assert spec.sequential[2] == tuple(f"mlp.experts.{e}.{n}" for e in range(4)
+                                       for n in ("gate_proj", "up_proj"))
+    assert spec.sequential[3] == tuple(f"mlp.experts.{e}.down_proj" for e in range(4))
+    assert "mlp.gate" not in spec.linears  # the router is never quantized
+    assert spec.expert_of("mlp.experts.3.up_proj") == 3 and spec.expert_of("self_attn.q_proj") \
+        is None
+
+
+def test_unfused_block_computes_the_fused_block(moe_dir):
+    model = _model(moe_dir)
+    block = model.model.layers[0].mlp
+    x = torch.randn(3, 40, 64)
+    with torch.no_grad():
+        ref = block(x)
+        names = unfuse_experts(model)
+        assert names == [f"model.layers.{i}.mlp.experts" for i in range(2)]
+        unfused = model.model.layers[0].mlp.experts
+        assert isinstance(unfused, UnfusedExperts)
+        got = block(x)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        # every routed (token, expert) pair is counted once
+        assert int(unfused.token_counts.sum()) == 3 * 40 * TOP_K
+        fuse_experts(model)
+        assert not any(isinstance(m, UnfusedExperts) for m in model.modules())
+        torch.testing.assert_close(block(x), ref, rtol=0, atol=0)
+
+
+def _routed_hessians(folder: Path, block_index: int, x: torch.Tensor, kwargs: dict):
+    """Reference: for each expert, H = 2/n Σ x xᵀ over the post-attention-normed hidden
+    states of exactly the tokens the fused block's router sends it, and n."""
+    model = _model(folder)
+    layer = model.model.layers[block_index]
+    seen: dict[str, torch.Tensor] = {}
+    hook = layer.mlp.register_forward_pre_hook(lambda _m, a: seen.__setitem__("x", a[0]))
+    with torch.no_grad():
+        layer(x, **kwargs)
+        hook.remove()
+        h = seen["x"].reshape(-1, x.shape[-1])
+        _, _, idx = layer.mlp.gate(h)
+    out = {}
+    for e in range(N_EXPERTS):
+        xe = h[(idx == e).any(-1)].double()
+        out[e] = (2 / max(len(xe), 1) * xe.T @ xe, len(xe))
+    return out
+
+
+def _quantize_block_with_hessians(folder: Path, monkeypatch, break_hessian: int | None = None):
+    """Run the CLI's GPTQ W8 pipeline on block 0 only, recording every Hessian the pipeline
+    builds and the events; `break_hessian` zeroes that expert's Hessian before it is used."""
+    from qtapp.engine.config import CalibrationSpec, JobSpec
+    from qtapp.engine.model.sources import _model_info
+    from qtapp.engine.quant import pipeline
+
+    info = _model_info(folder, str(folder), folder.name)
+    job = JobSpec(model=str(folder), method="gptq", out=str(folder) + "-out", scheme=SCHEME,
+                  calibration=CalibrationSpec(samples=16, seq_len=64), device="cpu")
+    events: list = []
+    hessians: dict[str, torch.Tensor] = {}
+    collect = pipeline.collect_hessians
+
+    def spy(block, names, inputs, should_cancel=None):
+        acc = collect(block, names, inputs, should_cancel)
+        for n, a in acc.items():
+            e = info.arch.expert_of(n)
+            if break_hessian is not None and e == break_hessian:
+                a.H.zero_()
+            hessians[n] = (a.H.clone(), a.n_samples)
+        return acc
+
+    monkeypatch.setattr(pipeline, "collect_hessians", spy)
+    streamer = pipeline.LayerStreamer(info, torch.device("cpu"))
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(3, 259, (16, 64), generator=g)
+    inputs = streamer.capture_inputs(tokens, 8)
+    x0, kwargs = inputs.x.clone(), dict(inputs.kwargs)
+    quantizer = pipeline.BlockQuantizer(job, info, events.append, lambda: False)
+    block = streamer.materialize(streamer.blocks[0], streamer.block_prefix(0))
+    report = quantizer.quantize(0, block, streamer.block_prefix(0), inputs)
+    streamer.close()
+    return report, hessians, events, x0, kwargs
+
+
+def _check_every_expert(folder, report, hessians, events, x0, kwargs):
+    from qtapp.engine.quant.methods.rtn import rtn_searched
+
+    ref = _routed_hessians(folder, 0, x0, kwargs)
+    fallback = set(report.meta["experts"]["fallback"])
+    logged = " ".join(e.message for e in events if getattr(e, "type", "") == "log")
+    methods = {e.module: e.method for e in events if getattr(e, "type", "") == "layer"}
+    source = _model(folder).model.layers[0].mlp.experts
+    inter = source.gate_up_proj.shape[1] // 2
+    for e in range(N_EXPERTS):
+        H_ref, n_ref = ref[e]
+        for kind in ("gate_proj", "up_proj", "down_proj"):
+            name = f"mlp.experts.{e}.{kind}"
+            assert name in report.modules, f"{name} left unquantized"
+            H, n = hessians[name]
+            if kind != "down_proj":  # its inputs are the expert's routed normed states
+                assert n == n_ref, (name, n, n_ref)
+                torch.testing.assert_close(H.double(), H_ref, rtol=1e-4, atol=1e-5)
+            else:
+                assert n == n_ref
+            assert bool(H.any()) == (n > 0), name
+            if n < min_expert_tokens(64):
+                assert name in fallback and methods["model.layers.0." + name] == "rtn"
+                assert f"{e} ({n})" in logged
+                W = {"gate_proj": source.gate_up_proj[e, :inter],
+                     "up_proj": source.gate_up_proj[e, inter:],
+                     "down_proj": source.down_proj[e]}[kind]
+                expect = rtn_searched(W.detach().float(), SCHEME).dequantize()
+                torch.testing.assert_close(report.modules[name].dequantize(), expect)
+            else:
+                assert name not in fallback and methods["model.layers.0." + name] == "gptq"
+
+
+def test_every_expert_is_quantized_from_its_own_tokens(moe_dir, monkeypatch):
+    report, hessians, events, x0, kwargs = _quantize_block_with_hessians(moe_dir, monkeypatch)
+    counts = [hessians[f"mlp.experts.{e}.gate_proj"][1] for e in range(N_EXPERTS)]
+    assert sum(counts) == 16 * 64 * TOP_K
+    # both paths are exercised: 2048 routed tokens over 8 experts, minimum 128
+    assert any(c < min_expert_tokens(64) for c in counts), counts
+    assert any(c >= min_expert_tokens(64) for c in counts), counts
+    _check_every_expert(moe_dir, report, hessians, events, x0, kwargs)
+    assert "mlp.gate" not in report.modules
+
+
+def test_a_zeroed_expert_hessian_is_caught(moe_dir, monkeypatch):
+    report, hessians, events, x0, kwargs = _quantize_block_with_hessians(moe_dir, monkeypatch)
+    big = next(e for e in range(N_EXPERTS)
+               if hessians[f"mlp.experts.{e}.gate_proj"][1] >= min_expert_tokens(64))
+    report, hessians, events, x0, kwargs = _quantize_block_with_hessians(
+        moe_dir, monkeypatch, break_hessian=big)
+    with pytest.raises(AssertionError):
+        _check_every_expert(moe_dir, report, hessians, events, x0, kwargs)
+
+
+def test_an_unquantized_expert_is_caught(moe_dir, monkeypatch):
+    report, hessians, events, x0, kwargs = _quantize_block_with_hessians(moe_dir, monkeypatch)
+    del report.modules["mlp.experts.5.down_proj"]
+    with pytest.raises(AssertionError, match="left unquantized"):
+        _check_every_expert(moe_dir, report, hessians, events, x0, kwargs)
+
+
+@pytest.mark.parametrize("method", ["gptq", "rtn"])
+def test_moe_end_to_end_per_expert_names(moe_dir, tmp_path, method):
+    from safetensors import safe_open
+
+    out = quantize_cli(moe_dir, tmp_path / "out", method)
+    names = set()
+    for f in out.glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            names |= set(st.keys())
+    for e in range(N_EXPERTS):
+        for kind in ("gate_proj", "up_proj", "down_proj"):
+            assert f"model.layers.1.mlp.experts.{e}.{kind}.qweight" in names
+    assert "model.layers.0.mlp.gate.weight" in names  # the router, in float
+    assert not any("gate.qweight" in n or "gate_up_proj" in n for n in names)
+    ids = token_ids(259)
+    ref = source_logits(moe_dir, ids)
+    kld = mean_kld(ref, hf_logits(out, ids))
+    print(f"qwen3_moe {method} W8: mean KLD {kld:.2e}")
+    assert kld < KLD_MAX, kld
+    bad = damage_hf(out, tmp_path, "model.layers.0.mlp.experts.0.down_proj")
+    damaged = mean_kld(ref, hf_logits(bad, ids))
+    print(f"qwen3_moe {method} expert 0 zeroed: mean KLD {damaged:.2e}")
+    assert damaged > KLD_MAX, damaged
+
+
+def test_awq_is_refused_for_moe(moe_dir, tmp_path):
+    from qtapp.cli import main
+
+    out = tmp_path / "awq"
+    assert main(["quantize", "--model", str(moe_dir), "--method", "awq", "--out", str(out),
+                 "--bits", "8", "--device", "cpu", "--no-eval"]) != 0
+    assert not out.exists()
+
+
+def test_expert_count_mismatch_is_refused_before_any_work(moe_dir, tmp_path, capsys):
+    import shutil
+
+    from qtapp.cli import main
+
+    bad = tmp_path / "bad"
+    shutil.copytree(moe_dir, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["num_local_experts"] = N_EXPERTS * 2
+    (bad / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    assert main(["quantize", "--model", str(bad), "--method", "gptq", "--out", str(out),
+                 "--bits", "8", "--device", "cpu", "--no-eval"]) != 0
+    err = capsys.readouterr().err
+    assert f"says {N_EXPERTS * 2} experts" in err and f"hold {N_EXPERTS}" in err, err
+    assert not out.exists()
