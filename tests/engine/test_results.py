@@ -128,3 +128,22 @@ def test_results_of_another_version_or_shape_are_refused():
     with pytest.raises(ResultDecodeError, match="not a job result"):
         JobResult.from_dict({"v": SCHEMA_VERSION, "model": "m", "source": "s",
                              "method": "rtn", "export": ["gptq"]})
+
+
+def test_the_command_line_prints_the_result_it_reads_back():
+    import io
+
+    from qtapp.commands.quantize import ProgressPrinter
+
+    def printed(summary: dict) -> list[str]:
+        stream = io.StringIO()
+        ProgressPrinter(stream)(ev.Result(out="/out/tiny-gptq", seconds=10.2, summary=summary))
+        return stream.getvalue().splitlines()
+
+    lines = ["done in 10 s: /out/tiny-gptq", "  size 179.8 KiB (source 420.8 KiB)",
+             "  perplexity 12.500 (source 12.000)"]
+    assert printed(full_result().to_dict()) == lines
+    # an unversioned result of an earlier worker reads the same
+    assert printed({"size_bytes": 184088, "source_size_bytes": 430944, "ppl": 12.5,
+                    "ppl_source": 12.0}) == lines
+    assert printed({}) == lines[:1]  # a plan run's result: nothing written, nothing measured

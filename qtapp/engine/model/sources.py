@@ -413,14 +413,19 @@ def _check_weights(folder: Path, reader: SafetensorsReader, arch: ArchSpec, n_la
             f"a {arch.name} model with {n_layers} layers. The files are incomplete or belong "
             "to another model; download the model again."
         )
-    if arch.n_experts:
-        _check_expert_count(folder, reader, arch, n_layers)
 
 
-def _check_expert_count(folder: Path, reader: SafetensorsReader, arch: ArchSpec,
-                        n_layers: int) -> None:
+def _check_expert_count(folder: Path, reader: SafetensorsReader, config: dict) -> None:
     """Every MoE block holds as many experts as config.json says (per-expert tensors
-    ``{block}.mlp.experts.{e}.…`` or fused ``{block}.mlp.experts.gate_up_proj`` (E, …))."""
+    ``{block}.mlp.experts.{e}.…`` or fused ``{block}.mlp.experts.gate_up_proj`` (E, …)),
+    checked before the shapes so that the message names the experts."""
+    try:
+        arch = arch_for(config)
+    except UserError:
+        return  # an unsupported family: the later checks say so
+    n_layers = config.get("num_hidden_layers")
+    if not arch.n_experts or not isinstance(n_layers, int):
+        return
     names = reader.names()
     for i in range(n_layers):
         head = f"{arch.block(i)}.{arch.experts}."
@@ -468,6 +473,7 @@ def check_model_folder(folder: Path, *, tokenizer: bool = True, pickle_option: b
                         "holds the model's weights.")
     reader = SafetensorsReader(folder)
     _check_dtypes(folder, reader, config)
+    _check_expert_count(folder, reader, config)
     _check_shapes(folder, reader, config)
     _check_tokenizer(folder, present=tokenizer)
     return config, reader
