@@ -256,7 +256,6 @@ def test_a_linear_missing_from_the_table_is_refused():
 
 
 @pytest.mark.parametrize("model_type, words", [
-    ("qwen3_moe", ["not yet", "mixture-of-experts"]),
     ("mixtral", ["not yet", "mixture-of-experts"]),
     ("gpt_oss", ["not yet", "MXFP4"]),
     ("qwen3_5_moe", ["not yet", "mixture-of-experts"]),
@@ -280,7 +279,7 @@ def test_unknown_and_transformers_only_families_are_told_apart():
         family_for({"model_type": "falcon", "architectures": ["FalconForCausalLM"]})
 
 
-@pytest.mark.parametrize("model_type", ["qwen3_moe", "falcon", "no_such_model"])
+@pytest.mark.parametrize("model_type", ["mixtral", "falcon", "no_such_model"])
 def test_check_says_no_before_any_download(model_type, tmp_path):
     """`quantdesk check` answers from config.json alone: no weights exist in the folder."""
     from qtapp.engine.planning.compat import check_model
@@ -296,7 +295,7 @@ def test_check_says_no_before_any_download(model_type, tmp_path):
     assert report.works == []
     for m in report.methods:
         assert model_type in m.reason or arch in m.reason
-        if model_type == "qwen3_moe":
+        if model_type == "mixtral":
             assert "not yet" in m.reason
 
 

@@ -18,18 +18,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from shapes import DEMO, LLAMA_7B, GiB
 
 from qtapp.cli import main
 from qtapp.engine.config import JobSpec, ModuleRule, QuantScheme, preset_rules
 from qtapp.engine.outputs import partial_path
 from qtapp.engine.planning.hardware import Hardware
-
-GiB = 2**30
-DEMO = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576,
-        "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
-        "num_hidden_layers": 30, "vocab_size": 49152}
-LLAMA_7B = {**DEMO, "hidden_size": 4096, "intermediate_size": 11008,
-            "num_attention_heads": 32, "num_key_value_heads": 32, "num_hidden_layers": 32}
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ from test_families import (
     damage_hf,
     hf_logits,
     mean_kld,
-    quantize_cli,
     source_logits,
     token_ids,
 )
@@ -227,28 +226,47 @@ def test_an_unquantized_expert_is_caught(moe_dir, monkeypatch):
         _check_every_expert(moe_dir, report, hessians, events, x0, kwargs)
 
 
-@pytest.mark.parametrize("method", ["gptq", "rtn"])
-def test_moe_end_to_end_per_expert_names(moe_dir, tmp_path, method):
+@pytest.mark.parametrize("method, fmt", [("gptq", "gptq"), ("rtn", "gptq"),
+                                         ("gptq", "compressed-tensors")])
+def test_moe_end_to_end_per_expert_names(moe_dir, tmp_path, method, fmt):
+    """Per-expert tensor names as vLLM and transformers load them
+    (model.layers.{i}.mlp.experts.{e}.gate_proj.qweight / .weight_packed), the router in
+    float (and excluded in the quantization_config), loaded back into the fused model."""
     from safetensors import safe_open
 
-    out = quantize_cli(moe_dir, tmp_path / "out", method)
+    from qtapp.cli import main
+
+    out = tmp_path / "out"
+    assert main(["quantize", "--model", str(moe_dir), "--method", method, "--out", str(out),
+                 "--samples", "16", "--seq-len", "64", "--device", "cpu", "--no-eval",
+                 "--bits", "8", "--format", fmt]) == 0
     names = set()
     for f in out.glob("*.safetensors"):
         with safe_open(f, "pt") as st:
             names |= set(st.keys())
+    packed = "qweight" if fmt == "gptq" else "weight_packed"
     for e in range(N_EXPERTS):
         for kind in ("gate_proj", "up_proj", "down_proj"):
-            assert f"model.layers.1.mlp.experts.{e}.{kind}.qweight" in names
+            assert f"model.layers.1.mlp.experts.{e}.{kind}.{packed}" in names
     assert "model.layers.0.mlp.gate.weight" in names  # the router, in float
-    assert not any("gate.qweight" in n or "gate_up_proj" in n for n in names)
+    assert not any(f"gate.{packed}" in n or "gate_up_proj" in n for n in names)
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    if fmt == "gptq":  # a negative dynamic rule for the router, and only for it
+        import re
+
+        excluded = [k[2:] for k in qc.get("dynamic", {}) if k.startswith("-:")]
+        assert any(re.match(x, "model.layers.0.mlp.gate") for x in excluded), qc
+        assert not any(re.match(x, "model.layers.0.mlp.experts.0.gate_proj") for x in excluded)
+    else:
+        assert "model.layers.0.mlp.gate" in qc["ignore"], qc
     ids = token_ids(259)
     ref = source_logits(moe_dir, ids)
     kld = mean_kld(ref, hf_logits(out, ids))
-    print(f"qwen3_moe {method} W8: mean KLD {kld:.2e}")
+    print(f"qwen3_moe {method} {fmt} W8: mean KLD {kld:.2e}")
     assert kld < KLD_MAX, kld
     bad = damage_hf(out, tmp_path, "model.layers.0.mlp.experts.0.down_proj")
     damaged = mean_kld(ref, hf_logits(bad, ids))
-    print(f"qwen3_moe {method} expert 0 zeroed: mean KLD {damaged:.2e}")
+    print(f"qwen3_moe {method} {fmt} expert 0 zeroed: mean KLD {damaged:.2e}")
     assert damaged > KLD_MAX, damaged
 
 

@@ -8,16 +8,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from shapes import LLAMA_7B, GiB
 
 from qtapp.engine.config import CalibrationSpec, JobSpec
 from qtapp.engine.planning import advisor as A
 from qtapp.engine.planning.hardware import Hardware
 from qtapp.engine.planning.planner import BASE_RSS, memory, plan_job, working_bytes
-
-GiB = 2**30
-LLAMA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-            "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32,
-            "num_hidden_layers": 32, "vocab_size": 32000}
 
 
 def machine(ram_gib: float) -> Hardware:

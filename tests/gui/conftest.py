@@ -6,10 +6,10 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings
+from gui_helpers import fake_command
+from qt_isolation import isolated_user_data  # noqa: F401 (an autouse fixture)
 
 
 @pytest.fixture(scope="session")
@@ -27,14 +27,6 @@ def themed_app(qapp):
     return create_app()
 
 
-@pytest.fixture(autouse=True)
-def isolated_user_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    data = tmp_path / "user-data"
-    monkeypatch.setenv("QUANTDESK_DATA_DIR", str(data))
-    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope,
-                      str(tmp_path / "settings"))
-    return data
 
 
 @pytest.fixture
@@ -60,3 +52,16 @@ def tiny_method_page(qtbot, tmp_path, make_tiny_model):
     method.out_edit.setText(str(tmp_path / "out"))
     method._out_auto = False
     return method, info
+
+
+@pytest.fixture
+def window(qtbot):
+    """The main window with the scripted fake worker, no hardware scan."""
+    from qtapp.gui.engine_process import EngineProcess
+    from qtapp.gui.main_window import MainWindow
+
+    w = MainWindow(engine=EngineProcess(command=fake_command("ok", "--blocks", "3")),
+                   scan=False)
+    qtbot.addWidget(w)
+    w.show()
+    return w

@@ -5,39 +5,11 @@ recommended, and a custom rule with group 128 keeps Start disabled with the fix.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
-import pytest
-from gui_helpers import fake_command
+from shapes import DEMO, LLAMA_7B, GiB, model_info
 
 from qtapp.engine.planning.hardware import GPU, Hardware
-from qtapp.gui.engine_process import EngineProcess
-from qtapp.gui.main_window import MainWindow
 from qtapp.gui.pages.method import GROUP_CHOICES
-
-GiB = 2**30
-DEMO = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576,
-        "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
-        "num_hidden_layers": 30, "vocab_size": 49152}
-LLAMA_7B = {**DEMO, "hidden_size": 4096, "intermediate_size": 11008,
-            "num_attention_heads": 32, "num_key_value_heads": 32, "num_hidden_layers": 32}
-
-
-def model_info(tmp_path: Path, name: str, config: dict, n_params: int) -> SimpleNamespace:
-    return SimpleNamespace(path=tmp_path / name, source=str(tmp_path / name), name=name,
-                           config=config, arch=SimpleNamespace(name="llama"),
-                           n_params=n_params, size_bytes=2 * n_params,
-                           n_layers=config["num_hidden_layers"],
-                           hidden_size=config["hidden_size"], dtype="bfloat16")
-
-
-@pytest.fixture
-def window(qtbot) -> MainWindow:
-    w = MainWindow(engine=EngineProcess(command=fake_command("ok", "--blocks", "3")),
-                   scan=False)
-    qtbot.addWidget(w)
-    w.show()
-    return w
 
 
 def offered(method) -> list[int]:

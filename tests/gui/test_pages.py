@@ -4,43 +4,15 @@ a run with the fake worker through to the results table, a crash shown with its 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from gui_helpers import fake_command
 from PySide6.QtCore import Qt
+from shapes import hardware, model_info
 
-from qtapp.engine.planning.hardware import GPU, Hardware
 from qtapp.gui.engine_process import EngineProcess
 from qtapp.gui.main_window import PAGES, MainWindow
 from qtapp.gui.results_store import ResultsStore
-
-GiB = 2**30
-LLAMA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-            "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32,
-            "num_hidden_layers": 32, "vocab_size": 32000}
-
-
-def hardware(vram_gib: float | None = None) -> Hardware:
-    gpus = () if vram_gib is None else (
-        GPU(0, f"Fake RTX {vram_gib:g} GB", "cuda", int(vram_gib * GiB), int(vram_gib * GiB)),)
-    return Hardware("Fake CPU 9000", 8, 16, 32 * GiB, 30 * GiB, "TestOS 1", gpus)
-
-
-def model_info(tmp_path: Path, name: str = "Llama-7B-test") -> SimpleNamespace:
-    return SimpleNamespace(path=tmp_path / name, source=str(tmp_path / name), name=name,
-                           config=LLAMA_7B, arch=SimpleNamespace(name="llama"),
-                           n_params=6_738_415_616, size_bytes=13_476_831_232, n_layers=32,
-                           hidden_size=4096, dtype="bfloat16")
-
-
-@pytest.fixture
-def window(qtbot) -> MainWindow:
-    w = MainWindow(engine=EngineProcess(command=fake_command("ok", "--blocks", "3")),
-                   scan=False)
-    qtbot.addWidget(w)
-    w.show()
-    return w
 
 
 def test_every_page_builds_and_the_sidebar_switches(window: MainWindow) -> None:
