@@ -295,3 +295,89 @@ def test_expert_count_mismatch_is_refused_before_any_work(moe_dir, tmp_path, cap
     err = capsys.readouterr().err
     assert f"says {N_EXPERTS * 2} experts" in err and f"hold {N_EXPERTS}" in err, err
     assert not out.exists()
+
+
+def test_planner_counts_total_for_memory_and_active_for_time():
+    """Qwen3-30B-A3B's config: 30.5 B parameters in total, 3.3 B activated (its model card)."""
+    from qtapp.engine.planning.shape import ModelShape
+
+    config = {"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
+              "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+              "intermediate_size": 6144, "moe_intermediate_size": 768, "num_experts": 128,
+              "num_experts_per_tok": 8, "vocab_size": 151936, "tie_word_embeddings": False}
+    shape = ModelShape.from_config(config)
+    assert 30.0e9 < shape.n_params < 31.0e9, shape.n_params
+    assert 3.2e9 < shape.active_params < 3.4e9, shape.active_params
+    dense = ModelShape.from_config({**config, "model_type": "qwen3", "num_experts": None,
+                                    "num_experts_per_tok": None})
+    assert dense.active_params == dense.n_params
+
+
+@pytest.mark.llama_cpp
+def test_moe_gguf_merged_experts(demo_dir, tmp_path):
+    """GGUF with each block's experts merged into ffn_gate_exps / ffn_up_exps /
+    ffn_down_exps (E, out, in), the router as ffn_gate_inp, read by llama.cpp."""
+    import gguf
+    from test_families import (
+        GGUF_F32_KLD_MAX,
+        GGUF_Q8_KLD_MAX,
+        damage_gguf,
+        gguf_file,
+        gguf_logits,
+        quantize_cli,
+    )
+
+    from qtapp.engine.gguf.convert import convert_to_gguf
+    from qtapp.engine.gguf.llama_runtime import llama_cpp_available
+
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed")
+    src = build_family_model(tmp_path / "qwen3_moe", "qwen3_moe", demo_dir, **MOE)
+    ids = token_ids(259)
+    ref = source_logits(src, ids)
+    f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
+    tensors = {t.name: t for t in gguf.GGUFReader(f32).tensors}
+    assert not any("experts" in n or ".0." in n.split("blk.0.", 1)[-1] for n in tensors)
+    for kind in ("gate", "up", "down"):
+        assert N_EXPERTS in [int(x) for x in tensors[f"blk.1.ffn_{kind}_exps.weight"].shape]
+    assert "blk.0.ffn_gate_inp.weight" in tensors
+    exact = mean_kld(ref, gguf_logits(f32, ids))
+    print(f"qwen3_moe gguf F32: mean KLD {exact:.2e}")
+    assert exact < GGUF_F32_KLD_MAX, exact
+    bad = damage_gguf(f32, tmp_path, "blk.0.ffn_down_exps.weight")
+    assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_F32_KLD_MAX
+
+    path = gguf_file(quantize_cli(src, tmp_path / "out", "gguf"))
+    kld = mean_kld(ref, gguf_logits(path, ids))
+    print(f"qwen3_moe gguf Q8_0: mean KLD {kld:.2e}")
+    assert kld < GGUF_Q8_KLD_MAX, kld
+
+
+def test_moe_imatrix_has_one_row_per_expert(moe_dir):
+    """The importance matrix of a merged expert tensor has a row per expert, built from the
+    tokens routed to that expert (as llama-imatrix writes it for ffn_*_exps)."""
+    from qtapp.engine.gguf.hf_model import HfModel
+    from qtapp.engine.gguf.imatrix import ImatrixCollector
+    from qtapp.engine.model.sources import _model_info
+    from qtapp.engine.quant.pipeline import collect_input_stats
+
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randint(3, 259, (8, 64), generator=g)
+    hf = HfModel(moe_dir)
+    collector = ImatrixCollector()
+    collect_input_stats(_model_info(moe_dir, str(moe_dir), "m"), tokens,
+                        lambda name, x: collector.add_source(hf, name + ".weight", x),
+                        lambda _e: None, lambda: False, torch.device("cpu"))
+    imatrix = collector.to_imatrix()
+    model = _model(moe_dir)
+    unfuse_experts(model)
+    with torch.no_grad():
+        model(tokens)
+    routed = model.model.layers[0].mlp.experts.token_counts.numpy()
+    assert routed[RARE] < routed.max()
+    for kind in ("gate", "up", "down"):
+        name = f"blk.0.ffn_{kind}_exps.weight"
+        assert imatrix.sums[name].shape[0] == N_EXPERTS
+        assert imatrix.counts[name].tolist() == routed.tolist(), kind
+    assert imatrix.counts["blk.0.attn_q.weight"].tolist() == [8 * 64]
+    assert imatrix.importance()["blk.0.ffn_down_exps.weight"].size == N_EXPERTS * 64

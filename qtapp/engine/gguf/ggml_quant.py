@@ -103,8 +103,14 @@ def quantize(w: np.ndarray, qtype: Q, imatrix: np.ndarray | None = None,
 
     F32/F16 give float arrays of the same shape, the other types uint8 of shape
     (..., row_size). `imatrix` holds one importance weight per column (mean x² of the
-    layer's inputs); ggml uses it for the K types and Q4_0/Q4_1/Q5_0/Q5_1.
+    layer's inputs); ggml uses it for the K types and Q4_0/Q4_1/Q5_0/Q5_1. For merged MoE
+    experts (E, rows, n_per_row) it may hold E · n_per_row values, one row per expert, each
+    expert's matrix quantized with its own row (llama-quant.cpp).
     """
+    if (imatrix is not None and w.ndim == 3 and w.shape[0] > 1
+            and np.size(imatrix) == w.shape[0] * w.shape[-1]):
+        rows = np.asarray(imatrix, dtype=np.float32).reshape(w.shape[0], w.shape[-1])
+        return np.stack([quantize(w[e], qtype, rows[e], threads) for e in range(w.shape[0])])
     if qtype == Q.F32:
         return np.ascontiguousarray(w, dtype=np.float32)
     if qtype == Q.F16:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +27,10 @@ from qtapp.engine.model.sources import SafetensorsReader
 
 # buffers some checkpoints carry that llama.cpp does not use (ModelBase.prepare_tensors)
 _IGNORED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
+# a per-expert tensor of a MoE checkpoint: llama.cpp merges each block's experts into one
+# (E, out, in) tensor per kind, "…mlp.experts.gate_proj" → blk.N.ffn_gate_exps
+# (Qwen2MoeModel.modify_tensors)
+_EXPERT = re.compile(r"^(.+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class HfModel:
         self.n_head: int = self.hparam("num_attention_heads", "n_head", "n_heads")
         self.n_head_kv: int = self.config.get("num_key_value_heads", self.n_head)
         self.reader = SafetensorsReader(self.dir)
+        self._expert_counts: dict[str, int] = {}
         rope = rope_parameters(self.config)
         if rope.get("long_factor") is not None or str(rope.get("rope_type")) in ("su",
                                                                                 "longrope"):
@@ -127,9 +133,39 @@ class HfModel:
         """Every tensor of the GGUF file, in the order llama.cpp's converter writes them."""
         return [*self._extra_tensors(), *self._model_tensors()]
 
+    def _merged_experts(self, head: str, kind: str) -> SourceTensor:
+        """The (E, out, in) stack of every expert's `kind` weight under `head`."""
+        names = [f"{head}.{e}.{kind}.weight" for e in range(self._n_experts(head))]
+        merged = f"{head}.{kind}.weight"
+
+        def load() -> np.ndarray:
+            return np.stack([self.reader.get(n, torch.float32).numpy() for n in names])
+        return SourceTensor(merged, self.gguf_name(merged),
+                            (len(names), *self.reader.shape(names[0])), load)
+
+    def imatrix_slot(self, hf_name: str) -> tuple[str, int, int]:
+        """(GGUF tensor, row, rows) of the imatrix entry a Hugging Face weight's inputs go
+        to: a per-expert weight is row e of its merged tensor's E rows, any other row 0 of 1."""
+        expert = _EXPERT.match(hf_name)
+        if expert is None:
+            return self.gguf_name(hf_name), 0, 1
+        head, e, kind = expert.groups()
+        return (self.gguf_name(f"{head}.{kind}.weight"), int(e), self._n_experts(head))
+
+    def _n_experts(self, head: str) -> int:
+        if head not in self._expert_counts:
+            self._expert_counts[head] = len({m.group(2) for n in self.reader.names()
+                                             if (m := _EXPERT.match(n)) and m.group(1) == head})
+        return self._expert_counts[head]
+
     def _model_tensors(self) -> Iterator[SourceTensor]:
         for hf_name in self.reader.names():
             if hf_name.endswith(_IGNORED_SUFFIXES):
+                continue
+            expert = _EXPERT.match(hf_name)
+            if expert is not None:
+                if expert.group(2) == "0":
+                    yield self._merged_experts(expert.group(1), expert.group(3))
                 continue
             if hf_name == "lm_head.weight" and self.tied_embeddings:
                 continue  # the loader reuses token_embd (ggml-org/llama.cpp PR #5824)

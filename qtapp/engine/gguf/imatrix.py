@@ -74,35 +74,41 @@ class ImatrixCollector:
     """
 
     def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
+        self._sums: dict[str, torch.Tensor] = {}  # (n_mat, K): one row per expert
+        self._counts: dict[str, np.ndarray] = {}  # (n_mat,)
 
-    def add(self, gguf_name: str, x: torch.Tensor | np.ndarray) -> None:
-        """Add the inputs x (..., K) one linear layer saw."""
+    def add(self, gguf_name: str, x: torch.Tensor | np.ndarray, expert: int = 0,
+            n_experts: int = 1) -> None:
+        """Add the inputs x (..., K) one linear layer saw; for expert `expert` of a merged
+        MoE tensor (ffn_*_exps), whose imatrix has one row per expert as llama.cpp's."""
         x = torch.as_tensor(x)
         x = x.reshape(-1, x.shape[-1])
         s = x.float().pow(2).sum(0).to("cpu", torch.float64)
-        if gguf_name in self._sums:
-            if self._sums[gguf_name].shape != s.shape:
-                raise ValueError(f"{gguf_name}: inputs of {s.shape[0]} columns after "
-                                 f"{self._sums[gguf_name].shape[0]}")
-            self._sums[gguf_name] += s
-            self._counts[gguf_name] += x.shape[0]
-        else:
-            self._sums[gguf_name] = s
-            self._counts[gguf_name] = x.shape[0]
+        if gguf_name not in self._sums:
+            self._sums[gguf_name] = torch.zeros((n_experts, s.shape[0]), dtype=torch.float64)
+            self._counts[gguf_name] = np.zeros(n_experts, dtype=np.int64)
+        if self._sums[gguf_name].shape[1:] != s.shape:
+            raise ValueError(f"{gguf_name}: inputs of {s.shape[0]} columns after "
+                             f"{self._sums[gguf_name].shape[1]}")
+        self._sums[gguf_name][expert] += s
+        self._counts[gguf_name][expert] += x.shape[0]
+
+    def add_source(self, model: HfModel, hf_name: str, x: torch.Tensor | np.ndarray) -> None:
+        """add() under the GGUF tensor of the Hugging Face weight `hf_name` (a per-expert
+        weight goes to its expert's row of the merged tensor)."""
+        name, expert, n_experts = model.imatrix_slot(hf_name)
+        self.add(name, x, expert, n_experts)
 
     def result(self) -> dict[str, np.ndarray]:
-        """name -> mean x² per input column (float32)."""
-        return {n: (s / self._counts[n]).numpy().astype(np.float32)
-                for n, s in self._sums.items()}
+        """name -> mean x² per input column (float32), n_mat·K for merged experts."""
+        return self.to_imatrix().importance()
 
     def to_imatrix(self, dataset: str = "quantdesk", chunk_size: int = 512) -> Imatrix:
         """The collected statistics as an Imatrix (for files and GGUF metadata)."""
-        n_tokens = max(self._counts.values(), default=0)
+        n_tokens = max((int(c.max()) for c in self._counts.values()), default=0)
         return Imatrix(
-            sums={n: s.numpy().astype(np.float32)[None, :] for n, s in self._sums.items()},
-            counts={n: np.array([c], dtype=np.int64) for n, c in self._counts.items()},
+            sums={n: s.numpy().astype(np.float32) for n, s in self._sums.items()},
+            counts={n: c.copy() for n, c in self._counts.items()},
             datasets=[dataset], chunk_count=n_tokens // chunk_size if chunk_size else 0,
             chunk_size=chunk_size)
 

@@ -46,7 +46,8 @@ def _importance_for(plan: list[PlannedTensor], importance: Mapping[str, np.ndarr
             continue
         values = np.asarray(importance[name], dtype=np.float32).reshape(-1)
         ne0 = p.source.shape[-1]
-        if values.size != ne0:
+        n_mat = p.source.shape[0] if len(p.source.shape) == 3 else 1  # merged MoE experts
+        if values.size != ne0 * n_mat:
             if name == "token_embd.weight":
                 continue  # llama-quant.cpp ignores a mismatched token_embd entry
             raise UserError(f"The importance matrix {source} has {values.size} values for "

@@ -274,7 +274,7 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
         hf = HfModel(info.path)
         collector = ImatrixCollector()
         collect_input_stats(info, tokens,
-                            lambda name, x: collector.add(hf.gguf_name(name + ".weight"), x),
+                            lambda name, x: collector.add_source(hf, name + ".weight", x),
                             emit, should_cancel, pick_device(job.device))
         imatrix = collector.to_imatrix(f"quantdesk:{job.calibration.source}",
                                        int(tokens.shape[1]))

@@ -29,6 +29,10 @@ so only GGUF needs them (as metadata). Other layouts:
              each x̂·(1 + w): a scale s folds as w' = (1 + w)/s − 1 (norm_offset = 1).
     GLM-4    separate q/k/v (biased), fused gate_up_proj, post-norms after attention and MLP
              besides the pre-norms.
+    Qwen3-MoE  the Qwen3 attention, then a router (mlp.gate, not an nn.Linear, never
+             quantized) and E experts (fused 3-D tensors in transformers 5, unfused into
+             mlp.experts.{e}.gate_proj/up_proj/down_proj by model/moe.py while the
+             pipeline and the loader work): names with "{e}" expand per expert.
 """
 
 from __future__ import annotations
@@ -237,9 +241,9 @@ GLM4_BLOCK = BlockLayout(
 _LLAMA_GGUF = GgufFacts("LLAMA", permute_qk=True, llama_keys=True, rope_dims=True,
                         vocab="llama")
 _GEMMA_KV = (("sliding_window", "add_sliding_window", None),)
-_MOE = ("a mixture-of-experts model: its experts are not nn.Linear modules QuantDesk can "
-        "quantize one by one (fused 3-D expert tensors in transformers 5) and routed tokens "
-        "need per-expert calibration; not yet supported")
+_MOE = ("a mixture-of-experts model whose experts QuantDesk's per-expert calibration "
+        "(fused experts unfused into per-expert linears, model/moe.py) does not cover yet; "
+        "not yet supported")
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llama", ("LlamaForCausalLM",), "Llama 3.x, SmolLM2", LLAMA_BLOCK,
@@ -301,12 +305,18 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            notes=(("the GGUF converter of llama.cpp sets GLM-4's special tokens from its own "
                   "tokenizer; QuantDesk writes the tokenizer's own special tokens"),)),
     Family("qwen3_moe", ("Qwen3MoeForCausalLM",), "Qwen3-30B-A3B, Qwen3-235B-A22B", MOE_BLOCK,
-           gguf_reason="not yet: QuantDesk's GGUF writer does not merge experts into "
-                       "ffn_*_exps tensors",
+           gguf=GgufFacts("QWEN3MOE", vocab="gpt2", kv=(
+               ("num_experts", "add_expert_count", None),
+               ("num_local_experts", "add_expert_count", None),
+               ("num_experts_per_tok", "add_expert_used_count", None),
+               ("moe_intermediate_size", "add_expert_feed_forward_length", None))),
            notes=(("experts are calibrated one by one on the tokens routed to them; an expert "
                   "with too few tokens is rounded to nearest with the range search (named in "
                   "the run's log); the router stays 16-bit; AWQ not yet"),)),
-    Family("mixtral", ("MixtralForCausalLM",), "Mixtral 8x7B", supported=False, reason=_MOE),
+    Family("mixtral", ("MixtralForCausalLM",), "Mixtral 8x7B", supported=False,
+           reason="a mixture-of-experts model whose checkpoints name the experts "
+                  "block_sparse_moe.experts.{e}.w1/w2/w3, which QuantDesk does not map to "
+                  "transformers' mlp.experts yet; not yet supported"),
     Family("gpt_oss", ("GptOssForCausalLM",), "gpt-oss 20B/120B", supported=False,
            reason=_MOE + "; its experts also ship as MXFP4, and attention has sinks"),
     Family("qwen3_5_moe", ("Qwen3_5MoeForCausalLM", "Qwen3_5MoeForConditionalGeneration"),

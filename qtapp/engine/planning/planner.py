@@ -212,7 +212,10 @@ def working_bytes(shape: ModelShape, method: str, samples: int, seq_len: int) ->
     block = shape.block_linear_params * 4  # fp32
     acts = 2 * tokens * h * 4  # block input and output
     attn_out = shape.n_heads * shape.head_dim
-    if method == "gptq":
+    if method == "gptq" and shape.n_experts:  # one Hessian per expert, a group at once
+        ie = shape.expert_intermediate_size
+        extra = (h * h + attn_out * attn_out + shape.n_experts * (h * h + ie * ie)) * 4
+    elif method == "gptq":
         extra = (2 * h * h + attn_out * attn_out + i * i) * 4  # qkv, gate/up, o, down
     elif method == "awq":
         # attention / MLP reruns on at most 4096 tokens (methods.awq.LOSS_TOKENS), three
@@ -319,7 +322,7 @@ def matmul_flops(seconds: float = 0.2) -> float:
 
 def _block_seconds_estimate(job: JobSpec, shape: ModelShape, flops: float) -> float:
     tokens = job.quantize_samples * job.calibration.seq_len  # RTN: RTN_CHART_SAMPLES only
-    forward = 2 * shape.block_linear_params * tokens
+    forward = 2 * shape.block_active_params * tokens  # MoE: a token meets top-k experts
     # RTN: the block's forward, and X·Wᵀ and X·(W − Ŵ)ᵀ for its error chart
     factor = {"rtn": 3.0, "gptq": 3.0, "awq": 2.0 + job.awq.grid / 4, "gguf": 2.0}[job.method]
     return forward * factor / flops
@@ -333,8 +336,8 @@ def evaluation_seconds(job: JobSpec, info: ModelInfo, shape: ModelShape,
     from qtapp.engine.quality.gate import source_is_cached
 
     def one(flops: float) -> float:
-        return (EVAL_TOKENS * 2 * shape.n_params / flops
-                + GENERATED_TOKENS / 2 * shape.n_params * 4 / MEMORY_BYTES_PER_S)
+        return (EVAL_TOKENS * 2 * shape.active_params / flops
+                + GENERATED_TOKENS / 2 * shape.active_params * 4 / MEMORY_BYTES_PER_S)
 
     path = getattr(info, "path", None)  # plans for a config alone (compatibility) have none
     source = 0.0 if path is not None and source_is_cached(path) else one(cpu_flops)

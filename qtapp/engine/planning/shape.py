@@ -32,6 +32,11 @@ class ModelShape:
     vocab_size: int
     tie_embeddings: bool = False
     n_params: int = 0
+    # mixture of experts: experts per block, experts each token is routed to, and the
+    # width of an expert's MLP; 0 for a dense model (the MLP is intermediate_size wide)
+    n_experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate_size: int = 0
 
     def __post_init__(self) -> None:
         if self.n_params <= 0:
@@ -39,10 +44,31 @@ class ModelShape:
 
     @property
     def block_linear_params(self) -> int:
-        """q, k, v, o + gate, up, down of one block (Llama layout)."""
+        """q, k, v, o + gate, up, down of one block (Llama layout); with experts, every
+        expert's gate, up, down and the router: what memory and disk hold."""
+        return self._attn_params + self._mlp_params(self.n_experts)
+
+    @property
+    def block_active_params(self) -> int:
+        """The linear parameters one token goes through in a block: with experts, only the
+        router and the experts_per_token it is routed to (what time depends on)."""
+        return self._attn_params + self._mlp_params(self.experts_per_token)
+
+    @property
+    def active_params(self) -> int:
+        return self.n_params - self.n_layers * (self.block_linear_params
+                                                - self.block_active_params)
+
+    @property
+    def _attn_params(self) -> int:
         h, d = self.hidden_size, self.head_dim
-        attn = h * self.n_heads * d * 2 + h * self.n_kv_heads * d * 2
-        return attn + 3 * h * self.intermediate_size
+        return h * self.n_heads * d * 2 + h * self.n_kv_heads * d * 2
+
+    def _mlp_params(self, experts: int) -> int:
+        h = self.hidden_size
+        if not self.n_experts:
+            return 3 * h * self.intermediate_size
+        return experts * 3 * h * self.expert_intermediate_size + h * self.n_experts
 
     @property
     def embed_params(self) -> int:
@@ -89,6 +115,10 @@ class ModelShape:
             tie_embeddings=bool(config.get("tie_word_embeddings",
                                            c.get("tie_word_embeddings", False))),
             n_params=int(n_params or 0),
+            n_experts=int(first("num_experts", "num_local_experts", default=0) or 0),
+            experts_per_token=int(first("num_experts_per_tok", default=0) or 0),
+            expert_intermediate_size=int(first("moe_intermediate_size", "intermediate_size",
+                                               default=4 * hidden)),
         )
 
 

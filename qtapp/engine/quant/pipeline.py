@@ -536,6 +536,7 @@ class BlockQuantizer:
             seconds[name] = time.perf_counter() - t0
         errors = measure_output_errors(block, hats, inputs, self.should_cancel)
         for name in todo:
+            self._check_cancel()  # a cancel seen at a module's layer event stops the block
             scheme = self.scheme(prefix, name)
             assert scheme is not None
             linear = _linear(block, name)
@@ -545,6 +546,7 @@ class BlockQuantizer:
                 group_size=scheme.group_size, rel_error=float(errors[name]),
                 seconds=round(seconds[name], 4), method=self.job.method,
             ))
+        self._check_cancel()
         return qws
 
     def _quantize_linears(self, i: int, block: nn.Module, prefix: str, names: list[str],
