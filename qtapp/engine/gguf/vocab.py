@@ -140,12 +140,7 @@ def _add_llama_hf(writer: gguf.GGUFWriter, model_dir: Path) -> None:
         tokens.append(text)
         scores.append(score)
         types.append(toktype)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    gguf.SpecialVocab(model_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    _write_llama_vocab(writer, model_dir, tokens, scores, types)
 
 
 def _add_sentencepiece(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int | None) -> None:
@@ -189,6 +184,12 @@ def _add_sentencepiece(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int
             types[i] = _USER_DEFINED
         scores[i] = -1000.0
         tokens[i] = token.encode("utf-8")
+    _write_llama_vocab(writer, model_dir, tokens, scores, types)
+
+
+def _write_llama_vocab(writer: Any, model_dir: Path, tokens: list, scores: list,
+                       types: list) -> None:
+    """A SentencePiece ("llama") vocabulary and the folder's special tokens into `writer`."""
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)

@@ -218,6 +218,14 @@ def _open(path: Path, ctx: int, trust_remote_code: bool = False) -> _Scorer:
 
 
 # protocol -----------------------------------------------------------------------------
+def _eval_text(text: str | None) -> str:
+    """The text every evaluation scores: the built-in one unless the user gave one."""
+    text = builtin_eval_text() if text is None else text
+    if not text.strip():
+        raise UserError("the evaluation text is empty; give a text to evaluate on")
+    return text
+
+
 def windows(ids: list[int], ctx: int, bos: int | None) -> np.ndarray:
     """(n, ctx) int64 windows as llama-perplexity cuts them (see the module docstring)."""
     if ctx < 4:
@@ -312,9 +320,7 @@ def source_distributions(source: Path, ctx: int = EVAL_CTX, text: str | None = N
     disk while writing the cache is a UserError naming the cache. should_cancel() is
     polled per window and per generated token (then Cancelled is raised)."""
     progress = progress or (lambda _m: None)
-    text = builtin_eval_text() if text is None else text
-    if not text.strip():
-        raise UserError("the evaluation text is empty; give a text to evaluate on")
+    text = _eval_text(text)
     scorer = _open(Path(source), ctx, trust_remote_code)
     try:
         ids, bos = scorer.token_ids(text)
@@ -448,9 +454,7 @@ def model_perplexity(model: Path, ctx: int = EVAL_CTX, text: str | None = None, 
     quantized folder and its source do). The text is tokenized by `model`'s own tokenizer
     (a .gguf file's, through llama.cpp)."""
     progress = progress or (lambda _m: None)
-    text = builtin_eval_text() if text is None else text
-    if not text.strip():
-        raise UserError("the evaluation text is empty; give a text to evaluate on")
+    text = _eval_text(text)
     scorer = _open(Path(model), ctx, trust_remote_code)
     try:
         ids, bos = scorer.token_ids(text)
