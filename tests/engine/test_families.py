@@ -62,7 +62,7 @@ def build_family_model(folder: Path, model_type: str, tokenizer_from: Path | Non
                        embed_std: float | None = None, **overrides) -> Path:
     """A tiny random model of `model_type` with peaked outputs, saved as safetensors with
     the byte tokenizer (or the tokenizer of `tokenizer_from`)."""
-    from conftest import write_byte_tokenizer
+    from tiny_models import write_byte_tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder)

@@ -54,6 +54,11 @@ It was written to the log in {folder}.</source>
         <translation>引擎进程意外停止（{how}）。输出文件夹中没有写入任何内容。你可以重新开始这个任务。</translation>
     </message>
     <message>
+        <location filename="../../gui/engine_process.py" line="65"/>
+        <source>The worker's result could not be read: {error}</source>
+        <translation>无法读取引擎进程的结果：{error}</translation>
+    </message>
+    <message>
         <location filename="../../gui/main_window.py" line="40"/>
         <location filename="../../gui/welcome.py" line="13"/>
         <source>Hardware</source>
