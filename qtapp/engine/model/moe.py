@@ -151,15 +151,3 @@ def fuse_experts(model: nn.Module) -> None:
         fused.down_proj = nn.Parameter(down, requires_grad=False)
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, fused)
-
-
-def reset_token_counts(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, UnfusedExperts):
-            m.token_counts.zero_()
-
-
-def expert_token_counts(module: nn.Module) -> dict[str, list[int]]:
-    """{name of the experts module: tokens routed to each expert} since the last reset."""
-    return {n: m.token_counts.tolist() for n, m in module.named_modules()
-            if isinstance(m, UnfusedExperts)}

@@ -201,14 +201,6 @@ def dequantize(
     return scale[:, gi] * (q.to(torch.float32) - zero[:, gi].to(torch.float32))
 
 
-def quantize_column(
-    w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int
-) -> torch.Tensor:
-    """Fake-quantize one column (N,) with per-row scale/zero (N,): used inside GPTQ's loop."""
-    q = (torch.round(w / s) + z).clamp(0, 2**bits - 1)
-    return s * (q - z)
-
-
 @dataclass
 class QuantizedWeight:
     """A quantized linear weight: codes, per-group scale/zero and the group of each column."""
