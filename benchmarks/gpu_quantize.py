@@ -1,17 +1,25 @@
-"""GPTQ and AWQ on a GPU: wall time and peak VRAM per block and in total, against llm-compressor.
+"""GPTQ and AWQ on a GPU: wall time, peak VRAM and host RSS per block, fast and lean VRAM
+modes, against llm-compressor.
 
-Random-initialised Llama models of 1B and 8B shape (no download); W4 g128; calibration
-N × L random token ids (default 128 × 2048), the same ids for every run.
+Random-initialised models made on the device (no download): Llama of 1B, 8B and 70B shape,
+Qwen3-30B-A3B (mixture of experts); W4 g128; calibration N × L random token ids (default
+128 × 2048), the same ids for every run.
 
-    python benchmarks/gpu_quantize.py --shape 1b --methods gptq,awq [--peer] [--samples 128]
+    python benchmarks/gpu_quantize.py --shape 8b --methods gptq,awq --modes fast,lean \
+        [--layers 8] [--peer] [--stages] [--json $OUT/8b.json]
+    python benchmarks/gpu_quantize.py --shape tiny --device cpu     # the script itself, on a CPU
 
 Ours: the layer-streaming pipeline (`quantize_blocks`) on the GPU, float32 blocks,
-checkpoint written per block as in a real job (export and evaluation are not timed).
+checkpoint written per block as in a real job (export and evaluation are not timed), each
+row in its own process (so its peak VRAM and peak RSS are its own). Mode fast keeps the
+calibration activations on the GPU, lean in page-locked host memory
+(`quant/pipeline.BlockInputs`); `--stages` times each stage of every block with the GPU
+synchronised around it (seconds summed over blocks, then per block). The lean rows' layer
+errors are compared with the fast rows' (largest relative difference over all linears).
 Peer (`--peer`, needs llmcompressor importable): `benchmarks/gpu_peer_llmcompressor.py`
 in its own process, its default sequential pipeline, model loaded in bf16 on the CPU as its
-examples do. Peak VRAM is `torch.cuda.max_memory_allocated` of each process.
-The planner's predicted peak VRAM (`planner.working_bytes`, the quantize stage's working
-memory on the GPU) is printed beside ours.
+examples do. Peak VRAM is `torch.cuda.max_memory_allocated` of each process. The
+planner's predicted peak VRAM (`planner.working_bytes`, fast or lean) is printed beside it.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,33 +40,52 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHAPES = {
-    # Llama-3.2-1B and Llama-3.1-8B
+    # Llama-3.2-1B, Llama-3.1-8B, Llama-3.1-70B, Qwen3-30B-A3B
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-               "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": True},
+           "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": True},
     "8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-               "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False},
+           "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False},
+    "70b": {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+            "num_attention_heads": 64, "num_key_value_heads": 8, "tie_word_embeddings": False},
+    "qwen3-30b-a3b": {"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
+                      "intermediate_size": 6144, "moe_intermediate_size": 768,
+                      "num_experts": 128, "num_experts_per_tok": 8, "head_dim": 128,
+                      "num_attention_heads": 32, "num_key_value_heads": 4,
+                      "norm_topk_prob": True, "tie_word_embeddings": False,
+                      "vocab_size": 151936},
+    # the script itself on a CPU
+    "tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False,
+             "vocab_size": 512},
+    "tiny-moe": {"model_type": "qwen3_moe", "hidden_size": 128, "num_hidden_layers": 2,
+                 "intermediate_size": 256, "moe_intermediate_size": 64, "num_experts": 8,
+                 "num_experts_per_tok": 2, "head_dim": 32, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "tie_word_embeddings": False, "vocab_size": 512},
 }
 VOCAB = 128256
 DEVICE = "cuda"
 
 
 def build_random_llama(folder: Path, shape: str, layers: int | None = None) -> Path:
-    """Write a random Llama of the given shape (bf16 safetensors shards, made on the GPU)."""
+    """Write a random model of the given shape (bf16 safetensors shards, made on the GPU
+    when there is one); Llama unless the shape names another model_type."""
     from accelerate import init_empty_weights
     from safetensors.torch import save_file
     from tokenizers import Tokenizer, models
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if (folder / "config.json").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    settings = dict(SHAPES[shape])
+    settings = {"vocab_size": VOCAB, "max_position_embeddings": 8192,
+                "rope_theta": 500000.0, **SHAPES[shape]}
+    model_type = settings.pop("model_type", "llama")
     if layers:
         settings["num_hidden_layers"] = layers
-    config = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=8192, rope_theta=500000.0,
-                         torch_dtype="bfloat16", **settings)
+    config = AutoConfig.for_model(model_type, **settings)
+    config.torch_dtype = "bfloat16"
     with init_empty_weights():
-        skeleton = LlamaForCausalLM(config)
+        skeleton = AutoModelForCausalLM.from_config(config)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator(dev).manual_seed(0)
     shard: dict[str, torch.Tensor] = {}
@@ -91,12 +119,71 @@ def build_random_llama(folder: Path, shape: str, layers: int | None = None) -> P
     return folder
 
 
-def run_ours(folder: Path, method: str, tokens: torch.Tensor, group: int, batch: int) -> dict:
+STAGES = {  # pipeline module attribute → stage name
+    "collect_hessians": "Hessian passes (partial forwards + XᵀX)",
+    "gptq_quantize": "GPTQ solve + column sweeps",
+    "relative_output_error": "layer errors",
+    "forward_block": "block forward (output for the next block)",
+    "awq_search_block": "AWQ search (capture forward + grid + clip)",
+    "awq_apply_block": "AWQ apply",
+    "measure_output_errors": "RTN error chart",
+}
+
+
+class StageTimer:
+    """Seconds per pipeline stage: wraps the pipeline's stage functions with the device
+    synchronised before and after each call (nested calls count in the outer stage only)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.depth = 0
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def install(self) -> None:
+        from qtapp.engine.quant import pipeline
+        from qtapp.engine.quant.qstore import QuantStore
+
+        for attr, stage in STAGES.items():
+            setattr(pipeline, attr, self.wrap(getattr(pipeline, attr), stage))
+        pipeline.LayerStreamer.materialize = self.wrap(pipeline.LayerStreamer.materialize,
+                                                       "load block (disk → GPU)")
+        pipeline.LayerStreamer.release = self.wrap(pipeline.LayerStreamer.release,
+                                                   "free block")
+        QuantStore.save_block = self.wrap(QuantStore.save_block, "checkpoint write")
+
+    def wrap(self, fn, stage: str):
+        def timed(*args, **kwargs):
+            if self.depth:
+                return fn(*args, **kwargs)
+            self.depth += 1
+            self.sync()
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.sync()
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+                self.depth -= 1
+        return timed
+
+
+def run_ours(folder: Path, method: str, tokens: torch.Tensor, group: int, batch: int,
+             lean: bool = False, device: str = DEVICE, stages: bool = False) -> dict:
     from qtapp.engine import events as ev
     from qtapp.engine.config import AWQOptions, CalibrationSpec, JobSpec, QuantScheme
     from qtapp.engine.model.sources import resolve_model
     from qtapp.engine.quant.pipeline import quantize_blocks
     from qtapp.engine.quant.qstore import QuantStore
+
+    dev = torch.device(device)
+    timer = StageTimer(dev)
+    if stages:
+        timer.install()
+    from qtapp.engine.quant import pipeline  # after install: its names may be wrapped
 
     info = resolve_model(str(folder))
     job = JobSpec(model=str(folder), method=method, out="unused",
@@ -104,7 +191,7 @@ def run_ours(folder: Path, method: str, tokens: torch.Tensor, group: int, batch:
                   calibration=CalibrationSpec(samples=tokens.shape[0], seq_len=tokens.shape[1]),
                   awq=AWQOptions())
     blocks: list[float] = []
-    errors: list[float] = []
+    errors: dict[str, float] = {}
     last = [time.perf_counter()]
 
     def emit(e: ev.Event) -> None:
@@ -115,22 +202,45 @@ def run_ours(folder: Path, method: str, tokens: torch.Tensor, group: int, batch:
         elif isinstance(e, ev.Progress) and e.stage == "calibration":
             last[0] = time.perf_counter()
         elif isinstance(e, ev.Layer):
-            errors.append(e.rel_error)
+            errors[e.module] = e.rel_error
 
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        quantize_blocks(job, info, tokens, QuantStore(Path(tmp) / "store"), emit, lambda: False,
-                        torch.device(DEVICE), batch=batch)
-        torch.cuda.synchronize()
+        pipeline.quantize_blocks(job, info, tokens, QuantStore(Path(tmp) / "store"), emit,
+                                 lambda: False, dev, batch=batch, lean=lean)
+        timer.sync()
         seconds = time.perf_counter() - t0
-    first_block = blocks[0] if blocks else float("nan")
-    return {"who": "quantdesk", "method": method, "seconds": round(seconds, 1),
-            "block_s_median": round(sorted(blocks)[len(blocks) // 2], 2),
-            "first_block_s": round(first_block, 2),
-            "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-            "mean_rel_error": round(sum(errors) / max(len(errors), 1), 4)}
+    assert quantize_blocks is not None
+    n = len(blocks)
+    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else 0
+    return {"who": "quantdesk", "method": method, "mode": "lean" if lean else "fast",
+            "blocks": n, "seconds": round(seconds, 1),
+            "block_s_median": round(sorted(blocks)[n // 2], 2) if n else None,
+            "block_s_mean_after_first": round(sum(blocks[1:]) / max(n - 1, 1), 2),
+            "first_block_s": round(blocks[0], 2) if n else None,
+            "peak_vram_gib": round(peak / 2**30, 2),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "mean_rel_error": round(sum(errors.values()) / max(len(errors), 1), 5),
+            "errors": errors,
+            "stages_s_per_block": {k: round(v / max(n, 1), 3) for k, v in
+                                   sorted(timer.seconds.items(), key=lambda kv: -kv[1])}}
+
+
+def run_row(args: argparse.Namespace, folder: Path, tokens_file: Path, method: str,
+            mode: str) -> dict:
+    """One of our rows in its own process (its own peak VRAM and RSS)."""
+    cmd = [sys.executable, __file__, "--row", f"{method}:{mode}", "--folder", str(folder),
+           "--tokens", str(tokens_file), "--group", str(args.group), "--batch",
+           str(args.batch), "--device", args.device] + (["--stages"] if args.stages else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    if r.returncode:
+        return {"who": "quantdesk", "method": method, "mode": mode,
+                "error": (r.stderr or r.stdout)[-1500:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def run_peer(folder: Path, method: str, tokens_file: Path, group: int) -> dict:
@@ -143,13 +253,15 @@ def run_peer(folder: Path, method: str, tokens_file: Path, group: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def predicted_gib(folder: Path, method: str, tokens: torch.Tensor) -> float:
+def predicted_gib(folder: Path, method: str, tokens: torch.Tensor, lean: bool,
+                  batch: int) -> float:
     from qtapp.engine.planning.planner import working_bytes
     from qtapp.engine.planning.shape import ModelShape
 
     config = json.loads((folder / "config.json").read_text())
     shape = ModelShape.from_config(config)
-    return round(working_bytes(shape, method, tokens.shape[0], tokens.shape[1]) / 2**30, 2)
+    return round(working_bytes(shape, method, tokens.shape[0], tokens.shape[1], lean=lean,
+                               batch=batch) / 2**30, 2)
 
 
 def main() -> None:
@@ -157,52 +269,88 @@ def main() -> None:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
     ap.add_argument("--layers", type=int, default=None, help="fewer blocks than the shape has")
     ap.add_argument("--methods", default="gptq,awq")
+    ap.add_argument("--modes", default="fast", help="fast, lean or fast,lean")
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--peer", action="store_true")
-    ap.add_argument("--fp32", action="store_true",
-                    help="also run with TF32 off (pipeline.GPU_TF32 = False), a row of its own")
+    ap.add_argument("--peer-methods", default=None, help="default: --methods")
+    ap.add_argument("--stages", action="store_true", help="seconds per stage of each block")
+    ap.add_argument("--device", default=DEVICE)
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "gpu-bench")
+    ap.add_argument("--row", help=argparse.SUPPRESS)  # method:mode, in a child process
+    ap.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("needs a CUDA GPU")
+    if args.row:
+        method, mode = args.row.split(":")
+        tokens = torch.load(args.tokens)
+        row = run_ours(args.folder, method, tokens, args.group, args.batch, mode == "lean",
+                       args.device, args.stages)
+        print(json.dumps(row), flush=True)
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("needs a CUDA GPU (or --device cpu with --shape tiny)")
     t0 = time.perf_counter()
-    folder = build_random_llama(args.workdir / f"llama-{args.shape}-{args.layers or 'all'}",
+    folder = build_random_llama(args.workdir / f"{args.shape}-{args.layers or 'all'}",
                                 args.shape, args.layers)
     print(f"model written in {time.perf_counter() - t0:.0f} s: {folder}", flush=True)
+    config = json.loads((folder / "config.json").read_text())
     g = torch.Generator().manual_seed(1)
-    tokens = torch.randint(0, VOCAB, (args.samples, args.seq), generator=g)
-    tokens_file = args.workdir / "tokens.pt"
+    tokens = torch.randint(0, config["vocab_size"], (args.samples, args.seq), generator=g)
+    tokens_file = args.workdir / f"tokens-{args.samples}x{args.seq}.pt"
     torch.save(tokens, tokens_file)
     rows = []
     for method in args.methods.split(","):
-        from qtapp.engine.quant import pipeline
-
-        for tf32 in (True, False) if args.fp32 else (True,):
-            pipeline.GPU_TF32 = tf32
-            row = run_ours(folder, method, tokens, args.group, args.batch)
-            row["predicted_vram_gib"] = predicted_gib(folder, method, tokens)
-            row["who"] += "" if tf32 else " (TF32 off)"
+        fast_errors = None
+        for mode in args.modes.split(","):
+            row = run_row(args, folder, tokens_file, method, mode)
+            row["predicted_vram_gib"] = predicted_gib(folder, method, tokens, mode == "lean",
+                                                      args.batch)
+            errors = row.pop("errors", None)
+            if errors and mode == "fast":
+                fast_errors = errors
+            elif errors and fast_errors:
+                row["max_rel_diff_vs_fast"] = max(
+                    abs(errors[k] - v) / v for k, v in fast_errors.items() if v > 0)
             rows.append(row)
             print(json.dumps(row), flush=True)
-        pipeline.GPU_TF32 = True
-        if args.peer:
-            rows.append(run_peer(folder, method, tokens_file, args.group))
-            print(json.dumps(rows[-1]), flush=True)
-    name = torch.cuda.get_device_name()
-    layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
-    print(f"\nrandom Llama {args.shape} shape ({layers} blocks), W4 g{args.group}, "
-          f"{args.samples} × {args.seq} tokens, {name}\n")
-    print("| who | method | total s | s / block (median) | peak VRAM GiB | planner GiB |")
-    print("|---|---|---|---|---|---|")
+    for method in (args.peer_methods or args.methods).split(",") if args.peer else ():
+        rows.append(run_peer(folder, method, tokens_file, args.group))
+        print(json.dumps(rows[-1]), flush=True)
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    layers = config["num_hidden_layers"]
+    full = SHAPES[args.shape]["num_hidden_layers"]
+    print(f"\nrandom {args.shape} shape ({layers} of {full} blocks), W4 g{args.group}, "
+          f"{args.samples} × {args.seq} tokens, batch {args.batch}, {name}\n")
+    print("| who | method | mode | total s | s / block (median) | whole model s "
+          f"({full} blocks) | peak VRAM GiB | planner GiB | peak RSS GiB | lean vs fast |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['who']} | {r['method']} | failed: {r['error'][-200:]!r} | | | |")
+            print(f"| {r['who']} | {r['method']} | {r.get('mode', '')} | failed: "
+                  f"{r['error'][-300:]!r} | | | | | | |")
             continue
-        print(f"| {r['who']} | {r['method']} | {r['seconds']} | {r.get('block_s_median', '')} "
-              f"| {r['peak_vram_gib']} | {r.get('predicted_vram_gib', '')} |")
+        med = r.get("block_s_median")
+        whole = round(med * full) if med else ""
+        diff = r.get("max_rel_diff_vs_fast")
+        print(f"| {r['who']} | {r['method']} | {r.get('mode', '')} | {r['seconds']} | "
+              f"{med or ''} | {whole} | {r['peak_vram_gib']} | "
+              f"{r.get('predicted_vram_gib', '')} | {r.get('peak_rss_gib', '')} | "
+              f"{'' if diff is None else f'{diff:.1e}'} |")
+    for r in rows:
+        if r.get("stages_s_per_block"):
+            print(f"\nstages, s per block: {r['method']} {r['mode']} "
+                  f"(block {r['block_s_mean_after_first']} s after the first)")
+            print("| stage | s / block |\n|---|---|")
+            for k, v in r["stages_s_per_block"].items():
+                print(f"| {k} | {v} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"shape": args.shape, "layers": layers,
+                                         "device": name, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from qtapp import __version__
 from qtapp.engine.errors import UserError
 from qtapp.engine.jobs.worker import main as worker_main
 
-COMMANDS = ("quantize", "eval", "chat", "hw", "recommend", "convert", "check")
+COMMANDS = ("quantize", "eval", "chat", "hw", "recommend", "convert", "check", "hub",
+            "download", "publish")
 WINDOW_MODULES = ("PySide6", "pyqtgraph")  # dependencies of the default install (pyproject)
 
 

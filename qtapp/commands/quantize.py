@@ -10,10 +10,12 @@ from pathlib import Path
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import (
+    BITS,
     GGUF_TYPES,
     METHODS,
     PRESETS,
     CalibrationSpec,
+    ConfigError,
     GGUFOptions,
     GPTQOptions,
     JobSpec,
@@ -30,7 +32,7 @@ from qtapp.engine.model.arch import (
     linear_input_widths,
     method_refusal,
 )
-from qtapp.engine.outputs import check_output_path, sweep_job_dirs
+from qtapp.engine.outputs import check_output_free, check_output_path, sweep_job_dirs
 from qtapp.engine.planning.planner import plan_job
 from qtapp.engine.results import JobResult
 from qtapp.engine.units import format_duration, format_size, parse_size
@@ -46,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="'demo', a local folder or a Hub id")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--out", required=True, help="output folder (must not exist yet)")
-    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--bits", type=int, default=4,
+                   help=f"bits per weight: {', '.join(map(str, BITS))} (default 4)")
     p.add_argument("--group-size", type=_group_size, default="auto",
                    help="input columns per scale: 16, 32, 64, 128, 256, 512 or 1024; -1 one "
                    "scale per output channel, 0 per tensor. It must divide the input width of "
@@ -85,6 +88,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", dest="export_format", default="auto",
                    choices=("auto", "gptq", "awq", "compressed-tensors"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--max-vram", metavar="SIZE",
+                   help="the most GPU memory the job may take (e.g. 8GiB); above what the "
+                        "fast mode needs, calibration activations stay in host memory "
+                        "(lean mode). Default: what the GPU allows")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-eval", action="store_true", help="skip the quality gate (perplexity, KL divergence against the source, "
                    "generation check)")
@@ -115,18 +122,33 @@ def _group_size(text: str) -> int | str:
                                          "number") from None
 
 
+SCHEME_FLAGS = {"bits": "--bits", "group_size": "--group-size", "sym": "--sym/--asym"}
+
+
+def _check_scheme_flags(scheme: QuantScheme) -> None:
+    """QuantScheme.validate, its error naming the flag the user typed (--bits, not
+    scheme.bits)."""
+    try:
+        scheme.validate("scheme")
+    except ConfigError as e:
+        field = e.path.rsplit(".", 1)[-1]
+        raise UserError(f"{SCHEME_FLAGS.get(field, e.path)}: "
+                        f"{str(e).removeprefix(e.path + ': ')}") from None
+
+
 def job_from_args(args: argparse.Namespace) -> JobSpec:
     """The job the flags describe, checked against the model before anything runs: the
     output folder must be writable, and each group size must divide the input width of every
     layer it quantizes (--group-size auto picks one that does). UserError otherwise."""
+    out = Path(args.out).expanduser().resolve()
+    check_output_free(out, args.overwrite)  # first: before torch loads and the model is read
     from qtapp.engine.model.sources import resolve_model
     sym = args.sym if args.sym is not None else args.method != "awq"
     group = args.group_size
-    QuantScheme(bits=args.bits, group_size=128 if group == "auto" else group,
-                sym=sym).validate("--bits/--group-size")
+    _check_scheme_flags(QuantScheme(bits=args.bits, sym=sym,
+                                    group_size=128 if group == "auto" else group))
     info = resolve_model(args.model, allow_pickle=args.allow_pickle)
-    check_output_path(Path(args.out).expanduser().resolve(), info.path, args.overwrite,
-                      create=False)
+    check_output_path(out, info.path, args.overwrite, create=False)
     if group == "auto":
         group = auto_group_size(linear_input_widths(info.config).values())
     scheme = QuantScheme(bits=args.bits, group_size=group, sym=sym)
@@ -153,6 +175,7 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         resume=not args.no_resume, overwrite=args.overwrite,
         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
         ignore_plan=args.ignore_plan,
+        max_vram=parse_size(args.max_vram) if getattr(args, "max_vram", None) else 0,
     ).validate()
     check_group_sizes(job, info.config)
     refusal = method_refusal(job.method, info.config)
@@ -199,6 +222,14 @@ class ProgressPrinter:
         if q is not None and q.ppl is not None:
             self._print(f"  perplexity {q.ppl:.3f}"
                         + (f" (source {q.ppl_source:.3f})" if q.ppl_source is not None else ""))
+        planned = (r.resources.predicted.get("seconds") if r.resources is not None
+                   else None)
+        if planned and r.seconds:
+            self._print(f"  time {format_duration(r.seconds)} (planned "
+                        f"{format_duration(planned)})")
+        if q is not None and q.verdict:
+            self._print(f"  quality {q.verdict}"
+                        + (f": {'; '.join(q.reasons)}" if q.reasons else ""))
 
     def _line(self, line: str) -> None:
         if self.tty:

@@ -25,10 +25,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qtapp.engine.model.sources import resolve_model
+    from qtapp.engine.model.sources import DEMO_NAME, demo_config, resolve_model
 
-    info = resolve_model(args.model, pickle_option=False)
-    shape = ModelShape.from_config(info.config, name=info.name, n_params=info.n_params)
+    if args.model.strip().lower() == "demo":  # its shape alone: the folder is not built
+        config, n_params = demo_config()
+        shape = ModelShape.from_config(config, name=DEMO_NAME, n_params=n_params)
+    else:
+        info = resolve_model(args.model, pickle_option=False)
+        shape = ModelShape.from_config(info.config, name=info.name, n_params=info.n_params)
     advice = advise(detect(), shape, goal=args.goal, target=args.target, ctx=args.ctx)
     if args.json:
         print(json.dumps(advice.to_dict(), indent=2))

@@ -252,6 +252,10 @@ class JobSpec:
     # start even when the plan (planning/planner.py) says the job does not fit: the one
     # override of the one check, set by --ignore-plan and the window's "Start anyway"
     ignore_plan: bool = False
+    # the most GPU memory the job may take, in bytes (--max-vram); 0: what the card allows.
+    # The planner picks the lean VRAM mode when the fast one would need more
+    # (planning/planner.vram_mode)
+    max_vram: int = 0
 
     def validate(self) -> JobSpec:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -282,6 +286,10 @@ class JobSpec:
         if self.target_bytes and self.target_bpw:
             raise ConfigError("job.target_bpw", "give a target size or a target bits per "
                               "weight, not both")
+        if isinstance(self.max_vram, bool) or not isinstance(self.max_vram, int) \
+                or self.max_vram < 0:
+            raise ConfigError("job.max_vram", f"{self.max_vram!r} is not allowed; use a size "
+                              "in bytes (--max-vram 8GiB), or 0 for what the GPU allows")
         if self.device not in DEVICES:
             raise ConfigError("job.device", f"{self.device!r} is not allowed; choose one of "
                               f"{_choices(DEVICES)}")

@@ -399,6 +399,17 @@ def output_folder_problem(out: Path) -> str:
             "output folder you can write to")
 
 
+def check_output_free(out: Path, overwrite: bool) -> None:
+    """Refuse an output that exists (a file always; a folder unless ``overwrite``): the check
+    the command line makes first, before it looks at the model."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"the output {out} is an existing file, not a folder; choose a folder "
+                        "name that does not exist yet")
+    if out.exists() and not overwrite:
+        raise UserError(f"the output {out} already exists; choose a new name or pass "
+                        "--overwrite to replace it")
+
+
 def check_output_path(out: Path, source: Path, overwrite: bool, create: bool = True) -> None:
     """Refuse outputs that would overwrite something, land inside the source model, or go
     into a folder that cannot be written (output_folder_problem); with `create`, make the
@@ -410,12 +421,7 @@ def check_output_path(out: Path, source: Path, overwrite: bool, create: bool = T
     if out in src.parents:
         raise UserError(f"the output {out} contains the source model {src}; choose another "
                         "output folder")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"the output {out} is an existing file, not a folder; choose a folder "
-                        "name that does not exist yet")
-    if out.exists() and not overwrite:
-        raise UserError(f"the output {out} already exists; choose a new name or pass "
-                        "--overwrite to replace it")
+    check_output_free(out, overwrite)
     if out.exists() and any(out.iterdir()) and not _looks_like_output(out):
         raise UserError(f"the output {out} exists and is not a model folder (no config.json or "
                         ".gguf file in it); QuantDesk replaces only earlier outputs, even with "

@@ -48,7 +48,7 @@ class GGUFDetails:
     type: str                  # the file type, e.g. "Q4_K_M"
     file: str                  # the .gguf file's name in the output folder
     tensor_types: dict[str, int] = field(default_factory=dict)  # GGUF type -> tensors
-    imatrix: bool = False      # an importance matrix was used (and saved as imatrix.gguf)
+    imatrix: bool = False      # an importance matrix was used (saved as imatrix/imatrix.gguf)
     overrides: dict[str, str] = field(default_factory=dict)  # glob -> tensor type (rules)
 
 
@@ -88,7 +88,8 @@ class Measured:
 @dataclass(frozen=True)
 class Resources:
     """The planner's prediction (peak_ram, peak_vram, temp_disk, final_disk, seconds,
-    device) beside what was measured."""
+    device, probed: whether the time came from timed blocks, block_seconds) beside what was
+    measured."""
 
     predicted: dict[str, Any] = field(default_factory=dict)
     measured: Measured = field(default_factory=Measured)
@@ -102,7 +103,7 @@ class JobResult:
     export: ExportResult
     scheme: str = ""           # the default scheme's label (GPTQ, AWQ, RTN jobs)
     mixed: bool = False        # per-module rules
-    calibration: list[int] | None = None  # [samples, tokens each] (GPTQ, AWQ, RTN jobs)
+    calibration: list[int] | None = None  # [samples, tokens each] (all but GGUF w/o imatrix)
     quantize_seconds: float | None = None
     sizes: Sizes | None = None
     quality: Quality | None = None        # None when the job did not evaluate

@@ -30,12 +30,20 @@ SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 DURATION_WORDS = ("{s} s", "{m} min {s:02d} s", "{h} h {m:02d} min")
 
 
-def format_size(n_bytes: float) -> str:
-    """'88.4 MiB', '3.52 GiB': bytes in binary units (see the module docstring)."""
+def size_unit(n_bytes: float) -> tuple[str, int]:
+    """("MiB", 2**20): the unit `format_size` writes `n_bytes` in (also an axis's unit)."""
     for unit, scale in _SHOWN:
         if abs(n_bytes) >= scale:
-            return f"{n_bytes / scale:.{2 if scale >= GiB else 1}f} {unit}"
-    return f"{int(n_bytes)} B"
+            return unit, scale
+    return "B", 1
+
+
+def format_size(n_bytes: float) -> str:
+    """'88.4 MiB', '3.52 GiB': bytes in binary units (see the module docstring)."""
+    unit, scale = size_unit(n_bytes)
+    if scale == 1:
+        return f"{int(n_bytes)} B"
+    return f"{n_bytes / scale:.{2 if scale >= GiB else 1}f} {unit}"
 
 
 def size_at_least(n_bytes: int) -> str:

@@ -15,6 +15,7 @@ from qtapp.engine.units import format_params, format_size
 from qtapp.gui.i18n import tr
 
 __all__ = [
+    "format_count",
     "format_duration",
     "format_params",
     "format_ppl",
@@ -33,6 +34,17 @@ def format_duration(seconds: float) -> str:
     """'45 s', '3 min 07 s', '1 h 05 min' in the window's language (units.format_duration)."""
     return units.format_duration(seconds, (tr("{s} s"), tr("{m} min {s:02d} s"),
                                            tr("{h} h {m:02d} min")))
+
+
+def format_count(n: int) -> str:
+    """'950', '35k', '1.2M': a download or like count, as the Hub's pages write it."""
+    if n >= 10**6:
+        return f"{n / 10**6:.1f}M"
+    if n >= 10**4:
+        return f"{n / 10**3:.0f}k"
+    if n >= 10**3:
+        return f"{n / 10**3:.1f}k"
+    return str(n)
 
 
 def format_ppl(value: float | None) -> str:

@@ -34,7 +34,7 @@ from qtapp.gui.results_store import ResultsStore, RunRecord
 from qtapp.gui.state import AppState
 from qtapp.gui.tasks import Background
 from qtapp.gui.welcome import WelcomeDialog
-from qtapp.gui.widgets.common import label
+from qtapp.gui.widgets.common import label, vertical_scroll
 
 PAGES = ("hardware", "model", "method", "run", "results", "chat")
 PAGE_TITLES = (QT_TR_NOOP("Hardware"), QT_TR_NOOP("Model"), QT_TR_NOOP("Method"),
@@ -59,12 +59,12 @@ class MainWindow(QMainWindow):
             "chat": ChatPage(self.state),
         }
         self.stack = QStackedWidget()
-        for page in self.pages.values():
-            self.stack.addWidget(page)
+        for page in self.pages.values():  # a page with its own scroll area keeps its footer
+            self.stack.addWidget(page if getattr(page, "scrolls_itself", False)
+                                 else vertical_scroll(page))
 
         sidebar = QWidget()
         sidebar.setObjectName("Sidebar")
-        sidebar.setFixedWidth(220)
         side = QVBoxLayout(sidebar)
         side.setContentsMargins(8, 20, 8, 14)
         side.setSpacing(2)
@@ -80,13 +80,19 @@ class MainWindow(QMainWindow):
         self.nav.setSpacing(2)
         for i, title in enumerate(PAGE_TITLES, 1):
             item = QListWidgetItem(f"{i}    {tr(title)}")
-            item.setSizeHint(QSize(180, 38))
+            item.setSizeHint(QSize(120, 38))
             self.nav.addItem(item)
         self.nav.currentRowChanged.connect(self.stack.setCurrentIndex)
         side.addWidget(self.nav, 1)
         self.footer = label("", "SidebarFooter", wrap=True)
         self.footer.setContentsMargins(14, 0, 8, 0)
         side.addWidget(self.footer)
+        # as wide as its longest line (in this language), so that a small window leaves the
+        # pages as much room as it can
+        widest = max([tagline.sizeHint().width(), name.sizeHint().width()]
+                     + [self.nav.fontMetrics().horizontalAdvance(self.nav.item(i).text()) + 40
+                        for i in range(self.nav.count())])
+        sidebar.setFixedWidth(min(max(widest + 16, 170), 220))
 
         central = QWidget()
         row = QHBoxLayout(central)

@@ -29,6 +29,7 @@ _LEGACY_FIELDS = ("model", "source", "method", "out", "size_bytes", "source_size
 class RunRecord:
     result: JobResult
     settings: str = ""         # "W4 g128 sym + mixed", "Q4_K_M": how the run is listed
+    job: dict[str, Any] = field(default_factory=dict)  # the JobSpec that made it (to_dict)
     finished: float = field(default_factory=time.time)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
@@ -92,11 +93,11 @@ class RunRecord:
             settings = result.scheme
             if result.mixed or job.get("rules"):
                 settings = f"{settings} + mixed" if settings else "mixed"
-        return cls(result=result, settings=settings)
+        return cls(result=result, settings=settings, job=dict(job))
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "finished": self.finished, "settings": self.settings,
-                "result": self.result.to_dict()}
+                "result": self.result.to_dict(), "job": self.job}
 
     @classmethod
     def from_dict(cls, item: dict[str, Any]) -> RunRecord:
@@ -115,6 +116,8 @@ class RunRecord:
             kwargs["finished"] = float(item["finished"])
         if item.get("id"):
             kwargs["id"] = str(item["id"])
+        if isinstance(item.get("job"), dict):
+            kwargs["job"] = item["job"]
         return cls(**kwargs)
 
 

@@ -73,8 +73,11 @@ def assert_nothing_lost(source: Path, digest: str, out: Path) -> None:
     assert not list(out.parent.glob(f".{out.name}.*"))
 
 
-def run(job: JobSpec, cancel_on=None) -> tuple[dict, list[ev.Event]]:
-    seen: list[ev.Event] = []
+def run(job: JobSpec, cancel_on=None, seen: list[ev.Event] | None = None,
+        ) -> tuple[dict, list[ev.Event]]:
+    """(the job's result, its events); `seen` collects them as they come (also when the job
+    raises)."""
+    seen = [] if seen is None else seen
     flag = [False]
 
     def emit(e: ev.Event) -> None:
@@ -122,8 +125,9 @@ def test_cancel_at_any_point_loses_nothing_and_resumes(point, source, tmp_path, 
     digest = tree_digest(source)
     out = tmp_path / "out"
     job = job_for(source, out)
+    first: list[ev.Event] = []
     with pytest.raises(Cancelled):
-        run(job, CANCEL_POINTS[point])
+        run(job, CANCEL_POINTS[point], first)
     assert_nothing_lost(source, digest, out)
     saved = checkpoint_blocks(cache)
     assert saved == {"at start": [], "after calibration": [], "first module of block 0": [],
@@ -132,7 +136,14 @@ def test_cancel_at_any_point_loses_nothing_and_resumes(point, source, tmp_path, 
     logs = [e.message for e in seen if isinstance(e, ev.Log)]
     if saved:
         assert any(f"resuming: {len(saved)} of 2 blocks" in m for m in logs), logs
-    assert n_layers(seen) == 7 * (2 - len(saved))
+    assert n_layers(seen) == 7 * 2  # the resumed blocks' too, for the chart
+
+    def errors(events: list[ev.Event]) -> dict[tuple[int, str], float]:
+        return {(e.block, e.module): e.rel_error for e in events
+                if isinstance(e, ev.Layer) and e.block in saved}
+
+    assert errors(seen) == errors(first)  # as recorded in the checkpoint
+    assert len(errors(first)) == 7 * len(saved)
     assert_same_output(out, reference)
     assert tree_digest(source) == digest
     assert not checkpoint_blocks(cache)  # removed after the successful run

@@ -277,9 +277,10 @@ def test_gguf_job_on_the_demo_streams_an_imatrix_and_llama_cpp_reads_it(demo_dir
     result, seen = run(job)
     assert result.gguf.imatrix and result.gguf.type == "Q4_K_M"
     assert any(isinstance(e, ev.Progress) and e.stage == "imatrix" for e in seen)
-    files = sorted(p.name for p in out.iterdir())
-    assert {"Modelfile", "README.md", "imatrix.gguf", result.gguf.file} <= set(files)
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert {"Modelfile", "README.md", "imatrix/imatrix.gguf", result.gguf.file} <= set(files)
     assert result.export.files == files  # the result lists what the folder holds
+    assert [p.name for p in out.glob("*.gguf")] == [result.gguf.file]  # the model alone
     reader = gguf.GGUFReader(out / result.gguf.file)
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     assert types["blk.0.attn_q.weight"] == "Q8_0"  # the rule: attention at 8 bit

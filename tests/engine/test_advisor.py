@@ -90,10 +90,16 @@ def test_the_advisor_asks_the_planner_where_quantizing_fits() -> None:
     row = size_row(seven, machine(8, ram_gib=16), method="awq", samples=128)
     assert row.quantize_fit == "gpu"
     assert row.quantize_peak == peak_memory(_quantizing("awq", 128), seven, gpu=True)[1]
-    # 512 samples do not fit the 8 GiB card by the planner's numbers: on the CPU then
+    # 512 samples do not fit the 8 GiB card in fast mode by the planner's numbers: lean mode
+    # then (activations in host memory, planner.vram_mode), when the RAM takes them
     assert peak_memory(_quantizing("awq", 512), seven, gpu=True)[1] > vram_limit(
         machine(8).best_gpu)
     row = size_row(seven, machine(8, ram_gib=64), method="awq", samples=512)
+    assert row.quantize_fit == "gpu"
+    assert row.quantize_peak == peak_memory(_quantizing("awq", 512), seven, gpu=True,
+                                            lean=True)[1]
+    # a card too small for lean mode too: on the CPU then
+    row = size_row(seven, machine(1, ram_gib=64), method="awq", samples=512)
     assert row.quantize_fit == "ram"
     assert row.quantize_peak == peak_memory(_quantizing("awq", 512), seven, gpu=False)[0]
     # no GPU, 70B with GPTQ: the planner's CPU peak (the embeddings and the prefetched block
@@ -134,7 +140,9 @@ def test_8gb_gpu_speed_is_awq_4bit() -> None:
     rec = recommend(machine(8), SHAPES["7B"], goal="speed")
     assert (rec.method, rec.bits, rec.target, rec.device) == ("awq", 4, "gpu", "cuda")
     assert "fits" in rec.reason and not rec.warnings
-    assert rec.samples == 128  # 512 samples of AWQ activations would not fit in 8 GB
+    # 512 samples of AWQ activations would not fit in 8 GB in fast mode; in lean mode they
+    # stay in host memory (planner.vram_mode), so the larger calibration set is taken
+    assert rec.samples == 512
 
 
 def test_8gb_gpu_accuracy_is_gptq_4bit_because_8bit_does_not_fit() -> None:

@@ -99,7 +99,7 @@ CASES: list[tuple[str, Callable[[Path], None] | None,
      ("'org/model name' is neither an existing folder nor a valid Hugging Face model id",)),
     ("Hub id not in the offline cache", None, lambda m, t: ["--model", "nobody-xyz/no-model"],
      ("'nobody-xyz/no-model' is not in the local Hugging Face cache",
-      "huggingface-cli download")),
+      "quantdesk download nobody-xyz/no-model")),
 ]
 
 

@@ -138,7 +138,9 @@ def test_a_gated_model_says_how_to_get_access(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(HfApi, "model_info", gated)
-    with pytest.raises(UserError, match="gated: accept its licence.*huggingface-cli login"):
+    with pytest.raises(UserError, match=r"gated or private\. Open https://huggingface\.co/"
+                                        r"meta-llama/Llama-3\.1-8B, accept its licence.*"
+                                        "hf auth login"):
         check_model("meta-llama/Llama-3.1-8B", machine())
 
 

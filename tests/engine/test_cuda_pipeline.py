@@ -73,3 +73,32 @@ def test_peak_vram_does_not_grow_with_depth(make_tiny_model, tmp_path: Path) -> 
         _, peaks[layers], _ = _run(folder, "gptq", "cuda", tmp_path / f"r{layers}", n=16, seq=256)
     block = (2 * 512 * 512 + 2 * 512 * 256 + 3 * 512 * 2048) * 4
     assert peaks[8] < peaks[2] + block, peaks
+
+
+@pytest.mark.slow
+def test_job_with_max_vram_8gib_stays_under_it(make_tiny_model, tmp_path: Path) -> None:
+    """A job given --max-vram 8GiB on a model whose fast mode needs more (two blocks of the
+    Llama-8B shape, 128 × 2048 calibration tokens: 8 GiB of activations alone) runs in lean
+    mode, says so, and PyTorch's peak counter stays under 8 GiB."""
+    from qtapp.engine.jobs.job import run_job
+
+    folder = make_tiny_model(tmp_path / "m", hidden_size=4096, intermediate_size=14336,
+                             num_attention_heads=32, num_key_value_heads=8,
+                             num_hidden_layers=2, dtype=torch.bfloat16)
+    job = JobSpec(model=str(folder), method="gptq", out=str(tmp_path / "out"),
+                  scheme=QuantScheme(4, 128, True), evaluate=False, resume=False,
+                  device="cuda", max_vram=8 * 2**30,
+                  calibration=CalibrationSpec(samples=128, seq_len=2048))
+    tokens = torch.randint(3, 250, (128, 2048), generator=torch.Generator().manual_seed(0))
+    logs: list[str] = []
+
+    def emit(e) -> None:
+        if isinstance(e, ev.Log):
+            logs.append(e.message)
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    run_job(job, emit, lambda: False, tokens=tokens)
+    peak = torch.cuda.max_memory_allocated()
+    assert any(m.startswith("VRAM mode lean:") for m in logs), logs
+    assert 0 < peak <= 8 * 2**30, peak / 2**30

@@ -270,13 +270,136 @@ def test_moe_end_to_end_per_expert_names(moe_dir, tmp_path, method, fmt):
     assert damaged > KLD_MAX, damaged
 
 
-def test_awq_is_refused_for_moe(moe_dir, tmp_path):
+def _block0(folder: Path):
+    """(info, block 0 materialised by the pipeline's streamer, its calibration inputs)."""
+    from qtapp.engine.model.sources import _model_info
+    from qtapp.engine.quant import pipeline
+
+    info = _model_info(folder, str(folder), folder.name)
+    streamer = pipeline.LayerStreamer(info, torch.device("cpu"))
+    g = torch.Generator().manual_seed(3)
+    inputs = streamer.capture_inputs(torch.randint(3, 259, (16, 64), generator=g), 8)
+    block = streamer.materialize(streamer.blocks[0], streamer.block_prefix(0))
+    streamer.close()
+    return info, block, inputs
+
+
+def _routing(block, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's outputs and the experts its router picks for every token."""
+    picked: list[torch.Tensor] = []
+    hook = block.mlp.gate.register_forward_hook(lambda _m, _a, out: picked.append(out[2]))
+    try:
+        with torch.no_grad():
+            y = block(inputs.x, **inputs.kwargs)
+    finally:
+        hook.remove()
+    y = y[0] if isinstance(y, tuple) else y
+    return y, torch.cat(picked)
+
+
+def _awq_search(info, block, inputs, compensate_router: bool = True):
+    from dataclasses import replace
+
+    from qtapp.engine.config import AWQOptions
+    from qtapp.engine.quant.methods.awq import awq_search_block
+
+    groups = info.arch.present(0, block)[1]
+    if not compensate_router:
+        groups = tuple(replace(g, also=()) for g in groups)
+    scheme = QuantScheme(4, 32, True)
+    result = awq_search_block(
+        block, inputs.x, inputs.kwargs, groups, lambda _n: scheme, AWQOptions(), 8,
+        min_tokens=lambda n: min_expert_tokens(32) if info.arch.expert_of(n) is not None
+        else 0)
+    return groups, result
+
+
+def _check_awq_folds_exactly(info, block, inputs, compensate_router: bool = True):
+    from qtapp.engine.quant.methods.awq import awq_apply_block
+
+    y0, picked0 = _routing(block, inputs)
+    groups, result = _awq_search(info, block, inputs, compensate_router)
+    norm = "post_attention_layernorm"
+    assert norm in result.scales and not torch.allclose(result.scales[norm],
+                                                       torch.ones_like(result.scales[norm]))
+    result.clips.clear()  # the scales alone change nothing in real arithmetic
+    awq_apply_block(block, result, groups)
+    y1, picked1 = _routing(block, inputs)
+    assert torch.equal(picked0, picked1), "the router picks other experts after scaling"
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
+
+
+def test_awq_scale_before_the_experts_leaves_routing_and_outputs_unchanged(moe_dir):
+    """post_attention_layernorm takes one scale for every expert's gate/up; the router reads
+    the same norm output, so its weight columns take the scale too (exact compensation):
+    with the scales folded (no rounding), every token goes to the same experts and the
+    block's output is unchanged."""
+    _check_awq_folds_exactly(*_block0(moe_dir))
+
+
+def test_an_uncompensated_router_is_caught(moe_dir):
+    with pytest.raises(AssertionError):
+        _check_awq_folds_exactly(*_block0(moe_dir), compensate_router=False)
+
+
+def test_awq_statistics_come_from_each_experts_routed_tokens(moe_dir):
+    """up→down is searched per expert on the tokens routed to it (its Gram matrix): an
+    expert with fewer than min_expert_tokens gets no scale and no clip, with the reason;
+    the counts are those of the float router (recomputed here)."""
+    info, block, inputs = _block0(moe_dir)
+    h = []
+    hook = block.mlp.register_forward_pre_hook(lambda _m, a: h.append(a[0]))
+    with torch.no_grad():
+        block(inputs.x, **inputs.kwargs)
+    hook.remove()
+    with torch.no_grad():
+        _, _, idx = block.mlp.gate(torch.cat(h).reshape(-1, 64))
+    routed = [int((idx == e).any(-1).sum()) for e in range(N_EXPERTS)]
+    _, result = _awq_search(info, block, inputs)
+    need = min_expert_tokens(32)
+    assert any(n < need for n in routed) and any(n >= need for n in routed), routed
+    for e in range(N_EXPERTS):
+        up, down = f"mlp.experts.{e}.up_proj", f"mlp.experts.{e}.down_proj"
+        if routed[e] < need:
+            assert result.few_tokens[down] == routed[e]
+            assert f"got {routed[e]} calibration tokens" in result.losses[up]["skipped"]
+            assert up not in result.scales and down not in result.clips
+        else:
+            assert down not in result.few_tokens and up in result.scales
+            assert down in result.clips and result.losses[up]["target"] == down
+    assert "mlp.gate" not in result.clips  # the router is never quantized
+
+
+@pytest.mark.slow
+def test_awq_moe_end_to_end(moe_dir, tmp_path, capsys):
+    """AWQ W4 (AWQ format) beats RTN W4 at the same settings; W8 is within 1e-3; the run
+    names the experts that took the fallback; a damaged expert fails the comparison."""
     from qtapp.cli import main
 
-    out = tmp_path / "awq"
-    assert main(["quantize", "--model", str(moe_dir), "--method", "awq", "--out", str(out),
-                 "--bits", "8", "--device", "cpu", "--no-eval"]) != 0
-    assert not out.exists()
+    ids = token_ids(259)
+    ref = source_logits(moe_dir, ids)
+    kld = {}
+    for method, bits, fmt in (("rtn", 4, "gptq"), ("awq", 4, "awq"), ("awq", 8, "gptq")):
+        out = tmp_path / f"{method}{bits}"
+        assert main(["quantize", "--model", str(moe_dir), "--method", method, "--out",
+                     str(out), "--samples", "16", "--seq-len", "64", "--device", "cpu",
+                     "--no-eval", "--bits", str(bits), "--group-size", "32",
+                     "--format", fmt]) == 0
+        kld[method, bits] = mean_kld(ref, hf_logits(out, ids))
+        print(f"qwen3_moe {method} W{bits} g32: mean KLD {kld[method, bits]:.2e}")
+        if method == "awq":
+            said = "".join(capsys.readouterr())
+            assert f"experts {RARE} (" in said and "not awq" in said, said[-2000:]
+    assert kld["awq", 4] < kld["rtn", 4], kld
+    assert kld["awq", 8] < KLD_MAX, kld
+    names = {n for f in (tmp_path / "awq4").glob("*.safetensors")
+             for n in __import__("safetensors").safe_open(f, "pt").keys()}
+    assert "model.layers.0.mlp.experts.3.down_proj.qweight" in names
+    assert "model.layers.0.mlp.gate.weight" in names  # the compensated router, in float
+    bad = damage_hf(tmp_path / "awq4", tmp_path, "model.layers.0.mlp.experts.0.down_proj")
+    damaged = mean_kld(ref, hf_logits(bad, ids))
+    print(f"qwen3_moe awq W4 expert 0 zeroed: mean KLD {damaged:.2e}")
+    assert damaged > kld["rtn", 4], (damaged, kld)
 
 
 def test_expert_count_mismatch_is_refused_before_any_work(moe_dir, tmp_path, capsys):

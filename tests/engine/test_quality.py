@@ -126,8 +126,12 @@ def test_report_of_a_copy_is_good_and_the_source_pass_is_cached(tiny_llama_dir, 
     monkeypatch.setenv("QUANTDESK_CACHE", str(tmp_path / "cache"))
     copy = shutil.copytree(tiny_llama_dir, tmp_path / "copy")
     seen: list[str] = []
+    steps: list[tuple[int, int]] = []
     assert not source_is_cached(tiny_llama_dir, ctx=64, text=TEXT)
-    r = quality_report(copy, tiny_llama_dir, ctx=64, text=TEXT, progress=seen.append)
+    r = quality_report(copy, tiny_llama_dir, ctx=64, text=TEXT, progress=seen.append,
+                       steps=lambda done, total: steps.append((done, total)))
+    n = len(TEXT.encode()) // 64  # windows: each scored by the source, then by the copy
+    assert steps == [(i, 2 * n + 2) for i in range(2 * n + 3)]  # + 2 generation checks
     assert source_is_cached(tiny_llama_dir, ctx=64, text=TEXT)
     assert not source_is_cached(tiny_llama_dir, ctx=32, text=TEXT)  # another window size
     assert r.kld_mean < 1e-6 and r.top1_agree == 100.0
@@ -137,8 +141,11 @@ def test_report_of_a_copy_is_good_and_the_source_pass_is_cached(tiny_llama_dir, 
     assert any(m.startswith("source model") for m in seen)
     assert len(list((tmp_path / "cache" / "quality").glob("*.npz"))) == 1
     seen.clear()
-    again = quality_report(copy, tiny_llama_dir, ctx=64, text=TEXT, progress=seen.append)
+    steps.clear()
+    again = quality_report(copy, tiny_llama_dir, ctx=64, text=TEXT, progress=seen.append,
+                           steps=lambda done, total: steps.append((done, total)))
     assert not any(m.startswith("source model") for m in seen)
+    assert steps == [(i, n + 1) for i in range(n + 2)]  # the source's part came from the cache
     assert again.ppl_source == r.ppl_source
 
 

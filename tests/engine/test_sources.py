@@ -6,7 +6,6 @@ import json
 import multiprocessing
 import shutil
 import struct
-import threading
 import time
 from pathlib import Path
 
@@ -345,7 +344,7 @@ def test_uncached_hub_id_says_how_to_download(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     msg = _error("someorg/not-cached")
     assert "not in the local Hugging Face cache" in msg
-    assert "huggingface-cli download someorg/not-cached" in msg and "allow_download" in msg
+    assert "quantdesk download someorg/not-cached" in msg and "allow_download" in msg
 
 
 def test_download_refused_when_offline(tmp_path, monkeypatch):
@@ -366,23 +365,6 @@ def test_path_like_sources_are_not_hub_ids(tmp_path):
     assert "does not exist" in _error("./org/model")
     assert "does not exist" in _error("a/b/c")
     assert "does not exist" in _error("gpt2")
-
-
-def test_download_progress_poller(tmp_path):
-    blobs = tmp_path / "blobs"
-    blobs.mkdir()
-    (blobs / "aaa").write_bytes(b"x" * 10)
-    (blobs / "bbb.incomplete").write_bytes(b"x" * 5)
-    calls: list[tuple[int, int]] = []
-    stop = threading.Event()
-    poller = threading.Thread(target=sources._poll_progress,
-                              args=(blobs, [("aaa", 10), ("bbb", 20), ("ccc", 30)],
-                                    lambda d, t: calls.append((d, t)), stop))
-    poller.start()
-    time.sleep(0.8)
-    stop.set()
-    poller.join()
-    assert calls and calls[-1] == (15, 60)
 
 
 # --------------------------------------------------------------------------- cache and demo

@@ -9,6 +9,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
 from gui_helpers import fake_command
+from hub_fixture import hub_server  # noqa: F401 (the `hub` fixture: a local Hugging Face Hub)
 from qt_isolation import isolated_user_data  # noqa: F401 (an autouse fixture)
 
 

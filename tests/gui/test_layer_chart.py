@@ -83,3 +83,14 @@ def test_clear_removes_everything(chart: LayerErrorChart) -> None:
     chart.flush()
     chart.clear()
     assert chart.points == {} and chart.series("o") == ([], [])
+
+
+def test_an_empty_chart_shows_a_note_not_axes(chart: LayerErrorChart) -> None:
+    """Axes without data would show ticks that mean nothing (2 … 9, 0.1 … 0.9)."""
+    assert not chart.plot.isVisible()
+    assert chart.empty_label.isVisible() and "No layers quantized yet" in chart.empty_label.text()
+    chart.add_layer(layer(0, "self_attn.o_proj", 0.1))
+    chart.flush()
+    assert chart.plot.isVisible() and not chart.empty_label.isVisible()
+    chart.clear()
+    assert not chart.plot.isVisible() and chart.empty_label.isVisible()

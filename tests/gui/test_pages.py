@@ -20,7 +20,8 @@ def test_every_page_builds_and_the_sidebar_switches(window: MainWindow) -> None:
     for name in PAGES:
         window.go(name)
         assert window.current_page() == name
-        assert window.stack.currentWidget() is window.page(name)
+        shown = window.stack.currentWidget()  # the page, or the scroll area around it
+        assert shown is window.page(name) or shown.isAncestorOf(window.page(name))
 
 
 def test_hardware_page_shows_facts_table_and_recommendation(window: MainWindow) -> None:
@@ -208,3 +209,35 @@ def test_results_survive_a_new_window(window: MainWindow, tmp_path: Path, qtbot)
     second.page("results").table.selectRow(1)
     second.page("results")._remove()
     assert second.page("results").table_text() == []
+
+
+def test_a_failure_is_told_once_in_the_error_banner(window: MainWindow, tmp_path: Path,
+                                                    qtbot) -> None:
+    window.engine.command = fake_command("fail")
+    run = window.page("run")
+    with qtbot.waitSignal(run.finished, timeout=20000):
+        start_fake_job(window, tmp_path, qtbot)
+    message = "the model folder has no tokenizer; copy it in"
+    assert run.outcome.status == "failed" and run.outcome.message == message
+    assert run.error.isVisible() and run.error_text.text() == message
+    assert message not in run.stage.text()  # not again, cut off, in the progress card
+    assert run.stage.text().startswith("Stopped")
+
+
+def test_the_quality_check_has_its_own_bar_and_time_left(window: MainWindow,
+                                                         monkeypatch) -> None:
+    from qtapp.engine import events as ev
+
+    run = window.page("run")
+    monkeypatch.setattr(run.engine, "is_running", lambda: True)
+    run._on_progress(ev.Progress(step=30, total=30, stage="quantize", message="block 30/30",
+                                 eta_s=0.0))
+    assert run.progress.value() == run.progress.maximum() == 30
+    run._on_progress(ev.Progress(step=0, total=0, stage="evaluate", message="quality gate"))
+    assert run.progress.value() == 0  # not a full bar from the blocks before it
+    assert "left" not in run.eta.text()  # not "about 0 s left" from the quantize stage
+    run._on_progress(ev.Progress(step=6, total=42, stage="evaluate",
+                                 message="quantized model: window 6 of 20", eta_s=300.0))
+    assert (run.progress.value(), run.progress.maximum()) == (6, 42)
+    assert "about 5 min 00 s left" in run.eta.text() or "about 4 min 59 s left" in run.eta.text()
+    assert "Measuring perplexity: quantized model: window 6 of 20" == run.stage.text()

@@ -105,8 +105,8 @@ def _check_shapes(fmt: str, source_dir: Path, job: JobSpec) -> None:
     source = SafetensorsReader(source_dir)
     check = CHECKS[fmt]
     i = 0
-    while source.has(f"{arch.layers_prefix}.{i}.{arch.linears[0]}.weight"):
-        for rel in arch.linears:
+    while source.has(f"{arch.layers_prefix}.{i}.{arch.linears_of(i)[0]}.weight"):
+        for rel in arch.linears_of(i):
             name = f"{arch.layers_prefix}.{i}.{rel}"
             scheme = job.scheme_for(name)
             if scheme is None or not source.has(name + ".weight"):

@@ -4,7 +4,10 @@ A writer turns one quantized module into its format's tensors and says what goes
 `quantization_config`; everything else is here:
 
 - `ExportPlan` reads the source model's tensor index (names, shapes, dtypes, no data) and
-  the store's block metadata, and maps every quantized module to its full name.
+  the store's block metadata, and maps every quantized module to its full name as the
+  source checkpoint names it (the store holds QuantDesk's module names; `arch.NameMap`
+  maps them back, e.g. Mixtral's mlp.experts.{e}.gate_proj → block_sparse_moe.experts.{e}.w1),
+  so the output, its quantization_config and the source share one naming.
 - `write_checkpoint` streams: source tensors in natural order, a quantized module's
   weight replaced by the writer's tensors, one store block loaded at a time, output cut
   into ~2 GB shards (`model.safetensors`, or `model-0000i-of-0000n.safetensors` plus
@@ -29,7 +32,7 @@ from safetensors.torch import save_file
 
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
-from qtapp.engine.model.arch import arch_for
+from qtapp.engine.model.arch import NameMap, arch_for, name_map
 from qtapp.engine.model.sources import SafetensorsReader
 from qtapp.engine.quant.primitives import QuantizedWeight
 from qtapp.engine.quant.qstore import QuantStore
@@ -73,11 +76,12 @@ class ExportPlan:
     source_dir: Path
     store: QuantStore
     job: JobSpec
-    source: SafetensorsReader = field(init=False)
+    source: SafetensorsReader = field(init=False)  # the files' own tensor names
+    names: NameMap = field(init=False)
     config: dict[str, Any] = field(init=False)
     layers_prefix: str = field(init=False)
     modules: dict[str, ModuleEntry] = field(init=False)
-    floats: dict[str, int] = field(init=False)  # full tensor name → block holding it
+    floats: dict[str, tuple[int, str]] = field(init=False)  # tensor → (block, store key)
 
     def __post_init__(self) -> None:
         self.source_dir = Path(self.source_dir)
@@ -85,8 +89,10 @@ class ExportPlan:
             self.config = json.loads((self.source_dir / "config.json").read_text())
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {self.source_dir / 'config.json'}: {e}") from None
-        self.layers_prefix = arch_for(self.config).layers_prefix
-        self.source = SafetensorsReader(self.source_dir)
+        self.names = name_map(self.config)
+        # as the checkpoint names it (Gemma 3's language_model.model.layers)
+        self.layers_prefix = self.names.to_checkpoint(arch_for(self.config).layers_prefix)
+        self.source = SafetensorsReader(self.source_dir, module_names=False)
         self.modules, self.floats = {}, {}
         blocks = self.store.completed()
         if not blocks:
@@ -107,13 +113,15 @@ class ExportPlan:
                 self.modules[full] = ModuleEntry(full, b, key, int(m["bits"]),
                                                  int(m["group_size"]), bool(m["sym"]), shape,
                                                  bool(m.get("act_order", False)))
-            for name in info["floats"]:
+            for key in info["floats"]:
+                name = self.names.to_checkpoint(key)
                 if not self.source.has(name):
                     raise UserError(f"the checkpoint changes {name}, which the source model "
                                     "does not have; it belongs to another model")
-                self.floats[name] = b
+                self.floats[name] = (b, key)
 
     def _full_name(self, block: int, key: str) -> str:
+        key = self.names.to_checkpoint(key)
         if self.source.has(key + ".weight"):
             return key
         full = f"{self.layers_prefix}.{block}.{key}"
@@ -286,7 +294,8 @@ def write_checkpoint(plan: ExportPlan, writer: FormatWriter, out_dir: Path,
             for tname, t in writer.module_tensors(entry, qw).items():
                 shards.add(tname, t)
         elif name in plan.floats:
-            t = block(plan.floats[name])[1][name]
+            b, key = plan.floats[name]
+            t = block(b)[1][key]
             shards.add(name, t.to(getattr(torch, plan.source.dtype(name))))
         else:
             shards.add(name, plan.source.get(name))

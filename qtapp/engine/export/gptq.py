@@ -37,6 +37,7 @@ from qtapp.engine.export.common import (
     natural_key,
     to_float16,
 )
+from qtapp.engine.model.arch import arch_for
 from qtapp.engine.quant.primitives import QuantizedWeight, pack_int32
 
 GPTQ_BITS = (2, 3, 4, 8)
@@ -207,6 +208,9 @@ class GPTQWriter:
         in_block = self.modules_in_block()
         if in_block:
             config["modules_in_block_to_quantize"] = in_block
+        blocks = arch_for(self.plan.config).layers_prefix  # transformers' module names
+        if blocks != "model.layers":  # a vision-language model: the language model's blocks
+            config["block_name_to_quantize"] = blocks  # (optimum would take the first found)
         return config
 
     def notes(self) -> list[str]:

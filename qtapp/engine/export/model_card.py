@@ -11,16 +11,19 @@ missing is shown as "not measured", never invented.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import qtapp
 from qtapp.engine.config import JobSpec
-from qtapp.engine.results import JobResult
+from qtapp.engine.gguf.output import IMATRIX_FILE
+from qtapp.engine.results import GGUFDetails, JobResult
 from qtapp.engine.units import format_size
 
 METHOD_NAMES = {"rtn": "RTN (round to nearest)", "gptq": "GPTQ (Frantar et al.)",
                 "awq": "AWQ (Lin et al.)", "gguf": "GGUF (llama.cpp)"}
+FOLDER = "path/to/this/folder"  # the load commands' placeholder for the output folder
 FORMAT_TAGS = {"gptq": "gptq", "awq": "awq", "compressed-tensors": "compressed-tensors"}
 
 
@@ -30,7 +33,7 @@ def _scheme_label(bits: int, group_size: int, sym: bool) -> str:
     return f"{bits}-bit, {g}, {'symmetric' if sym else 'asymmetric'}"
 
 
-def _method_settings(job: JobSpec) -> str:
+def _method_settings(job: JobSpec, gguf: GGUFDetails | None = None) -> str:
     if job.method == "gptq":
         o = job.gptq
         act = ("act-order with static groups" if o.act_order and o.static_groups
@@ -42,7 +45,23 @@ def _method_settings(job: JobSpec) -> str:
         clip = f"clip search ({o.clip_grid} steps, max shrink {o.max_shrink})" if o.clip \
             else "no clip search"
         return f"scale grid of {o.grid} α values in [0, 1], {clip}"
+    if gguf is not None:
+        return ("llama.cpp's quantization of each tensor to its type, weighted by the "
+                "importance matrix" if gguf.imatrix else
+                "llama.cpp's quantization of each tensor to its type (no importance matrix)")
     return "no calibration-driven search"
+
+
+def _gguf_calibration(job: JobSpec, gguf: GGUFDetails, text: str) -> str:
+    """What calibration text did in a GGUF job: it made the importance matrix, or none."""
+    if not gguf.imatrix:
+        why = ("--imatrix none" if job.gguf.imatrix == "none" else
+               f"{gguf.type} does not use an importance matrix")
+        return f"not used ({why})"
+    if job.gguf.imatrix not in ("auto", "none"):
+        return f"importance matrix read from `{Path(job.gguf.imatrix).name}`"
+    return (f"{text}: used for the importance matrix (saved as `{IMATRIX_FILE}`, which "
+            "llama.cpp's `llama-quantize --imatrix` reads)")
 
 
 def _rules(job: JobSpec) -> list[str]:
@@ -57,14 +76,45 @@ def _rules(job: JobSpec) -> list[str]:
     return out
 
 
+def _gguf_load_section(gguf: GGUFDetails, folder: str) -> str:
+    """How the GGUF file opens: llama.cpp, llama-cpp-python, Ollama (the Modelfile beside
+    it), LM Studio, QuantDesk. The folder has no config.json: transformers'
+    AutoModelForCausalLM does not open it as a model folder."""
+    file = gguf.file
+    path = f"{folder}/{file}"
+    tag = Path(file).stem.lower()
+    intro = (f"The model is the single file `{file}` (llama.cpp's GGUF format; it holds the "
+             "tokenizer and the chat template too). This folder has no config.json, so it is "
+             "not a transformers model folder: open the file with one of these.")
+    llama = ("With llama.cpp (`llama-cli` chats in the terminal, `llama-server` serves an "
+             "OpenAI-compatible API and a web page):")
+    chat = ('print(llm.create_chat_completion(messages=[{"role": "user", "content": "Hello"}])'
+            '["choices"][0]["message"]["content"])')
+    ollama = ("With Ollama (the `Modelfile` in this folder points at the file and sets the "
+              "chat template):")
+    studio = (f"With LM Studio: import the file (`lms import {path}`, or drag it into the "
+              "My Models tab), then load it in the Chat tab.")
+    return "\n".join([
+        intro, "",
+        llama, "", "```bash", f"llama-cli -m {path}", f"llama-server -m {path}", "```", "",
+        "With llama-cpp-python (`pip install llama-cpp-python`):", "",
+        "```python", "from llama_cpp import Llama", "",
+        f'llm = Llama(model_path="{path}", n_ctx=4096)', chat, "```", "",
+        ollama, "", "```bash", f"cd {folder}", f"ollama create {tag} -f Modelfile",
+        f"ollama run {tag}", "```", "",
+        studio, "",
+        "With QuantDesk (CPU; no extra packages):", "", "```bash",
+        f"quantdesk chat {folder}", f"quantdesk eval {path}", "```"])
+
+
 def _load_section(fmt: str, folder: str) -> str:
     py = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
           f'model = AutoModelForCausalLM.from_pretrained("{folder}", device_map="auto")\n'
           f'tokenizer = AutoTokenizer.from_pretrained("{folder}")\n')
     need = {
         "gptq": "`pip install gptqmodel optimum` (transformers loads GPTQ through them)",
-        "awq": "`pip install gptqmodel` (transformers 5 loads AWQ GEMM through it; older "
-               "versions used autoawq)",
+        "awq": "`pip install gptqmodel accelerate` (transformers 5 loads AWQ GEMM through "
+               "them; older versions used autoawq)",
         "compressed-tensors": "`pip install compressed-tensors` (it decompresses the weights "
                               "on load, also on CPU)",
     }.get(fmt, "nothing beyond transformers")
@@ -112,6 +162,20 @@ def _measured(result: JobResult) -> list[str]:
     return rows
 
 
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_HF_CACHE_FOLDER = re.compile(r"models--([\w.-]+?)--([\w.-]+)[/\\]snapshots[/\\]")
+
+
+def base_model_of(source: str) -> str | None:
+    """The Hub id a model source stands for: an org/name id that is not a local folder, or a
+    snapshot folder of the Hugging Face cache (…/models--org--name/snapshots/<commit>);
+    None for any other folder (no Hub id is guessed)."""
+    cached = _HF_CACHE_FOLDER.search(source + "/")
+    if cached:
+        return f"{cached.group(1)}/{cached.group(2)}"
+    return source if _HUB_ID.match(source) and not Path(source).exists() else None
+
+
 def model_card(job: JobSpec, info: Any, result: JobResult) -> str:
     """The README.md text (see the module docstring for what `result` may hold)."""
     name = getattr(info, "name", None) or result.model or job.model
@@ -121,24 +185,44 @@ def model_card(job: JobSpec, info: Any, result: JobResult) -> str:
     modules = result.export.modules
     schemes = modules.get("schemes") or {}
     bits = sorted({int(s["bits"]) for s in schemes.values()}) or [job.scheme.bits]
-    tags = ["quantized", "quantdesk", FORMAT_TAGS.get(fmt, fmt), *(f"{b}-bit" for b in bits)]
-    front = ["---", "library_name: transformers", "tags:", *(f"- {t}" for t in tags)]
-    if "/" in source and not Path(source).exists():
-        front.append(f"base_model: {source}")
+    gguf = result.gguf if fmt == "gguf" else None
+    if gguf is not None:
+        tags = ["quantized", "quantdesk", "gguf", gguf.type]
+    else:
+        tags = ["quantized", "quantdesk", FORMAT_TAGS.get(fmt, fmt),
+                *(f"{b}-bit" for b in bits)]
+    library = "gguf" if fmt == "gguf" else "transformers"
+    front = ["---", f"library_name: {library}", "tags:", *(f"- {t}" for t in tags)]
+    base = base_model_of(source)
+    if base:
+        # the Hub lists the output under the source's "Quantizations" by these two
+        front += [f"base_model: {base}", "base_model_relation: quantized"]
     front.append("---")
 
     cal = result.calibration
     c = job.calibration
     n_samples, seq_len = (cal[0], cal[1]) if cal else (c.samples, c.seq_len)
-    calibration = (f"{c.source}, {n_samples} samples × {seq_len} tokens, seed {c.seed}"
-                   if job.method in ("gptq", "awq") else
-                   f"not used by {job.method.upper()} (only for measuring)")
-    default = _scheme_label(job.scheme.bits, job.scheme.group_size, job.scheme.sym)
+    text = f"{c.source}, {n_samples} samples × {seq_len} tokens, seed {c.seed}"
+    if gguf is not None:
+        calibration = _gguf_calibration(job, gguf, text)
+    elif job.method in ("gptq", "awq"):
+        calibration = text
+    else:
+        calibration = f"not used by {job.method.upper()} (only for measuring)"
+    if gguf is not None:
+        counts = ", ".join(f"{t} × {n}" for t, n in sorted(gguf.tensor_types.items(),
+                                                           key=lambda kv: -kv[1]))
+        default = f"GGUF {gguf.type}" + (f" (tensors: {counts})" if counts else "")
+        title = f"GGUF {gguf.type}"
+    else:
+        default = _scheme_label(job.scheme.bits, job.scheme.group_size, job.scheme.sym)
+        title = f"{job.method.upper()} {job.scheme.label} ({fmt})"
+    method = f"{METHOD_NAMES.get(job.method, job.method)}: {_method_settings(job, gguf)}"
     settings = [
         "| | |", "|---|---|",
         f"| source | `{source}` |",
-        f"| method | {METHOD_NAMES.get(job.method, job.method)}: {_method_settings(job)} |",
-        f"| default scheme | {default} |",
+        f"| method | {method} |",
+        f"| {'type' if gguf is not None else 'default scheme'} | {default} |",
         f"| rules | {'; '.join(_rules(job)) or 'none'} |",
         f"| calibration | {calibration} |",
         f"| format | {fmt} (checkpoint format `{ckpt}`) |",
@@ -157,13 +241,15 @@ def model_card(job: JobSpec, info: Any, result: JobResult) -> str:
 
     parts = [
         "\n".join(front), "",
-        f"# {name} — {job.method.upper()} {job.scheme.label} ({fmt})", "",
+        f"# {name} — {title}", "",
         f"Quantized on the user's own machine by QuantDesk {qtapp.__version__} from `{source}`.",
         "",
         "## Method and settings", "", "\n".join(settings), "",
         "## Modules", "", "\n".join(module_rows), "",
         "## Measured", "", "| | |", "|---|---|", "\n".join(_measured(result)), "",
-        "## How to load", "", _load_section(fmt, "path/to/this/folder"), "",
+        "## How to load", "",
+        _gguf_load_section(gguf, FOLDER) if gguf is not None else _load_section(fmt, FOLDER),
+        "",
     ]
     notes = result.export.notes
     if notes:

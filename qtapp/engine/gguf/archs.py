@@ -88,4 +88,25 @@ def arch_of(config: dict[str, Any]) -> GgufArch:
             f"GGUF conversion does not support the architecture {shown}: {family.gguf_reason}. "
             f"QuantDesk converts {', '.join(ARCHS)}. Choose GPTQ or AWQ for this model, or convert it "
             "with llama.cpp's convert_hf_to_gguf.py.")
+    if found.facts.gated_delta_net:
+        full_attention_interval(config)  # llama.cpp stores the hybrid's pattern as one number
     return found
+
+
+def full_attention_interval(config: dict[str, Any]) -> int:
+    """Every how many blocks a hybrid (Qwen3.5) model has full attention, as llama.cpp
+    stores it (block i is full attention when (i + 1) % interval == 0); UserError when the
+    config's layer_types follow no such interval (llama.cpp could not represent them)."""
+    types = config.get("layer_types")
+    if not types:
+        return int(config.get("full_attention_interval") or 4)
+    interval = types.index("full_attention") + 1 if "full_attention" in types else 0
+    expected = ["linear_attention" if interval == 0 or (i + 1) % interval else "full_attention"
+                for i in range(len(types))]
+    if interval == 0 or list(types) != expected:
+        raise UserError(
+            f"config.json's layer_types ({', '.join(types)}) do not put full attention at a "
+            "fixed interval, the only pattern llama.cpp's qwen35 architecture stores "
+            "(full_attention_interval); this model cannot be written as GGUF. Choose GPTQ or "
+            "AWQ.")
+    return interval

@@ -41,7 +41,8 @@ StepCallback = Callable[[str, int, int], None]  # (tensor name, tensors done, te
 Encoder = Callable[["PlannedTensor", np.ndarray], np.ndarray]
 
 # tensors llama.cpp's converter always keeps in F32 (ModelBase.prepare_tensors)
-_F32_NAMES = ("ffn_gate_inp.weight", "position_embd.weight", "token_types.weight")
+_F32_NAMES = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "position_embd.weight",
+              "token_types.weight", "ssm_conv1d.weight")
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,19 @@ from qtapp.engine.model.sources import SafetensorsReader
 
 # buffers some checkpoints carry that llama.cpp does not use (ModelBase.prepare_tensors)
 _IGNORED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
+# multi-token-prediction layers (Qwen3.5, Qwen3-Next): not part of the model llama.cpp runs
+# by default (Qwen3NextModel.filter_tensors)
+_IGNORED_PREFIXES = ("mtp.", "model.mtp.",
+                     # vision-language checkpoints (Gemma 3 4B+): llama.cpp writes the vision
+                     # tower and projector to a separate mmproj GGUF (Gemma3Model
+                     # .modify_tensors skips them in the text model's), which QuantDesk does
+                     # not write; the text model's GGUF runs text alone
+                     "model.vision_tower.", "model.multi_modal_projector.")
 # a per-expert tensor of a MoE checkpoint: llama.cpp merges each block's experts into one
 # (E, out, in) tensor per kind, "…mlp.experts.gate_proj" → blk.N.ffn_gate_exps
 # (Qwen2MoeModel.modify_tensors)
+# Qwen3.5's Gated DeltaNet mixer: its tensors change on the way (HfModel._deltanet_tensor)
+_DELTANET = ".linear_attn."
 _EXPERT = re.compile(r"^(.+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
@@ -152,6 +162,18 @@ class HfModel:
         head, e, kind = expert.groups()
         return (self.gguf_name(f"{head}.{kind}.weight"), int(e), self._n_experts(head))
 
+    def input_order(self, hf_name: str) -> np.ndarray | None:
+        """The source column of each column of the GGUF tensor of a linear weight whose
+        columns the conversion reorders (a Gated DeltaNet out_proj, value heads tiled), else
+        None: importance vectors must follow the tensor's columns."""
+        c = self.config
+        if not (self.arch.facts.gated_delta_net and hf_name.endswith(".linear_attn.out_proj.weight")
+                and c["linear_num_value_heads"] != c["linear_num_key_heads"]):
+            return None
+        n_k, n_v, d_v = (c["linear_num_key_heads"], c["linear_num_value_heads"],
+                         c["linear_value_head_dim"])
+        return tile_value_heads(np.arange(n_v * d_v), 0, n_k, n_v // n_k, d_v)
+
     def _n_experts(self, head: str) -> int:
         if head not in self._expert_counts:
             self._expert_counts[head] = len({m.group(2) for n in self.reader.names()
@@ -160,7 +182,7 @@ class HfModel:
 
     def _model_tensors(self) -> Iterator[SourceTensor]:
         for hf_name in self.reader.names():
-            if hf_name.endswith(_IGNORED_SUFFIXES):
+            if hf_name.endswith(_IGNORED_SUFFIXES) or hf_name.startswith(_IGNORED_PREFIXES):
                 continue
             expert = _EXPERT.match(hf_name)
             if expert is not None:
@@ -170,6 +192,9 @@ class HfModel:
             if hf_name == "lm_head.weight" and self.tied_embeddings:
                 continue  # the loader reuses token_embd (ggml-org/llama.cpp PR #5824)
             transform = None
+            if self.arch.facts.gated_delta_net and _DELTANET in hf_name:
+                yield self._deltanet_tensor(hf_name)
+                continue
             if self.arch.norm_offset and hf_name.endswith("norm.weight"):
                 def transform(w: np.ndarray) -> np.ndarray:
                     return w + np.float32(self.arch.norm_offset)  # x̂·(1 + w) stored as 1 + w
@@ -183,6 +208,46 @@ class HfModel:
             yield SourceTensor(hf_name, self.gguf_name(hf_name), self.reader.shape(hf_name),
                                self._reader(hf_name, transform))
 
+    def _deltanet_tensor(self, hf_name: str) -> SourceTensor:
+        """A Gated DeltaNet tensor as llama.cpp's Qwen3.5 converter writes it (docs/formats.md,
+        "Gated DeltaNet"): A_log as A = −exp(A_log), dt_bias named dt_proj.bias, conv1d's
+        (C, 1, K) kernel squeezed to (C, K), the gated norm's weight as is (it is x̂·w, not
+        x̂·(1 + w)), and, when there are more value heads than key heads, the value heads
+        of every tensor that has them reordered from grouped by key head to tiled."""
+        c = self.config
+        n_k, n_v = c["linear_num_key_heads"], c["linear_num_value_heads"]
+        d_k, d_v = c["linear_key_head_dim"], c["linear_value_head_dim"]
+        leaf = hf_name.rsplit(_DELTANET, 1)[1]
+        shape = tuple(self.reader.shape(hf_name))
+        lookup = hf_name
+        steps: list[Callable[[np.ndarray], np.ndarray]] = []
+        if leaf == "A_log":
+            steps.append(lambda w: -np.exp(w))
+        elif leaf == "dt_bias":
+            lookup = hf_name.replace(".dt_bias", ".dt_proj.bias")
+        elif leaf == "conv1d.weight":
+            shape = tuple(d for d in shape if d != 1)
+            steps.append(lambda w: w.reshape(shape))
+        if n_v != n_k:
+            per_k = n_v // n_k
+
+            def tile(dim: int, head: int, start: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+                return lambda w: tile_value_heads(w, dim, n_k, per_k, head, start)
+            v_start = 2 * n_k * d_k  # in_proj_qkv rows / conv channels: q, k, then v
+            steps.append({"in_proj_qkv.weight": tile(0, d_v, v_start),
+                          "conv1d.weight": tile(0, d_v, v_start),
+                          "in_proj_z.weight": tile(0, d_v),
+                          "in_proj_b.weight": tile(0, 1), "in_proj_a.weight": tile(0, 1),
+                          "A_log": tile(0, 1), "dt_bias": tile(0, 1),
+                          "out_proj.weight": tile(1, d_v)}.get(leaf, lambda w: w))
+
+        def transform(w: np.ndarray) -> np.ndarray:
+            for step in steps:
+                w = step(w)
+            return np.ascontiguousarray(w, dtype=np.float32)
+        return SourceTensor(hf_name, self.gguf_name(lookup), shape,
+                            self._reader(hf_name, transform))
+
     def _extra_tensors(self) -> Iterator[SourceTensor]:
         """rope_freqs for Llama 3.1-style rope scaling (LlamaModel.generate_extra_tensors)."""
         if self.arch.model_arch != gguf.MODEL_ARCH.LLAMA:
@@ -193,6 +258,18 @@ class HfModel:
         factors = llama3_rope_factors(self.config, rope)
         name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
         yield SourceTensor(name, name, factors.shape, lambda: factors)
+
+
+def tile_value_heads(w: np.ndarray, dim: int, n_k: int, per_k: int, head: int,
+                     start: int = 0) -> np.ndarray:
+    """Reorder the value heads along `dim` (from index `start` on) from grouped by key head
+    [k0: v0 … v(r−1), k1: v0 …] to tiled [k0 v0, k1 v0, …, k0 v1, …], as llama.cpp's
+    Qwen3.5 converter does for ggml's broadcast (ggml-org/llama.cpp PR #19468)."""
+    w = np.moveaxis(w, dim, 0)
+    head_part = w[start:]
+    tiled = (head_part.reshape(n_k, per_k, head, *head_part.shape[1:]).swapaxes(0, 1)
+             .reshape(head_part.shape))
+    return np.moveaxis(np.concatenate([w[:start], tiled]), 0, dim)
 
 
 def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,11 @@ from typing import Any
 
 import gguf
 
+from qtapp.engine.gguf.archs import full_attention_interval
 from qtapp.engine.gguf.hf_model import HfModel, rope_parameters
+
+# what llama.cpp's converter writes when a Qwen3.5 config has no mrope_section
+QWEN35_MROPE_SECTION = (11, 11, 10, 0)
 
 
 def _first(config: dict[str, Any], *keys: str) -> Any:
@@ -61,12 +65,28 @@ def add_hparams(writer: gguf.GGUFWriter, model: HfModel, file_type: int) -> None
         partial = rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
         writer.add_rope_dimension_count(
             int((head_dim or c["hidden_size"] // model.n_head) * (partial or 1.0)))
+    if facts.gated_delta_net:
+        _add_gated_delta_net(writer, c)
     for key, method, default in facts.kv:  # the family's own keys (arch.GgufFacts.kv)
         value = c.get(key)
         value = default if value is None else value
         if value is not None:
             getattr(writer, method)(value)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _add_gated_delta_net(writer: gguf.GGUFWriter, c: dict[str, Any]) -> None:
+    """The keys of llama.cpp's Qwen3.5 / Qwen3-Next converter (docs/formats.md, "Gated
+    DeltaNet"): the DeltaNet's shape as ssm.*, which blocks have full attention, and the
+    multimodal rope sections the qwen35 loaders require (text positions use one section)."""
+    writer.add_ssm_conv_kernel(c["linear_conv_kernel_dim"])
+    writer.add_ssm_state_size(c["linear_key_head_dim"])
+    writer.add_ssm_group_count(c["linear_num_key_heads"])
+    writer.add_ssm_time_step_rank(c["linear_num_value_heads"])
+    writer.add_ssm_inner_size(c["linear_value_head_dim"] * c["linear_num_value_heads"])
+    writer.add_full_attention_interval(full_attention_interval(c))
+    sections = list(rope_parameters(c).get("mrope_section") or QWEN35_MROPE_SECTION)
+    writer.add_rope_dimension_sections(sections + [0] * (4 - len(sections)))
 
 
 def _add_rope(writer: gguf.GGUFWriter, rope: dict[str, Any]) -> None:

@@ -11,6 +11,11 @@ from pathlib import Path
 from qtapp.engine.config import ModuleRule
 from qtapp.engine.gguf.types import DEFAULT_TYPE, FLOAT_TYPES, Q, file_type
 
+# Where a GGUF job saves the importance matrix it computed, relative to the output folder: in
+# a folder of its own, so that a glob for the model (OUT/*.gguf, `quantdesk chat OUT`, LM
+# Studio's and Ollama's file pickers) finds only the model file.
+IMATRIX_FILE = "imatrix/imatrix.gguf"
+
 # the GGUF type a rule without gguf_type gets from its scheme's bits
 _TYPE_FOR_BITS = {8: "Q8_0", 7: "Q8_0", 6: "Q6_K", 5: "Q5_K", 4: "Q4_K", 3: "Q3_K", 2: "Q2_K"}
 

@@ -104,10 +104,13 @@ class TypeChoice:
 
 
 def allows_quantization(name: str, n_dims: int) -> bool:
-    """tensor_allows_quantization for the tensor names of dense Llama/Qwen models."""
+    """tensor_allows_quantization for the tensor names of dense Llama/Qwen models, MoE
+    routers (ffn_gate_inp, and the shared expert's gate ffn_gate_inp_shexp, which the
+    converter keeps F32) and Gated DeltaNet's small 2-D convolution (ssm_conv1d)."""
     return (n_dims >= 2 and name.endswith("weight") and "_norm.weight" not in name
-            and "ffn_gate_inp.weight" not in name and name not in ("position_embd.weight",
-                                                                  "token_types.weight"))
+            and "ffn_gate_inp.weight" not in name and "ffn_gate_inp_shexp.weight" not in name
+            and "ssm_conv1d.weight" not in name
+            and name not in ("position_embd.weight", "token_types.weight"))
 
 
 def _category(name: str) -> str:

@@ -36,7 +36,13 @@ from qtapp.engine.outputs import (
 )
 from qtapp.engine.planning.allocate import plan_for_job
 from qtapp.engine.planning.compat import chat_warnings
-from qtapp.engine.planning.planner import Plan, StagePeaks, plan_job, track_stage_peaks
+from qtapp.engine.planning.planner import (
+    Plan,
+    StagePeaks,
+    job_vram_mode,
+    plan_job,
+    track_stage_peaks,
+)
 from qtapp.engine.quality.evaluate import folder_size
 from qtapp.engine.quality.gate import quality_report
 from qtapp.engine.quant.calibration import calibration_tokens
@@ -141,12 +147,15 @@ def _run_locked(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
 
 def _resource_plan(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
                    plan: Plan | None = None) -> dict[str, Any]:
-    """The planner's prediction (formulas, no probe; `plan` when check_plan made it for this
-    job), logged and kept for the result."""
+    """The planner's prediction (`plan` when check_plan made it for this job): the figure
+    the window and `--dry-run` show for the same job (the last probe of this job on this
+    machine, else the formulas at this machine's recorded rate), logged and kept for the
+    result beside the measured (JobResult.resources)."""
     plan = plan or plan_job(job, info, out=out)
     emit(ev.Log(level="info", message=plan.table()))
     return {k: v for k, v in plan.to_dict().items()
-            if k in ("peak_ram", "peak_vram", "temp_disk", "final_disk", "seconds", "device")}
+            if k in ("peak_ram", "peak_vram", "temp_disk", "final_disk", "seconds", "device",
+                     "probed", "block_seconds")}
 
 
 def _warn_unsafe_options(job: JobSpec, info: ModelInfo, emit: Emit) -> None:
@@ -181,8 +190,12 @@ def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emi
                          work: Path) -> JobResult:
     store = QuantStore(work / "blocks", fingerprint=job_fingerprint(job, info))
     emit(ev.Log(level="info", message=f"device {device}; checkpoint in {work}"))
+    mode = ""
+    if device.type == "cuda":
+        mode, why = job_vram_mode(job, info)
+        emit(ev.Log(level="info", message=f"VRAM mode {why}"))
     t_quantize = time.perf_counter()
-    quantize_blocks(job, info, tokens, store, emit, should_cancel, device)
+    quantize_blocks(job, info, tokens, store, emit, should_cancel, device, lean=mode == "lean")
     t_quantize = time.perf_counter() - t_quantize
     emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="export",
                      message=f"writing the {fmt} checkpoint"))
@@ -221,14 +234,31 @@ def _evaluate(job: JobSpec, info: ModelInfo, folder: Path, emit: Emit,
 def _quality(model: Path, info: ModelInfo, emit: Emit,
              should_cancel: Callable[[], bool] = lambda: False,
              trust_remote_code: bool = False) -> Quality:
-    """The quality gate against the source (qtapp.engine.quality.gate), for the result."""
+    """The quality gate against the source (qtapp.engine.quality.gate), for the result. Its
+    progress events count the gate's own windows and generation checks (not the blocks
+    quantized before it), with the time left from their rate so far."""
+    now = {"done": 0, "total": 0, "message": "", "t0": time.perf_counter()}
+
+    def report() -> None:
+        done, total = now["done"], now["total"]
+        rate_known = done > 0 and total > done
+        eta = (time.perf_counter() - now["t0"]) / done * (total - done) if rate_known else None
+        emit(ev.Progress(step=done, total=total, stage="evaluate", message=now["message"],
+                         eta_s=eta))
+
     def progress(message: str) -> None:
-        emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="evaluate",
-                         message=message))
+        now["message"] = message
+        report()
+
+    def steps(done: int, total: int) -> None:
+        if done == 0:  # the count starts when the gate knows its total
+            now["t0"] = time.perf_counter()
+        now["done"], now["total"] = done, total
+        report()
 
     progress("quality gate: perplexity, KL divergence and generation against the source")
     r = quality_report(model, info.path, progress=progress, should_cancel=should_cancel,
-                       trust_remote_code=trust_remote_code)
+                       trust_remote_code=trust_remote_code, steps=steps)
     emit(ev.Log(level="info" if r.verdict == "good" else "warning",
                 message=f"quality {r.summary()}" + "".join(f"; {x}" for x in r.reasons)))
     return Quality(ppl=round(r.ppl, 4), ppl_source=round(r.ppl_source, 4),
@@ -252,6 +282,7 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
     )
     from qtapp.engine.gguf.llama_runtime import write_modelfile
     from qtapp.engine.gguf.output import (
+        IMATRIX_FILE,
         chat_template_of,
         imatrix_is_useful,
         overrides_from_rules,
@@ -289,14 +320,17 @@ def _run_gguf(job: JobSpec, info: ModelInfo, partial: Path, emit: Emit,
                               progress, should_cancel)
     files = [out_file.name]
     if imatrix is not None:
-        write_imatrix(imatrix, partial / "imatrix.gguf")
-        files.append("imatrix.gguf")
+        (partial / IMATRIX_FILE).parent.mkdir()
+        write_imatrix(imatrix, partial / IMATRIX_FILE)
+        files.append(IMATRIX_FILE)
     files.append(write_modelfile(partial, out_file.name, chat_template_of(info.path)).name)
     quality = _evaluate_gguf(info, out_file, emit, should_cancel) if job.evaluate else None
     result = JobResult(
         model=info.name, source=str(info.path), method="gguf",
         export=ExportResult(format="gguf", files=sorted({*files, "README.md"})),
         mixed=job.is_mixed, quantize_seconds=round(report.seconds, 2),
+        calibration=([int(tokens.shape[0]), int(tokens.shape[1])]
+                     if imatrix is not None and job.gguf.imatrix == "auto" else None),
         sizes=Sizes(bytes=report.size_bytes, source_bytes=info.size_bytes), quality=quality,
         gguf=GGUFDetails(type=ftype, file=out_file.name, tensor_types=report.types(),
                          imatrix=imatrix is not None, overrides=overrides))

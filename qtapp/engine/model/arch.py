@@ -37,8 +37,9 @@ so only GGUF needs them (as metadata). Other layouts:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from qtapp.engine.config import GROUP_SIZES
@@ -59,11 +60,19 @@ class AwqGroup:
     linears: linear layers that share that input; their weight columns are multiplied by s.
     target:  module whose output the scale search compares (the block's attention or MLP,
              or the single linear itself).
+    stat:    module whose input x̄ (the activation statistic) is measured on; "" for the
+             first linear. A MoE block's experts each see only their routed tokens, so the
+             norm before them is measured on the whole block's input ("mlp").
+    also:    float modules (never quantized) that read the same input: their weight columns
+             are multiplied by s as well, so their output is exactly unchanged (a MoE
+             router, which must route the scaled input as it routed the original).
     """
 
     prev: str
     linears: tuple[str, ...]
     target: str
+    stat: str = ""
+    also: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,18 @@ class BlockLayout:
     norms: tuple[str, ...]
     v_o: AwqGroup | None = None
     experts: str = ""  # a MoE block's experts module; names "{experts}.{e}.…" expand per expert
+    # Hybrid families (Qwen3.5): (layer type, token-mixer module) pairs; block i holds only
+    # the mixer of config.json's layer_types[i], and the names under the other mixers are
+    # not in it (ArchSpec.linears_of). Empty: every block is alike.
+    kinds: tuple[tuple[str, str], ...] = ()
+    keep: tuple[str, ...] = ()  # nn.Linear modules that stay 16-bit (a shared expert's gate)
+    # linears some blocks of the family lack (Gemma 4: k/v of the layers that reuse an earlier
+    # layer's keys and values, v of the global layers whose values are their keys): which
+    # ones block i has is read from its module graph (ArchSpec.present)
+    optional: tuple[str, ...] = ()
+    # input widths that are neither hidden_size, attn_out nor mlp_out: (linear, config keys
+    # whose product is the width), e.g. Gated DeltaNet's out_proj (value heads × head dim)
+    widths: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,9 @@ class GgufFacts:
     vocab: str = "gpt2"
     kv: tuple[tuple[str, str, Any], ...] = ()
     ignore: tuple[str, ...] = ()
+    # Qwen3.5 / Qwen3-Next: Gated DeltaNet tensors change on the way (hf_model.py) and the
+    # ssm.* / full_attention_interval / rope.dimension_sections keys are written
+    gated_delta_net: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +151,16 @@ class Family:
     gguf: GgufFacts | None = None
     gguf_reason: str = ""  # why there is no GGUF conversion, when gguf is None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # (checkpoint name part, module name part): checkpoints that name a module otherwise
+    # than QuantDesk's (unfused) transformers modules do; "{e}" is an expert index. Read
+    # through NameMap: readers see module names, exporters write the checkpoint's names.
+    checkpoint_names: tuple[tuple[str, str], ...] = ()
+    # vision-language checkpoints keep the language model's settings in config.json's
+    # text_config, which may name only what differs from the text config class's defaults
+    # (Gemma 3 4B names no head counts): those defaults, used where text_config lacks a key
+    text_defaults: tuple[tuple[str, Any], ...] = ()
+    # (text config key, reason): variants refused when the key is set (Gemma 4's MoE)
+    refuse_if: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +177,57 @@ class ArchSpec:
     norm_offset: float = 0.0
     experts: str = ""  # MoE: the experts module ("mlp.experts"), unfused (model/moe.py)
     n_experts: int = 0
+    layer_types: tuple[str, ...] = ()  # hybrid families: config.json's layer_types
+    kinds: tuple[tuple[str, str], ...] = ()  # BlockLayout.kinds
+    keep: tuple[str, ...] = ()  # BlockLayout.keep
+    optional: tuple[str, ...] = ()  # BlockLayout.optional
+
+    def _absent(self, i: int) -> tuple[str, ...]:
+        """Prefixes ("linear_attn.") of the token mixers block i does not have."""
+        if not self.kinds:
+            return ()
+        kind = self.layer_types[i] if 0 <= i < len(self.layer_types) else ""
+        return tuple(m + "." for k, m in self.kinds if k != kind)
+
+    def sequential_of(self, i: int) -> tuple[tuple[str, ...], ...]:
+        """The true-sequential groups of block i (a hybrid's blocks differ by kind)."""
+        absent = self._absent(i)
+        return tuple(g for g in (tuple(n for n in group if not n.startswith(absent))
+                                 for group in self.sequential) if g)
+
+    def linears_of(self, i: int) -> tuple[str, ...]:
+        """The quantized linears of block i in true-sequential order."""
+        return tuple(n for group in self.sequential_of(i) for n in group)
+
+    def awq_groups_of(self, i: int) -> tuple[AwqGroup, ...]:
+        """The AWQ scaling pairs of block i."""
+        absent = self._absent(i)
+        return tuple(g for g in self.awq_groups
+                     if not any(n.startswith(absent) for n in (g.prev + ".", g.target + ".",
+                                                              *g.linears)))
+
+    def kind_of(self, i: int) -> str:
+        """config.json's layer type of block i ("" for a family whose blocks are alike)."""
+        return self.layer_types[i] if self.kinds and 0 <= i < len(self.layer_types) else ""
+
+    def present(self, i: int, block: Any) -> tuple[tuple[tuple[str, ...], ...],
+                                                   tuple[AwqGroup, ...]]:
+        """(true-sequential groups, AWQ pairs) of block i that its module graph has: the
+        table's, less the optional linears this block lacks (and the pairs that name one)."""
+        if not self.optional:
+            return self.sequential_of(i), self.awq_groups_of(i)
+        have = set(block_linears(block))
+        lacks = {n for n in self.optional if n not in have}
+        groups = tuple(g for g in (tuple(n for n in group if n not in lacks)
+                                   for group in self.sequential_of(i)) if g)
+        pairs = []
+        for g in self.awq_groups_of(i):
+            if g.prev in lacks:
+                continue
+            linears = tuple(n for n in g.linears if n not in lacks)
+            if linears:
+                pairs.append(replace(g, linears=linears))
+        return groups, tuple(pairs)
 
     def expert_of(self, name: str) -> int | None:
         """The expert index of a linear's name in the block ("mlp.experts.3.up_proj" → 3),
@@ -153,19 +238,22 @@ class ArchSpec:
 
     @property
     def linears(self) -> tuple[str, ...]:
-        """All linear layers of a block in true-sequential order."""
+        """All linear layers of a block in true-sequential order (of a hybrid family: of
+        every kind of block; linears_of(i) for one block)."""
         return tuple(name for group in self.sequential for name in group)
 
     def block(self, i: int) -> str:
         """Absolute module name of block ``i``, e.g. ``model.layers.3``."""
         return f"{self.layers_prefix}.{i}"
 
-    def check_block(self, block: Any) -> None:
-        """UserError unless the block's nn.Linear modules (from its module graph) are exactly
-        the table's linears: a linear the table misses would silently stay in float."""
-        found = block_linears(block)
-        missing = [n for n in self.linears if n not in found]
-        extra = [n for n in found if n not in self.linears]
+    def check_block(self, block: Any, i: int = 0) -> None:
+        """UserError unless block i's nn.Linear modules (from its module graph) are exactly
+        the table's linears of that block (plus those it keeps 16-bit): a linear the table
+        misses would silently stay in float."""
+        found = [n for n in block_linears(block) if n not in self.keep]
+        linears = self.linears_of(i)
+        missing = [n for n in linears if n not in found and n not in self.optional]
+        extra = [n for n in found if n not in linears]
         if missing or extra:
             raise UserError(
                 f"the {self.name} block of this model does not match QuantDesk's table of "
@@ -180,6 +268,51 @@ def block_linears(block: Any) -> list[str]:
     from torch import nn
 
     return [n for n, m in block.named_modules() if isinstance(m, nn.Linear)]
+
+
+class NameMap:
+    """Tensor names of a family's checkpoints ↔ names of QuantDesk's modules (transformers'
+    modules with fused experts unfused, model/moe.py), from `Family.checkpoint_names`.
+
+    Mixtral's checkpoints name expert e's linears ``block_sparse_moe.experts.{e}.w1/w3/w2``
+    and the router ``block_sparse_moe.gate``; transformers 5 renames them on load (its
+    conversion_mapping.py: ``.block_sparse_moe.`` → ``.mlp.``, w1/w3 stacked into
+    ``gate_up_proj``, w2 into ``down_proj``) and back on save. QuantDesk's modules are
+    ``mlp.experts.{e}.gate_proj/up_proj/down_proj`` and ``mlp.gate``: `to_module` maps a
+    checkpoint name there, `to_checkpoint` back (what the exports write, as GPTQModel,
+    AutoGPTQ and vLLM name Mixtral). Parts match whole dotted segments."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        import re
+
+        def rx(part: str) -> re.Pattern[str]:
+            body = re.escape(part).replace(re.escape("{e}"), r"(?P<e>\d+)")
+            return re.compile(rf"(?:^|(?<=\.)){body}(?=\.|$)")
+
+        self._to_module = [(rx(c), m) for c, m in pairs]
+        self._to_checkpoint = [(rx(m), c) for c, m in pairs]
+
+    @staticmethod
+    def _apply(rules: list, name: str) -> str:
+        for pattern, part in rules:
+            name = pattern.sub(lambda m, part=part: part.replace("{e}", m.groupdict().get("e") or ""),
+                               name)
+        return name
+
+    def to_module(self, name: str) -> str:
+        return self._apply(self._to_module, name)
+
+    def to_checkpoint(self, name: str) -> str:
+        return self._apply(self._to_checkpoint, name)
+
+    def __bool__(self) -> bool:
+        return bool(self._to_module)
+
+
+def name_map(config: Any) -> NameMap:
+    """The NameMap of a parsed config.json's family (identity for every other config)."""
+    family = FAMILIES.get(str(config.get("model_type"))) if isinstance(config, dict) else None
+    return NameMap(family.checkpoint_names if family is not None else ())
 
 
 # ------------------------------------------------------------------------ block layouts
@@ -219,14 +352,77 @@ PHI3_BLOCK = BlockLayout(
 
 # A sparse MoE block (Qwen3-MoE, Mixtral): the Llama attention, then a router (mlp.gate, a
 # TopKRouter: not an nn.Linear, never quantized) and E experts, each a Llama MLP that sees
-# only the tokens routed to it. "{e}" expands to every expert (arch_for). AWQ is not offered
-# yet: the norm before the experts feeds E experts through the router.
+# only the tokens routed to it. "{e}" expands to every expert (arch_for, expand_awq). AWQ:
+# post_attention_layernorm feeds the router and every expert, so it takes one scale for all
+# experts' gate/up, searched on the whole MoE block's output with x̄ over all tokens; the
+# router's weight columns are multiplied by the same scale, so it routes exactly as before
+# (it stays 16-bit). up→down is a pair per expert, from the tokens routed to that expert.
 _EXPERTS = "mlp.experts"
 _EGATE, _EUP, _EDOWN = (f"{_EXPERTS}.{{e}}.{n}" for n in ("gate_proj", "up_proj", "down_proj"))
 MOE_BLOCK = BlockLayout(
     sequential=((_Q, _K, _V), (_O,), (_EGATE, _EUP), (_EDOWN,)),
+    awq=(AwqGroup("input_layernorm", (_Q, _K, _V), "self_attn"), _VO,
+         AwqGroup("post_attention_layernorm", (_EGATE, _EUP), "mlp", stat="mlp",
+                  also=("mlp.gate",)),
+         AwqGroup(_EUP, (_EDOWN,), _EDOWN)),
+    attn_out=_O, mlp_out=_EDOWN, norms=("input_layernorm", "post_attention_layernorm"),
+    experts=_EXPERTS, v_o=_VO)
+
+# Qwen3.5 (hybrid): blocks of two kinds, from config.json's layer_types. A full-attention
+# block is the Qwen3 block (its q_proj also emits an output gate, 2 × heads × head_dim rows);
+# a linear-attention block has a Gated DeltaNet mixer (linear_attn) instead:
+#     in_proj_qkv, in_proj_z, in_proj_b, in_proj_a   all read input_layernorm's output
+#     conv1d (depthwise), A_log, dt_bias, norm (gated RMSNorm)   never quantized
+#     out_proj   reads norm(core(q, k, v)) · silu(z): value heads × value head dim wide
+# The four input projections share the input norm's AWQ scale; out_proj has no scaling pair
+# (the gated norm's weight is one head_v_dim vector shared by every value head, so it cannot
+# absorb a per-channel scale), only clipping. Both kinds end with the Llama MLP.
+_LIN = "linear_attn"
+_LQKV, _LZ, _LB, _LA = (f"{_LIN}.{n}" for n in ("in_proj_qkv", "in_proj_z", "in_proj_b",
+                                                 "in_proj_a"))
+_LOUT = f"{_LIN}.out_proj"
+_HYBRID_KINDS = (("full_attention", "self_attn"), ("linear_attention", _LIN))
+_LOUT_WIDTH = (_LOUT, ("linear_num_value_heads", "linear_value_head_dim"))
+QWEN3_5_BLOCK = BlockLayout(
+    sequential=((_Q, _K, _V, _LQKV, _LZ, _LB, _LA), (_O, _LOUT), (_GATE, _UP), (_DOWN,)),
+    awq=(AwqGroup("input_layernorm", (_Q, _K, _V), "self_attn"), _VO,
+         AwqGroup("input_layernorm", (_LQKV, _LZ, _LB, _LA), _LIN),
+         AwqGroup("post_attention_layernorm", (_GATE, _UP), "mlp"), _UP_DOWN),
+    attn_out=_O, mlp_out=_DOWN, norms=("input_layernorm", "post_attention_layernorm"),
+    v_o=_VO, kinds=_HYBRID_KINDS, widths=(_LOUT_WIDTH,))
+
+# Qwen3.5-MoE: the Qwen3.5 mixers, then routed experts as MOE_BLOCK plus one shared expert
+# (mlp.shared_expert, a Llama MLP every token goes through) whose output is weighted by
+# sigmoid(mlp.shared_expert_gate(x)): that gate is a (1, hidden) nn.Linear, kept 16-bit like
+# the router.
+_SHARED = "mlp.shared_expert"
+_SGATE, _SUP, _SDOWN = (f"{_SHARED}.{n}" for n in ("gate_proj", "up_proj", "down_proj"))
+QWEN3_5_MOE_BLOCK = BlockLayout(
+    sequential=((_Q, _K, _V, _LQKV, _LZ, _LB, _LA), (_O, _LOUT),
+                (_EGATE, _EUP, _SGATE, _SUP), (_EDOWN, _SDOWN)),
     awq=(), attn_out=_O, mlp_out=_EDOWN, norms=("input_layernorm", "post_attention_layernorm"),
-    experts=_EXPERTS)
+    experts=_EXPERTS, kinds=_HYBRID_KINDS, keep=("mlp.shared_expert_gate",),
+    widths=(_LOUT_WIDTH, (_SDOWN, ("shared_expert_intermediate_size",))))
+
+# Gemma 4: the Gemma 2/3 block with plain x̂·w norms (norm_offset 0), then the per-layer
+# input (PLE): h + post_per_layer_input_norm(per_layer_projection(act(per_layer_input_gate(h))
+# · per_layer_input_i)), per_layer_input_i the block's slice of the per-layer embeddings
+# (model.embed_tokens_per_layer, never quantized) mixed with a projection of the token
+# embeddings. per_layer_input_gate reads the residual stream (no norm to absorb an AWQ scale)
+# and per_layer_projection a product through the activation: neither is scaled. Layers that
+# reuse an earlier layer's keys and values (num_kv_shared_layers) have no k/v_proj; the global
+# layers of attention_k_eq_v checkpoints have no v_proj (values are the keys); checkpoints
+# without per-layer inputs (hidden_size_per_layer_input 0) have neither PLE linear.
+_PLE_GATE, _PLE_PROJ = "per_layer_input_gate", "per_layer_projection"
+GEMMA4_BLOCK = BlockLayout(
+    sequential=(*LLAMA_SEQUENTIAL, (_PLE_GATE,), (_PLE_PROJ,)),
+    awq=(AwqGroup("input_layernorm", (_Q, _K, _V), "self_attn"), _VO,
+         AwqGroup("pre_feedforward_layernorm", (_GATE, _UP), "mlp"), _UP_DOWN),
+    attn_out=_O, mlp_out=_DOWN,
+    norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+           "post_feedforward_layernorm", "post_per_layer_input_norm"), v_o=_VO,
+    optional=(_K, _V, _PLE_GATE, _PLE_PROJ),
+    widths=((_PLE_PROJ, ("hidden_size_per_layer_input",)),))
 
 GLM4_BLOCK = BlockLayout(
     sequential=((_Q, _K, _V), (_O,), (_GATE_UP_FUSED,), (_DOWN,)),
@@ -244,6 +440,60 @@ _GEMMA_KV = (("sliding_window", "add_sliding_window", None),)
 _MOE = ("a mixture-of-experts model whose experts QuantDesk's per-expert calibration "
         "(fused experts unfused into per-expert linears, model/moe.py) does not cover yet; "
         "not yet supported")
+
+_MOE_KV = (("num_experts", "add_expert_count", None),
+           ("num_local_experts", "add_expert_count", None),
+           ("num_experts_per_tok", "add_expert_used_count", None),
+           ("moe_intermediate_size", "add_expert_feed_forward_length", None))
+_QWEN3_5_GGUF = GgufFacts("QWEN35", vocab="gpt2", rope_dims=True, gated_delta_net=True)
+_QWEN3_5_NOTES = (
+    ("blocks of two kinds from config.json's layer_types: Gated DeltaNet (linear attention) "
+     "and full attention; the DeltaNet projections (in_proj_qkv/z/b/a, out_proj) are "
+     "quantized, its conv1d, A_log, dt_bias and gated norm stay 16-bit"),
+    ("AWQ scales input_layernorm → q/k/v or in_proj_qkv/z/b/a, post_attention_layernorm → "
+     "gate/up, up → down (and v → o when the shapes match); out_proj gets clipping only"),
+    ("llama.cpp decides a block's kind from full_attention_interval: GGUF needs layer_types "
+     "to follow it"))
+
+
+def _vlm(architecture: str, text_type: str) -> str:
+    return (f"a vision-language checkpoint ({architecture}): its decoder sits under "
+            "model.language_model beside a vision tower (model.visual) and multi-token-"
+            "prediction layers (mtp.*), and QuantDesk's block streamer and exporters read "
+            "the decoder at model.layers; not yet supported (the vision tower would have to "
+            "be written back 16-bit). Text-only checkpoints of the same blocks "
+            f"(model_type {text_type}) are supported")
+
+
+# vision-language checkpoints: transformers' module names of the language model
+_VLM_NAMES: dict[str, Any] = {
+    "layers_prefix": "model.language_model.layers", "embed": "model.language_model.embed_tokens",
+    "final_norm": "model.language_model.norm"}
+# Gemma3TextConfig's defaults (transformers 5.25): the released 4B/12B/27B config.json's
+# text_config omits the keys that equal them
+_GEMMA3_TEXT_DEFAULTS: tuple[tuple[str, Any], ...] = (
+    ("vocab_size", 262208), ("hidden_size", 2304), ("intermediate_size", 9216),
+    ("num_hidden_layers", 26), ("num_attention_heads", 8), ("num_key_value_heads", 4),
+    ("head_dim", 256), ("query_pre_attn_scalar", 256), ("sliding_window", 4096),
+    ("max_position_embeddings", 131072), ("rms_norm_eps", 1e-6),
+    ("final_logit_softcapping", None), ("attn_logit_softcapping", None))
+_GEMMA4_REFUSE = (("enable_moe_block",
+                   ("the mixture-of-experts Gemma 4 (26B-A4B) runs a dense MLP and 128 "
+                    "experts side by side in every block, with a router (router.proj) that "
+                    "QuantDesk's per-expert calibration (model/moe.py) does not unfuse yet; "
+                    "not yet supported (the dense E2B, E4B and 31B are)")),)
+_GEMMA4_GGUF = ("not yet: llama.cpp's Gemma 4 GGUF needs the per-layer embedding tensors "
+                "(per_layer_token_embd, per_layer_model_proj, per_layer_proj_norm), the "
+                "per-layer output scales, the proportional rope factors (rope_freqs) of the "
+                "global layers and the shared key/value layer count, which QuantDesk's GGUF "
+                "writer does not produce yet")
+_GEMMA4_NOTES = (
+    ("the per-layer embedding table (embed_tokens_per_layer), its projection "
+     "(per_layer_model_projection) and every norm stay 16-bit; each block's "
+     "per_layer_input_gate / per_layer_projection are quantized"),
+    ("layers that reuse an earlier layer's keys and values (num_kv_shared_layers) have no k/v "
+     "projections to quantize and no KV cache of their own"),
+    "AWQ scales q/k/v and gate/up by their norms; the per-layer-input linears get no scale")
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llama", ("LlamaForCausalLM",), "Llama 3.x, SmolLM2", LLAMA_BLOCK,
@@ -288,18 +538,32 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            GEMMA_BLOCK, norm_offset=1.0, gguf=GgufFacts("GEMMA3", kv=_GEMMA_KV),
            notes=(("llama.cpp fixes the sliding-window pattern (5 local : 1 global) and the "
                   "local rope base (10 000), as Gemma 3 ships"),)),
-    Family("gemma3", ("Gemma3ForConditionalGeneration",), "Gemma 3 4B/12B/27B",
-           supported=False,
-           reason="a vision-language checkpoint (Gemma3ForConditionalGeneration): its text "
-                  "decoder sits under model.language_model and the vision tower would be "
-                  "dropped; not yet supported (the text-only Gemma 3 1B and 270M, "
-                  "model_type gemma3_text, are)"),
-    Family("gemma4_text", ("Gemma4ForCausalLM",), "Gemma 4 (text)", supported=False,
-           reason="Gemma 4's per-layer embeddings and shared key/value layers are not in "
-                  "QuantDesk's table yet; not yet supported"),
-    Family("gemma4", ("Gemma4ForConditionalGeneration",), "Gemma 4", supported=False,
-           reason="a multimodal checkpoint (Gemma4ForConditionalGeneration); not yet "
-                  "supported"),
+    Family("gemma3", ("Gemma3ForConditionalGeneration",), "Gemma 3 4B/12B/27B (vision)",
+           GEMMA_BLOCK, norm_offset=1.0, **_VLM_NAMES,
+           # the released checkpoints (and transformers' save_pretrained) name the text
+           # decoder language_model.model.*, the vision tower vision_tower.* and the
+           # projector multi_modal_projector.*: transformers' "llava" renaming
+           # (conversion_mapping.py) puts them under model.*; the exports keep the files' names
+           checkpoint_names=(("language_model.model", "model.language_model"),
+                             ("language_model.lm_head", "lm_head"),
+                             ("vision_tower", "model.vision_tower"),
+                             ("multi_modal_projector", "model.multi_modal_projector")),
+           text_defaults=_GEMMA3_TEXT_DEFAULTS,
+           gguf=GgufFacts("GEMMA3", kv=_GEMMA_KV),
+           notes=(("vision-language: the language model is quantized, the vision tower and "
+                   "the multimodal projector are copied unchanged (16-bit) into the output, "
+                   "which loads as Gemma3ForConditionalGeneration; GGUF holds the text model "
+                   "only (llama.cpp writes the vision tower to a separate mmproj file, which "
+                   "QuantDesk does not write)"),)),
+    Family("gemma4_text", ("Gemma4ForCausalLM",), "Gemma 4 (text decoder alone)",
+           GEMMA4_BLOCK, refuse_if=_GEMMA4_REFUSE,
+           gguf_reason=_GEMMA4_GGUF, notes=_GEMMA4_NOTES),
+    Family("gemma4", ("Gemma4ForConditionalGeneration",), "Gemma 4 E2B/E4B/31B",
+           GEMMA4_BLOCK, **_VLM_NAMES, refuse_if=_GEMMA4_REFUSE,
+           gguf_reason=_GEMMA4_GGUF,
+           notes=(*_GEMMA4_NOTES, ("multimodal: the language model is quantized, the vision "
+                                   "(and audio) towers and their embedders are copied "
+                                   "unchanged (16-bit)"))),
     Family("glm4", ("Glm4ForCausalLM",), "GLM-4 0414", GLM4_BLOCK,
            gguf=GgufFacts("GLM4", rope_dims=True),
            notes=(("the GGUF converter of llama.cpp sets GLM-4's special tokens from its own "
@@ -313,21 +577,42 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            notes=(("experts are calibrated one by one on the tokens routed to them; an expert "
                   "with too few tokens is rounded to nearest with the range search (named in "
                   "the run's log); the router stays 16-bit; AWQ not yet"),)),
-    Family("mixtral", ("MixtralForCausalLM",), "Mixtral 8x7B", supported=False,
-           reason="a mixture-of-experts model whose checkpoints name the experts "
-                  "block_sparse_moe.experts.{e}.w1/w2/w3, which QuantDesk does not map to "
-                  "transformers' mlp.experts yet; not yet supported"),
+    Family("mixtral", ("MixtralForCausalLM",), "Mixtral 8x7B, 8x22B", MOE_BLOCK,
+           checkpoint_names=(("block_sparse_moe.experts.{e}.w1", "mlp.experts.{e}.gate_proj"),
+                             ("block_sparse_moe.experts.{e}.w3", "mlp.experts.{e}.up_proj"),
+                             ("block_sparse_moe.experts.{e}.w2", "mlp.experts.{e}.down_proj"),
+                             ("block_sparse_moe.gate", "mlp.gate")),
+           # llama.cpp converts Mixtral as LLAMA with expert tensors (LlamaModel; the
+           # expert count and top-k from TextModel.set_gguf_parameters)
+           gguf=GgufFacts("LLAMA", permute_qk=True, llama_keys=True, rope_dims=True,
+                          vocab="llama", kv=(
+                              ("num_local_experts", "add_expert_count", None),
+                              ("num_experts_per_tok", "add_expert_used_count", None))),
+           notes=(("checkpoints name the experts block_sparse_moe.experts.{e}.w1/w3/w2 (gate, "
+                  "up, down) and the router block_sparse_moe.gate; the exports keep those "
+                  "names; experts are calibrated as Qwen3-MoE's"),)),
     Family("gpt_oss", ("GptOssForCausalLM",), "gpt-oss 20B/120B", supported=False,
-           reason=_MOE + "; its experts also ship as MXFP4, and attention has sinks"),
-    Family("qwen3_5_moe", ("Qwen3_5MoeForCausalLM", "Qwen3_5MoeForConditionalGeneration"),
-           "Qwen3.5 MoE", supported=False,
-           reason=_MOE + "; it is also a hybrid of linear (Gated DeltaNet) and full attention"),
-    Family("qwen3_5", ("Qwen3_5ForCausalLM", "Qwen3_5ForConditionalGeneration"), "Qwen3.5",
+           reason=_MOE + ": gpt-oss checkpoints keep each block's experts fused "
+                  "(mlp.experts.gate_up_proj (E, hidden, 2·I) with gate and up in alternate "
+                  "columns, per-expert biases, a clamped SwiGLU) and the released ones store "
+                  "them as MXFP4 blocks and scales; model/moe.py unfuses only bias-free "
+                  "experts, and no loader of per-expert GPTQ/AWQ gpt-oss tensors has been "
+                  "verified; attention also has per-head sinks"),
+    Family("qwen3_5_text", ("Qwen3_5ForCausalLM",), "Qwen3.5 (text-only checkpoints)",
+           QWEN3_5_BLOCK, norm_offset=1.0, gguf=_QWEN3_5_GGUF, notes=_QWEN3_5_NOTES),
+    Family("qwen3_5", ("Qwen3_5ForConditionalGeneration",), "Qwen3.5 0.8B … 397B",
+           supported=False, reason=_vlm("Qwen3_5ForConditionalGeneration", "qwen3_5_text")),
+    Family("qwen3_5_moe_text", ("Qwen3_5MoeForCausalLM",),
+           "Qwen3.5 MoE (text-only checkpoints)", QWEN3_5_MOE_BLOCK, norm_offset=1.0,
+           gguf=GgufFacts("QWEN35MOE", vocab="gpt2", rope_dims=True, gated_delta_net=True,
+                          kv=(*_MOE_KV, ("shared_expert_intermediate_size",
+                                         "add_expert_shared_feed_forward_length", None))),
+           notes=(*_QWEN3_5_NOTES,
+                  ("the shared expert is quantized with the routed ones; the router and the "
+                   "shared expert's (1 × hidden) gate stay 16-bit; AWQ not yet"))),
+    Family("qwen3_5_moe", ("Qwen3_5MoeForConditionalGeneration",), "Qwen3.5-35B-A3B …",
            supported=False,
-           reason="a hybrid of Gated DeltaNet (linear attention) and full-attention layers: "
-                  "the blocks differ in kind and the linear-attention ones hold convolution "
-                  "and gating weights QuantDesk's table does not describe yet; not yet "
-                  "supported"),
+           reason=_vlm("Qwen3_5MoeForConditionalGeneration", "qwen3_5_moe_text")),
 )}
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for t, f in FAMILIES.items() if f.supported)
@@ -345,6 +630,20 @@ def _int_field(config: dict, key: str, model_type: str) -> int:
     return value
 
 
+def text_settings(config: Any) -> Any:
+    """The language model's settings of a parsed config.json: for a vision-language checkpoint
+    (Gemma 3 4B+, Gemma 4) its text_config over the family's text_defaults, under the
+    checkpoint's own model_type and architectures (and its top-level keys, such as
+    tie_word_embeddings); config itself for every other model."""
+    if not isinstance(config, dict) or not isinstance(config.get("text_config"), dict):
+        return config
+    family = FAMILIES.get(str(config.get("model_type")))
+    defaults = dict(family.text_defaults) if family is not None else {}
+    top = {k: v for k, v in config.items() if not k.endswith("_config")}
+    return {**top, **defaults, **config["text_config"], "model_type": config.get("model_type"),
+            "architectures": config.get("architectures") or []}
+
+
 def v_o_shapes_match(config: dict) -> bool:
     """True when v_proj.weight and o_proj.weight have the same shape.
 
@@ -352,6 +651,7 @@ def v_o_shapes_match(config: dict) -> bool:
     scales v→o only in that case; with grouped-query attention (fewer kv heads) or a head_dim
     that is not hidden/num_heads (Qwen3) the shapes differ and the pair is skipped.
     """
+    config = text_settings(config)
     model_type = str(config.get("model_type", "model"))
     hidden = _int_field(config, "hidden_size", model_type)
     heads = _int_field(config, "num_attention_heads", model_type)
@@ -425,6 +725,7 @@ def n_experts(config: dict) -> int:
     """Experts per MoE block from config.json (num_experts, or Mixtral's num_local_experts);
     UserError when absent or when some blocks are dense (QuantDesk's table has one block
     layout per family)."""
+    config = text_settings(config)
     model_type = str(config.get("model_type", "model"))
     key = "num_experts" if config.get("num_experts") is not None else "num_local_experts"
     n = _int_field(config, key, model_type)
@@ -438,19 +739,33 @@ def method_refusal(method: str, config: dict) -> str:
     """Why `method` cannot quantize this (supported) family yet; "" when it can."""
     family = FAMILIES.get(str(config.get("model_type"))) if isinstance(config, dict) else None
     if method == "awq" and family is not None and family.block is not None \
-            and family.block.experts:
-        return (f"AWQ is not yet supported for mixture-of-experts models ({family.model_type}): "
-                "the norm before the experts would need one scale for experts that see "
-                "different tokens; use GPTQ or RTN")
+            and family.block.experts and not family.block.awq:
+        return (f"AWQ is not yet supported for this mixture-of-experts family "
+                f"({family.model_type}): QuantDesk's table has no AWQ scaling pairs for its "
+                "blocks; use GPTQ or RTN")
     return ""
 
 
+def expand_awq(group: AwqGroup, n: int) -> tuple[AwqGroup, ...]:
+    """A pair whose prev names "{e}" (an expert's up→down) → one pair per expert; a pair
+    whose linears name "{e}" (the norm before the experts) → one pair over every expert's
+    linears; any other pair as it is."""
+    if "{e}" in group.prev:
+        return tuple(replace(group, prev=group.prev.format(e=e),
+                             linears=tuple(x.format(e=e) for x in group.linears),
+                             target=group.target.format(e=e)) for e in range(n))
+    if any("{e}" in x for x in group.linears):
+        return (replace(group, linears=expand_experts(group.linears, n)),)
+    return (group,)
+
+
 def expand_experts(names: Iterable[str], n: int) -> tuple[str, ...]:
-    """Names with "{e}" repeated for experts 0 … n−1, expert by expert."""
+    """Names with "{e}" repeated for experts 0 … n−1, expert by expert; names without it
+    (a shared expert's) once."""
     names = tuple(names)
     if not any("{e}" in x for x in names):
         return names
-    return tuple(x.format(e=e) for e in range(n) for x in names)
+    return tuple(dict.fromkeys(x.format(e=e) for e in range(n) for x in names))
 
 
 def arch_for(config: dict) -> ArchSpec:
@@ -458,8 +773,15 @@ def arch_for(config: dict) -> ArchSpec:
     family = FAMILIES[_model_type(config)]
     layout = family.block
     assert layout is not None
-    groups = tuple(g for g in layout.awq if g != layout.v_o or v_o_shapes_match(config))
+    config = text_settings(config)
+    for key, why in family.refuse_if:
+        if config.get(key):
+            raise UserError(f"This {family.model_type} model ({key} is set in config.json) is "
+                            f"not supported: {why}.")
     experts = n_experts(config) if layout.experts else 0
+    groups = tuple(x for g in layout.awq if g != layout.v_o or v_o_shapes_match(config)
+                   for x in expand_awq(g, experts))
+    kinds = layer_types(config, family) if layout.kinds else ()
     return ArchSpec(
         name=family.model_type,
         layers_prefix=family.layers_prefix,
@@ -473,7 +795,32 @@ def arch_for(config: dict) -> ArchSpec:
         norm_offset=family.norm_offset,
         experts=layout.experts,
         n_experts=experts,
+        layer_types=kinds,
+        kinds=layout.kinds,
+        keep=layout.keep,
+        optional=layout.optional,
     )
+
+
+def layer_types(config: dict, family: Family) -> tuple[str, ...]:
+    """The kind of every block of a hybrid family: config.json's layer_types, or (as
+    transformers derives it when absent) full attention every full_attention_interval-th
+    block (default 4) and linear attention in between; UserError for a kind the table does
+    not know or a list that does not cover num_hidden_layers."""
+    assert family.block is not None
+    n = _int_field(config, "num_hidden_layers", family.model_type)
+    types = config.get("layer_types")
+    if types is None:
+        interval = config.get("full_attention_interval") or 4
+        types = ["linear_attention" if (i + 1) % interval else "full_attention"
+                 for i in range(n)]
+    known = [k for k, _ in family.block.kinds]
+    if not isinstance(types, list) or len(types) != n or any(t not in known for t in types):
+        raise UserError(
+            f"config.json of this {family.model_type} model has layer_types {types!r}, which "
+            f"is not one of {', '.join(known)} for each of its {n} blocks; the model folder "
+            "looks edited or damaged.")
+    return tuple(types)
 
 
 # --------------------------------------------------------------------------- group sizes
@@ -500,6 +847,7 @@ def linear_input_widths(config: dict) -> dict[str, int]:
     config.json lacks the sizes (reading the model explains that elsewhere)."""
     if not isinstance(config, dict):
         return {}
+    config = text_settings(config)
     hidden, heads, inter = (config.get(k) for k in ("hidden_size", "num_attention_heads",
                                                     "intermediate_size"))
     if config.get("moe_intermediate_size") is not None:  # Qwen3-MoE experts
@@ -516,6 +864,11 @@ def linear_input_widths(config: dict) -> dict[str, int]:
         layout = LLAMA_BLOCK
     assert layout is not None
     widths = {layout.attn_out: heads * head_dim, layout.mlp_out: inter}
+    for name, keys in layout.widths:
+        values = [config.get(k) for k in keys]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            return {}
+        widths[name] = math.prod(values)
     out = {name: widths.get(name, hidden) for group in layout.sequential for name in group}
     if layout.experts:  # every expert's linears have the widths of the "{e}" names
         try:
@@ -589,7 +942,8 @@ def group_size_problem(job: JobSpec, config: dict) -> GroupSizeProblem | None:
     input width of a linear it quantizes; None when every group is whole, for GGUF (its own
     block sizes), and when the config cannot be read (other checks explain that)."""
     widths = linear_input_widths(config)
-    n_layers = config.get("num_hidden_layers") if isinstance(config, dict) else None
+    n_layers = text_settings(config).get("num_hidden_layers") if isinstance(config, dict) \
+        else None
     if job.method == "gguf" or not widths or not isinstance(n_layers, int) or n_layers < 1:
         return None
     try:
@@ -598,7 +952,7 @@ def group_size_problem(job: JobSpec, config: dict) -> GroupSizeProblem | None:
         return None
     bad: dict[tuple[int, int, int | None], tuple[dict[str, None], dict[int, None]]] = {}
     for i in range(n_layers):
-        for name in spec.linears:
+        for name in spec.linears_of(i):
             full = f"{spec.block(i)}.{name}"
             scheme = job.scheme_for(full)
             g = scheme.group_size if scheme is not None else 0

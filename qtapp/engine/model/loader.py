@@ -23,6 +23,7 @@ from safetensors import safe_open
 from torch import nn
 
 from qtapp.engine.errors import UserError
+from qtapp.engine.model.arch import NameMap, name_map
 from qtapp.engine.model.moe import fuse_experts, unfuse_experts
 
 # transformers is imported inside the functions that build a model or a tokenizer: it takes about
@@ -71,9 +72,11 @@ def unpack_stream(words: torch.Tensor, bits: int, count: int, dim: int = -1) -> 
 
 # tensor access ------------------------------------------------------------------------
 class _Folder:
-    """Tensor names → safetensors files of a folder; tensors read one at a time."""
+    """Tensor names → safetensors files of a folder; tensors read one at a time. Names are
+    QuantDesk's module names (`names.to_module`: Mixtral's block_sparse_moe.experts.{e}.w1
+    is mlp.experts.{e}.gate_proj)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, names: NameMap | None = None) -> None:
         index = path / "model.safetensors.index.json"
         if index.exists():
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -83,13 +86,20 @@ class _Folder:
             raise UserError(f"{path} has no .safetensors files; it is not a model folder "
                             "QuantDesk can load")
         self._handles = {f: safe_open(str(path / f), framework="pt") for f in files}
-        self.file_of = {n: f for f, h in self._handles.items() for n in h.keys()}  # noqa: SIM118
+        self.name_map = names or NameMap()
+        rename = self.name_map.to_module
+        self._stored = {rename(n): n for h in self._handles.values() for n in h.keys()}  # noqa: SIM118
+        self.file_of = {rename(n): f for f, h in self._handles.items() for n in h.keys()}  # noqa: SIM118
 
     def names(self) -> list[str]:
         return list(self.file_of)
 
     def get(self, name: str) -> torch.Tensor:
-        return self._handles[self.file_of[name]].get_tensor(name)
+        return self._handles[self.file_of[name]].get_tensor(self._stored[name])
+
+    def checkpoint_name(self, module: str) -> str:
+        """The module's name as the files and quantization_config name it."""
+        return self.name_map.to_checkpoint(module)
 
     def modules_with(self, suffix: str) -> list[str]:
         return [n[: -len(suffix)] for n in self.file_of if n.endswith(suffix)]
@@ -121,18 +131,19 @@ def _gptq_weight(qc: dict[str, Any]) -> Dequantizer:
         qweight, qzeros = folder.get(f"{m}.qweight"), folder.get(f"{m}.qzeros")
         scales = folder.get(f"{m}.scales").float()  # (G, N)
         n = scales.shape[1]
+        expected_bits = _gptq_dynamic_bits(qc, folder.checkpoint_name(m))
         if f"{m}.g_idx" in folder.file_of:
             g_idx = folder.get(f"{m}.g_idx").long()
         else:
             gs = int(qc.get("group_size", -1))
-            k = qweight.shape[0] * 32 // _gptq_dynamic_bits(qc, m)
+            k = qweight.shape[0] * 32 // expected_bits
             g_idx = torch.arange(k) // (gs if gs > 0 else k)
         k = g_idx.shape[0]
         bits = qweight.shape[0] * 32 // k
         if bits not in (2, 3, 4, 8) or qweight.shape[0] * 32 != bits * k or \
-                bits != _gptq_dynamic_bits(qc, m):
+                bits != expected_bits:
             raise UserError(f"{m}: qweight {tuple(qweight.shape)} does not hold {k} "
-                            f"{_gptq_dynamic_bits(qc, m)}-bit columns as config.json says; "
+                            f"{expected_bits}-bit columns as config.json says; "
                             "the checkpoint is damaged")
         q = unpack_stream(qweight, bits, k, dim=0)  # (K, N): packed along K
         z = unpack_stream(qzeros, bits, n) + zero_offset  # (G, N): packed along N
@@ -178,11 +189,12 @@ def _ct_weight(qc: dict[str, Any], modules: dict[str, nn.Module]) -> Dequantizer
     groups = list((qc.get("config_groups") or {}).values())
     ignore = qc.get("ignore") or []
 
-    def scheme_of(m: str) -> dict[str, Any]:
+    def scheme_of(m: str, named: str) -> dict[str, Any]:
+        """The weights scheme of module `m`, named `named` in config.json."""
         mod = modules.get(m)
-        if not any(_ct_match(t, m, mod) for t in ignore):
+        if not any(_ct_match(t, named, mod) for t in ignore):
             for g in groups:
-                if any(_ct_match(t, m, mod) for t in g.get("targets", [])):
+                if any(_ct_match(t, named, mod) for t in g.get("targets", [])):
                     if g.get("input_activations") or g.get("output_activations"):
                         raise UserError(f"{m}: compressed-tensors schemes that quantize "
                                         "activations are not supported; QuantDesk reads "
@@ -192,7 +204,7 @@ def _ct_weight(qc: dict[str, Any], modules: dict[str, nn.Module]) -> Dequantizer
                         "targets it; the checkpoint is damaged")
 
     def dequantize(folder: _Folder, m: str) -> torch.Tensor:
-        args = scheme_of(m)
+        args = scheme_of(m, folder.checkpoint_name(m))
         bits, offset = int(args["num_bits"]), 2 ** (int(args["num_bits"]) - 1)
         if args.get("type", "int") != "int":
             raise UserError(f"{m}: compressed-tensors type {args.get('type')!r} is not "
@@ -355,7 +367,7 @@ def load_dequantized(path: Path, dtype: torch.dtype = torch.float32, device: str
             raise _model_error(path, e) from None
         return model.to(device).eval(), tokenizer
     method = str(qc.get("quant_method", "")).lower()
-    folder = _Folder(path)
+    folder = _Folder(path, name_map(config))
     model = _build_model(path, dtype)
     modules = dict(model.named_modules())
     if method == "gptq":

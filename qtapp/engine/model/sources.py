@@ -7,7 +7,6 @@ ModelInfo read from config.json and the safetensors headers; no weight is loaded
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import hashlib
 import importlib.util
 import json
@@ -17,7 +16,6 @@ import re
 import shutil
 import struct
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,7 +28,8 @@ import torch
 from safetensors.torch import save_file
 
 from qtapp.engine.errors import UserError
-from qtapp.engine.model.arch import ArchSpec, arch_for
+from qtapp.engine.model import hub_files
+from qtapp.engine.model.arch import ArchSpec, NameMap, arch_for, name_map, text_settings
 from qtapp.engine.model.loader import load_tokenizer
 from qtapp.engine.outputs import disk_full_error, is_disk_full
 
@@ -53,9 +52,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 INDEX_FILE = "model.safetensors.index.json"
-HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "vocab.txt",
-                "merges.txt", "*.jinja", "spiece.model"]
-HUB_IGNORE = ["consolidated*", "original/*", "*/*"]
 _MAX_HEADER = 100 * 2**20
 
 _ST_DTYPES: dict[str, torch.dtype] = {
@@ -185,16 +181,22 @@ class SafetensorsReader:
 
     All headers are read and checked against the file sizes on construction; tensors are read
     only when asked for. dtype() answers torch names ("bfloat16", "float32", …).
+
+    Tensors are named as QuantDesk's modules are (`arch.NameMap.to_module` of the family in
+    the folder's config.json: Mixtral's ``block_sparse_moe.experts.{e}.w1`` is read as
+    ``mlp.experts.{e}.gate_proj``); ``module_names=False`` keeps the files' own names.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, module_names: bool = True):
         self.folder = Path(folder)
         self.files = _safetensors_files(self.folder)
         if not self.files:
             raise UserError(f"No *.safetensors weight files in {self.folder}.")
+        rename = _folder_name_map(self.folder).to_module if module_names else None
         self._entries: dict[str, _Entry] = {}
         for file in self.files:
-            for name, entry in read_safetensors_header(file).items():
+            for stored, entry in read_safetensors_header(file).items():
+                name = rename(stored) if rename is not None else stored
                 if name in self._entries:
                     raise UserError(
                         f"Tensor '{name}' is stored twice, in {self._entries[name].file.name} and "
@@ -205,6 +207,8 @@ class SafetensorsReader:
         index = self.folder / INDEX_FILE
         if index.exists():
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            if rename is not None:
+                weight_map = {rename(n): f for n, f in weight_map.items()}
             absent = [n for n, f in weight_map.items()
                       if n not in self._entries or self._entries[n].file.name != f]
             if absent:
@@ -282,6 +286,15 @@ class ModelInfo:
         """config.json's quantization_config when the folder is already quantized."""
         q = self.config.get("quantization_config")
         return q if isinstance(q, dict) else None
+
+
+def _folder_name_map(folder: Path) -> NameMap:
+    """The NameMap of the family in `folder`'s config.json (identity when it cannot be read:
+    the folder checks say why)."""
+    try:
+        return name_map(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return NameMap()
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -423,7 +436,7 @@ def _check_expert_count(folder: Path, reader: SafetensorsReader, config: dict) -
         arch = arch_for(config)
     except UserError:
         return  # an unsupported family: the later checks say so
-    n_layers = config.get("num_hidden_layers")
+    n_layers = text_settings(config).get("num_hidden_layers")
     if not arch.n_experts or not isinstance(n_layers, int):
         return
     names = reader.names()
@@ -482,12 +495,13 @@ def check_model_folder(folder: Path, *, tokenizer: bool = True, pickle_option: b
 def _model_info(folder: Path, source: str, name: str, pickle_option: bool = True) -> ModelInfo:
     config, reader = check_model_folder(folder, pickle_option=pickle_option)
     arch = arch_for(config)
-    n_layers = config.get("num_hidden_layers")
-    hidden = config.get("hidden_size")
+    settings = text_settings(config)  # a vision-language checkpoint's text_config
+    n_layers = settings.get("num_hidden_layers")
+    hidden = settings.get("hidden_size")
     if not isinstance(n_layers, int) or not isinstance(hidden, int) or n_layers < 1:
         raise UserError(f"config.json in {folder} lacks valid 'num_hidden_layers' / "
                         "'hidden_size'. Restore the file from the model's original download.")
-    _check_weights(folder, reader, arch, n_layers, config)
+    _check_weights(folder, reader, arch, n_layers, settings)
     by_dtype = reader.nbytes_by_dtype()
     return ModelInfo(
         path=folder, source=source, name=name, config=config, arch=arch,
@@ -578,14 +592,12 @@ def _tidy_tokenizer_config(file: Path, max_length: int) -> None:
     file.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _convert_demo(gguf_file: Path, out: Path) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+def _demo_config(gguf_config: Any) -> Any:
+    """The demo folder's config (a transformers config) from the one transformers reads out
+    of the GGUF file's metadata."""
+    from transformers import AutoConfig
 
-    folder, name = str(gguf_file.parent), gguf_file.name
-    tokenizer = load_tokenizer(gguf_file.parent, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                                 trust_remote_code=False)
-    cfg = model.config.to_dict()
+    cfg = gguf_config.to_dict()
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "dtype",
                 "torch_dtype", "transformers_version"):
         cfg.pop(key, None)
@@ -593,6 +605,34 @@ def _convert_demo(gguf_file: Path, out: Path) -> None:
     cfg["architectures"] = ["LlamaForCausalLM"]
     config = AutoConfig.for_model(**cfg)
     config.dtype = DEMO_DTYPE
+    return config
+
+
+def demo_config() -> tuple[dict[str, Any], int]:
+    """config.json of the demo model and its parameter count, for what needs only the model's
+    shape (`quantdesk recommend demo`): from the converted folder when it is there, else
+    from the GGUF file's metadata and tensor headers (seconds), without building the folder
+    (minutes on first use, demo_model_dir)."""
+    folder = models_cache_dir() / DEMO_NAME
+    if _demo_complete(folder):
+        return _read_config(folder), SafetensorsReader(folder).numel()
+    import gguf
+    from transformers import AutoConfig
+
+    file = demo_gguf_path()
+    config = _demo_config(AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name))
+    n_params = sum(int(t.n_elements) for t in gguf.GGUFReader(str(file)).tensors)
+    return config.to_dict(), n_params
+
+
+def _convert_demo(gguf_file: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    folder, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = load_tokenizer(gguf_file.parent, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                 trust_remote_code=False)
+    config = _demo_config(model.config)
     state = {k: v.to(DEMO_DTYPE).contiguous() for k, v in model.state_dict().items()}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -701,64 +741,13 @@ def _is_hub_id_shaped(source: str) -> bool:
     return bool(_HUB_ID.match(source))
 
 
-def _hub_patterns(allow_pickle: bool) -> list[str]:
-    return HUB_PATTERNS + (["pytorch_model*.bin", "*.bin.index.json"] if allow_pickle else [])
-
-
-def _poll_progress(blobs: Path, files: list[tuple[str, int]], progress: Callable[[int, int], None],
-                   stop: threading.Event) -> None:
-    """Report bytes on disk for blobs/<id> and blobs/<id>.incomplete until ``stop``."""
-    total = sum(size for _, size in files)
-    while not stop.wait(0.5):
-        done = 0
-        for blob_id, size in files:
-            if (blobs / blob_id).exists():
-                done += size
-            elif (blobs / f"{blob_id}.incomplete").exists():
-                done += min(size, (blobs / f"{blob_id}.incomplete").stat().st_size)
-        progress(done, total)
-
-
 def _download(repo_id: str, allow_pickle: bool,
               progress: Callable[[int, int], None] | None) -> Path:
-    from huggingface_hub import HfApi, constants, snapshot_download
-
-    patterns = _hub_patterns(allow_pickle)
-    try:
-        info = HfApi().model_info(repo_id, files_metadata=True)
-        files = [s for s in info.siblings or []
-                 if any(fnmatch.fnmatch(s.rfilename, p) for p in patterns)
-                 and not any(fnmatch.fnmatch(s.rfilename, p) for p in HUB_IGNORE)]
-        stop = threading.Event()
-        poller = None
-        if progress is not None:
-            blobs = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "blobs"
-            ids = [((s.lfs.sha256 if s.lfs else s.blob_id) or "", s.size or 0) for s in files]
-            poller = threading.Thread(target=_poll_progress, args=(blobs, ids, progress, stop),
-                                      daemon=True)
-            poller.start()
-        try:
-            path = snapshot_download(repo_id, revision=info.sha, allow_patterns=patterns,
-                                     ignore_patterns=HUB_IGNORE)
-        finally:
-            stop.set()
-            if poller is not None:
-                poller.join()
-        if progress is not None:
-            total = sum(s.size or 0 for s in files)
-            progress(total, total)
-        return Path(path)
-    except Exception as e:  # noqa: BLE001 - network, auth and disk failures all end here
-        if is_disk_full(e):
-            raise disk_full_error(
-                e, Path(constants.HF_HUB_CACHE), f"the model '{repo_id}'",
-                "Free some space on that disk, or set HF_HUB_CACHE to a folder on a disk with "
-                "more room, then try again.") from None
-        raise UserError(
-            f"Could not download '{repo_id}' from the Hugging Face Hub: {e}. Check the id, your "
-            "internet connection, and for gated or private models log in with "
-            "`huggingface-cli login`."
-        ) from None
+    """Fetch what quantizing needs through the one Hub download (model/hub_files.py: the
+    file choice, the disk check before the first byte, resume, gated models' message)."""
+    plan = hub_files.plan_download(repo_id, allow_pickle=allow_pickle)
+    report = None if progress is None else (lambda p: progress(p.done_bytes, p.total_bytes))
+    return hub_files.download(plan, on_progress=report)
 
 
 def _resolve_hub(repo_id: str, allow_download: bool, allow_pickle: bool,
@@ -776,15 +765,15 @@ def _resolve_hub(repo_id: str, allow_download: bool, allow_pickle: bool,
                         "HuggingFaceTB/SmolLM2-135M-Instruct.") from None
     try:
         return Path(snapshot_download(repo_id, local_files_only=True,
-                                      allow_patterns=_hub_patterns(allow_pickle),
-                                      ignore_patterns=HUB_IGNORE))
+                                      allow_patterns=hub_files.hub_patterns(allow_pickle),
+                                      ignore_patterns=hub_files.hub_ignore(allow_pickle)))
     except Exception as e:  # noqa: BLE001 - every hub failure here means "not in the cache"
         if not allow_download:
             raise UserError(
                 f"The model '{repo_id}' is not in the local Hugging Face cache and downloading "
                 "was not allowed (no folder of that name exists either). Download it with the "
-                "window's Download button, run `huggingface-cli download "
-                f"{repo_id}`, or allow downloading (allow_download=True)."
+                f"window's Download button, run `quantdesk download {repo_id}`, or allow "
+                "downloading (allow_download=True)."
             ) from None
         if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true"):
             raise UserError(

@@ -8,7 +8,8 @@ Memory of running a model, in bytes (weights(b) by the formula of planning/shape
 reference table of docs/formats.md#advisor-tables quotes GB = 10^9 bytes, the window and
 the command line print binary units, qtapp/engine/units.py):
 
-    kv(ctx)     = n_layers · n_kv_heads · head_dim · 2 (K and V) · ctx · 2 bytes (fp16)
+    kv(ctx)     = n_layers · n_kv_heads · head_dim · 2 (K and V) · ctx · 2 bytes (fp16), over
+                  the layers that keep their own keys and values (shape.ModelShape.kv_values)
     run(b, ctx) = weights(b) + kv(ctx) + 512 MiB + 5 % of weights (runtime, activations)
 
 What quantizing needs, and where it fits, is the planner's answer (planner.quantize_fit:
@@ -50,7 +51,9 @@ REFERENCE_SHAPES: tuple[ModelShape, ...] = (
 
 
 def kv_cache_bytes(shape: ModelShape, ctx: int = RUN_CTX) -> int:
-    return shape.n_layers * shape.n_kv_heads * shape.head_dim * 2 * ctx * 2
+    """16-bit keys and values of `ctx` tokens, plus the fixed recurrent state of
+    linear-attention layers."""
+    return shape.kv_values_per_token * ctx * 2 + shape.state_bytes
 
 
 def run_bytes(shape: ModelShape, bits: int, ctx: int = RUN_CTX) -> int:

@@ -199,8 +199,8 @@ def allocatable_modules(info: ModelInfo, reader: SafetensorsReader) -> list[str]
     out = []
     i = 0
     arch = info.arch
-    while reader.has(f"{arch.layers_prefix}.{i}.{arch.linears[0]}.weight"):
-        for rel in arch.linears:
+    while reader.has(f"{arch.layers_prefix}.{i}.{arch.linears_of(i)[0]}.weight"):
+        for rel in arch.linears_of(i):
             full = f"{arch.layers_prefix}.{i}.{rel}"
             if reader.has(full + ".weight"):
                 out.append(full)

@@ -42,10 +42,12 @@ from qtapp.engine.errors import UserError
 from qtapp.engine.gguf.pretokenizers import CHKTXT, PRE_BY_HASH
 from qtapp.engine.model.arch import (
     AUTO_GROUP_SIZES,
+    FAMILIES,
     arch_for,
     auto_group_size,
     linear_input_widths,
     method_refusal,
+    text_settings,
 )
 from qtapp.engine.planning import hardware
 from qtapp.engine.planning.planner import memory, memory_problems
@@ -118,9 +120,9 @@ def _hub_error(repo_id: str, e: Exception) -> UserError:
     )
 
     if isinstance(e, GatedRepoError):
-        return UserError(f"'{repo_id}' is gated: accept its licence on "
-                         f"https://huggingface.co/{repo_id} and log in with "
-                         "`huggingface-cli login`, then check again.")
+        from qtapp.engine.model.hub_files import access_error
+
+        return access_error(repo_id, getattr(e.response, "status_code", None) or 403)
     if isinstance(e, RepositoryNotFoundError):
         return UserError(f"'{repo_id}' does not exist on the Hugging Face Hub (or it is private "
                          "and you are not logged in). Check the spelling, e.g. "
@@ -164,12 +166,16 @@ def _from_hub(repo_id: str, tmp: Path) -> tuple[Path, dict[str, int]]:
     """(a folder holding config.json and the tokenizer files, file name -> size)."""
     from huggingface_hub import HfApi, hf_hub_download
 
+    from qtapp.engine.model.hub_files import endpoint
+
+    base = endpoint()  # the mirror set now (HF_ENDPOINT), not the one read at import
     try:
-        info = HfApi().model_info(repo_id, files_metadata=True)
+        info = HfApi(endpoint=base).model_info(repo_id, files_metadata=True)
         sizes = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
         for name in ("config.json", *TOKENIZER_FILES):
             if name in sizes:
-                hf_hub_download(repo_id, name, revision=info.sha, local_dir=tmp)
+                hf_hub_download(repo_id, name, revision=info.sha, local_dir=tmp,
+                                endpoint=base)
     except Exception as e:  # noqa: BLE001 - network, auth and not-found errors end here
         raise _hub_error(repo_id, e) from None
     return tmp, sizes
@@ -212,7 +218,14 @@ def _config(folder: Path) -> dict[str, Any]:
 
 
 def _vision_reason(config: dict[str, Any]) -> str:
+    """Why a vision-language model is refused; '' for a text model and for a
+    vision-language family of the table (Gemma 3 4B+, Gemma 4: the language model is
+    quantized, the vision tower copied unchanged)."""
     archs = config.get("architectures") or []
+    family = FAMILIES.get(str(config.get("model_type")))
+    if family is not None and family.supported and any(a in family.architectures
+                                                       for a in archs):
+        return ""
     if "vision_config" in config or any(str(a).endswith("ForConditionalGeneration")
                                         for a in archs):
         return (f"a vision-language model ({', '.join(archs) or config.get('model_type')}); "
@@ -284,7 +297,34 @@ def _gguf_check(config: dict[str, Any], folder: Path, files: dict[str, int]) -> 
     problem = _tokenizer_check(folder, files)
     if problem:
         return MethodCheck("gguf", False, problem)
-    return MethodCheck("gguf", True, f"architecture {arch.name}, tokenizer known to llama.cpp")
+    text_only = ("; the text model only: llama.cpp keeps the vision tower in a separate "
+                 "mmproj file, which QuantDesk does not write" if "vision_config" in config
+                 else "")
+    return MethodCheck("gguf", True, f"architecture {arch.name}, tokenizer known to "
+                       f"llama.cpp{text_only}")
+
+
+def config_checks(config: dict[str, Any]) -> list[MethodCheck]:
+    """The per-method answer from config.json alone (the FAMILIES table, the methods'
+    refusals, the GGUF converter's families): what a Hub search result can be told before
+    any file is downloaded. The GGUF tokenizer check needs the tokenizer files and is left
+    to check_model."""
+    from qtapp.engine.gguf.archs import arch_of
+
+    linear = _linear_check(config)
+    checks = [MethodCheck(m, linear.ok, linear.reason, linear.group_size)
+              for m in ("rtn", "gptq", "awq")]
+    for c in checks:
+        refusal = method_refusal(c.method, config) if c.ok else ""
+        if refusal:
+            c.ok, c.reason = False, refusal
+    vision = _vision_reason(config)
+    try:
+        gguf = (MethodCheck("gguf", False, vision) if vision else
+                MethodCheck("gguf", True, f"architecture {arch_of(config).name}"))
+    except UserError as e:
+        gguf = MethodCheck("gguf", False, str(e))
+    return [*checks, gguf]
 
 
 def chat_warnings(folder: Path, files: dict[str, int] | None = None) -> list[str]:
@@ -340,7 +380,7 @@ def _fits(config: dict[str, Any], name: str, n_params: int, size: int, method: s
     (the planner's own words and limits)."""
     info = SimpleNamespace(name=name, config=config, n_params=n_params,
                            size_bytes=size or 2 * n_params,
-                           n_layers=int(config.get("num_hidden_layers") or 0))
+                           n_layers=int(text_settings(config).get("num_hidden_layers") or 0))
     gpu = hw.best_gpu
     ram, vram = memory(JobSpec(model=name, method=method, out="x"), info, gpu is not None)
     return "; ".join(memory_problems(ram, vram, hw, gpu))

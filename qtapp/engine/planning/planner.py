@@ -20,6 +20,13 @@ Memory (bytes; P parameters, h hidden, i intermediate, V vocabulary, N×L calibr
     peak RAM  = max(quantize, evaluate) on CPU; on a GPU the quantize term moves to VRAM
                 (less the embeddings, which stay in RAM)
 
+VRAM mode on a GPU (vram_mode): fast when `work` fits under the card's usable memory and
+--max-vram (JobSpec.max_vram), else lean: the activations (N·L·h·4) move to host memory
+(added to peak RAM) and the device holds one block in fp32 + max(one mini-batch's forward:
+(3h + 3i)·b·4 for b = batch·L tokens, the method's solve: GPTQ 3 K² + 3 K·N floats for the
+widest linear (K inputs, N outputs), AWQ its reruns) (lean_working_bytes;
+docs/reliability.md#lean-vram-mode).
+
 With probe=True the job's own pipeline runs its first two blocks on the real calibration
 tokens in this process (its checkpoint goes to a temporary folder) and the measured peak RSS
 replaces the quantize formula when larger; the first block's seconds are counted once and
@@ -33,8 +40,11 @@ uses the formula shape.weight_bytes(shape, bits, group) instead (GGUF: GGUF_BPW,
 weight of the type). Temporary = the block checkpoint (≈ final) plus the hidden output
 folder (final) at once.
 
-Time: setup (measured or 0) + first block + (n_layers − 1) · seconds per block (measured,
-or from FLOPs at this machine's measured matmul rate) + export (final / 200 MB/s) +
+Time: setup (measured or 0) + first block + (n_layers − 1) · seconds per block (measured
+by a probe of this job, now or recorded from an earlier one on this machine, else from FLOPs
+at this machine's matmul rate, measured once; both kept in the cache's TIMING_FILE, so the
+window, the worker's log and --dry-run show one figure: docs/quality.md, "Plan before
+start") + export (final / 200 MB/s) +
 evaluation on the CPU (a pass over the evaluation text, 2·P FLOPs per token, and 144 greedy
 tokens reading P·4 bytes each at 5 GB/s, for the quantized model, and for the source too
 when its distributions are not cached yet).
@@ -54,6 +64,9 @@ reported as a disk that is too small).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import resource
 import shutil
 import sys
@@ -116,6 +129,8 @@ class Plan:
     block_seconds: float = 0.0
     ram_usable: int = 0  # the limits the peaks were checked against (ram_limit, vram_limit)
     vram_usable: int = 0
+    vram_mode: str = ""  # "fast" | "lean" on a GPU (vram_mode), "" on the CPU
+    vram_reason: str = ""  # why, in words, for the plan card
     problems: list[str] = field(default_factory=list)
     fixes: list[str] = field(default_factory=list)
 
@@ -140,6 +155,8 @@ class Plan:
         if self.device != "cpu":
             rows.append(f"  peak VRAM       {format_size(self.peak_vram):>10} of "
                         f"{format_size(self.vram_total)}")
+            if self.vram_reason:
+                rows.append(f"  VRAM mode       {self.vram_reason}")
         rows += [
             (f"  temporary disk  {format_size(self.temp_disk):>10}, final "
              f"{format_size(self.final_disk)} ({format_size(self.disk_free)} free)"),
@@ -187,7 +204,7 @@ def final_bytes(job: JobSpec, info: ModelInfo) -> int:
     if path is None or not files or any(f.suffix != ".safetensors" for f in files):
         return formula_bytes(job, _shape(info))
     d = job.to_dict()
-    for k in ("out", "evaluate", "resume", "overwrite", "device", "ignore_plan"):
+    for k in ("out", "evaluate", "resume", "overwrite", "device", "ignore_plan", "max_vram"):
         d.pop(k, None)
     key = (str(path), repr(sorted(d.items())),
            tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
@@ -205,12 +222,17 @@ def _source_bytes_per_param(info: ModelInfo) -> float:
     return info.size_bytes / max(info.n_params, 1)
 
 
-def working_bytes(shape: ModelShape, method: str, samples: int, seq_len: int) -> int:
-    """The quantize stage's working memory on its device, `work` of the module docstring."""
+def working_bytes(shape: ModelShape, method: str, samples: int, seq_len: int,
+                  lean: bool = False, batch: int = 8) -> int:
+    """The quantize stage's working memory on its device, `work` of the module docstring.
+    `lean`: the calibration activations are in host memory (vram_mode), and the device
+    holds two mini-batch buffers of `batch` samples and one mini-batch's forward instead."""
     h, i = shape.hidden_size, shape.intermediate_size
     tokens = samples * seq_len
     block = shape.block_linear_params * 4  # fp32
     acts = 2 * tokens * h * 4  # block input and output
+    if lean:
+        return lean_working_bytes(shape, method, min(samples, batch) * seq_len)
     attn_out = shape.n_heads * shape.head_dim
     if method == "gptq" and shape.n_experts:  # one Hessian per expert, a group at once
         ie = shape.expert_intermediate_size
@@ -229,32 +251,94 @@ def working_bytes(shape: ModelShape, method: str, samples: int, seq_len: int) ->
     return int(block + acts + extra)
 
 
+# Lean mode's device memory, per mini-batch token (b = batch · seq_len tokens):
+# the two input buffers and the output on its way to the host (3·h floats), and the widest
+# forward step, the MLP's gate, up and act(gate)·up outputs (3·i floats); GPTQ's solve of
+# the widest linear holds its Hessian, the gathered copy and the factor being inverted
+# (3·K² floats, methods/gptq.inverse_hessian_cholesky) and the weight's working copies.
+LEAN_FORWARD_FLOATS = 3  # × b·i, MLP intermediates
+LEAN_SOLVE_MATRICES = 3  # × K² floats
+
+
+def lean_working_bytes(shape: ModelShape, method: str, batch_tokens: int) -> int:
+    """Device memory of the quantize stage in lean mode (see working_bytes)."""
+    h = shape.hidden_size
+    i = shape.expert_intermediate_size if shape.n_experts else shape.intermediate_size
+    block = shape.block_linear_params * 4
+    forward = (3 * h + LEAN_FORWARD_FLOATS * (i if not shape.n_experts else
+                                               max(i, shape.intermediate_size))) \
+        * batch_tokens * 4
+    if method == "gptq":
+        k = max(h, i)
+        n = i if k == i else h
+        solve = (LEAN_SOLVE_MATRICES * k * k + 3 * k * n) * 4
+        if shape.n_experts:  # every expert's Hessian of a group is made at once
+            solve += shape.n_experts * (h * h + i * i) * 4
+    elif method == "awq":
+        solve = 3 * min(batch_tokens, 4096) * i * 4
+    else:
+        solve = block
+    return int(block + max(forward, solve))
+
+
+def vram_mode(job: JobSpec, shape: ModelShape, gpu: GPU | None) -> tuple[str, str]:
+    """("fast" | "lean", why) for `job` on `gpu`: fast mode (the calibration activations on
+    the GPU) when its working memory fits under the card's usable memory and under
+    job.max_vram, else lean mode (the activations in host memory, streamed to the GPU per
+    mini-batch: quant/pipeline.BlockInputs). ("", "") on the CPU."""
+    if gpu is None:
+        return "", ""
+    limit = vram_limit(gpu)
+    whose = f"your {format_size(gpu.vram_total)} card allows {format_size(limit)}"
+    if job.max_vram and job.max_vram < limit:
+        limit, whose = job.max_vram, f"--max-vram is {format_size(job.max_vram)}"
+    samples = job.quantize_samples
+    fast = working_bytes(shape, job.method, samples, job.calibration.seq_len)
+    if fast <= limit:
+        return "fast", (f"fast: calibration activations on the GPU ({format_size(fast)}; "
+                        f"{whose})")
+    return "lean", (f"lean: calibration activations in host memory, streamed to the GPU "
+                    f"(fast mode needs {format_size(fast)}; {whose})")
+
+
+def job_vram_mode(job: JobSpec, info: ModelInfo, hw: Hardware | None = None,
+                  ) -> tuple[str, str]:
+    """vram_mode of `job` on the GPU this machine would run it on (the job runner asks this
+    right before quantizing on a GPU)."""
+    hw = hw or hardware.detect()
+    return vram_mode(job, _shape(info), hw.best_gpu)
+
+
 def peak_memory(job: JobSpec, shape: ModelShape, gpu: bool,
-                source_bytes_per_param: float = 2.0, gguf_bytes: int = 0) -> tuple[int, int]:
+                source_bytes_per_param: float = 2.0, gguf_bytes: int = 0,
+                lean: bool = False) -> tuple[int, int]:
     """(peak RAM, peak VRAM) of `job` on a model of `shape` by the formulas of the module
-    docstring; `gguf_bytes` is the GGUF file the quality gate maps (GGUF jobs)."""
+    docstring; `gguf_bytes` is the GGUF file the quality gate maps (GGUF jobs); `lean`:
+    lean VRAM mode (vram_mode) on the GPU."""
     c = job.calibration
     embed = shape.vocab_size * shape.hidden_size * 4
     method, samples = job.method, job.quantize_samples
     if method == "gguf" and job.gguf.imatrix != "auto":
         method, samples = "rtn", 0  # no calibration pass
-    work = working_bytes(shape, method, samples, c.seq_len)
+    lean = gpu and lean
+    work = working_bytes(shape, method, samples, c.seq_len, lean=lean)
     prefetch = int(shape.block_linear_params * source_bytes_per_param)
     logits = 3 * EVAL_CTX * shape.vocab_size * 4
     if job.method == "gguf":  # llama.cpp's output buffer and llama-cpp-python's score array
         logits += 2 * EVAL_CTX * shape.vocab_size * 4
     model = shape.n_params * 4 if job.method != "gguf" else gguf_bytes
     evaluate = BASE_RSS + model + logits if job.evaluate else 0
-    if gpu:
-        return max(BASE_RSS + embed + 2 * prefetch, evaluate), work
+    if gpu:  # lean: the activations, page-locked in host memory
+        host_acts = samples * c.seq_len * shape.hidden_size * 4 if lean else 0
+        return max(BASE_RSS + embed + 2 * prefetch + host_acts, evaluate), work
     return max(BASE_RSS + embed + work + prefetch, evaluate), 0
 
 
-def memory(job: JobSpec, info: ModelInfo, gpu: bool) -> tuple[int, int]:
+def memory(job: JobSpec, info: ModelInfo, gpu: bool, lean: bool = False) -> tuple[int, int]:
     """(peak RAM, peak VRAM) of `job` on `info` (`peak_memory` with the model's source dtype
     and, for GGUF, its file size from `final_bytes`)."""
     gguf = final_bytes(job, info) if job.method == "gguf" and job.evaluate else 0
-    return peak_memory(job, _shape(info), gpu, _source_bytes_per_param(info), gguf)
+    return peak_memory(job, _shape(info), gpu, _source_bytes_per_param(info), gguf, lean)
 
 
 def ram_limit(hw: Hardware) -> int:
@@ -294,14 +378,108 @@ def quantize_fit(shape: ModelShape, method: str, samples: int, hw: Hardware,
                   calibration=CalibrationSpec(samples=samples, seq_len=seq_len))
     gpu = hw.best_gpu
     if gpu is not None:
-        ram, vram = peak_memory(job, shape, True)
-        if not memory_problems(ram, vram, hw, gpu):
-            return "gpu", vram
+        for lean in (False, True):  # fast mode, else lean mode (vram_mode)
+            ram, vram = peak_memory(job, shape, True, lean=lean)
+            if not memory_problems(ram, vram, hw, gpu):
+                return "gpu", vram
     ram, _ = peak_memory(job, shape, False)
     return ("ram" if not memory_problems(ram, 0, hw, None) else "none"), ram
 
 
 _best_flops = 0.0
+TIMING_FILE = "timing.json"  # in QuantDesk's cache: this machine's measured speed
+MAX_TIMED_JOBS = 64  # probes kept in it, the most recent
+
+
+def _timing_file() -> Path:
+    from qtapp.engine.model.sources import cache_root
+
+    return cache_root() / TIMING_FILE
+
+
+def _read_timing() -> dict[str, Any]:
+    try:
+        data = json.loads(_timing_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_timing(data: dict[str, Any]) -> None:
+    """Replace the timing file whole (a reader never sees half of it); a cache that cannot
+    be written only means the next process measures again."""
+    path = _timing_file()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def _machine_key() -> str:
+    import platform
+
+    import torch
+
+    return (f"{platform.node()} {platform.machine()} × {os.cpu_count()}, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def machine_flops() -> float:
+    """The fp32 matmul rate every plan on this machine uses (matmul_flops, the best of three
+    runs), measured once and kept in QuantDesk's cache (TIMING_FILE): the window, the
+    worker's log and `quantize --dry-run` run in different processes, and a rate measured by
+    each at its own moment (the machine idle, or busy with other programs) gave the same job
+    three different times."""
+    data = _read_timing()
+    record = data.get("matmul")
+    key = _machine_key()
+    if isinstance(record, dict) and record.get("key") == key and record.get("flops", 0) > 0:
+        return float(record["flops"])
+    flops = max(matmul_flops() for _ in range(3))
+    _write_timing({**_read_timing(), "matmul": {"key": key, "flops": flops}})
+    return flops
+
+
+def _time_key(job: JobSpec, info: ModelInfo, device: str) -> str:
+    """What a job's block time depends on: the model (its folder and weight files), the
+    method and its options, the scheme and rules, the calibration, the device."""
+    d = job.to_dict()
+    for k in ("out", "evaluate", "resume", "overwrite", "ignore_plan", "max_vram",
+              "target_bytes", "target_bpw", "device"):
+        d.pop(k, None)
+    files = tuple(getattr(info, "weight_files", ()) or ())
+    weights = [(str(f), f.stat().st_size) for f in files if f.exists()]
+    text = json.dumps([str(getattr(info, "path", info.name)), weights, device, d],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def record_probe(job: JobSpec, info: ModelInfo, device: str,
+                 timing: tuple[float, float, float, int]) -> None:
+    """Keep a probe's (setup, first block, later block seconds, peak RSS) for this job on
+    this machine: every later plan of the same job uses it (recorded_probe)."""
+    data = _read_timing()
+    probes = data.get("probes") if isinstance(data.get("probes"), dict) else {}
+    key = _time_key(job, info, device)
+    probes.pop(key, None)
+    probes[key] = list(timing)
+    while len(probes) > MAX_TIMED_JOBS:
+        probes.pop(next(iter(probes)))
+    _write_timing({**data, "probes": probes})
+
+
+def recorded_probe(job: JobSpec, info: ModelInfo,
+                   device: str) -> tuple[float, float, float, int] | None:
+    """The last probe of this job on this machine (record_probe), if any."""
+    probes = _read_timing().get("probes")
+    found = probes.get(_time_key(job, info, device)) if isinstance(probes, dict) else None
+    if not (isinstance(found, list) and len(found) == 4):
+        return None
+    setup, first, later, rss = found
+    return float(setup), float(first), float(later), int(rss)
 
 
 def matmul_flops(seconds: float = 0.2) -> float:
@@ -436,19 +614,24 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
     hw = hw or hardware.detect()
     gpu = hw.best_gpu if job.device in ("auto", "cuda") else None
     shape = _shape(info)
-    ram, vram = memory(job, info, gpu is not None)
+    mode, reason = vram_mode(job, shape, gpu)
+    ram, vram = memory(job, info, gpu is not None, lean=mode == "lean")
     final = final_bytes(job, info)
     temp = 2 * final if job.method != "gguf" else final
-    cpu_flops = matmul_flops()
+    cpu_flops = machine_flops()
     flops = cpu_flops * (20 if gpu is not None else 1)
     setup, per_block, probed = 0.0, _block_seconds_estimate(job, shape, flops), False
     first_block = per_block
+    device = "cuda" if gpu else "cpu"
     if job.method == "gguf" and job.gguf.imatrix != "auto":
         per_block = first_block = 2 * shape.block_linear_params * 4 / EXPORT_BYTES_PER_S
-    elif probe:
-        setup, first, later, rss = probe_block(job, info)
-        if later > 0:
-            first_block, per_block, probed = first, later, True
+    else:  # a probe now, else the last probe of this job on this machine
+        timing = probe_block(job, info) if probe else recorded_probe(job, info, device)
+        if timing is not None and timing[2] > 0:
+            if probe:
+                record_probe(job, info, device, timing)
+            setup, first_block, per_block, rss = timing
+            probed = True
             if gpu is None:
                 ram = max(ram, rss)
     seconds = (setup + first_block + max(shape.n_layers - 1, 0) * per_block
@@ -466,7 +649,8 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
                 final_disk=int(final), seconds=round(seconds, 1), ram_total=hw.ram_total,
                 vram_total=gpu.vram_total if gpu else 0, disk_free=int(disk_free),
                 probed=probed, block_seconds=round(per_block, 3), ram_usable=ram_limit(hw),
-                vram_usable=vram_limit(gpu))
+                vram_usable=min(vram_limit(gpu), job.max_vram or vram_limit(gpu)),
+                vram_mode=mode, vram_reason=reason)
     groups = group_size_problem(job, info.config)
     if groups is not None:
         plan.problems.append(groups.problem)
@@ -489,6 +673,9 @@ def _check(plan: Plan, job: JobSpec, info: ModelInfo, hw: Hardware, gpu: GPU | N
     """Add the memory and disk problems to plan.problems, and fixes to plan.fixes (each
     memory fix re-planned with the formulas); `disk` False skips the free-space check."""
     memory = memory_problems(plan.peak_ram, plan.peak_vram, hw, gpu)
+    if gpu is not None and job.max_vram and plan.peak_vram > job.max_vram:
+        memory.append(f"needs {format_size(plan.peak_vram)} of GPU memory even in lean mode; "
+                      f"--max-vram is {format_size(job.max_vram)}")
     plan.problems += memory
     memory_short = bool(memory)
     if disk and plan.temp_disk > plan.disk_free:

@@ -53,7 +53,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ import torch
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
-from qtapp.engine.errors import Cancelled
+from qtapp.engine.errors import Cancelled, UserError
 from qtapp.engine.events import Emit
 from qtapp.engine.model.sources import ModelInfo, cache_root
 from qtapp.engine.planning.budget import Candidate, ModuleSlot
@@ -69,7 +69,6 @@ from qtapp.engine.quant.batching import first_output, fit_batch
 from qtapp.engine.quant.methods.gptq import gptq_quantize
 from qtapp.engine.quant.methods.rtn import rtn
 from qtapp.engine.quant.pipeline import (
-    BlockInputs,
     LayerStreamer,
     collect_hessians,
     forward_block,
@@ -208,7 +207,7 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
             energy.append(float(inputs.x.pow(2).sum(-1).mean()))
             saved.append(inputs.x[:FISHER_SAMPLES].to("cpu", copy=True))
             hessians = collect_hessians(block, todo, inputs, should_cancel)
-            sub = BlockInputs(inputs.x[:GAIN_SAMPLES], inputs.kwargs, inputs.batch)
+            sub = replace(inputs, x=inputs.x[:GAIN_SAMPLES])  # with each block's arguments
             y_ref = forward_block(block, sub, out=torch.empty_like(sub.x),
                                   should_cancel=should_cancel)
             for n in todo:
@@ -294,6 +293,10 @@ def fisher_diagonals(streamer, saved: list[torch.Tensor], inputs, tokens: torch.
     inputs and the gradient is carried to its input. One block in memory at a time, as in
     the forward pass; `saved[l]` holds block l's inputs for the Fisher samples.
     """
+    if inputs.states:  # the saved per-sample inputs carry no keys and values of earlier blocks
+        raise UserError("the sensitivity pass does not support models whose blocks reuse the "
+                        "keys and values of earlier blocks (Gemma 4's num_kv_shared_layers) "
+                        "yet; give the bits per layer yourself instead of a size target")
     arch = streamer.info.arch
     device = streamer.device
     norm = streamer.materialize(streamer.resolve(arch.final_norm), arch.final_norm + ".")
@@ -327,10 +330,12 @@ def fisher_diagonals(streamer, saved: list[torch.Tensor], inputs, tokens: torch.
         for p in block.parameters():
             p.requires_grad_(False)
         new = torch.empty_like(grad)
+        inputs.use_block(i)
         for b in range(n):
             x = saved[i][b:b + 1].to(device).requires_grad_(True)
             with torch.enable_grad():
-                y = first_output(block(x, **fit_batch(inputs.kwargs, inputs.batch, 1)))
+                y = first_output(block(x, **fit_batch(inputs.kwargs, inputs.batch, 1),
+                                       **inputs.sample_kwargs(b, 1)))
                 y.backward(grad[b:b + 1])
             new[b:b + 1] = x.grad
         grad = new

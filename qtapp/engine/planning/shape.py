@@ -37,6 +37,19 @@ class ModelShape:
     n_experts: int = 0
     experts_per_token: int = 0
     expert_intermediate_size: int = 0
+    # key and value numbers one token adds to the KV cache, summed over the layers that hold
+    # their own (kv_values_per_token); 0: every layer, n_kv_heads × head_dim each, K and V
+    kv_values: int = 0
+    # linear-attention layers (Qwen3.5): no keys and values per token (kv_values counts the
+    # full-attention layers only) but a recurrent state of this many bytes per sequence
+    state_bytes: int = 0
+    # Gemma 4's per-layer embeddings: the table (vocab_size_per_layer_input × layers × width)
+    # and its projection from the token embeddings; 16-bit like the embeddings
+    per_layer_embed: int = 0
+
+    @property
+    def kv_values_per_token(self) -> int:
+        return self.kv_values or self.n_layers * self.n_kv_heads * self.head_dim * 2
 
     def __post_init__(self) -> None:
         if self.n_params <= 0:
@@ -72,7 +85,8 @@ class ModelShape:
 
     @property
     def embed_params(self) -> int:
-        return self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
+        return (self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
+                + self.per_layer_embed)
 
     @property
     def counted_params(self) -> int:
@@ -91,8 +105,11 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: dict[str, Any], name: str = "",
                     n_params: int | None = None) -> ModelShape:
-        """From a Hugging Face config.json dict (text_config of multimodal models is used)."""
-        c = config.get("text_config") or config
+        """From a Hugging Face config.json dict (text_config of multimodal models is used,
+        over the family's defaults for the keys it leaves out)."""
+        from qtapp.engine.model.arch import text_settings
+
+        c = text_settings(config)
 
         def first(*keys: str, default: Any = None) -> Any:
             for k in keys:
@@ -119,7 +136,63 @@ class ModelShape:
             experts_per_token=int(first("num_experts_per_tok", default=0) or 0),
             expert_intermediate_size=int(first("moe_intermediate_size", "intermediate_size",
                                                default=4 * hidden)),
+            kv_values=_kv_values(c, n_heads),
+            state_bytes=_state_bytes(c),
+            per_layer_embed=int(first("hidden_size_per_layer_input", default=0) or 0)
+            * int(first("num_hidden_layers", default=0))
+            * (int(first("vocab_size_per_layer_input", "vocab_size", default=0)) + hidden),
         )
+
+
+LINEAR_ATTENTION = "linear_attention"  # a layer_types entry (Qwen3.5's Gated DeltaNet)
+
+
+def _state_bytes(c: dict[str, Any]) -> int:
+    """Bytes of the recurrent state of the linear-attention layers (Qwen3.5's Gated
+    DeltaNet), which does not grow with the context: per layer a value-heads × key-dim ×
+    value-dim matrix and the last kernel − 1 inputs of the convolution over q, k and v,
+    float32 in llama.cpp."""
+    types = c.get("layer_types")
+    if not isinstance(types, list) or LINEAR_ATTENTION not in types:
+        return 0
+    n_k, n_v = int(c.get("linear_num_key_heads") or 0), int(c.get("linear_num_value_heads") or 0)
+    d_k, d_v = int(c.get("linear_key_head_dim") or 0), int(c.get("linear_value_head_dim") or 0)
+    kernel = int(c.get("linear_conv_kernel_dim") or 0)
+    conv = max(kernel - 1, 0) * (2 * n_k * d_k + n_v * d_v)
+    return types.count(LINEAR_ATTENTION) * (n_v * d_k * d_v + conv) * 4
+
+
+def _kv_values(c: dict[str, Any], n_heads: int) -> int:
+    """Key and value numbers per token of the layers that keep their own in the cache, for
+    configs whose layers differ (Gemma 4: the last num_kv_shared_layers reuse earlier layers'
+    keys and values; its global layers have global_head_dim and, with attention_k_eq_v,
+    num_global_key_value_heads). 0 when every layer is alike (the plain formula holds)."""
+    shared = int(c.get("num_kv_shared_layers") or 0)
+    global_dim = c.get("global_head_dim")
+    per_layer = c.get("per_layer_config")  # what transformers writes instead: {"5": {…}}
+    types = c.get("layer_types")
+    linear = isinstance(types, list) and LINEAR_ATTENTION in types
+    if not shared and not global_dim and not isinstance(per_layer, dict) and not linear:
+        return 0
+    n = int(c.get("num_hidden_layers") or 0)
+    if not isinstance(types, list) or len(types) != n:
+        types = ["full_attention"] * n
+    kv = int(c.get("num_key_value_heads") or n_heads)
+    head = int(c.get("head_dim") or int(c.get("hidden_size") or 0) // max(n_heads, 1))
+    global_kv = int(c.get("num_global_key_value_heads") or kv) if c.get("attention_k_eq_v") \
+        else kv
+    total = 0
+    for i, t in enumerate(types[:n - shared]):
+        own = per_layer.get(str(i)) if isinstance(per_layer, dict) else None
+        if t == LINEAR_ATTENTION:  # a fixed-size recurrent state instead (state_bytes)
+            continue
+        if isinstance(own, dict):
+            total += 2 * int(own.get("num_key_value_heads") or kv) * int(
+                own.get("head_dim") or head)
+        else:
+            total += 2 * (global_kv * int(global_dim or head) if t == "full_attention"
+                          else kv * head)
+    return total
 
 
 def weight_bytes(shape: ModelShape, bits: int, group_size: int = DEFAULT_GROUP) -> int:

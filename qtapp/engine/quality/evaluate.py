@@ -15,7 +15,7 @@ __all__ = ["folder_size"]
 def folder_size(path: Path) -> int:
     """Bytes of a model's weight files (safetensors, gguf): the files at the top of the
     folder, so that side data is not counted as model (AWQ's saved search under
-    awq_search/, a GGUF job's imatrix.gguf)."""
+    awq_search/, a GGUF job's imatrix/imatrix.gguf)."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size

@@ -70,6 +70,31 @@ from qtapp.engine.quant.calibration import builtin_eval_text, tokenize
 
 CACHE_VERSION = "quality-2"
 MessageCallback = Callable[[str], None]  # one line saying what the gate is doing now
+StepCallback = Callable[[int, int], None]  # (units done, units in all) of the gate's work
+
+
+@dataclass
+class _Steps:
+    """Counts the gate's units of work for a progress bar: one per window scored and one per
+    generation check, of the source (unless cached) and of the model (quality_report). The
+    total is known once the text is cut into windows."""
+
+    callback: StepCallback | None = None
+    model_pass: bool = False
+    generation: bool = True
+    total: int = 0
+    done: int = 0
+
+    def plan(self, n_windows: int, source_windows: bool, source_generation: bool) -> None:
+        self.total = (n_windows if source_windows else 0) + int(source_generation) + (
+            n_windows + int(self.generation) if self.model_pass else 0)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def step(self) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.done, max(self.total, self.done))
 
 
 def _never() -> bool:
@@ -280,13 +305,20 @@ def _checks_from(data: list[dict[str, Any]]) -> list[GenerationCheck]:
 
 def _source_pass(scorer: _Scorer, w: np.ndarray, generation: bool,
                  progress: MessageCallback, should_cancel: ShouldCancel = _never,
+                 steps: _Steps | None = None,
                  ) -> tuple[K.SourceDistributions, list[GenerationCheck]]:
+    steps = steps or _Steps()
     parts = []
     for i, window in enumerate(w):
         _check(should_cancel)
         progress(f"source model: window {i + 1} of {len(w)}")
         parts.append(K.summarize(*_scored(window, scorer.logits(window))))
-    checks = scorer.generate(should_cancel=should_cancel) if generation else []
+        steps.step()
+    checks = []
+    if generation:
+        progress("source model: generation check")
+        checks = scorer.generate(should_cancel=should_cancel)
+        steps.step()
     return K.SourceDistributions.concat(parts), checks
 
 
@@ -314,11 +346,22 @@ def source_distributions(source: Path, ctx: int = EVAL_CTX, text: str | None = N
                          generation: bool = True, progress: MessageCallback | None = None,
                          trust_remote_code: bool = False, *,
                          should_cancel: ShouldCancel = _never,
+                         steps: StepCallback | None = None,
                          ) -> tuple[np.ndarray, K.SourceDistributions, list[GenerationCheck]]:
     """(windows, the source's compact distributions, its generation check), from the cache
     when present. A cache entry without a generation check is completed by one. A full
     disk while writing the cache is a UserError naming the cache. should_cancel() is
-    polled per window and per generated token (then Cancelled is raised)."""
+    polled per window and per generated token (then Cancelled is raised). steps(done,
+    total) is called after each window and generation check (and once with done=0 when
+    the total is known)."""
+    return _source_distributions(source, ctx, text, generation, progress, trust_remote_code,
+                                 should_cancel, _Steps(steps, generation=generation))
+
+
+def _source_distributions(source: Path, ctx: int, text: str | None, generation: bool,
+                          progress: MessageCallback | None, trust_remote_code: bool,
+                          should_cancel: ShouldCancel, steps: _Steps,
+                          ) -> tuple[np.ndarray, K.SourceDistributions, list[GenerationCheck]]:
     progress = progress or (lambda _m: None)
     text = _eval_text(text)
     scorer = _open(Path(source), ctx, trust_remote_code)
@@ -334,12 +377,16 @@ def source_distributions(source: Path, ctx: int = EVAL_CTX, text: str | None = N
             checks = _checks_from(saved["generation"]) if saved["generation"] else None
         except (OSError, ValueError, KeyError, TypeError):
             dist = None
+        steps.plan(len(w), source_windows=dist is None,
+                   source_generation=generation and (dist is None or checks is None))
         if dist is None:
-            dist, checks = _source_pass(scorer, w, generation, progress, should_cancel)
+            dist, checks = _source_pass(scorer, w, generation, progress, should_cancel, steps)
             with cache_disk_full(file.parent, "the source model's distributions"):
                 dist.save(file)
         elif generation and checks is None:
+            progress("source model: generation check")
             checks = scorer.generate(should_cancel=should_cancel)
+            steps.step()
         with cache_disk_full(file.parent, "the source model's distributions"):
             meta.write_text(json.dumps({"source": str(source), "ctx": ctx,
                                         "generation": [asdict(c) for c in checks or []]}),
@@ -390,19 +437,22 @@ def quality_report(model: Path, source: Path, ctx: int = EVAL_CTX, text: str | N
                    *, generation: bool = True, progress: MessageCallback | None = None,
                    thresholds: Thresholds = THRESHOLDS,
                    trust_remote_code: bool = False,
-                   should_cancel: ShouldCancel = _never) -> QualityReport:
+                   should_cancel: ShouldCancel = _never,
+                   steps: StepCallback | None = None) -> QualityReport:
     """Compare `model` with `source` on the evaluation text (see the module docstring).
     should_cancel() is polled per window and per generated token: Cancelled is raised
     within a window's time of it answering True.
 
     generation=False skips the generation check (then only the figures decide).
-    progress(message) is called per window. trust_remote_code lets the tokenizers run code
-    shipped with the models (never their modelling code). Raises UserError for unusable
-    inputs."""
+    progress(message) is called per window; steps(done, total) after each window and
+    generation check of both models, the total counting the source's only when it is not
+    cached (first called with done=0 once the total is known). trust_remote_code lets the
+    tokenizers run code shipped with the models (never their modelling code). Raises
+    UserError for unusable inputs."""
     progress = progress or (lambda _m: None)
-    w, dist, source_checks = source_distributions(source, ctx, text, generation, progress,
-                                                  trust_remote_code,
-                                                  should_cancel=should_cancel)
+    counter = _Steps(steps, model_pass=True, generation=generation)
+    w, dist, source_checks = _source_distributions(source, ctx, text, generation, progress,
+                                                   trust_remote_code, should_cancel, counter)
     _check(should_cancel)
     scorer = _open(Path(model), ctx, trust_remote_code)
     try:
@@ -415,8 +465,13 @@ def quality_report(model: Path, source: Path, ctx: int = EVAL_CTX, text: str | N
             n = len(targets)
             parts.append(K.compare(dist.rows(start, start + n), logits, targets))
             start += n
-        checks = (scorer.generate(_source_tokenizer(scorer, source, trust_remote_code),
-                                  should_cancel) if generation else [])
+            counter.step()
+        checks = []
+        if generation:
+            progress("quantized model: generation check")
+            checks = scorer.generate(_source_tokenizer(scorer, source, trust_remote_code),
+                                     should_cancel)
+            counter.step()
     finally:
         scorer.close()
     kld = np.concatenate([p.kld for p in parts]).astype(np.float64)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,19 +77,39 @@ class _StopForward(Exception):
     """Raised by the catcher once block 0's inputs are recorded."""
 
 
-class _Catcher(nn.Module):
-    """Stands in for block 0: records its input and keyword arguments, then stops."""
+# Block arguments that are not alike for every block and sample. Each block gets its own
+# arguments (sliding and global layers differ in mask and rotary embeddings, Gemma 4's global
+# layers also in head width); SAMPLE_KWARGS differ per calibration sample (Gemma 4's
+# per-layer inputs, a function of the tokens) and are kept for every sample; STATE_KWARGS are
+# filled by the blocks themselves (Gemma 4's shared_kv_states: the last layer of each type
+# that has its own keys and values stores them, the later layers read them), one per
+# mini-batch, kept from block to block.
+SAMPLE_KWARGS = ("per_layer_input",)
+STATE_KWARGS = ("shared_kv_states",)
 
-    def __init__(self, block: nn.Module) -> None:
+
+class _Recorder(nn.Module):
+    """Stands in for block i while the model's own forward runs on the calibration tokens:
+    records the block's input (block 0) and arguments, passes the hidden states on, and
+    stops the forward at the last block."""
+
+    def __init__(self, block: nn.Module, last: bool) -> None:
         super().__init__()
+        import inspect
+
         self.attention_type = getattr(block, "attention_type", "full_attention")
+        self.params = [n for n in inspect.signature(block.forward).parameters
+                       if n not in ("self", "args", "kwargs")]
+        self.last = last
         self.hidden: torch.Tensor | None = None
         self.kwargs: dict[str, Any] = {}
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         self.hidden = hidden_states
-        self.kwargs = kwargs
-        raise _StopForward
+        self.kwargs = {**dict(zip(self.params[1:], args, strict=False)), **kwargs}
+        if self.last:
+            raise _StopForward
+        return hidden_states
 
 
 def pick_device(name: str) -> torch.device:
@@ -103,17 +123,144 @@ def pick_device(name: str) -> torch.device:
 
 @dataclass
 class BlockInputs:
-    """Calibration activations entering the current block, and the kwargs blocks need."""
+    """Calibration activations entering the current block, and the kwargs blocks need.
+
+    Fast mode: `x` lives on the compute device. Lean mode (`device` given and `x` in host
+    memory, page-locked when the device is a GPU): `batches` streams each mini-batch to the
+    device through two reused device buffers, the copy of mini-batch k + 1 running on a
+    copy stream while mini-batch k is computed (docs/reliability.md#lean-vram-mode), and
+    `write` sends a block's outputs back to host memory the same way. The numbers are the
+    same in both modes: the same float32 values reach the same kernels.
+    """
 
     x: torch.Tensor  # (n, L, hidden) float32
     kwargs: dict[str, Any]
     batch: int
+    device: torch.device | None = None  # the compute device, when it is not x's (lean)
+    # every block's own arguments (use_block sets kwargs to block i's), their SAMPLE_KWARGS
+    # for all n samples, and the STATE_KWARGS objects of each mini-batch
+    per_block: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    block: int = 0
+
+    def use_block(self, i: int) -> None:
+        """Make block i's arguments the ones `batches` hands out."""
+        self.block = i
+        if self.per_block:
+            self.kwargs = self.per_block[i]
+
+    def sample_kwargs(self, start: int, m: int) -> dict[str, Any]:
+        """The current block's SAMPLE_KWARGS for samples start … start + m."""
+        if not self.samples:
+            return {}
+        return {n: t[start:start + m].to(self.compute_device)
+                for n, t in self.samples[self.block].items()}
+
+    def _own(self, k: int, start: int, m: int) -> dict[str, Any]:
+        """The arguments of mini-batch k (samples start … start + m) that are its own."""
+        return {**self.sample_kwargs(start, m), **(self.states[k] if self.states else {})}
+
+    @property
+    def compute_device(self) -> torch.device:
+        return self.device if self.device is not None else self.x.device
+
+    @property
+    def lean(self) -> bool:
+        return self.device is not None
 
     def batches(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
         n = self.x.shape[0]
-        for i in range(0, n, self.batch):
+        if self.lean:
+            for k, (xb, kw) in enumerate(_HostStream(self.compute_device).batches(
+                    self.x, self.batch, self.kwargs)):
+                yield xb, {**kw, **self._own(k, k * self.batch, xb.shape[0])}
+            return
+        for k, i in enumerate(range(0, n, self.batch)):
             xb = self.x[i : i + self.batch]
-            yield xb, fit_batch(self.kwargs, self.batch, xb.shape[0])
+            yield xb, {**fit_batch(self.kwargs, self.batch, xb.shape[0]),
+                       **self._own(k, i, xb.shape[0])}
+
+
+class _HostStream:
+    """Mini-batches between host memory and the compute device for lean mode.
+
+    To the device: two device buffers take turns; mini-batch k + 1 is copied on a side
+    stream (from page-locked memory, so the copy runs beside the kernels) as soon as
+    mini-batch k is handed out, and the compute stream waits for its copy's event only when
+    it gets to it. A buffer is overwritten only after the compute stream has passed the
+    event recorded when its previous mini-batch was given back. To the host: each output is
+    copied on another side stream after an event on the compute stream; `finish` waits for
+    those copies (the next pass reads what they wrote). On a CPU the same buffers and slices
+    are used with plain copies (what the tests exercise)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.h2d = torch.cuda.Stream(device)
+            self.d2h = torch.cuda.Stream(device)
+
+    def batches(self, x: torch.Tensor, batch: int, kwargs: dict[str, Any],
+                ) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        n = x.shape[0]
+        starts = list(range(0, n, batch))
+        bufs = [torch.empty((min(batch, n), *x.shape[1:]), dtype=x.dtype, device=self.device)
+                for _ in range(min(2, len(starts)))]
+        ready: list[Any] = [None] * len(bufs)
+        free: list[Any] = [None] * len(bufs)
+
+        def load(k: int) -> None:
+            slot, i = k % len(bufs), starts[k]
+            m = min(batch, n - i)
+            if not self.cuda:
+                bufs[slot][:m].copy_(x[i : i + m])
+                return
+            with torch.cuda.stream(self.h2d):
+                if free[slot] is not None:
+                    self.h2d.wait_event(free[slot])
+                bufs[slot][:m].copy_(x[i : i + m], non_blocking=True)
+                ready[slot] = torch.cuda.Event()
+                ready[slot].record(self.h2d)
+
+        if starts:
+            load(0)
+        compute = torch.cuda.current_stream(self.device) if self.cuda else None
+        for k, i in enumerate(starts):
+            if k + 1 < len(starts):
+                load(k + 1)
+            slot, m = k % len(bufs), min(batch, n - i)
+            if compute is not None:
+                compute.wait_event(ready[slot])
+            yield bufs[slot][:m], fit_batch(kwargs, batch, m)
+            if compute is not None:
+                free[slot] = torch.cuda.Event()
+                free[slot].record(compute)
+        if self.cuda:
+            for b in bufs:
+                b.record_stream(self.h2d)
+
+    def write(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        """out (host) ← y (device), after the kernels that compute y."""
+        if not self.cuda:
+            out.copy_(y)
+            return
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.d2h):
+            self.d2h.wait_event(done)
+            out.copy_(y, non_blocking=True)
+        y.record_stream(self.d2h)
+
+    def finish(self) -> None:
+        if self.cuda:
+            self.d2h.synchronize()
+
+
+def host_buffer(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Lean mode's host copy of the calibration activations: float32, page-locked when the
+    compute device is a GPU (so copies to and from it run beside the kernels)."""
+    return torch.empty(shape, dtype=torch.float32, pin_memory=device.type == "cuda")
 
 
 class LayerStreamer:
@@ -147,7 +294,8 @@ class LayerStreamer:
         self.n_blocks = len(self.blocks)
         if info.arch.n_experts:  # per-expert nn.Linear modules (model/moe.py)
             unfuse_experts(self.model)
-        info.arch.check_block(self.blocks[0])  # the family table against the module graph
+        for i, block in enumerate(self.blocks):  # the family table against the module graph
+            info.arch.check_block(block, i)
         self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._pending: dict[str, Future[dict[str, torch.Tensor]]] = {}
         self._buffers: dict[str, dict[str, torch.Tensor]] = {}  # see materialize
@@ -211,17 +359,35 @@ class LayerStreamer:
     def block_prefix(self, i: int) -> str:
         return f"{self.info.arch.layers_prefix}.{i}."
 
-    def capture_inputs(self, tokens: torch.Tensor, batch: int) -> BlockInputs:
-        """Run the embeddings on the calibration tokens and capture block 0's inputs."""
+    def capture_inputs(self, tokens: torch.Tensor, batch: int, lean: bool = False,
+                       ) -> BlockInputs:
+        """Run the embeddings on the calibration tokens and capture block 0's inputs and
+        every block's arguments (SAMPLE_KWARGS, STATE_KWARGS); with `lean`, into host memory
+        (BlockInputs, lean mode).
+
+        The model's own forward runs with every block replaced by a _Recorder, so each block
+        gets the mask and rotary embeddings of its own layer type. Besides the token
+        embeddings, the other modules the language model runs before its blocks (Gemma 4's
+        per-layer embeddings and their projection) are materialised for this pass."""
         arch = self.info.arch
-        embed = self.resolve(arch.embed)
-        self.materialize(embed, arch.embed + ".")
-        catcher = _Catcher(self.blocks[0])
-        original = self.blocks[0]
-        self.blocks[0] = catcher
+        inner_name = arch.layers_prefix.rsplit(".", 1)[0]
+        inner = self.resolve(inner_name)
+        final_norm = self.resolve(arch.final_norm)
+        before = [(name, child) for name, child in inner.named_children()
+                  if child is not self.blocks and child is not final_norm
+                  and any(True for _ in child.parameters())]
+        for name, child in before:
+            self.materialize(child, f"{inner_name}.{name}.")
+        originals = list(self.blocks)
+        recorders = [_Recorder(b, last=j == len(originals) - 1) for j, b in enumerate(originals)]
+        for j, r in enumerate(recorders):
+            self.blocks[j] = r
         xs: list[torch.Tensor] = []
-        kwargs: dict[str, Any] = {}
-        inner = self.resolve(arch.layers_prefix.rsplit(".", 1)[0])
+        host: torch.Tensor | None = None
+        stream = _HostStream(self.device)
+        per_block: list[dict[str, Any]] = []
+        samples: list[dict[str, list[torch.Tensor]]] = [{} for _ in recorders]
+        states: list[dict[str, Any]] = []
         try:
             with torch.no_grad():
                 for i in range(0, tokens.shape[0], batch):
@@ -229,15 +395,40 @@ class LayerStreamer:
                         inner(input_ids=tokens[i : i + batch].to(self.device), use_cache=False)
                     except _StopForward:
                         pass
-                    xs.append(catcher.hidden.to(torch.float32))
+                    h = recorders[0].hidden.to(torch.float32)
+                    if not lean:
+                        xs.append(h)
+                    else:
+                        if host is None:
+                            host = host_buffer((tokens.shape[0], *h.shape[1:]), self.device)
+                        stream.write(host[i : i + h.shape[0]], h)
+                    for j, r in enumerate(recorders):
+                        for key in SAMPLE_KWARGS:
+                            if isinstance(r.kwargs.get(key), torch.Tensor):
+                                t = r.kwargs[key].to(torch.float32)
+                                samples[j].setdefault(key, []).append(
+                                    t.cpu() if lean else t.clone())
+                    states.append({key: type(v)() for key, v in recorders[0].kwargs.items()
+                                   if key in STATE_KWARGS and v is not None})
                     if i == 0:
-                        kwargs = catcher.kwargs
+                        per_block = [
+                            {k: v for k, v in r.kwargs.items()
+                             if k not in ("cache", "past_key_values", *SAMPLE_KWARGS,
+                                          *STATE_KWARGS)} | {"use_cache": False}
+                            for r in recorders]
+                stream.finish()
         finally:
-            self.blocks[0] = original
-            self.release(embed)
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}
-        kwargs["use_cache"] = False
-        return BlockInputs(torch.cat(xs), kwargs, batch)
+            for j, b in enumerate(originals):
+                self.blocks[j] = b
+            for _name, child in before:
+                self.release(child)
+        kept = [{k: torch.cat(v) for k, v in d.items()} for d in samples]
+        extra = {"per_block": per_block, "samples": kept if any(kept) else [],
+                 "states": states if any(states) else []}
+        if lean:
+            assert host is not None
+            return BlockInputs(host, per_block[0], batch, device=self.device, **extra)
+        return BlockInputs(torch.cat(xs), per_block[0], batch, **extra)
 
 
 def forward_block(block: nn.Module, inputs: BlockInputs, out: torch.Tensor | None = None,
@@ -245,13 +436,21 @@ def forward_block(block: nn.Module, inputs: BlockInputs, out: torch.Tensor | Non
     """Run a block over all calibration inputs; write the outputs into `out` if given.
     should_cancel() is polled before each mini-batch (raises Cancelled)."""
     i = 0
-    with torch.no_grad():
-        for xb, kw in inputs.batches():
-            _poll(should_cancel)
-            y = first_output(block(xb.to(block_dtype(block)), **kw))
-            if out is not None:
-                out[i : i + xb.shape[0]] = y.to(out.dtype)
-            i += xb.shape[0]
+    to_host = _HostStream(inputs.compute_device) if out is not None and \
+        out.device != inputs.compute_device else None
+    try:
+        with torch.no_grad():
+            for xb, kw in inputs.batches():
+                _poll(should_cancel)
+                y = first_output(block(xb.to(block_dtype(block)), **kw))
+                if to_host is not None:  # lean mode: back to host memory, beside the kernels
+                    to_host.write(out[i : i + xb.shape[0]], y.to(out.dtype))
+                elif out is not None:
+                    out[i : i + xb.shape[0]] = y.to(out.dtype)
+                i += xb.shape[0]
+    finally:
+        if to_host is not None:
+            to_host.finish()
     return out
 
 
@@ -291,6 +490,7 @@ def stream_blocks(streamer: LayerStreamer, inputs: BlockInputs,
     for i in range(streamer.n_blocks):
         _poll(should_cancel)
         t0 = time.perf_counter()
+        inputs.use_block(i)
         prefix = streamer.block_prefix(i)
         block = StreamedBlock(i, prefix, streamer.materialize(streamer.blocks[i], prefix))
         if i + 1 < streamer.n_blocks:
@@ -328,7 +528,8 @@ def collect_hessians(block: nn.Module, names: list[str], inputs: BlockInputs,
     later mini-batches the q/k/v pass computes only the norm, gate/up stops before the FFN
     and down before its own product (about a third less forward work per block on a CPU).
     """
-    acc = {n: HessianAccumulator(_linear(block, n).in_features, inputs.x.device) for n in names}
+    acc = {n: HessianAccumulator(_linear(block, n).in_features, inputs.compute_device)
+           for n in names}
     shares: dict[str, str] = {}  # name → the earlier name whose input it gets
     pending: set[str] = set()
     seen: list[tuple[str, torch.Tensor]] = []  # this mini-batch's inputs, in call order
@@ -439,7 +640,6 @@ class BlockQuantizer:
         self.info = info
         self.emit = emit
         self.should_cancel = should_cancel
-        self.names = [n for group in info.arch.sequential for n in group]
         refusal = method_refusal(job.method, info.config)
         if refusal:
             raise UserError(refusal)
@@ -457,11 +657,12 @@ class BlockQuantizer:
         meta: dict[str, Any] = {}
         search = None
         if method == "awq":
-            floats, meta, search = self._awq_scale(block, prefix, inputs)
+            floats, meta, search = self._awq_scale(i, block, prefix, inputs)
         if method == "rtn":
             return BlockReport(i, self._rtn_block(i, block, prefix, inputs), floats, meta)
-        groups = self.info.arch.sequential if method == "gptq" and \
-            self.job.gptq.true_sequential else (tuple(self.names),)
+        sequential = self.info.arch.present(i, block)[0]
+        groups = sequential if method == "gptq" and self.job.gptq.true_sequential else \
+            (tuple(n for g in sequential for n in g),)
         modules: dict[str, QuantizedWeight] = {}
         for group in groups:
             todo = [n for n in group if self.scheme(prefix, n) is not None]
@@ -479,6 +680,7 @@ class BlockQuantizer:
                 todo = [n for n in todo if n not in stack]
                 modules.update(self._quantize_linears(i, block, prefix, stack,
                                                       hessians[first].H, first in few))
+            del hessians  # before the next group's are made (down_proj's is K² floats)
         return BlockReport(i, modules, floats, meta, search)
 
     def _few_tokens(self, i: int, prefix: str, names: list[str],
@@ -522,7 +724,8 @@ class BlockQuantizer:
                    ) -> dict[str, QuantizedWeight]:
         """RTN: round each linear (no calibration data), then measure the relative output
         errors for the chart on the float block's inputs in one forward (no Hessians)."""
-        todo = [n for n in self.names if self.scheme(prefix, n) is not None]
+        todo = [n for g in self.info.arch.present(i, block)[0] for n in g
+                if self.scheme(prefix, n) is not None]
         qws: dict[str, QuantizedWeight] = {}
         hats: dict[str, torch.Tensor] = {}
         seconds: dict[str, float] = {}
@@ -589,17 +792,27 @@ class BlockQuantizer:
             out[name] = qw
         return out
 
-    def _awq_scale(self, block: nn.Module, prefix: str, inputs: BlockInputs,
+    def _awq_scale(self, i: int, block: nn.Module, prefix: str, inputs: BlockInputs,
                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
-        groups = self.info.arch.awq_groups
-        result = awq_search_block(
+        groups = self.info.arch.present(i, block)[1]
+        arch = self.info.arch
+
+        def min_tokens(name: str) -> int:  # MoE experts: the GPTQ fallback's minimum
+            scheme = self.scheme(prefix, name)
+            if arch.expert_of(name) is None or scheme is None:
+                return 0
+            return min_expert_tokens(scheme.group_size)
+
+        result = awq_search_block(  # the pipeline's mini-batches: with each block's arguments
             block, inputs.x, inputs.kwargs, groups,
             lambda n: self.scheme(prefix, n), self.job.awq, batch_size=inputs.batch,
+            batches=inputs.batches(), min_tokens=min_tokens if arch.n_experts else None,
         )
         self._check_cancel()
         awq_apply_block(block, result, groups, self.info.arch.norm_offset)
-        # The scaled previous ops (norms, v/up rows) differ from the source: keep them.
-        changed = {g.prev for g in groups if g.prev in result.scales}
+        # The scaled previous ops (norms, v/up rows) and the compensated float modules (a
+        # MoE router) differ from the source: keep them.
+        changed = {m for g in groups if g.prev in result.scales for m in (g.prev, *g.also)}
         floats = {}
         for prev in changed:
             for pname, p in block.get_submodule(prev).named_parameters():
@@ -618,31 +831,67 @@ def quantize_blocks(
     should_cancel: Callable[[], bool],
     device: torch.device,
     batch: int = 8,
+    lean: bool = False,
 ) -> None:
     """Stream the model block by block, quantizing each; resume from `store` when possible.
     An RTN job streams only the first job.quantize_samples of `tokens` (its weights need no
-    calibration; the samples are for its error chart: config.RTN_CHART_SAMPLES)."""
+    calibration; the samples are for its error chart: config.RTN_CHART_SAMPLES).
+    `lean`: the calibration activations stay in host memory and are streamed to the device
+    per mini-batch (BlockInputs; the planner chooses the mode: planning/planner.vram_mode)."""
     tokens = tokens[: job.quantize_samples]
     streamer = LayerStreamer(info, device)
-    quantizer = BlockQuantizer(job, info, emit, should_cancel)
+    layers: list[ev.Layer] = []  # the block's Layer events, kept in its checkpoint
+
+    def recording(event: ev.Event) -> None:
+        if isinstance(event, ev.Layer):
+            layers.append(event)
+        emit(event)
+
+    quantizer = BlockQuantizer(job, info, recording, should_cancel)
     done = set(store.completed()) if job.resume else set()
     emit(ev.Progress(step=0, total=streamer.n_blocks, stage="calibration",
                      message=f"embedding {tokens.shape[0]} samples × {tokens.shape[1]} tokens"))
     try:
-        with _gpu_precision(device):
-            inputs = streamer.capture_inputs(tokens, batch)
+        with _gpu_precision(device), _vram_ceiling(device, job.max_vram):
+            inputs = streamer.capture_inputs(tokens, batch, lean=lean)
             if done:
                 emit(ev.Log(level="notice", message=f"resuming: {len(done)} of "
                             f"{streamer.n_blocks} blocks from the checkpoint"))
-            _quantize_streamed(streamer, quantizer, inputs, store, done, emit, should_cancel)
+            _quantize_streamed(streamer, quantizer, inputs, store, done, emit, should_cancel,
+                               layers)
     finally:
         streamer.close()
         release_graphs()
 
 
+@contextmanager
+def _vram_ceiling(device: torch.device, max_vram: int) -> Iterator[None]:
+    """Hold PyTorch's allocator under `max_vram` bytes on a GPU (JobSpec.max_vram): an
+    allocation beyond it fails with a message that says what to change, instead of the job
+    taking memory the user kept for something else."""
+    if device.type != "cuda" or not max_vram:
+        yield
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, max_vram / total), device)
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(
+            f"the job needed more than --max-vram {max_vram / 2**30:.1f} GiB of GPU memory; "
+            "raise --max-vram, or use fewer calibration samples (--samples) or shorter "
+            "ones (--seq-len)") from None
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+
+
 def _quantize_streamed(streamer: LayerStreamer, quantizer: BlockQuantizer, inputs: BlockInputs,
                        store: QuantStore, done: set[int], emit: Emit,
-                       should_cancel: Callable[[], bool]) -> None:
+                       should_cancel: Callable[[], bool], layers: list[ev.Layer]) -> None:
+    """Quantize the blocks not `done`, saving each with its Layer events (`layers`, filled
+    by the quantizer's emit) under meta["layers"]; a block from the checkpoint emits its
+    recorded Layer events again, so a resumed job's chart shows every block."""
     t_start = time.perf_counter()
     timed = 0
 
@@ -657,16 +906,25 @@ def _quantize_streamed(streamer: LayerStreamer, quantizer: BlockQuantizer, input
     for b in stream_blocks(streamer, inputs, should_cancel, progress):
         i, prefix, block = b.index, b.prefix, b.module
         if i in done:
-            modules, _meta, floats = store.load_block(i)
+            modules, meta, floats = store.load_block(i)
             for name, qw in modules.items():
                 _linear(block, name).weight.data.copy_(qw.dequantize().to(block_dtype(block)))
             _load_floats(block, prefix, floats)
+            for recorded in meta.get("layers", []):  # none in a checkpoint of an older version
+                emit(ev.Layer(**recorded))
         else:
+            layers.clear()
             report = quantizer.quantize(i, block, prefix, inputs)
             if report.search is not None:  # before the block: a saved block has its search
                 report.search.save(store.root / AWQ_SEARCH_FILE.format(i))
-            store.save_block(i, report.modules, report.meta, report.floats)
+            meta = {**report.meta, "layers": [_layer_record(e) for e in layers]}
+            store.save_block(i, report.modules, meta, report.floats)
             timed += 1
+
+
+def _layer_record(event: ev.Layer) -> dict[str, Any]:
+    """A Layer event as checkpoint metadata: its fields without the time it was sent."""
+    return {f.name: getattr(event, f.name) for f in fields(event) if f.name != "t"}
 
 
 def gather_awq_search(store: QuantStore, n_blocks: int, prefix_of: Callable[[int], str],
@@ -721,8 +979,6 @@ def collect_input_stats(
 def _collect_streamed(streamer: LayerStreamer, inputs: BlockInputs, info: ModelInfo,
                       add: Callable[[str, torch.Tensor], None], emit: Emit,
                       should_cancel: Callable[[], bool]) -> None:
-    names = [n for group in info.arch.sequential for n in group]
-
     def progress(i: int, _seconds: float) -> None:
         emit(ev.Progress(step=i + 1, total=streamer.n_blocks, stage="imatrix",
                          message=f"importance matrix: block {i + 1}/{streamer.n_blocks}"))
@@ -732,5 +988,5 @@ def _collect_streamed(streamer: LayerStreamer, inputs: BlockInputs, info: ModelI
             _linear(b.module, n).register_forward_hook(
                 lambda _m, args, _out, full=b.prefix + n: add(full, args[0].detach())
             )
-            for n in names
+            for g in info.arch.present(b.index, b.module)[0] for n in g
         )

@@ -49,7 +49,7 @@ def job_fingerprint(job: JobSpec, info: ModelInfo) -> str:
     """What makes two jobs' checkpoints interchangeable: model, method and its settings."""
     d = job.to_dict()
     for k in ("out", "evaluate", "resume", "overwrite", "export_format", "device",
-              "ignore_plan"):
+              "ignore_plan", "max_vram"):
         d.pop(k, None)
     d["model_path"] = str(info.path.resolve())
     d["weights"] = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in info.weight_files]

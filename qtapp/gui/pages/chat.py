@@ -206,7 +206,10 @@ class ChatPage(QWidget):
         top = QHBoxLayout()
         top.addWidget(label(tr("Quantized model"), "Muted"))
         self.choice = QComboBox()
-        self.choice.setMinimumWidth(320)
+        # as wide as the row allows, not as wide as the longest run's name
+        self.choice.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.choice.setMinimumContentsLength(24)
         self.choice.setPlaceholderText(tr("Finish a run, or open a .gguf file or a model "
                                           "folder"))
         top.addWidget(self.choice, 1)
@@ -216,13 +219,16 @@ class ChatPage(QWidget):
         menu.addAction(tr("A model folder…"), self._browse_folder)
         browse.setMenu(menu)
         top.addWidget(browse)
+        layout.addLayout(top)
+        actions = QHBoxLayout()  # a second line: one is wider than a 1000 px window
         self.compare = QCheckBox(tr("Compare with the original"))
         self.compare.setChecked(True)
-        top.addWidget(self.compare)
+        actions.addWidget(self.compare)
+        actions.addStretch(1)
         self.load_button = button(tr("Load"), "primary")
         self.load_button.clicked.connect(self.load_selected)
-        top.addWidget(self.load_button)
-        layout.addLayout(top)
+        actions.addWidget(self.load_button)
+        layout.addLayout(actions)
 
         split = QSplitter(Qt.Orientation.Horizontal)
         self.original = ChatPane(tr("Original"), state)
@@ -231,16 +237,13 @@ class ChatPage(QWidget):
         split.addWidget(self.quantized)
         layout.addWidget(split, 1)
 
-        bottom = QHBoxLayout()
         self.prompt = PromptEdit()
         self.prompt.setPlaceholderText(tr("Type a message; Enter sends, Shift+Enter adds a "
                                           "line"))
         self.prompt.setFixedHeight(70)
         self.prompt.submitted.connect(self.send)
-        bottom.addWidget(self.prompt, 1)
-        side = QWidget()
-        side_layout = QHBoxLayout(side)
-        side_layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.prompt)  # the whole width; its controls on the line below
+        side_layout = QHBoxLayout()
         self.max_tokens = QSpinBox()
         self.max_tokens.setRange(8, 4096)
         self.max_tokens.setValue(200)
@@ -259,11 +262,12 @@ class ChatPage(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.new_button = button(tr("New chat"))
         self.new_button.clicked.connect(self.reset)
-        for w in (self.max_tokens, self.temperature, self.new_button, self.stop_button,
-                  self.send_button):
+        for w in (self.max_tokens, self.temperature):
             side_layout.addWidget(w)
-        bottom.addWidget(side)
-        layout.addLayout(bottom)
+        side_layout.addStretch(1)
+        for w in (self.new_button, self.stop_button, self.send_button):
+            side_layout.addWidget(w)
+        layout.addLayout(side_layout)
 
         for pane in (self.original, self.quantized):
             pane.state_changed.connect(self._update_buttons)

@@ -8,8 +8,8 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QButtonGroup,
     QComboBox,
+    QGridLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPushButton,
     QSpinBox,
@@ -24,7 +24,14 @@ from qtapp.gui import theme
 from qtapp.gui.format import format_params, format_size
 from qtapp.gui.i18n import tr
 from qtapp.gui.state import AppState
-from qtapp.gui.widgets.common import Card, PageHeader, button, label, page_layout
+from qtapp.gui.widgets.common import (
+    Card,
+    PageHeader,
+    button,
+    fit_columns,
+    label,
+    page_layout,
+)
 
 TARGET_CHOICES = ((QT_TR_NOOP("this machine (automatic)"), None),
                   (QT_TR_NOOP("this machine's GPU"), "gpu"), (QT_TR_NOOP("the CPU"), "cpu"),
@@ -53,9 +60,12 @@ class HardwarePage(QWidget):
         self.gpu_value, self.gpu_detail = self._fact_card(cards, tr("Graphics"))
         layout.addLayout(cards)
 
-        prefs = QHBoxLayout()
-        prefs.setSpacing(10)
-        prefs.addWidget(label(tr("Optimise for"), "Muted"))
+        prefs = QGridLayout()  # two lines: one would be wider than a 1000 px window
+        prefs.setHorizontalSpacing(10)
+        prefs.setVerticalSpacing(8)
+        prefs.addWidget(label(tr("Optimise for"), "Muted"), 0, 0)
+        goals = QHBoxLayout()
+        goals.setSpacing(10)
         self.goal_group = QButtonGroup(self)
         self.goal_buttons: dict[str, QPushButton] = {}
         for goal, text in (("speed", tr("Speed")), ("accuracy", tr("Accuracy"))):
@@ -63,26 +73,31 @@ class HardwarePage(QWidget):
             b.setCheckable(True)
             self.goal_group.addButton(b)
             self.goal_buttons[goal] = b
-            prefs.addWidget(b)
+            goals.addWidget(b)
             b.clicked.connect(self._preferences_changed)
         self.goal_buttons["speed"].setChecked(True)
-        prefs.addSpacing(18)
-        prefs.addWidget(label(tr("The model will run on"), "Muted"))
+        goals.addStretch(1)
+        prefs.addLayout(goals, 0, 1)
+        prefs.addWidget(label(tr("The model will run on"), "Muted"), 1, 0)
         self.target = QComboBox()
         for text, _ in TARGET_CHOICES:
             self.target.addItem(tr(text))
         self.target.currentIndexChanged.connect(self._preferences_changed)
-        prefs.addWidget(self.target)
-        prefs.addSpacing(18)
-        prefs.addWidget(label(tr("Context"), "Muted"))
+        where = QHBoxLayout()
+        where.setSpacing(10)
+        where.addWidget(self.target)
+        where.addSpacing(18)
+        where.addWidget(label(tr("Context"), "Muted"))
         self.ctx = QSpinBox()
         self.ctx.setRange(256, 262144)
         self.ctx.setSingleStep(1024)
         self.ctx.setValue(state.ctx)
         self.ctx.setSuffix(tr(" tokens"))
         self.ctx.valueChanged.connect(self._preferences_changed)
-        prefs.addWidget(self.ctx)
-        prefs.addStretch(1)
+        where.addWidget(self.ctx)
+        where.addStretch(1)
+        prefs.addLayout(where, 1, 1)
+        prefs.setColumnStretch(1, 1)
         layout.addLayout(prefs)
 
         self.banner = Card()
@@ -104,9 +119,7 @@ class HardwarePage(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.table.setShowGrid(False)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        header.setMinimumSectionSize(70)
+        fit_columns(self.table, stretch=0)
         layout.addWidget(self.table)
         self.table_note = label("", "Muted", wrap=True)
         layout.addWidget(self.table_note)

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from qtapp.engine.config import (
+    BITS,
     GGUF_TYPES,
     AWQOptions,
     CalibrationSpec,
@@ -66,7 +67,7 @@ METHODS = {
     "gguf": ("GGUF", QT_TR_NOOP("llama.cpp's file format: runs on CPUs and Apple GPUs, and "
                                 "opens in LM Studio and Ollama.")),
 }
-BIT_CHOICES = (2, 3, 4, 5, 6, 8)
+BIT_CHOICES = BITS  # the engine's one list of widths, which --bits accepts too
 GROUP_CHOICES = ((32, "32"), (64, "64"), (128, "128"), (256, "256"),
                  (-1, QT_TR_NOOP("per channel")))
 DEVICE_CHOICES = (("auto", QT_TR_NOOP("Automatic")), ("cpu", "CPU"),
@@ -75,6 +76,7 @@ DEVICE_CHOICES = (("auto", QT_TR_NOOP("Automatic")), ("cpu", "CPU"),
 
 class MethodPage(QWidget):
     start_requested = Signal(object)  # JobSpec
+    scrolls_itself = True  # its body scrolls above a fixed footer with the Start button
 
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -154,8 +156,8 @@ class MethodPage(QWidget):
         self.device = QComboBox()
         for d, text in DEVICE_CHOICES:
             self.device.addItem(tr(text), d)
-        self.evaluate = QCheckBox(tr("Check quality against the original when done "
-                                     "(perplexity, KL divergence, a generation test)"))
+        self.evaluate = QCheckBox(tr("Check quality against the original when done"))
+        self.evaluate.setToolTip(tr("Perplexity, KL divergence and a generation test"))
         self.evaluate.setChecked(True)
         form = QFormLayout()
         form.setHorizontalSpacing(14)

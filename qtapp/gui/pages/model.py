@@ -30,6 +30,7 @@ from qtapp.gui.widgets.common import (
     page_layout,
     set_role,
 )
+from qtapp.gui.widgets.hub_browser import HubBrowser
 
 # model.sources (which imports torch) is imported inside the background task that resolves a
 # model: the window opens without torch.
@@ -99,6 +100,13 @@ class ModelPage(QWidget):
         source.body.addWidget(self.status)
         layout.addWidget(source)
 
+        self.hub_card = Card(tr("Find a model on the Hugging Face Hub"))
+        self.hub_browser = HubBrowser(state)
+        self.hub_browser.chosen.connect(self._hub_chosen)
+        self.hub_browser.downloaded.connect(self._hub_downloaded)
+        self.hub_card.body.addWidget(self.hub_browser)
+        layout.addWidget(self.hub_card, 1)
+
         info = Card(tr("Model"))
         self.info = KeyValues([tr(k) for k in INFO_KEYS])
         info.body.addWidget(self.info)
@@ -143,7 +151,17 @@ class ModelPage(QWidget):
         self.folder_edit.setEnabled(kind == "folder")
         self.hub_edit.setEnabled(kind == "hub")
         self.allow_download.setEnabled(kind == "hub")
+        self.hub_card.setVisible(kind == "hub")
         self._check_folder()
+
+    def _hub_chosen(self, repo_id: str) -> None:
+        self.hub_edit.setText(repo_id)
+
+    def _hub_downloaded(self, repo_id: str, _folder: Path) -> None:
+        """A finished download is in the Hugging Face cache: read it as a cached Hub id."""
+        self.radio["hub"].setChecked(True)
+        self.hub_edit.setText(repo_id)
+        self.load()
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, tr("Choose a model folder"),

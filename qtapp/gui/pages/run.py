@@ -51,6 +51,8 @@ class RunPage(QWidget):
         self.total = 0
         self.last_eta: float | None = None
         self.eta_at = 0.0
+        self.stage_name = ""  # the stage of the last progress event, and when it began
+        self.stage_t0 = 0.0
 
         layout = page_layout(self)
         head = QHBoxLayout()
@@ -82,14 +84,20 @@ class RunPage(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         line = QHBoxLayout()
-        self.stage = label(tr("Waiting"))
+        self.stage = label(tr("Waiting"), wrap=True)
         self.eta = label("", "Muted")
         line.addWidget(self.stage, 1)
         line.addWidget(self.eta)
         self.current = label("", "Muted")
+        # MoE: which experts were calibrated on their own routed tokens and which took the
+        # fallback (too few tokens: rounded to nearest), from the layer events' method
+        self.experts = label("", "Muted", wrap=True)
+        self.experts.setVisible(False)
+        self.expert_methods: dict[str, str] = {}  # expert linear → method it was quantized by
         progress.body.addLayout(line)
         progress.body.addWidget(self.progress)
         progress.body.addWidget(self.current)
+        progress.body.addWidget(self.experts)
         layout.addWidget(progress)
 
         self.error = Card()
@@ -168,9 +176,12 @@ class RunPage(QWidget):
         self.stage.setText(tr("Starting the worker…"))
         self.eta.setText("")
         self.current.setText("")
+        self.expert_methods.clear()
+        self.experts.setVisible(False)
         self.progress.setRange(0, 0)
-        self.t0 = time.monotonic()
+        self.t0 = self.stage_t0 = time.monotonic()
         self.last_eta = None
+        self.stage_name = ""
         self.clock.start()
         self.state.set_job_running(True)
         self._set_buttons(running=True)
@@ -191,6 +202,11 @@ class RunPage(QWidget):
         self.stage.setText(tr("Loading {model}").format(model=e.model))
 
     def _on_progress(self, e: ev.Progress) -> None:
+        """Each stage has its own bar and time left: a new stage starts both afresh (the
+        quality check after quantizing counts its windows, not the blocks before it)."""
+        now = time.monotonic()
+        if e.stage != self.stage_name:
+            self.stage_name, self.stage_t0, self.last_eta = e.stage, now, None
         self.progress.setRange(0, max(e.total, 1))
         self.progress.setValue(min(e.step, e.total))
         words = tr(STAGE_WORDS.get(e.stage, e.stage.capitalize()))
@@ -198,9 +214,10 @@ class RunPage(QWidget):
         if e.eta_s is not None:
             self.last_eta = float(e.eta_s)
         elif e.step > 0 and e.total > e.step:
-            elapsed = time.monotonic() - self.t0
-            self.last_eta = elapsed / e.step * (e.total - e.step)
-        self.eta_at = time.monotonic()
+            self.last_eta = (now - self.stage_t0) / e.step * (e.total - e.step)
+        elif e.step >= e.total:
+            self.last_eta = None
+        self.eta_at = now
         self._tick()
 
     def _on_layer(self, e: ev.Layer) -> None:
@@ -208,6 +225,20 @@ class RunPage(QWidget):
         self.current.setText(tr("{module} · {bits}-bit · relative error {err:.2e} · "
                                 "{secs:.2f} s").format(module=e.module, bits=e.bits,
                                                        err=e.rel_error, secs=e.seconds))
+        if ".experts." in e.module and self.job is not None and self.job.method != "rtn":
+            self.expert_methods[e.module] = e.method
+            self._show_experts()
+
+    def _show_experts(self) -> None:
+        """"Experts: N calibrated · M fallback", the fallback experts in the tooltip."""
+        assert self.job is not None
+        fallback = [m for m, how in self.expert_methods.items() if how != self.job.method]
+        self.experts.setText(tr("Experts: {ok} linears calibrated on their own tokens · "
+                                "{few} fallback (too few tokens: rounded to nearest)").format(
+            ok=len(self.expert_methods) - len(fallback), few=len(fallback)))
+        self.experts.setToolTip(tr("Fallback (too few calibration tokens routed to them):")
+                                + "\n" + "\n".join(fallback) if fallback else "")
+        self.experts.setVisible(True)
 
     def _on_log(self, e: ev.Log) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(e.t))
@@ -242,9 +273,12 @@ class RunPage(QWidget):
             words = {"cancelled": tr("cancelled"), "failed": tr("failed"),
                      "crashed": tr("worker crashed")}[role]
             self._set_status(role, words)
-            self.stage.setText(outcome.message)
             self.eta.setText("")
-            if outcome.status != "cancelled":
+            if outcome.status == "cancelled":
+                self.stage.setText(outcome.message)
+            else:  # the error banner below says what went wrong, once and in full
+                self.stage.setText(tr("Stopped while: {stage}").format(
+                    stage=self.stage.text()) if self.stage_name else tr("Stopped"))
                 self._show_error(outcome)
         if self.job is not None:
             self.finished.emit(outcome, self.job)
@@ -264,7 +298,8 @@ class RunPage(QWidget):
         text = tr("elapsed {t}").format(t=format_duration(elapsed))
         if self.last_eta is not None and self.engine.is_running():
             left = self.last_eta - (time.monotonic() - self.eta_at)
-            text += tr(" · about {t} left").format(t=format_duration(left))
+            text += (tr(" · about {t} left").format(t=format_duration(left)) if left >= 1
+                     else tr(" · almost done"))
         self.eta.setText(text)
 
     def _set_status(self, role: str, text: str) -> None:

@@ -7,8 +7,11 @@ from PySide6.QtWidgets import (
     QFrame,
     QGridLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
+    QScrollArea,
+    QTableView,
     QVBoxLayout,
     QWidget,
 )
@@ -88,6 +91,27 @@ def page_layout(page: QWidget) -> QVBoxLayout:
     layout.setContentsMargins(28, 22, 28, 22)
     layout.setSpacing(14)
     return layout
+
+
+def fit_columns(table: QTableView, stretch: int) -> None:
+    """Every column as wide as its header and cells, and column `stretch` takes the rest, so
+    no header is cut."""
+    header = table.horizontalHeader()
+    header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    header.setSectionResizeMode(stretch, QHeaderView.ResizeMode.Stretch)
+    header.setStretchLastSection(False)
+
+
+def vertical_scroll(widget: QWidget) -> QScrollArea:
+    """`widget` in a scroll area that scrolls up and down only: on a short window the page
+    keeps the height its texts need and scrolls, and it is never wider than the window."""
+    scroll = QScrollArea()
+    scroll.setObjectName("PageScroll")
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(widget)
+    return scroll
 
 
 def row(*widgets: QWidget, stretch_last: bool = False, spacing: int = 10) -> QHBoxLayout:

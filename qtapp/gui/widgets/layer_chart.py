@@ -11,13 +11,14 @@ import math
 from dataclasses import dataclass
 
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, QTimer
+from PySide6.QtCore import QPointF, Qt, QTimer
 from PySide6.QtGui import QCursor
 from PySide6.QtWidgets import QLabel, QToolTip, QVBoxLayout, QWidget
 
 from qtapp.engine.events import Layer
 from qtapp.gui import theme
 from qtapp.gui.i18n import tr
+from qtapp.gui.widgets.axes import decade_ticks, plain_axes
 
 KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 KIND_COLORS = {"q": "#7c93ff", "k": "#5aa9f5", "v": "#3fc1c9", "o": "#b48cff",
@@ -50,7 +51,7 @@ class LayerErrorChart(QWidget):
         self.plot.showGrid(x=True, y=True, alpha=0.15)
         self.plot.setLabel("bottom", tr("block"), color=theme.MUTED)
         self.plot.setLabel("left", tr("relative output error"), color=theme.MUTED)
-        self.plot.getAxis("left").enableAutoSIPrefix(False)
+        plain_axes(self.plot)
         self.plot.setMenuEnabled(False)
         self.plot.getPlotItem().hideButtons()
         for axis in ("bottom", "left"):
@@ -59,10 +60,18 @@ class LayerErrorChart(QWidget):
             ax.setTextPen(pg.mkPen(theme.MUTED))
         self.bits_label = QLabel()
         self.bits_label.setObjectName("Muted")
+        self.bits_label.setWordWrap(True)
+        # in place of empty axes (whose ticks would mean nothing) until the first layer
+        self.empty_label = QLabel(tr("No layers quantized yet: each quantized module adds "
+                                     "its error here as the job runs."))
+        self.empty_label.setObjectName("Muted")
+        self.empty_label.setWordWrap(True)
+        self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(4)
         layout.addWidget(self.plot, 1)
+        layout.addWidget(self.empty_label, 1)
         layout.addWidget(self.bits_label)
         self.points: dict[str, list[Point]] = {}
         self.items: dict[str, pg.PlotDataItem] = {}
@@ -76,6 +85,11 @@ class LayerErrorChart(QWidget):
         for kind in KINDS:  # made now, while idle: the first points of a run then draw fast
             self._item(kind)
         self._update_bits_label()
+        self._show_empty(True)
+
+    def _show_empty(self, empty: bool) -> None:
+        self.plot.setVisible(not empty)
+        self.empty_label.setVisible(empty)
 
     # -- data in ------------------------------------------------------------------------
 
@@ -96,6 +110,7 @@ class LayerErrorChart(QWidget):
         self.plot.getAxis("left").setTicks(None)
         self.hover_text = ""
         self._update_bits_label()
+        self._show_empty(True)
 
     def flush(self) -> None:
         """Draw every queued event (the timer calls this; tests may call it directly)."""
@@ -113,6 +128,7 @@ class LayerErrorChart(QWidget):
             self._redraw(kind)
         self._fit_decades()
         self._update_bits_label()
+        self._show_empty(False)
 
     # -- data out (also what tests read) -------------------------------------------------
 
@@ -188,15 +204,9 @@ class LayerErrorChart(QWidget):
     def _fit_decades(self) -> None:
         """Show whole decades around the data (so the log axis always has labels) and every
         block."""
-        ys = [p.rel_error for pts in self.points.values() for p in pts]
-        lo = math.floor(math.log10(min(ys)))
-        hi = max(math.ceil(math.log10(max(ys))), lo + 1)
-        self.plot.setYRange(lo, hi, padding=0.06)
+        decade_ticks(self.plot, [p.rel_error for pts in self.points.values() for p in pts])
         blocks = [p.block for pts in self.points.values() for p in pts]
         self.plot.setXRange(min(blocks) - 0.6, max(blocks) + 0.6, padding=0)
-        decades = [(d, f"{10.0 ** d:g}") for d in range(lo, hi + 1)]
-        minor = [(d + math.log10(k), "") for d in range(lo, hi) for k in range(2, 10)]
-        self.plot.getAxis("left").setTicks([decades, minor])  # labels on decades only
 
     def _update_bits_label(self) -> None:
         kinds = sorted(self.points, key=lambda k: (KINDS.index(k) if k in KINDS else 99, k))

@@ -131,6 +131,12 @@ def _plan_rows(plan: Any) -> list[str]:
     if plan.device != "cpu":
         rows.append(tr("Peak GPU memory: {vram} of {total}").format(
             vram=format_size(plan.peak_vram), total=format_size(plan.vram_total)))
+        mode = getattr(plan, "vram_mode", "")  # planner.vram_mode
+        if mode == "lean":
+            rows.append(tr("GPU mode: lean (calibration activations in host memory, streamed "
+                           "to the GPU: fast mode needs more GPU memory than allowed)"))
+        elif mode == "fast":
+            rows.append(tr("GPU mode: fast (calibration activations on the GPU)"))
     rows.append(tr("Disk: {temp} while running, {final} at the end ({free} free)").format(
         temp=format_size(plan.temp_disk), final=format_size(plan.final_disk),
         free=format_size(plan.disk_free)))

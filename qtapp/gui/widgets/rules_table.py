@@ -16,7 +16,6 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QHBoxLayout,
-    QHeaderView,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -25,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from qtapp.engine.config import ModuleRule, QuantScheme, preset_rules
 from qtapp.gui.i18n import tr
-from qtapp.gui.widgets.common import button, label
+from qtapp.gui.widgets.common import button, fit_columns, label
 
 OFF, PRESET, CUSTOM = 0, 1, 2
 MIXED_CHOICES = (QT_TR_NOOP("Off"), QT_TR_NOOP("Attention 8-bit, FFN 4-bit (preset)"),
@@ -81,7 +80,7 @@ class RulesTable(QWidget):
         self.table.setHorizontalHeaderLabels([tr(c) for c in RULE_COLUMNS])
         self.table.verticalHeader().hide()
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        fit_columns(self.table, stretch=0)
         self.table.setMinimumHeight(130)
         self.table.itemChanged.connect(self._edited)
         return self.table

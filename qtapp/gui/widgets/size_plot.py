@@ -1,6 +1,8 @@
-"""Size vs quality of the runs of one source model: uniform runs as points, runs planned for
-a size budget (--target-size) as a curve. y is the KL divergence against the source when
-the runs measured it (log scale), else the perplexity."""
+"""Size vs quality of the runs of one source model: uniform runs (one setting for every
+layer) as points, runs planned for a size budget (--target-size) as a curve. x is the size
+in the binary unit the results table writes it in (units.size_unit); y is the KL divergence
+against the source when the runs measured it (log scale, labelled on decades), else the
+perplexity. No axis folds a scale factor into its label or ticks (widgets/axes.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from typing import Any
 import pyqtgraph as pg
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
+from qtapp.engine.units import MiB, size_unit
 from qtapp.gui import theme
 from qtapp.gui.i18n import tr
+from qtapp.gui.widgets.axes import decade_ticks, plain_axes
 
 UNIFORM_COLOR = theme.ACCENT
 PLANNED_COLOR = "#f0a35a"
@@ -35,8 +39,10 @@ class SizeQualityPlot(QWidget):
         self.plot = pg.PlotWidget(background=theme.CARD)
         self.plot.setMinimumHeight(180)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.plot.setLabel("bottom", tr("size (MiB)"))
+        plain_axes(self.plot)
+        self.plot.setLabel("bottom", tr("size ({unit})").format(unit="MiB"))
         self.legend = self.plot.addLegend(offset=(-10, 10))
+        self.unit = "MiB"
         layout.addWidget(self.plot)
         self.points: dict[str, list[tuple[float, float]]] = {"uniform": [], "planned": []}
 
@@ -49,21 +55,27 @@ class SizeQualityPlot(QWidget):
         kind = "kld" if any(q[0] == "kld" for _, q in measured) else "ppl"
         measured = [(r, q[1]) for r, q in measured if q[0] == kind]
         self.plot.setLogMode(x=False, y=kind == "kld")
+        self.plot.getAxis("left").setTicks(None)
         self.plot.setLabel("left", tr("KL divergence vs original") if kind == "kld"
                            else tr("perplexity"))
+        self.unit, scale = size_unit(max((r.size_bytes for r, _ in measured), default=MiB))
+        self.plot.setLabel("bottom", tr("size ({unit})").format(unit=self.unit))
         self.points = {"uniform": [], "planned": []}
         for r, q in measured:
             group = "planned" if r.result.plan else "uniform"
-            self.points[group].append((r.size_bytes / 2**20, q))
+            self.points[group].append((r.size_bytes / scale, q))
         uniform, planned = self.points["uniform"], sorted(self.points["planned"])
         if uniform:
             self.plot.plot([p[0] for p in uniform], [_y(p[1], kind) for p in uniform],
                            pen=None, symbol="s", symbolBrush=UNIFORM_COLOR,
-                           name=tr("uniform"))
+                           name=tr("uniform: the same bits for every layer"))
         if planned:
             self.plot.plot([p[0] for p in planned], [_y(p[1], kind) for p in planned],
                            pen=pg.mkPen(PLANNED_COLOR, width=2), symbol="o",
-                           symbolBrush=PLANNED_COLOR, name=tr("size budget"))
+                           symbolBrush=PLANNED_COLOR,
+                           name=tr("size budget: the planner's bits per layer"))
+        if kind == "kld":
+            decade_ticks(self.plot, [_y(p[1], kind) for p in uniform + planned], padding=0.1)
 
 
 def _y(value: float, kind: str) -> float:

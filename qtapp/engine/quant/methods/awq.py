@@ -54,7 +54,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,9 @@ class AwqBlockResult:
     clips: dict[str, Tensor] = field(default_factory=dict)
     group_sizes: dict[str, int] = field(default_factory=dict)
     losses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # MoE: expert linears that received fewer tokens than min_tokens → their tokens (not
+    # searched, not clipped); not saved: the pipeline reports them
+    few_tokens: dict[str, int] = field(default_factory=dict)
 
     def tensors(self, prefix: str = "") -> dict[str, Tensor]:
         """Flat name → tensor map ("scales.<prev>", "clips.<linear>") for safetensors."""
@@ -157,6 +160,7 @@ class _Captured:
     abs_sum: dict[str, Tensor] = field(default_factory=dict)  # group's first linear → Σ_t |x_t|
     tokens: dict[str, int] = field(default_factory=dict)
     clip_x: dict[str, list[Tensor]] = field(default_factory=dict)  # linear → token subsample
+    seen: dict[str, int] = field(default_factory=dict)  # counted linear → tokens it received
 
 
 def _input_key(module: nn.Module, kwargs: dict[str, Any]) -> str:
@@ -170,11 +174,16 @@ def _input_key(module: nn.Module, kwargs: dict[str, Any]) -> str:
 
 def _capture(block: nn.Module, x: Tensor, block_kwargs: dict[str, Any], gram_targets: list[str],
              call_targets: list[str], stat_linears: list[str], clip_linears: list[str],
-             batch_size: int) -> _Captured:
+             batch_size: int, batches: Iterable[tuple[Tensor, dict[str, Any]]] | None = None,
+             counted: Iterable[str] = (),
+             ) -> _Captured:
     """One forward of the unchanged block over all samples, recording what the search needs.
+    `batches` (mini-batches of x and their kwargs) replaces slicing x: the pipeline's lean
+    mode streams them from host memory.
 
     Gram targets get the Gram matrix of their input (all tokens); call targets keep their
     inputs (and call arguments) for the first mini-batches, up to LOSS_TOKENS tokens.
+    `counted` modules (MoE experts) count the tokens they receive (cap.seen).
     """
     n, seq = x.shape[0], x.shape[1]
     device, dtype = _device_dtype(block)
@@ -219,6 +228,13 @@ def _capture(block: nn.Module, x: Tensor, block_kwargs: dict[str, Any], gram_tar
             cap.tokens[name] = cap.tokens.get(name, 0) + a.shape[0]
         return hook
 
+    def count(name: str):
+        cap.seen[name] = 0
+
+        def hook(_module: nn.Module, args: tuple) -> None:
+            cap.seen[name] += _rows(args[0]).shape[0]
+        return hook
+
     def keep_tokens(name: str):
         cap.clip_x[name] = []
 
@@ -235,15 +251,20 @@ def _capture(block: nn.Module, x: Tensor, block_kwargs: dict[str, Any], gram_tar
         for t in call_targets:
             handles.append(block.get_submodule(t).register_forward_pre_hook(
                 keep_call(t), with_kwargs=True))
-        for name in stat_linears:
+        for name in dict.fromkeys(stat_linears):
             handles.append(block.get_submodule(name).register_forward_pre_hook(add_abs(name)))
+        for name in counted:
+            handles.append(block.get_submodule(name).register_forward_pre_hook(count(name)))
         for name in clip_linears:
             handles.append(block.get_submodule(name).register_forward_pre_hook(
                 keep_tokens(name)))
+        if batches is None:
+            batches = ((x[i:i + batch_size], fit_batch(block_kwargs, batch_size,
+                                                       x[i:i + batch_size].shape[0]))
+                       for i in range(0, n, batch_size))
         with torch.no_grad():
-            for i in range(0, n, batch_size):
-                xb = x[i:i + batch_size].to(device, dtype)
-                block(xb, **fit_batch(block_kwargs, batch_size, xb.shape[0]))
+            for xb, kw in batches:
+                block(xb.to(device, dtype), **kw)
                 offset += xb.shape[0] * seq
     finally:
         for h in handles:
@@ -462,12 +483,20 @@ def awq_search_block(
     scheme_for: Callable[[str], QuantScheme | None],
     options: AWQOptions,
     batch_size: int = 8,
+    batches: Iterable[tuple[Tensor, dict[str, Any]]] | None = None,
+    min_tokens: Callable[[str], int] | None = None,
 ) -> AwqBlockResult:
     """Search AWQ scales (and clip values) for one decoder block; the block is not changed.
 
     x: (n_samples, seq_len, hidden) inputs of the block; block_kwargs: the other arguments of
     its forward, made for a batch of `batch_size` samples (or broadcastable). scheme_for maps
     a linear's name relative to the block to its scheme, None when it stays in float.
+
+    min_tokens(name) > 0 marks a linear that sees only some tokens (a MoE expert): one that
+    received fewer gets no statistics of its own: a pair whose linears all fall short is not
+    searched (s = 1; losses[prev]["skipped"] says why, with the tokens) and the linear is not
+    clipped. A pair over several experts' linears (the norm before them) is searched on the
+    whole MoE block's output, where each expert weighs as much as its routed tokens.
     """
     linears = list(dict.fromkeys(n for g in groups for n in g.linears))
     schemes = {n: scheme_for(n) for n in linears}
@@ -482,16 +511,29 @@ def awq_search_block(
     clip_linears = [n for n in linears if options.clip and _clippable(n, schemes[n])]
     gram_targets = [g.target for g in searched if _linear_target(block, g)]
     call_targets = [g.target for g in searched if not _linear_target(block, g)]
+    needed = {n: min_tokens(n) for n in linears} if min_tokens is not None else {}
     cap = _capture(block, x, block_kwargs, gram_targets, call_targets,
-                   [g.linears[0] for g in searched], clip_linears, batch_size)
+                   [g.stat or g.linears[0] for g in searched], clip_linears, batch_size,
+                   batches, counted=[n for n, m in needed.items() if m > 0])
+    few = {n: cap.seen[n] for n in cap.seen if cap.seen[n] < needed[n]}
+    clip_linears = [n for n in clip_linears if n not in few]
 
     for g in searched:
-        x_mean = cap.abs_sum.pop(g.linears[0]) / cap.tokens[g.linears[0]]
+        if all(n in few for n in g.linears):
+            result.losses[g.prev] = {"target": g.target, "skipped": (
+                f"{', '.join(f'{n} got {few[n]}' for n in g.linears)} calibration tokens, "
+                f"fewer than {max(needed[n] for n in g.linears)}: no scale of its own")}
+            cap.gram.pop(g.target, None)
+            continue
+        stat = g.stat or g.linears[0]
+        x_mean = cap.abs_sum[stat] / cap.tokens[stat]
         result.scales[g.prev], result.losses[g.prev] = _search_group(
             block, g, _Loss(block, g, cap), x_mean, schemes, options.grid)
+    result.few_tokens = few
 
-    col_scale = {n: result.scales[g.prev] for g in searched for n in g.linears}
-    row_scale = {g.prev: result.scales[g.prev] for g in searched}
+    col_scale = {n: result.scales[g.prev] for g in searched if g.prev in result.scales
+                 for n in g.linears}
+    row_scale = {g.prev: result.scales[g.prev] for g in searched if g.prev in result.scales}
     with torch.no_grad():
         for name in clip_linears:
             scheme = schemes[name]
@@ -513,7 +555,8 @@ def awq_apply_block(block: nn.Module, result: AwqBlockResult, groups: tuple[AwqG
     """Fold the scales into the block, then clamp the weights to the clip values (in place).
 
     prev op: norm weight (and bias) / s, or prev linear's output rows (and bias) / s;
-    the group's linears: weight[:, k] · s_k. A norm that computes x̂·(norm_offset + w)
+    the group's linears and its `also` modules (a MoE router): weight[:, k] · s_k. A norm
+    that computes x̂·(norm_offset + w)
     (Gemma: 1) gets w' = (norm_offset + w) / s − norm_offset. Arithmetic in float32, stored
     in each parameter's own dtype.
     """
@@ -529,7 +572,7 @@ def awq_apply_block(block: nn.Module, result: AwqBlockResult, groups: tuple[AwqG
                 _set(prev.weight, (prev.weight.float() + norm_offset) / s - norm_offset)
             if getattr(prev, "bias", None) is not None:
                 _set(prev.bias, prev.bias.float() / s)
-            for name in g.linears:
+            for name in (*g.linears, *g.also):
                 lin = block.get_submodule(name)
                 _set(lin.weight, lin.weight.float() * s.to(lin.weight.device))
         for name, c in result.clips.items():

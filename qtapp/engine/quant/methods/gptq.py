@@ -100,8 +100,13 @@ def invert_upper_triangular(R: Tensor, leaf: int = 512) -> Tensor:
     return Rinv
 
 
-def inverse_hessian_cholesky(H: Tensor, percdamp: float) -> tuple[Tensor, float]:
+def inverse_hessian_cholesky(H: Tensor, percdamp: float, order: Tensor | None = None,
+                             ) -> tuple[Tensor, float]:
     """Upper Cholesky factor U of (H + λI)⁻¹, i.e. (H + λI)⁻¹ = UᵀU, λ = percdamp·mean(diag H).
+
+    With `order` (a permutation of the K inputs: GPTQ's act-order), U is that of
+    H[order][:, order]. Inputs whose diagonal is 0 (always-zero inputs) get 1 there.
+    H is not modified.
 
     If H + λI is not positive definite, percdamp grows ×10 up to DAMP_RETRIES times, then
     HessianError. Returns (U, the percdamp that worked).
@@ -112,6 +117,11 @@ def inverse_hessian_cholesky(H: Tensor, percdamp: float) -> tuple[Tensor, float]
     cholesky(cholesky_inverse(cholesky(H)), upper=True) at about half the flops
     (K³/3 + K³/3 instead of 4K³/3; measured: K = 4096 on one CPU thread 4.2 s instead of
     6.2 s, K = 14336 on an H100 0.086 s instead of 0.224 s).
+
+    Memory: besides H, at most two K × K float32 matrices live at once (JHJ, built with the
+    permutation and the reversal in one gather, then L, then R = JLJ and R⁻¹), plus the
+    half-size products of `invert_upper_triangular`: for the 70B shape's down_proj
+    (K = 28 672, 3.1 GiB per matrix) this is what lets a block fit a 24 GB card.
     """
     K = H.shape[0]
     if not bool(torch.isfinite(H).all()):
@@ -120,17 +130,25 @@ def inverse_hessian_cholesky(H: Tensor, percdamp: float) -> tuple[Tensor, float]
             "GPTQ cannot use them. The model overflows in this dtype: load it in float32 or "
             "bfloat16, or check the calibration text."
         )
-    mean_diag = torch.diag(H).mean()
+    rev = (order if order is not None else torch.arange(K, device=H.device)).flip(0)
     damp = percdamp
     for attempt in range(DAMP_RETRIES + 1):
-        JHJ = H.flip(0, 1)  # a copy, (K, K)
-        JHJ.diagonal().add_(damp * mean_diag)  # the diagonal of JHJ is diag(H) reversed
+        JHJ = H.index_select(0, rev).index_select(1, rev)  # (K, K), J H[order][:, order] J
+        diag = JHJ.diagonal()
+        diag[diag == 0] = 1
+        diag.add_(damp * diag.mean())
         L, info = torch.linalg.cholesky_ex(JHJ)
-        del JHJ
+        del JHJ, diag
         if info.item() == 0:
-            U = invert_upper_triangular(L.flip(0, 1))
+            R = L.flip(0, 1)
+            del L
+            U = invert_upper_triangular(R)
+            del R
             if bool(torch.isfinite(U).all()):
                 return U, damp
+            del U
+        else:
+            del L
         if attempt < DAMP_RETRIES:
             log.warning("GPTQ: H is not positive definite with percdamp=%g; retrying with %g",
                         damp, damp * 10)
@@ -161,10 +179,11 @@ def gptq_quantize(
     # the per-column steps 2.5-4× faster on a CPU than strided columns. Names and steps are
     # otherwise those of Algorithm 1; scale/zero are kept as (n_groups, N) for the same reason.
     Wt = W.T.float().clone(memory_format=torch.contiguous_format)  # (K, N)
-    H = H.to(device=dev, dtype=torch.float32, copy=True)  # (K, K)
+    H = H.to(device=dev, dtype=torch.float32)  # (K, K), not modified: no copy of it is made
 
-    dead = torch.diag(H) == 0  # inputs that are always zero: their weights do not matter
-    H.diagonal()[dead] = 1
+    diag_h = torch.diag(H).clone()
+    dead = diag_h == 0  # inputs that are always zero: their weights do not matter
+    diag_h[dead] = 1
     Wt[dead] = 0
 
     dynamic_groups = G > 0 and not options.static_groups
@@ -179,9 +198,8 @@ def gptq_quantize(
             scale_t, zero_t = s, z.float()
 
     if options.act_order:
-        perm = torch.argsort(torch.diag(H), descending=True)
+        perm = torch.argsort(diag_h, descending=True)
         Wt = Wt[perm]
-        H = H[perm][:, perm]
     else:
         perm = torch.arange(K, device=dev)
     invperm = torch.argsort(perm)
@@ -196,7 +214,7 @@ def gptq_quantize(
         g_idx = col // G if G > 0 else torch.zeros_like(col)
         g_of_pos = g_idx[perm]
 
-    Hinv, _ = inverse_hessian_cholesky(H, options.percdamp)
+    Hinv, _ = inverse_hessian_cholesky(H, options.percdamp, perm if options.act_order else None)
     del H
 
     # Blocks start on group boundaries, so a group's parameters are taken from weights

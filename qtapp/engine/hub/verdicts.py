@@ -1,0 +1,171 @@
+"""Will it fit? One answer per method for a Hub model on this machine, from config.json alone.
+
+    fit_verdicts(model, machine=None) -> list[FitVerdict]   GGUF Q4_K_M, GGUF Q8_0, GPTQ W4,
+                                                            AWQ W4
+    compat_verdict(model) -> FitVerdict                     the compatibility check's answer
+
+``model`` is a HubModel whose config is config.json itself (search.with_full_config; a search
+answer's trimmed config has no widths: every verdict then says so, fits None). ``machine`` is
+a planning.hardware.Hardware (default: this machine, detected without torch).
+
+Each verdict joins two of the planner's answers: can this machine quantize it
+(planner.quantize_fit: the job's peak memory on the GPU, else in RAM, against the limits the
+planner refuses a job by), and where does the result run (advisor.run_bytes at RUN_CTX
+tokens against advisor.fits: the GPU, RAM, or nowhere). The output's size is the planner's
+formula from the shape (planner.formula_bytes). For GPTQ and AWQ on a GPU the text names the
+longest context in CONTEXTS whose KV cache still fits the card. Sizes are in binary units
+(GiB), as everywhere in QuantDesk (qtapp/engine/units.py).
+
+    fits True   it can be quantized here and the result runs here
+    fits False  too large (the text names the need), or the method refuses the family
+    fits None   unknown (neither config.json widths nor a parameter count)
+
+A gated model whose licence is not accepted yet has no readable config.json: its verdicts are
+counted from the parameter count of the search answer (sizes and the runtime's overhead, no
+KV cache) and say "(from the parameter count)".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qtapp.engine.config import GGUFOptions, JobSpec
+from qtapp.engine.hub.search import HubModel
+from qtapp.engine.planning import hardware
+from qtapp.engine.planning.advisor import (
+    RUN_CTX,
+    RUNTIME_OVERHEAD_FIXED,
+    RUNTIME_OVERHEAD_FRACTION,
+    SAMPLES_CPU,
+    SAMPLES_GPU,
+    fits,
+    run_bytes,
+)
+from qtapp.engine.planning.compat import config_checks
+from qtapp.engine.planning.hardware import Hardware
+from qtapp.engine.planning.planner import GGUF_BPW, VRAM_USABLE, formula_bytes, quantize_fit
+from qtapp.engine.planning.shape import DEFAULT_GROUP, ModelShape, weight_bytes
+from qtapp.engine.units import format_size
+
+CONTEXTS = (131072, 65536, 32768, 16384, 8192, 4096, 2048)
+# (method, label, bits, GGUF type)
+METHODS: tuple[tuple[str, str, int, str], ...] = (
+    ("gguf", "GGUF Q4_K_M", 4, "Q4_K_M"),
+    ("gguf", "GGUF Q8_0", 8, "Q8_0"),
+    ("gptq", "GPTQ W4", 4, ""),
+    ("awq", "AWQ W4", 4, ""),
+)
+
+
+@dataclass
+class FitVerdict:
+    method: str        # "gguf", "gptq", "awq"; "compat" for compat_verdict
+    label: str         # "GGUF Q4_K_M", "GPTQ W4", … ("compatibility")
+    fits: bool | None
+    text: str          # the sentence the browser shows
+
+
+def _shape(model: HubModel) -> ModelShape | None:
+    c = model.config or {}
+    inner = c.get("text_config") or c
+    if not (inner.get("num_hidden_layers") and inner.get("hidden_size")):
+        return None
+    try:
+        return ModelShape.from_config(c, model.repo_id, model.params or None)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _ctx_label(ctx: int) -> str:
+    return f"{ctx // 1024}k"
+
+
+def _one(method: str, label: str, bits: int, gguf_type: str, shape: ModelShape,
+         hw: Hardware, refusal: str) -> FitVerdict:
+    if refusal:
+        return FitVerdict(method, label, False, f"{label}: {refusal}")
+    job = JobSpec(model=shape.name, method=method, out="-",
+                  gguf=GGUFOptions(type=gguf_type or "Q4_K_M"))
+    size = formula_bytes(job, shape)
+    # what running the output needs at RUN_CTX: the advisor's formula, at the GGUF type's
+    # bits per weight (formula_bytes) rather than the nominal bits
+    need = run_bytes(shape, bits, RUN_CTX) - _weights_at(shape, bits) + size
+    samples = SAMPLES_GPU if hw.best_gpu is not None else SAMPLES_CPU
+    where_q, peak = quantize_fit(shape, method, samples, hw)
+    head = f"{label} ≈ {format_size(size)}"
+    if where_q == "none":
+        return FitVerdict(method, label, False,
+                          f"{head}: too large to quantize here: needs {format_size(peak)} "
+                          "of memory")
+    where = fits(need, hw)
+    if where == "none":
+        return FitVerdict(method, label, False, f"{head}: too large: needs {format_size(need)}")
+    gpu = hw.best_gpu
+    if where == "gpu" and gpu is not None:
+        room = gpu.vram_total * VRAM_USABLE
+        ctx = max((c for c in CONTEXTS
+                   if run_bytes(shape, bits, c) - _weights_at(shape, bits) + size <= room),
+                  default=RUN_CTX)
+        if method == "gguf":
+            return FitVerdict(method, label, True, f"{head}: runs on the GPU")
+        return FitVerdict(method, label, True,
+                          f"{head} on the GPU: fits with {_ctx_label(ctx)} context")
+    if method == "gguf":
+        return FitVerdict(method, label, True, f"{head}: runs in RAM")
+    return FitVerdict(method, label, True,
+                      f"{head}: no GPU for it here; runs in RAM (slowly, through transformers)")
+
+
+def _weights_at(shape: ModelShape, bits: int) -> int:
+    return weight_bytes(shape, bits)
+
+
+def _from_params(method: str, label: str, bits: int, gguf_type: str, params: int,
+                 hw: Hardware) -> FitVerdict:
+    """The verdict from the parameter count alone (a gated model's config.json cannot be read
+    before its licence is accepted): the output's size and the runtime's overhead, without
+    the KV cache, which needs the widths; "about" says so."""
+    size = int(params * GGUF_BPW[gguf_type] / 8) if gguf_type else \
+        int(params * (bits + (16 + bits) / DEFAULT_GROUP) / 8)
+    need = int(size + RUNTIME_OVERHEAD_FIXED + RUNTIME_OVERHEAD_FRACTION * size)
+    head = f"{label} ≈ {format_size(size)} (from the parameter count)"
+    where = fits(need, hw)
+    if where == "none":
+        return FitVerdict(method, label, False, f"{head}: too large: needs {format_size(need)}")
+    return FitVerdict(method, label, True,
+                      f"{head}: runs {'on the GPU' if where == 'gpu' else 'in RAM'}")
+
+
+def fit_verdicts(model: HubModel, machine: Hardware | None = None) -> list[FitVerdict]:
+    """One FitVerdict per method of METHODS for ``model`` on ``machine`` (see the module
+    docstring). Needs no request: give a model with its full config.json."""
+    shape = _shape(model)
+    hw = machine or hardware.detect(use_torch=False)
+    if shape is None and model.params:
+        return [_from_params(m, label, bits, t, model.params, hw) for m, label, bits, t in METHODS]
+    if shape is None:
+        return [FitVerdict(m, label, None, f"{label}: unknown (no config.json widths and no "
+                                           "parameter count)") for m, label, _, _ in METHODS]
+    refusals = {c.method: ("" if c.ok else c.reason) for c in config_checks(model.config or {})}
+    return [_one(m, label, bits, t, shape, hw, refusals.get(m, ""))
+            for m, label, bits, t in METHODS]
+
+
+def compat_verdict(model: HubModel) -> FitVerdict:
+    """Whether QuantDesk can quantize the model's family at all, and with which methods (the
+    compatibility check from config.json: the FAMILIES table and each method's refusal)."""
+    config = model.config or {}
+    if not (config.get("model_type") or config.get("architectures")):
+        return FitVerdict("compat", "compatibility", None,
+                          "unknown: the Hub gave no model_type or architectures")
+    checks = config_checks(config)
+    kind = str(config.get("model_type") or (config.get("architectures") or ["?"])[0])
+    ok = [c.method.upper() for c in checks if c.ok]
+    if not ok:
+        return FitVerdict("compat", "compatibility", False,
+                          f"{kind} not supported yet: {checks[0].reason}")
+    refused = [f"{c.method.upper()}: {c.reason}" for c in checks if not c.ok]
+    text = f"{kind}: supported ({', '.join(ok)})"
+    if refused:
+        text += "; not " + "; not ".join(refused)
+    return FitVerdict("compat", "compatibility", True, text)

@@ -1,0 +1,320 @@
+"""Hybrid linear-attention families (Qwen3.5): blocks of two kinds from config.json's
+layer_types, Gated DeltaNet (linear attention) and full attention, quantized end to end.
+
+A tiny Qwen3.5 built from transformers' own config class (4 blocks: linear, full, linear,
+full; the DeltaNet with 2 key heads and 8 value heads, so llama.cpp's value-head reordering
+is exercised), with peaked outputs as in test_families.py, goes through the CLI:
+
+- RTN, GPTQ and AWQ at 8 bits, loaded with transformers: mean KLD < 1e-3 against the source,
+  and a damaged output (a DeltaNet out_proj zeroed) above it;
+- at 4 bits GPTQ and AWQ are closer to the source than RTN;
+- the DeltaNet's conv1d, A_log, dt_bias and gated norm stay 16-bit (bit-equal to the source);
+- GGUF: an F32 file opened by llama-cpp-python within 1e-5 and Q8_0 within 1e-2, each
+  rejected once a DeltaNet tensor is damaged;
+- the planner counts the KV cache of full-attention blocks only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_families import (
+    GGUF_F32_KLD_MAX,
+    GGUF_Q8_KLD_MAX,
+    KLD_MAX,
+    build_family_model,
+    damage_gguf,
+    damage_hf,
+    gguf_file,
+    gguf_logits,
+    hf_logits,
+    mean_kld,
+    source_logits,
+    token_ids,
+)
+
+from qtapp.engine.errors import UserError
+from qtapp.engine.model.arch import FAMILIES, arch_for
+
+KINDS = ["linear_attention", "full_attention", "linear_attention", "full_attention"]
+QWEN3_5 = {"num_hidden_layers": 4, "layer_types": KINDS, "head_dim": 16,
+           "linear_num_key_heads": 2, "linear_num_value_heads": 8,
+           "linear_key_head_dim": 16, "linear_value_head_dim": 16, "linear_conv_kernel_dim": 4,
+           # as the released configs (rope on a quarter of head_dim, interleaved multimodal
+           # sections that add up to its pairs: [11, 11, 10] of 64 dims there, 8 here)
+           "rope_parameters": {"rope_type": "default", "rope_theta": 1e7,
+                               "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1],
+                               "mrope_interleaved": True}}
+# token-embedding std (test_families.EMBED_STD): at 1.0 the random blocks swing the output
+# so much that GPTQ W8 landed at 1.06e-3
+EMBED_STD = 1.5
+# 16-bit parameters of a DeltaNet mixer (everything but its projections)
+DELTANET_FLOATS = ("conv1d.weight", "A_log", "dt_bias", "norm.weight")
+
+
+@pytest.fixture(scope="module")
+def qwen35_dir(tmp_path_factory):
+    return build_family_model(tmp_path_factory.mktemp("qwen3_5") / "qwen3_5_text",
+                              "qwen3_5_text", embed_std=EMBED_STD, **QWEN3_5)
+
+
+def quantize(src: Path, out: Path, method: str, bits: int = 8, extra: tuple = ()) -> Path:
+    from qtapp.cli import main
+
+    args = ["quantize", "--model", str(src), "--method", method, "--out", str(out),
+            "--samples", "16", "--seq-len", "64", "--device", "cpu", "--no-eval", *extra]
+    args += ["--type", "Q8_0", "--imatrix", "none"] if method == "gguf" else \
+        ["--bits", str(bits)]
+    assert main(args) == 0
+    return out
+
+
+def test_table_follows_layer_types():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("qwen3_5_text", hidden_size=64, num_attention_heads=4,
+                                  num_key_value_heads=2, intermediate_size=128,
+                                  vocab_size=300, **QWEN3_5)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    spec = arch_for(config.to_dict())
+    assert spec.layer_types == tuple(KINDS)
+    for i, block in enumerate(model.model.layers):
+        spec.check_block(block, i)  # every nn.Linear of the block, nothing else
+        names = spec.linears_of(i)
+        assert any(n.startswith("linear_attn.") for n in names) == (KINDS[i] == "linear_attention")
+        assert any(n.startswith("self_attn.") for n in names) == (KINDS[i] == "full_attention")
+        for g in spec.awq_groups_of(i):
+            block.get_submodule(g.prev), block.get_submodule(g.target)
+    with pytest.raises(UserError, match="linears the table lacks"):
+        spec.check_block(model.model.layers[0], 1)  # a DeltaNet block read as full attention
+    # without layer_types, transformers' rule: full attention every 4th block
+    derived = arch_for({**config.to_dict(), "layer_types": None, "num_hidden_layers": 8})
+    assert derived.layer_types == ("linear_attention",) * 3 + ("full_attention",) \
+        + ("linear_attention",) * 3 + ("full_attention",)
+    with pytest.raises(UserError, match="layer_types"):
+        arch_for({**config.to_dict(), "layer_types": ["sliding_attention"] * 4})
+
+
+def test_vision_language_checkpoints_say_why():
+    for model_type in ("qwen3_5", "qwen3_5_moe"):
+        family = FAMILIES[model_type]
+        assert not family.supported
+        with pytest.raises(UserError, match="vision-language") as err:
+            arch_for({"model_type": model_type, "architectures": list(family.architectures)})
+        assert "_text" in str(err.value)
+
+
+@pytest.mark.slow
+def test_source_outputs_are_peaked(qwen35_dir):
+    import numpy as np
+
+    logits = source_logits(qwen35_dir, token_ids(259))
+    p = torch.softmax(logits.double(), -1)
+    entropy = float(-(p * p.log()).sum(-1).mean())
+    assert entropy < 0.5 * np.log(logits.shape[-1]), entropy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
+def test_hf_methods_end_to_end(qwen35_dir, method, tmp_path):
+    from safetensors import safe_open
+
+    out = quantize(qwen35_dir, tmp_path / "out", method)
+    ids = token_ids(259)
+    ref = source_logits(qwen35_dir, ids)
+    kld = mean_kld(ref, hf_logits(out, ids))
+    print(f"qwen3_5_text {method} W8: mean KLD {kld:.2e}")
+    assert kld < KLD_MAX, kld
+    bad = damage_hf(out, tmp_path, "model.layers.0.linear_attn.out_proj")
+    damaged = mean_kld(ref, hf_logits(bad, ids))
+    print(f"qwen3_5_text {method} damaged: mean KLD {damaged:.2e}")
+    assert damaged > KLD_MAX, damaged
+    # the DeltaNet's convolution, decay, time step and gated norm are the source's, bit for bit
+    (src_file,) = qwen35_dir.glob("*.safetensors")
+    outs = {}
+    for f in out.glob("*.safetensors"):
+        with safe_open(f, "pt") as h:
+            outs.update({k: h.get_tensor(k) for k in h if ".linear_attn." in k})
+    with safe_open(src_file, "pt") as src:
+        for i in (0, 2):
+            for leaf in DELTANET_FLOATS:
+                name = f"model.layers.{i}.linear_attn.{leaf}"
+                assert torch.equal(outs[name].float(), src.get_tensor(name).float()), name
+
+
+@pytest.fixture(scope="module")
+def qwen35_bpe_dir(tmp_path_factory, demo_dir):
+    """The tiny Qwen3.5 with the demo model's BPE tokenizer (one llama.cpp knows)."""
+    return build_family_model(tmp_path_factory.mktemp("qwen3_5_bpe") / "qwen3_5_text",
+                              "qwen3_5_text", demo_dir, embed_std=EMBED_STD, **QWEN3_5)
+
+
+@pytest.mark.slow
+@pytest.mark.llama_cpp
+def test_gguf_end_to_end(qwen35_bpe_dir, tmp_path):
+    import gguf
+
+    from qtapp.engine.gguf.convert import convert_to_gguf
+    from qtapp.engine.gguf.llama_runtime import llama_cpp_available
+
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed")
+    src = qwen35_bpe_dir
+    ids = token_ids(259)
+    ref = source_logits(src, ids)
+    f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
+    reader = gguf.GGUFReader(f32)
+    fields = {f.name: f.contents() for f in reader.fields.values()}
+    assert fields["qwen35.full_attention_interval"] == 2
+    assert fields["qwen35.ssm.group_count"] == 2 and fields["qwen35.ssm.time_step_rank"] == 8
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.ssm_a", "blk.0.ssm_dt.bias", "blk.0.ssm_conv1d.weight", "blk.0.attn_qkv.weight",
+            "blk.0.attn_gate.weight", "blk.0.ssm_out.weight", "blk.1.attn_q.weight"} <= names
+    exact = mean_kld(ref, gguf_logits(f32, ids))
+    print(f"qwen3_5_text gguf F32: mean KLD {exact:.2e}")
+    assert exact < GGUF_F32_KLD_MAX, exact
+    for tensor in ("blk.0.ssm_out.weight", "blk.2.ssm_a"):
+        bad = damage_gguf(f32, tmp_path, tensor)
+        damaged = mean_kld(ref, gguf_logits(bad, ids))
+        print(f"qwen3_5_text gguf F32 {tensor} zeroed: mean KLD {damaged:.2e}")
+        assert damaged > GGUF_F32_KLD_MAX, (tensor, damaged)
+
+    path = gguf_file(quantize(src, tmp_path / "out", "gguf"))
+    kld = mean_kld(ref, gguf_logits(path, ids))
+    print(f"qwen3_5_text gguf Q8_0: mean KLD {kld:.2e}")
+    assert kld < GGUF_Q8_KLD_MAX, kld
+    bad = damage_gguf(path, tmp_path, "blk.0.attn_qkv.weight")
+    damaged = mean_kld(ref, gguf_logits(bad, ids))
+    print(f"qwen3_5_text gguf Q8_0 damaged: mean KLD {damaged:.2e}")
+    assert damaged > GGUF_Q8_KLD_MAX, damaged
+
+
+@pytest.mark.slow
+def test_four_bit_gptq_and_awq_beat_rtn(qwen35_dir, tmp_path):
+    """W4 g32: the calibrated methods are closer to the source than plain rounding, on
+    held-out text (the built-in evaluation text, one byte a token): calibration fits the
+    weights to text activations, not to the random tokens of the 8-bit checks."""
+    from qtapp.engine.quant.calibration import builtin_eval_text
+
+    ids = [3 + b for b in builtin_eval_text().encode()[:128]]
+    ref = source_logits(qwen35_dir, ids)
+    kld = {}
+    for method in ("rtn", "gptq", "awq"):
+        out = quantize(qwen35_dir, tmp_path / method, method, bits=4,
+                       extra=("--group-size", "32"))
+        kld[method] = mean_kld(ref, hf_logits(out, ids))
+    print("qwen3_5_text W4 g32: " + ", ".join(f"{m} {v:.2e}" for m, v in kld.items()))
+    assert kld["gptq"] < kld["rtn"] and kld["awq"] < kld["rtn"], kld
+
+
+# ------------------------------------------------------------------ Qwen3.5 mixture of experts
+
+MOE = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+       "shared_expert_intermediate_size": 64}
+
+
+@pytest.fixture(scope="module")
+def qwen35_moe_dir(tmp_path_factory):
+    """A tiny Qwen3.5-MoE: the hybrid blocks of QWEN3_5 with 8 routed experts (top 2) and
+    a shared expert in every block."""
+    return build_family_model(tmp_path_factory.mktemp("qwen3_5_moe") / "qwen3_5_moe_text",
+                              "qwen3_5_moe_text", embed_std=EMBED_STD, **QWEN3_5, **MOE)
+
+
+@pytest.fixture(scope="module")
+def qwen35_moe_bpe_dir(tmp_path_factory, demo_dir):
+    """The tiny Qwen3.5-MoE with the demo model's BPE tokenizer (one llama.cpp knows)."""
+    return build_family_model(tmp_path_factory.mktemp("qwen3_5_moe_bpe") / "qwen3_5_moe_text",
+                              "qwen3_5_moe_text", demo_dir, embed_std=EMBED_STD,
+                              **QWEN3_5, **MOE)
+
+
+def test_moe_table_expands_experts_and_keeps_the_gates():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from qtapp.engine.model.moe import unfuse_experts
+
+    config = AutoConfig.for_model("qwen3_5_moe_text", hidden_size=64, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=300, **QWEN3_5, **MOE)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    unfuse_experts(model)
+    spec = arch_for(config.to_dict())
+    for i, block in enumerate(model.model.layers):
+        spec.check_block(block, i)
+        names = spec.linears_of(i)
+        assert len(names) == len(set(names))
+        assert "mlp.shared_expert.down_proj" in names and "mlp.experts.7.down_proj" in names
+        assert "mlp.shared_expert_gate" not in names and "mlp.gate" not in names
+    assert spec.keep == ("mlp.shared_expert_gate",)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_moe_hf_methods_end_to_end(qwen35_moe_dir, method, tmp_path):
+    from safetensors import safe_open
+
+    out = quantize(qwen35_moe_dir, tmp_path / "out", method)
+    ids = token_ids(259)
+    ref = source_logits(qwen35_moe_dir, ids)
+    kld = mean_kld(ref, hf_logits(out, ids))
+    print(f"qwen3_5_moe_text {method} W8: mean KLD {kld:.2e}")
+    assert kld < KLD_MAX, kld
+    names = set()
+    for f in out.glob("*.safetensors"):
+        with safe_open(f, "pt") as h:
+            names |= set(h)
+    assert "model.layers.0.mlp.experts.5.down_proj.qweight" in names
+    assert "model.layers.0.mlp.shared_expert.down_proj.qweight" in names
+    assert "model.layers.0.mlp.shared_expert_gate.weight" in names  # 16-bit, like the router
+    bad = damage_hf(out, tmp_path, "model.layers.0.mlp.shared_expert.down_proj")
+    damaged = mean_kld(ref, hf_logits(bad, ids))
+    print(f"qwen3_5_moe_text {method} damaged: mean KLD {damaged:.2e}")
+    assert damaged > KLD_MAX, damaged
+
+
+def test_moe_awq_is_refused(qwen35_moe_dir, tmp_path, capsys):
+    from qtapp.cli import main
+
+    assert main(["quantize", "--model", str(qwen35_moe_dir), "--method", "awq", "--out",
+                 str(tmp_path / "out"), "--bits", "4", "--device", "cpu", "--no-eval"]) != 0
+    assert "mixture-of-experts" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.llama_cpp
+def test_moe_gguf_end_to_end(qwen35_moe_bpe_dir, tmp_path):
+    import gguf
+
+    from qtapp.engine.gguf.convert import convert_to_gguf
+    from qtapp.engine.gguf.llama_runtime import llama_cpp_available
+
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed")
+    ids = token_ids(259)
+    ref = source_logits(qwen35_moe_bpe_dir, ids)
+    f32 = convert_to_gguf(qwen35_moe_bpe_dir, tmp_path / "f32.gguf", "F32").path
+    tensors = {t.name: t for t in gguf.GGUFReader(f32).tensors}
+    assert tuple(tensors["blk.0.ffn_gate_exps.weight"].shape) == (64, 64, 8)
+    assert "blk.0.ffn_gate_inp_shexp.weight" in tensors and "blk.0.ffn_up_shexp.weight" in tensors
+    exact = mean_kld(ref, gguf_logits(f32, ids))
+    print(f"qwen3_5_moe_text gguf F32: mean KLD {exact:.2e}")
+    assert exact < GGUF_F32_KLD_MAX, exact
+    bad = damage_gguf(f32, tmp_path, "blk.1.ffn_down_shexp.weight")
+    assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_F32_KLD_MAX
+
+    path = gguf_file(quantize(qwen35_moe_bpe_dir, tmp_path / "out", "gguf"))
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
+    assert types["blk.0.ffn_gate_inp_shexp.weight"] == gguf.GGMLQuantizationType.F32
+    assert types["blk.0.ssm_conv1d.weight"] == gguf.GGMLQuantizationType.F32
+    kld = mean_kld(ref, gguf_logits(path, ids))
+    print(f"qwen3_5_moe_text gguf Q8_0: mean KLD {kld:.2e}")
+    assert kld < GGUF_Q8_KLD_MAX, kld
+    bad = damage_gguf(path, tmp_path, "blk.0.attn_qkv.weight")
+    damaged = mean_kld(ref, gguf_logits(bad, ids))
+    print(f"qwen3_5_moe_text gguf Q8_0 damaged: mean KLD {damaged:.2e}")
+    assert damaged > GGUF_Q8_KLD_MAX, damaged
