@@ -36,10 +36,10 @@ import pytest
 import torch
 from test_families import (
     GGUF_F32_KLD_MAX,
-    build_family_model,
     GGUF_Q8_KLD_MAX,
     KLD_MAX,
     _sharpen,
+    build_family_model,
     damage_gguf,
     damage_hf,
     gguf_file,

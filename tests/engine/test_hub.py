@@ -52,7 +52,8 @@ def tiny_files(tmp_path_factory) -> dict[str, bytes]:
     files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     files.update({"pytorch_model.bin": b"PICKLE" * 1000, "original/consolidated.00.pth": b"x",
                   "onnx/model.onnx": b"onnx", "gguf/model-Q4_K_M.gguf": b"GGUF",
-                  "consolidated.safetensors": b"dup", "README.md": b"# card"})
+                  "consolidated.safetensors": b"dup", "README.md": b"# card",
+                  "added_tokens.json": b""})  # an empty file is a file too
     return files
 
 
@@ -199,24 +200,36 @@ def test_a_file_damaged_on_the_way_is_refused(hub, tiny_files, monkeypatch):
     assert not (blobs / plan.blobs["model.safetensors"][0]).exists()
 
 
-def test_cancel_returns_within_a_second_and_the_next_download_resumes(hub):
-    data = os.urandom(3 * 2**20)
+def _cancel_once_started(partial: Path, delay: float) -> tuple[threading.Event, list[float]]:
+    """A cancel flag set ``delay`` s after the first bytes of ``partial`` are on disk, and
+    when it was set."""
+    flag, when = threading.Event(), []
+
+    def watch() -> None:
+        while not (partial.exists() and partial.stat().st_size > 0):
+            time.sleep(0.02)
+        time.sleep(delay)
+        when.append(time.monotonic())
+        flag.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    return flag, when
+
+
+@pytest.mark.parametrize("slow", [0.02, 5.0], ids=["streaming", "stalled"])
+def test_cancel_returns_within_a_second_and_the_next_download_resumes(hub, slow):
+    data = os.urandom(8 * 2**20)
     hub.add(FakeRepo("org/big", {"config.json": b"{}", "model.safetensors": data}))
     plan = plan_download("org/big")
-    hub.slow = 2.0  # one 64 KiB chunk, then 2 s of silence: the read itself is stalled
-    cancel = threading.Event()
-    asked: list[float] = []
-
-    def on_progress(p):
-        if p.done_bytes > 0 and not cancel.is_set():
-            asked.append(time.monotonic())
-            cancel.set()
-
-    with pytest.raises(Cancelled):
-        download(plan, on_progress=on_progress, should_cancel=cancel.is_set)
-    assert time.monotonic() - asked[0] < 1.5
+    # streaming: a 64 KiB piece every 20 ms (the whole file would take 2.6 s); stalled: one
+    # piece, then 5 s of silence, during which the cancel comes
+    hub.slow = slow
     partial = (Path(hub_files.hub_cache_dir()) / "models--org--big" / "blobs"
                / f"{plan.blobs['model.safetensors'][0]}.incomplete")
+    cancel, asked = _cancel_once_started(partial, 0.3)
+    with pytest.raises(Cancelled):
+        download(plan, should_cancel=cancel.is_set)
+    assert time.monotonic() - asked[0] < 1.0
     have = partial.stat().st_size
     assert 0 < have < len(data) and partial.read_bytes() == data[:have]
 
@@ -265,6 +278,10 @@ def test_resolve_model_downloads_through_the_same_implementation(hub, tiny_files
     assert info.n_layers == 2 and calls[-1][0] == calls[-1][1] > 0
     assert any(h.get("Range") for _, _, h in hub.requests("GET", "/resolve/"))
     assert not hub.requests(contains="pytorch_model.bin")
+    hub.add(FakeRepo("org/other", dict(tiny_files)))
+    with pytest.raises(Cancelled):  # the window's cancel reaches the download
+        resolve_model("org/other", allow_download=True, should_cancel=lambda: True)
+    assert not hub.requests(contains="org/other/resolve/")
 
 
 def test_unknown_repo_and_unreachable_hub_say_what_to_do(hub, monkeypatch):
@@ -500,3 +517,21 @@ def test_ollama_runs_create_or_gives_the_command(tmp_path, monkeypatch):
     assert local_apps.add_to_ollama(gguf, "m-q4") == "success"
     assert (tmp_path / "args").read_text().split()[:3] == ["create", "m-q4", "-f"]
     assert (tmp_path / "mf").read_text() == text
+
+
+def test_a_second_download_of_the_same_file_is_refused_not_interleaved(hub, tiny_files):
+    from filelock import FileLock
+
+    from qtapp.engine.errors import Busy
+
+    hub.add(FakeRepo("org/tiny", dict(tiny_files)))
+    plan = plan_download("org/tiny")
+    digest = plan.blobs["model.safetensors"][0]
+    lock = Path(hub_files.hub_cache_dir()) / ".locks" / "models--org--tiny" / f"{digest}.lock"
+    lock.parent.mkdir(parents=True)
+    # huggingface-hub's lock of this blob, held by "another" download
+    with FileLock(str(lock)), pytest.raises(Busy, match="Another download is writing model"):
+        download(plan)
+    assert not hub.requests(contains="model.safetensors")
+    folder = download(plan)  # free again
+    assert (folder / "model.safetensors").read_bytes() == tiny_files["model.safetensors"]

@@ -137,7 +137,8 @@ def test_hf_methods_end_to_end(qwen35_dir, method, tmp_path):
     outs = {}
     for f in out.glob("*.safetensors"):
         with safe_open(f, "pt") as h:
-            outs.update({k: h.get_tensor(k) for k in h if ".linear_attn." in k})
+            keys = h.keys()  # a safe_open handle is not iterable
+            outs.update({k: h.get_tensor(k) for k in keys if ".linear_attn." in k})
     with safe_open(src_file, "pt") as src:
         for i in (0, 2):
             for leaf in DELTANET_FLOATS:
@@ -181,6 +182,14 @@ def test_gguf_end_to_end(qwen35_bpe_dir, tmp_path):
         damaged = mean_kld(ref, gguf_logits(bad, ids))
         print(f"qwen3_5_text gguf F32 {tensor} zeroed: mean KLD {damaged:.2e}")
         assert damaged > GGUF_F32_KLD_MAX, (tensor, damaged)
+    # the value heads left grouped by key head (no tiling): llama.cpp reads them wrong
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("qtapp.engine.gguf.hf_model.tile_value_heads",
+                   lambda w, *_args, **_kw: w)
+        untiled = convert_to_gguf(src, tmp_path / "untiled.gguf", "F32").path
+    damaged = mean_kld(ref, gguf_logits(untiled, ids))
+    print(f"qwen3_5_text gguf F32 without value-head tiling: mean KLD {damaged:.2e}")
+    assert damaged > GGUF_F32_KLD_MAX, damaged
 
     path = gguf_file(quantize(src, tmp_path / "out", "gguf"))
     kld = mean_kld(ref, gguf_logits(path, ids))
@@ -212,8 +221,11 @@ def test_four_bit_gptq_and_awq_beat_rtn(qwen35_dir, tmp_path):
 
 # ------------------------------------------------------------------ Qwen3.5 mixture of experts
 
+# two blocks (one of each kind): with four, the 8-bit noise flips enough top-2 routing
+# decisions of the random routers to put RTN W8 at 2.8e-3
 MOE = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
-       "shared_expert_intermediate_size": 64}
+       "shared_expert_intermediate_size": 64, "num_hidden_layers": 2,
+       "layer_types": KINDS[:2]}
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +233,7 @@ def qwen35_moe_dir(tmp_path_factory):
     """A tiny Qwen3.5-MoE: the hybrid blocks of QWEN3_5 with 8 routed experts (top 2) and
     a shared expert in every block."""
     return build_family_model(tmp_path_factory.mktemp("qwen3_5_moe") / "qwen3_5_moe_text",
-                              "qwen3_5_moe_text", embed_std=EMBED_STD, **QWEN3_5, **MOE)
+                              "qwen3_5_moe_text", embed_std=EMBED_STD, **{**QWEN3_5, **MOE})
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +241,7 @@ def qwen35_moe_bpe_dir(tmp_path_factory, demo_dir):
     """The tiny Qwen3.5-MoE with the demo model's BPE tokenizer (one llama.cpp knows)."""
     return build_family_model(tmp_path_factory.mktemp("qwen3_5_moe_bpe") / "qwen3_5_moe_text",
                               "qwen3_5_moe_text", demo_dir, embed_std=EMBED_STD,
-                              **QWEN3_5, **MOE)
+                              **{**QWEN3_5, **MOE})
 
 
 def test_moe_table_expands_experts_and_keeps_the_gates():
@@ -238,7 +250,7 @@ def test_moe_table_expands_experts_and_keeps_the_gates():
     from qtapp.engine.model.moe import unfuse_experts
 
     config = AutoConfig.for_model("qwen3_5_moe_text", hidden_size=64, num_attention_heads=4,
-                                  num_key_value_heads=2, vocab_size=300, **QWEN3_5, **MOE)
+                                  num_key_value_heads=2, vocab_size=300, **{**QWEN3_5, **MOE})
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     unfuse_experts(model)
@@ -266,7 +278,7 @@ def test_moe_hf_methods_end_to_end(qwen35_moe_dir, method, tmp_path):
     names = set()
     for f in out.glob("*.safetensors"):
         with safe_open(f, "pt") as h:
-            names |= set(h)
+            names |= set(h.keys())
     assert "model.layers.0.mlp.experts.5.down_proj.qweight" in names
     assert "model.layers.0.mlp.shared_expert.down_proj.qweight" in names
     assert "model.layers.0.mlp.shared_expert_gate.weight" in names  # 16-bit, like the router
@@ -287,7 +299,7 @@ def test_moe_awq_is_refused(qwen35_moe_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.llama_cpp
-def test_moe_gguf_end_to_end(qwen35_moe_bpe_dir, tmp_path):
+def test_moe_gguf_end_to_end(qwen35_moe_bpe_dir, tmp_path, monkeypatch):
     import gguf
 
     from qtapp.engine.gguf.convert import convert_to_gguf
@@ -295,6 +307,13 @@ def test_moe_gguf_end_to_end(qwen35_moe_bpe_dir, tmp_path):
 
     if not llama_cpp_available():
         pytest.skip("llama-cpp-python is not installed")
+    # transformers loads any qwen3_5_moe_text tokenizer as its Qwen3_5Tokenizer, which
+    # splits text with Qwen's own pattern whatever tokenizer.json says, so the demo
+    # tokenizer's pre-tokenizer hash is one llama.cpp does not know under this model type
+    # (real checkpoints ship Qwen's tokenizer: "qwen35"). Token ids go to llama.cpp
+    # directly here, so the vocabulary is written under the demo tokenizer's own name.
+    monkeypatch.setattr("qtapp.engine.gguf.vocab.pre_tokenizer_name",
+                        lambda _tokenizer, _dir: "smollm")
     ids = token_ids(259)
     ref = source_logits(qwen35_moe_bpe_dir, ids)
     f32 = convert_to_gguf(qwen35_moe_bpe_dir, tmp_path / "f32.gguf", "F32").path
@@ -318,3 +337,64 @@ def test_moe_gguf_end_to_end(qwen35_moe_bpe_dir, tmp_path):
     damaged = mean_kld(ref, gguf_logits(bad, ids))
     print(f"qwen3_5_moe_text gguf Q8_0 damaged: mean KLD {damaged:.2e}")
     assert damaged > GGUF_Q8_KLD_MAX, damaged
+
+
+# ------------------------------------------------ check, planner and advisor on real shapes
+
+# config.json of Qwen/Qwen3.5-27B as released (vision-language; the text part abridged to the
+# keys that matter) and the text-only form of the same decoder
+QWEN35_27B_TEXT = {
+    "model_type": "qwen3_5_text", "architectures": ["Qwen3_5ForCausalLM"],
+    "hidden_size": 5120, "intermediate_size": 17408, "num_hidden_layers": 64,
+    "num_attention_heads": 24, "num_key_value_heads": 4, "head_dim": 256,
+    "linear_num_key_heads": 16, "linear_num_value_heads": 48, "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4, "vocab_size": 248320,
+    "layer_types": ["linear_attention", "linear_attention", "linear_attention",
+                    "full_attention"] * 16,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000000,
+                        "partial_rotary_factor": 0.25, "mrope_section": [11, 11, 10],
+                        "mrope_interleaved": True},
+    "max_position_embeddings": 262144, "rms_norm_eps": 1e-6, "tie_word_embeddings": False}
+QWEN35_27B_VLM = {
+    "model_type": "qwen3_5", "architectures": ["Qwen3_5ForConditionalGeneration"],
+    "text_config": {**QWEN35_27B_TEXT, "model_type": "qwen3_5_text"},
+    "vision_config": {"model_type": "qwen3_5", "depth": 27, "hidden_size": 1152}}
+
+
+def test_check_answers_from_config_alone():
+    """What `quantdesk check` and the Hub search say from config.json alone, before any
+    download: the text-only Qwen3.5 works with every method, the released vision-language
+    checkpoint is refused with the reason; an irregular layer_types pattern is refused for
+    GGUF only (llama.cpp stores one interval)."""
+    from qtapp.engine.planning.compat import config_checks
+
+    def answers(config: dict) -> dict[str, tuple[bool, str]]:
+        return {m.method: (m.ok, m.reason) for m in config_checks(config)}
+
+    text = answers(QWEN35_27B_TEXT)
+    assert all(ok for ok, _ in text.values()), text
+    assert set(text) == {"rtn", "gptq", "awq", "gguf"}
+    vlm = answers(QWEN35_27B_VLM)
+    assert not any(ok for ok, _ in vlm.values()), vlm
+    assert all("vision-language" in why for _, why in vlm.values()), vlm
+    odd = answers({**QWEN35_27B_TEXT, "layer_types": ["full_attention", "linear_attention"] * 32})
+    assert odd["gptq"][0] and not odd["gguf"][0], odd
+    assert "full_attention_interval" in odd["gguf"][1]
+
+
+def test_planner_counts_kv_cache_of_full_attention_layers_only():
+    """Qwen3.5-27B: 16 of 64 blocks have full attention (4 key/value heads × 256): 32 KiB of
+    16-bit keys and values a token, a quarter of what 64 such blocks would hold; the 48
+    DeltaNet blocks add a fixed recurrent state (48 × 48 heads × 128 × 128 float32 plus the
+    convolution's last 3 inputs)."""
+    from qtapp.engine.planning.advisor import kv_cache_bytes
+    from qtapp.engine.planning.shape import ModelShape
+
+    for config in (QWEN35_27B_TEXT, QWEN35_27B_VLM):
+        shape = ModelShape.from_config(config)
+        assert shape.kv_values_per_token == 16 * 2 * 4 * 256
+        state = 48 * (48 * 128 * 128 + 3 * (2 * 16 * 128 + 48 * 128)) * 4
+        assert shape.state_bytes == state
+        assert kv_cache_bytes(shape, 4096) == 16 * 2 * 4 * 256 * 4096 * 2 + state
+    dense = ModelShape.from_config({**QWEN35_27B_TEXT, "layer_types": None})
+    assert dense.kv_values_per_token == 64 * 2 * 4 * 256 and dense.state_bytes == 0

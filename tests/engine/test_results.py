@@ -4,6 +4,7 @@ earlier versions still read."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -142,8 +143,14 @@ def test_the_command_line_prints_the_result_it_reads_back():
 
     lines = ["done in 10 s: /out/tiny-gptq", "  size 179.8 KiB (source 420.8 KiB)",
              "  perplexity 12.500 (source 12.000)"]
-    assert printed(full_result().to_dict()) == lines
-    # an unversioned result of an earlier worker reads the same
+    # the quality verdict the model card has, and the planned time beside the time taken
+    verdict = "  quality degraded: top-1 agreement 91.2 % < 92 %"
+    assert printed(full_result().to_dict()) == [*lines, verdict]
+    planned = full_result()
+    planned = dataclasses.replace(planned, resources=dataclasses.replace(
+        planned.resources, predicted={**planned.resources.predicted, "seconds": 9.0}))
+    assert printed(planned.to_dict()) == [*lines, "  time 10 s (planned 9 s)", verdict]
+    # an unversioned result of an earlier worker reads the same (it had no verdict)
     assert printed({"size_bytes": 184088, "source_size_bytes": 430944, "ppl": 12.5,
                     "ppl_source": 12.0}) == lines
     assert printed({}) == lines[:1]  # a plan run's result: nothing written, nothing measured

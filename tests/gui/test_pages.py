@@ -241,3 +241,4 @@ def test_the_quality_check_has_its_own_bar_and_time_left(window: MainWindow,
     assert (run.progress.value(), run.progress.maximum()) == (6, 42)
     assert "about 5 min 00 s left" in run.eta.text() or "about 4 min 59 s left" in run.eta.text()
     assert "Measuring perplexity: quantized model: window 6 of 20" == run.stage.text()
+    monkeypatch.undo()  # before the window closes (a running job would ask to stop it)

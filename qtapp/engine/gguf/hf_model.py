@@ -209,11 +209,12 @@ class HfModel:
                                self._reader(hf_name, transform))
 
     def _deltanet_tensor(self, hf_name: str) -> SourceTensor:
-        """A Gated DeltaNet tensor as llama.cpp's Qwen3.5 converter writes it (docs/formats.md,
-        "Gated DeltaNet"): A_log as A = −exp(A_log), dt_bias named dt_proj.bias, conv1d's
-        (C, 1, K) kernel squeezed to (C, K), the gated norm's weight as is (it is x̂·w, not
-        x̂·(1 + w)), and, when there are more value heads than key heads, the value heads
-        of every tensor that has them reordered from grouped by key head to tiled."""
+        """A Gated DeltaNet tensor as llama.cpp's Qwen3.5 converter writes it
+        (docs/formats.md#gated-deltanet): A_log as A = −exp(A_log), dt_bias named
+        dt_proj.bias, conv1d's (C, 1, K) kernel squeezed to (C, K), the gated norm's weight
+        as is (it is x̂·w, not x̂·(1 + w)), and, when there are more value heads than key
+        heads, the value heads of every tensor that has them reordered from grouped by key
+        head to tiled."""
         c = self.config
         n_k, n_v = c["linear_num_key_heads"], c["linear_num_value_heads"]
         d_k, d_v = c["linear_key_head_dim"], c["linear_value_head_dim"]

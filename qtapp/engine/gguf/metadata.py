@@ -76,9 +76,10 @@ def add_hparams(writer: gguf.GGUFWriter, model: HfModel, file_type: int) -> None
 
 
 def _add_gated_delta_net(writer: gguf.GGUFWriter, c: dict[str, Any]) -> None:
-    """The keys of llama.cpp's Qwen3.5 / Qwen3-Next converter (docs/formats.md, "Gated
-    DeltaNet"): the DeltaNet's shape as ssm.*, which blocks have full attention, and the
-    multimodal rope sections the qwen35 loaders require (text positions use one section)."""
+    """The keys of llama.cpp's Qwen3.5 / Qwen3-Next converter
+    (docs/formats.md#gated-deltanet): the DeltaNet's shape as ssm.*, which blocks have full
+    attention, and the multimodal rope sections the qwen35 loaders require (text positions
+    use one section)."""
     writer.add_ssm_conv_kernel(c["linear_conv_kernel_dim"])
     writer.add_ssm_state_size(c["linear_key_head_dim"])
     writer.add_ssm_group_count(c["linear_num_key_heads"])

@@ -11,7 +11,9 @@
         resumes (HTTP Range)
 
 Errors: HubAccessError (401/403, gated: names the licence page and `hf auth login`),
-HubUnavailable (offline, timed out: names the endpoint), UserError (disk, damaged file).
+HubUnavailable (offline, timed out: names the endpoint), Busy (another download is writing
+the same file), UserError (disk, damaged file). Facts and measurements: docs/reliability.md,
+"The Hugging Face Hub".
 The implementation is qtapp.engine.model.hub_files, shared with resolve_model.
 """
 

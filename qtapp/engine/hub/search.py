@@ -97,7 +97,7 @@ def _from_info(info: Any) -> HubModel:
 def _get(path: str, params: dict[str, Any] | list[tuple[str, Any]] | None,
          timeout: float, refused: Any = _NO) -> Any:
     """GET endpoint()+path with a timeout; the JSON answer, or HubUnavailable (``refused``
-    instead for a 401/403 when given)."""
+    instead for a 401/403/404 when given)."""
     import httpx2
     from huggingface_hub.utils import build_hf_headers, get_session
 
@@ -109,7 +109,7 @@ def _get(path: str, params: dict[str, Any] | list[tuple[str, Any]] | None,
                               timeout=timeout)
     except httpx2.HTTPError as e:
         raise unavailable(base, e, timeout) from None
-    if r.status_code in (401, 403) and refused is not _NO:
+    if r.status_code in (401, 403, 404) and refused is not _NO:
         return refused
     if r.status_code >= 400:
         raise HubUnavailable(f"{base} answered HTTP {r.status_code} to {path}. Check the Hub "
@@ -159,8 +159,8 @@ def _has_shape(config: dict | None) -> bool:
 def full_config(model: HubModel, *, timeout: float = 5.0) -> dict | None:
     """config.json of ``model``: the one it has when it is complete, else the cached file,
     else one request (resolve/<sha>/config.json). A gated model whose licence this account
-    has not accepted keeps its trimmed config (the verdicts then count from the parameters).
-    None when the Hub has none."""
+    has not accepted, or a repository without config.json, keeps its trimmed config (the
+    verdicts then count from the parameters)."""
     if _has_shape(model.config):
         return model.config
     snap = _snapshot(model.repo_id)

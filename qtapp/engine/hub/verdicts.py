@@ -93,13 +93,13 @@ def _one(method: str, label: str, bits: int, gguf_type: str, shape: ModelShape,
     samples = SAMPLES_GPU if hw.best_gpu is not None else SAMPLES_CPU
     where_q, peak = quantize_fit(shape, method, samples, hw)
     head = f"{label} ≈ {format_size(size)}"
+    where = fits(need, hw)
+    if where == "none":  # first: the answer that matters most
+        return FitVerdict(method, label, False, f"{head}: too large: needs {format_size(need)}")
     if where_q == "none":
         return FitVerdict(method, label, False,
-                          f"{head}: too large to quantize here: needs {format_size(peak)} "
-                          "of memory")
-    where = fits(need, hw)
-    if where == "none":
-        return FitVerdict(method, label, False, f"{head}: too large: needs {format_size(need)}")
+                          f"{head}: runs here, but quantizing it needs {format_size(peak)} "
+                          "of memory, more than this machine has")
     gpu = hw.best_gpu
     if where == "gpu" and gpu is not None:
         room = gpu.vram_total * VRAM_USABLE

@@ -27,12 +27,22 @@ so only GGUF needs them (as metadata). Other layouts:
              norm scales; v→o and up→down are slices of a fused output and are not scaled.
     Gemma 2/3  four norms per block (input, post-attention, pre-feedforward, post-feedforward),
              each x̂·(1 + w): a scale s folds as w' = (1 + w)/s − 1 (norm_offset = 1).
+    Gemma 4  the Gemma 3 block with plain x̂·w norms, then the per-layer input
+             (per_layer_input_gate → ·per_layer_input → per_layer_projection); blocks that
+             reuse earlier keys and values lack k/v_proj (BlockLayout.optional, read from
+             each block's module graph).
+    Gemma 3 4B+, Gemma 4 (vision-language)  the language model under
+             model.language_model, its settings in config.json's text_config (text_settings);
+             the vision tower is not in the table and is copied unchanged.
     GLM-4    separate q/k/v (biased), fused gate_up_proj, post-norms after attention and MLP
              besides the pre-norms.
     Qwen3-MoE  the Qwen3 attention, then a router (mlp.gate, not an nn.Linear, never
              quantized) and E experts (fused 3-D tensors in transformers 5, unfused into
              mlp.experts.{e}.gate_proj/up_proj/down_proj by model/moe.py while the
              pipeline and the loader work): names with "{e}" expand per expert.
+    Mixtral  the same block; its checkpoints name the experts block_sparse_moe.experts.{e}.
+             w1/w3/w2 and the router block_sparse_moe.gate (Family.checkpoint_names,
+             NameMap: read as the module names, written back as the checkpoint's).
 """
 
 from __future__ import annotations
@@ -205,10 +215,6 @@ class ArchSpec:
         return tuple(g for g in self.awq_groups
                      if not any(n.startswith(absent) for n in (g.prev + ".", g.target + ".",
                                                               *g.linears)))
-
-    def kind_of(self, i: int) -> str:
-        """config.json's layer type of block i ("" for a family whose blocks are alike)."""
-        return self.layer_types[i] if self.kinds and 0 <= i < len(self.layer_types) else ""
 
     def present(self, i: int, block: Any) -> tuple[tuple[tuple[str, ...], ...],
                                                    tuple[AwqGroup, ...]]:
@@ -569,11 +575,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            notes=(("the GGUF converter of llama.cpp sets GLM-4's special tokens from its own "
                   "tokenizer; QuantDesk writes the tokenizer's own special tokens"),)),
     Family("qwen3_moe", ("Qwen3MoeForCausalLM",), "Qwen3-30B-A3B, Qwen3-235B-A22B", MOE_BLOCK,
-           gguf=GgufFacts("QWEN3MOE", vocab="gpt2", kv=(
-               ("num_experts", "add_expert_count", None),
-               ("num_local_experts", "add_expert_count", None),
-               ("num_experts_per_tok", "add_expert_used_count", None),
-               ("moe_intermediate_size", "add_expert_feed_forward_length", None))),
+           gguf=GgufFacts("QWEN3MOE", vocab="gpt2", kv=_MOE_KV),
            notes=(("experts are calibrated one by one on the tokens routed to them; an expert "
                   "with too few tokens is rounded to nearest with the range search (named in "
                   "the run's log); the router stays 16-bit; AWQ not yet"),)),

@@ -29,12 +29,14 @@ one GET (huggingface-hub's HTTP session: its headers, the stored token, the syst
 blobs/<hash>.incomplete; after an interruption, a cancel or a crash the next download sends
 ``Range: bytes=<size of the partial file>-`` and appends. Cancel is checked at least once a
 second (the socket read times out after READ_POLL_S and the transfer continues with a Range
-request). The model's file list and the commit come from HfApi.model_info. The facts and
+request). Each file is fetched under huggingface-hub's lock of its blob, so a second download
+of it (another window, `quantdesk download`, huggingface-hub itself) is refused (Busy). The model's file list and the commit come from HfApi.model_info. The facts and
 the measured cancel latency: docs/reliability.md, "The Hugging Face Hub".
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import os
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from qtapp.engine.errors import Cancelled, UserError
+from qtapp.engine.errors import Busy, Cancelled, UserError
 from qtapp.engine.outputs import disk_full_error, free_bytes, is_disk_full
 from qtapp.engine.units import format_size
 
@@ -57,6 +59,8 @@ PICKLE_PATTERNS = ["pytorch_model*.bin", "*.bin.index.json"]
 READ_POLL_S = 1.0          # a socket read waits at most this long before cancel is checked
 STALL_LIMIT_S = 60.0       # no byte for this long: the download stops with an error
 CONNECT_TRIES = 3          # connections refused in a row before the download stops
+CONNECT_TIMEOUT_S = 5.0    # a connection not made by then is tried again (cancel is checked
+#                            between tries: while connecting it can take this long)
 PROGRESS_EVERY_S = 0.2
 SPEED_WINDOW_S = 5.0
 CHUNK = 1 << 20
@@ -209,7 +213,8 @@ def hub_ignore(allow_pickle: bool) -> list[str]:
 
 def wanted(name: str, allow_pickle: bool = False) -> bool:
     """Whether quantizing needs the repository file ``name``."""
-
+    if any(fnmatch.fnmatch(name, p) for p in hub_ignore(allow_pickle)):
+        return False
     return any(fnmatch.fnmatch(name, p) for p in hub_patterns(allow_pickle))
 
 
@@ -345,6 +350,7 @@ def _fetch(plan: DownloadPlan, name: str, size: int, partial: Path, headers: dic
     url = f"{plan.endpoint}/{plan.repo_id}/resolve/{quote(plan.revision, safe='')}/{quote(name)}"
     stalled_since: float | None = None
     connect_failures = 0
+    partial.touch()  # an empty file is complete at once
     while True:
         have = partial.stat().st_size if partial.exists() else 0
         if have > size:  # not this file's beginning: start over
@@ -359,7 +365,7 @@ def _fetch(plan: DownloadPlan, name: str, size: int, partial: Path, headers: dic
         if have:
             h["Range"] = f"bytes={have}-"
         try:
-            timeout = httpx2.Timeout(READ_POLL_S, connect=10.0)
+            timeout = httpx2.Timeout(READ_POLL_S, connect=CONNECT_TIMEOUT_S)
             with get_session().stream("GET", url, headers=h, timeout=timeout) as r:
                 if r.status_code >= 400:
                     if r.status_code == 416 and have:
@@ -418,6 +424,28 @@ def _link(blob: Path, pointer: Path) -> None:
     _create_symlink(str(blob), str(pointer), new_blob=False)
 
 
+@contextlib.contextmanager
+def _file_lock(plan: DownloadPlan, digest: str, name: str):
+    """The lock huggingface-hub's own downloads take for this blob (.locks/models--…/<hash>
+    .lock in the cache), so that two downloads never append to one partial file: a second
+    one is refused at once (Busy) rather than waiting unseen."""
+    from filelock import FileLock, Timeout
+
+    path = hub_cache_dir() / ".locks" / _storage(plan.repo_id).name / f"{digest}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise Busy(f"Another download is writing {name} of '{plan.repo_id}' (the window, a "
+                   "`quantdesk download`, or another Hugging Face tool). Wait for it to end "
+                   "or cancel it, then try again.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def download(plan: DownloadPlan, *, on_progress: Callable[[DownloadProgress], None] | None = None,
              should_cancel: Callable[[], bool] | None = None,
              token: str | None = None) -> Path:
@@ -446,10 +474,12 @@ def download(plan: DownloadPlan, *, on_progress: Callable[[DownloadProgress], No
             pointer = snapshot / name
             meter.file = name
             if not blob.is_file():
-                partial = blob.with_name(f"{digest}.incomplete")
-                _fetch(plan, name, size, partial, headers, meter, cancel)
-                _verify(partial, digest, kind, size, name, plan.repo_id)
-                os.replace(partial, blob)
+                with _file_lock(plan, digest, name):
+                    if not blob.is_file():  # another download may have finished it
+                        partial = blob.with_name(f"{digest}.incomplete")
+                        _fetch(plan, name, size, partial, headers, meter, cancel)
+                        _verify(partial, digest, kind, size, name, plan.repo_id)
+                        os.replace(partial, blob)
             if not pointer.exists():
                 _link(blob, pointer)
         if plan.ref != plan.revision:

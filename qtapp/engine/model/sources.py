@@ -742,16 +742,19 @@ def _is_hub_id_shaped(source: str) -> bool:
 
 
 def _download(repo_id: str, allow_pickle: bool,
-              progress: Callable[[int, int], None] | None) -> Path:
+              progress: Callable[[int, int], None] | None,
+              should_cancel: Callable[[], bool] | None = None) -> Path:
     """Fetch what quantizing needs through the one Hub download (model/hub_files.py: the
-    file choice, the disk check before the first byte, resume, gated models' message)."""
+    file choice, the disk check before the first byte, resume, cancel, gated models'
+    message)."""
     plan = hub_files.plan_download(repo_id, allow_pickle=allow_pickle)
     report = None if progress is None else (lambda p: progress(p.done_bytes, p.total_bytes))
-    return hub_files.download(plan, on_progress=report)
+    return hub_files.download(plan, on_progress=report, should_cancel=should_cancel)
 
 
 def _resolve_hub(repo_id: str, allow_download: bool, allow_pickle: bool,
-                 progress: Callable[[int, int], None] | None) -> Path:
+                 progress: Callable[[int, int], None] | None,
+                 should_cancel: Callable[[], bool] | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import HFValidationError
 
@@ -781,7 +784,7 @@ def _resolve_hub(repo_id: str, allow_download: bool, allow_pickle: bool,
                 f"is set, so it cannot be downloaded ({type(e).__name__}). Unset HF_HUB_OFFLINE "
                 "or download it on a connected machine."
             ) from None
-    return _download(repo_id, allow_pickle, progress)
+    return _download(repo_id, allow_pickle, progress, should_cancel)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -809,10 +812,13 @@ def _local_folder(path: Path, source: str) -> Path:
 
 def resolve_model(source: str, *, allow_download: bool = False,
                   progress: Callable[[int, int], None] | None = None,
-                  allow_pickle: bool = False, pickle_option: bool = True) -> ModelInfo:
+                  allow_pickle: bool = False, pickle_option: bool = True,
+                  should_cancel: Callable[[], bool] | None = None) -> ModelInfo:
     """Turn what the user typed ("demo", a folder, an org/name Hub id) into a checked ModelInfo.
 
-    ``progress(done_bytes, total_bytes)`` is called during a Hub download.
+    ``progress(done_bytes, total_bytes)`` is called during a Hub download;
+    ``should_cancel()`` stops it within about a second (errors.Cancelled; the partial file
+    stays and the next download resumes it).
     ``pickle_option``: whether the caller can allow pickle weights, so that their refusal may
     point to --allow-pickle (`quantize` and the window can; `convert`, `recommend` cannot).
     """
@@ -825,7 +831,8 @@ def resolve_model(source: str, *, allow_download: bool = False,
     if path.exists() or not _is_hub_id_shaped(text):
         folder, name = _local_folder(path, text), path.resolve().name
     else:
-        folder, name = _resolve_hub(text, allow_download, allow_pickle, progress), text
+        folder, name = _resolve_hub(text, allow_download, allow_pickle, progress,
+                                    should_cancel), text
     if allow_pickle and (folder / "config.json").is_file() and _has_pickle_only(folder):
         arch_for(_read_config(folder))
         folder = _convert_pickle_folder(folder)

@@ -11,7 +11,7 @@ The size a budget refers to is what the user downloads and loads:
   tokenizer, generation-config and licence files. The model card (README.md) written
   after the run is not counted.
 - GGUF: the .gguf file (header, key/values with the vocabulary, tensor index, every tensor
-  padded to the 32-byte alignment). The side files (imatrix.gguf, Modelfile) are not.
+  padded to the 32-byte alignment). The side files (imatrix/imatrix.gguf, Modelfile) are not.
 
 Module bytes are computed from the layouts the writers use (export/gptq.py,
 export/compressed_tensors.py, export/awq.py, gguf ggml row sizes). Where the exact

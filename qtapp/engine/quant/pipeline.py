@@ -872,9 +872,10 @@ def _vram_ceiling(device: torch.device, max_vram: int) -> Iterator[None]:
     if device.type != "cuda" or not max_vram:
         yield
         return
-    total = torch.cuda.get_device_properties(device).total_memory
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
     torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(min(1.0, max_vram / total), device)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, max_vram / total), index)
     try:
         yield
     except torch.cuda.OutOfMemoryError:
@@ -883,7 +884,7 @@ def _vram_ceiling(device: torch.device, max_vram: int) -> Iterator[None]:
             "raise --max-vram, or use fewer calibration samples (--samples) or shorter "
             "ones (--seq-len)") from None
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
 
 
 def _quantize_streamed(streamer: LayerStreamer, quantizer: BlockQuantizer, inputs: BlockInputs,
