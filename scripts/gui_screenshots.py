@@ -1,7 +1,12 @@
-"""Screenshots of every page of the window, for docs/screenshots/.
+"""Screenshots of every page of the window, for docs/screenshots/, at the window's minimum
+size, a laptop's and a desktop's, in one language per call:
 
-    xvfb-run -a -s "-screen 0 1400x900x24" .venv/bin/python scripts/gui_screenshots.py \
-        --events RUN.jsonl --out docs/screenshots
+    cd /tmp && PYTHONPATH=/work/main xvfb-run -a -s "-screen 0 2000x1200x24" \
+        /work/main/.venv/bin/python /work/main/scripts/gui_screenshots.py \
+        --events RUN.jsonl --language zh_CN --out /work/main/docs/screenshots
+
+writes PAGE-WxH-LANGUAGE.png (hardware, model, method, run, results, chat) for each size of
+--sizes (default 1000x680,1366x768,1920x1080), and welcome-LANGUAGE.png.
 
 RUN.jsonl is the `--json` output of a real `quantdesk quantize` run of the demo model whose
 output folder still exists. The window is the real one: a real hardware scan, the demo model
@@ -73,7 +78,19 @@ def shoot(app, widget, path: Path) -> None:
     print(f"wrote {path}")
 
 
-def take(events: Path, out: Path) -> None:
+SIZES = "1000x680,1366x768,1920x1080"
+
+
+def shoot_sizes(app, window, out: Path, page: str, sizes: list[tuple[int, int]],
+                language: str) -> None:
+    """`page` of the window at every size, as PAGE-WxH-LANGUAGE.png."""
+    for w, h in sizes:
+        window.resize(w, h)
+        shoot(app, window, out / f"{page}-{w}x{h}-{language}.png")
+
+
+def take(events: Path, out: Path, language: str = "en", sizes_text: str = SIZES) -> None:
+    sizes = [tuple(int(v) for v in size.split("x")) for size in sizes_text.split(",")]
     data = Path(tempfile.mkdtemp(prefix="quantdesk-shots-"))
     os.environ["QUANTDESK_DATA_DIR"] = str(data / "user-data")
     from PySide6.QtCore import QSettings
@@ -84,6 +101,10 @@ def take(events: Path, out: Path) -> None:
     from qtapp.gui.app import create_app
 
     app = create_app(["quantdesk"])
+    from qtapp.gui.i18n import install_translator
+
+    if language != "en" and install_translator(app, language) is None:
+        raise SystemExit(f"no translation for {language}")
     from qtapp.gui.engine_process import EngineProcess
     from qtapp.gui.main_window import MainWindow
     from qtapp.gui.welcome import WelcomeDialog
@@ -97,21 +118,21 @@ def take(events: Path, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     window = MainWindow(engine=EngineProcess(command=command))
-    window.resize(1280, 820)
+    window.resize(*sizes[0])
     window.show()
     welcome = WelcomeDialog(window)
     welcome.show()
-    shoot(app, welcome, out / "welcome.png")
+    shoot(app, welcome, out / f"welcome-{language}.png")
     welcome.close()
     wait(app, lambda: window.state.advice is not None)
-    shoot(app, window, out / "hardware.png")
+    shoot_sizes(app, window, out, "hardware", sizes, language)
 
     model = window.page("model")
     window.go("model")
     model.radio["demo"].setChecked(True)
     model.load()
     wait(app, lambda: window.state.model is not None)
-    shoot(app, window, out / "model.png")
+    shoot_sizes(app, window, out, "model", sizes, language)
 
     method = window.page("method")
     window.go("method")
@@ -121,7 +142,7 @@ def take(events: Path, out: Path) -> None:
     method.rules_table.mixed.setCurrentIndex(1)
     method.samples.setValue(16)
     method.seq_len.setValue(256)
-    shoot(app, window, out / "method.png")
+    shoot_sizes(app, window, out, "method", sizes, language)
 
     run = window.page("run")
     method.rules_table.mixed.setCurrentIndex(0)
@@ -129,7 +150,7 @@ def take(events: Path, out: Path) -> None:
     wait(app, lambda: len(run.chart.points.get("down", [])) >= pause[0] // 7 - 1)
     time.sleep(1.5)
     run._tick()
-    shoot(app, window, out / "run.png")
+    shoot_sizes(app, window, out, "run", sizes, language)
     run.cancel()
     wait(app, lambda: not window.engine.is_running())
 
@@ -138,7 +159,7 @@ def take(events: Path, out: Path) -> None:
     method.start_button.click()
     wait(app, lambda: run.outcome is not None and run.outcome.ok)
     window.go("results")
-    shoot(app, window, out / "results.png")
+    shoot_sizes(app, window, out, "results", sizes, language)
 
     chat = window.page("chat")
     window.page("results").chat_button.click()
@@ -151,7 +172,7 @@ def take(events: Path, out: Path) -> None:
     wait(app, lambda: chat.quantized.task is None and chat.original.task is None,
          timeout_s=600)
     chat.prompt.setPlainText("And what does it cost?")
-    shoot(app, window, out / "chat.png")
+    shoot_sizes(app, window, out, "chat", sizes, language)
     window.close()
 
 
@@ -159,6 +180,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=Path, help="JSON lines of a real quantize run")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    p.add_argument("--language", default="en", choices=("en", "zh_CN"))
+    p.add_argument("--sizes", default=SIZES, help="window sizes WxH, comma-separated")
     p.add_argument("--replay", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--pause-after-layers", type=int, help=argparse.SUPPRESS)
     p.add_argument("--no-delay", action="store_true", help=argparse.SUPPRESS)
@@ -167,7 +190,7 @@ def main() -> int:
         return replay(args.replay, args.pause_after_layers, delay=not args.no_delay)
     if args.events is None:
         p.error("--events is required")
-    take(args.events, args.out)
+    take(args.events, args.out, args.language, args.sizes)
     return 0
 
 

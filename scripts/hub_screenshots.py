@@ -70,8 +70,8 @@ DOWNLOAD_BYTES = 24 * 2**20  # the weights of the repository downloaded on camer
 def hub_server():
     """The fixture server with REPOS, and huggingface-hub pointed at it (as the `hub` pytest
     fixture does)."""
-    from huggingface_hub import constants
     from hub_fixture import FakeRepo, HubServer
+    from huggingface_hub import constants
 
     server = HubServer().start()
     os.environ["HF_ENDPOINT"] = server.url
@@ -105,6 +105,18 @@ def wait(app, condition, timeout_s: float = 120.0) -> None:
     settle(app)
 
 
+def show(app, widget) -> None:
+    """Scroll the page that holds ``widget`` so that it is in view."""
+    from PySide6.QtWidgets import QScrollArea
+
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QScrollArea):
+        parent = parent.parentWidget()
+    if parent is not None:
+        settle(app)
+        parent.ensureWidgetVisible(widget, 0, 40)
+
+
 def shoot(app, widget, path: Path) -> None:
     settle(app)
     widget.grab().save(str(path))
@@ -134,7 +146,7 @@ def take(output: Path, out: Path, language: str) -> None:
     suffix = "" if language == "en" else f"_{language}"
     out.mkdir(parents=True, exist_ok=True)
     window = MainWindow()  # the real hardware scan: the verdicts are for this machine
-    window.resize(1280, 860)
+    window.resize(1280, 880)
     window.show()
     wait(app, lambda: window.state.advice is not None)
 
@@ -146,6 +158,7 @@ def take(output: Path, out: Path, language: str) -> None:
     browser.search()
     wait(app, lambda: browser.search_task is None)
     browser.select("Qwen/Qwen2.5-7B-Instruct")
+    show(app, browser.detail)
     shoot(app, window, out / f"hub_browser{suffix}.png")
 
     browser.select("Qwen/Qwen2.5-0.5B-Instruct")
@@ -153,6 +166,7 @@ def take(output: Path, out: Path, language: str) -> None:
     browser.download()
     wait(app, lambda: browser.last_progress is not None
          and browser.last_progress.done_bytes > DOWNLOAD_BYTES * 0.4)
+    show(app, browser.download_status)
     shoot(app, window, out / f"hub_download{suffix}.png")
     browser.cancel_download()
     wait(app, lambda: browser.download_task is None)

@@ -59,8 +59,8 @@ class MainWindow(QMainWindow):
             "chat": ChatPage(self.state),
         }
         self.stack = QStackedWidget()
-        for page in self.pages.values():  # a page with its own scroll area keeps its footer
-            self.stack.addWidget(page if getattr(page, "scrolls_itself", False)
+        for page in self.pages.values():  # a short window scrolls a page up and down
+            self.stack.addWidget(page if getattr(page, "fills_height", False)
                                  else vertical_scroll(page))
 
         sidebar = QWidget()

@@ -228,4 +228,6 @@ def test_gguf_card_without_an_importance_matrix_says_calibration_was_unused() ->
                                         tensor_types={"Q8_0": 10, "F32": 3}))
     text = model_card(job, SimpleNamespace(name="m", source="/m"), result)
     assert "| calibration | not used (Q8_0 does not use an importance matrix) |" in text
-    assert "| type | GGUF Q8_0 (tensors: Q8_0 × 10, F32 × 3) |" in text
+    assert "| type | GGUF Q8_0 |" in text and "| format | GGUF file `m-Q8_0.gguf` " in text
+    assert "| GGUF tensor type | tensors |\n|---|---|\n| Q8_0 | 10 |\n| F32 | 3 |" in text
+    assert "| rules | none (llama.cpp's Q8_0 choice for every tensor) |" in text

@@ -133,3 +133,23 @@ def test_stale_mini_batch_in_the_lean_path_is_caught(tiny: Path, tmp_path: Path,
     monkeypatch.setattr(pipeline._HostStream, "batches", stale)
     lean = _errors(tiny, "gptq", True, tmp_path)
     assert max(abs(lean[n] - e) / e for n, e in fast.items()) > 1e-3
+
+
+def test_cli_max_vram_reaches_the_job_and_bad_sizes_are_refused(tiny: Path, tmp_path: Path,
+                                                               ) -> None:
+    from qtapp.cli import build_parser
+    from qtapp.commands.quantize import job_from_args
+    from qtapp.engine.config import ConfigError
+    from qtapp.engine.errors import UserError
+
+    base = ["quantize", "--model", str(tiny), "--method", "gptq", "--group-size", "32",
+            "--out", str(tmp_path / "o")]
+    job = job_from_args(build_parser().parse_args([*base, "--max-vram", "8GiB"]))
+    assert job.max_vram == 8 * GiB
+    assert job_from_args(build_parser().parse_args(base)).max_vram == 0
+    with pytest.raises(UserError, match="not a size"):
+        job_from_args(build_parser().parse_args([*base, "--max-vram", "lots"]))
+    with pytest.raises(ConfigError, match="max_vram"):
+        JobSpec(model="m", method="gptq", out="o", max_vram=-1).validate()
+    # the job file round-trips it; it does not change the checkpoint (same blocks either mode)
+    assert JobSpec.from_dict(job.to_dict()).max_vram == 8 * GiB

@@ -184,3 +184,16 @@ def test_expert_count_mismatch_is_refused_before_any_work(mixtral_dir, tmp_path,
     err = capsys.readouterr().err
     assert f"says {N_EXPERTS - 2} experts" in err and f"hold {N_EXPERTS}" in err, err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_planner_counts_mixtral_total_and_active():
+    """Mixtral-8x7B's config: 46.7 B parameters in total, 12.9 B active (its model card)."""
+    from qtapp.engine.planning.shape import ModelShape
+
+    shape = ModelShape.from_config({
+        "model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+        "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000,
+        "tie_word_embeddings": False})
+    assert 46.5e9 < shape.n_params < 46.9e9, shape.n_params
+    assert 12.8e9 < shape.active_params < 13.0e9, shape.active_params

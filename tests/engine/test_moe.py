@@ -370,6 +370,26 @@ def test_awq_statistics_come_from_each_experts_routed_tokens(moe_dir):
     assert "mlp.gate" not in result.clips  # the router is never quantized
 
 
+def test_awq_keeps_each_experts_routed_rows_across_mini_batches(moe_dir, monkeypatch):
+    """An expert linear's input is its routed token rows (tokens, C), not samples: the
+    scale search keeps up to LOSS_TOKENS of them and the clip search up to CLIP_TOKENS,
+    from every mini-batch (counting them as whole samples of seq_len tokens kept two rows,
+    and the clip stride left a seldom-routed expert a handful). Budgets shrunk here so that
+    they bind on the tiny model."""
+    from qtapp.engine.quant.methods import awq
+
+    _info, block, inputs = _block0(moe_dir)
+    monkeypatch.setattr(awq, "LOSS_TOKENS", 100)
+    monkeypatch.setattr(awq, "CLIP_TOKENS", 50)
+    names = [f"mlp.experts.{e}.down_proj" for e in range(N_EXPERTS)]
+    cap = awq._capture(block, inputs.x, inputs.kwargs, [], names, [], names, 8,
+                       counted=names)
+    for n in names:
+        assert sum(c.x.shape[0] for c in cap.calls[n]) == min(cap.seen[n], 100), n
+        assert sum(len(t) for t in cap.clip_x[n]) == min(cap.seen[n], 50), n
+    assert sum(cap.seen.values()) == 16 * 64 * TOP_K
+
+
 @pytest.mark.slow
 def test_awq_moe_end_to_end(moe_dir, tmp_path, capsys):
     """AWQ W4 (AWQ format) beats RTN W4 at the same settings; W8 is within 1e-3; the run

@@ -401,3 +401,74 @@ def test_publish_without_a_login_says_how(window, hub, tmp_path, qtbot) -> None:
     assert "Not logged in" in dialog.status.text() and "hf auth login" in dialog.status.text()
     assert dialog.publish_button.isEnabled() and dialog.url is None
     assert "tester/smol-q4" not in hub.repos
+
+
+@pytest.mark.parametrize("language", ["en", "zh_CN"])
+def test_the_browser_and_the_publish_dialog_fit_the_smallest_window(
+        tmp_path, qtbot, language) -> None:
+    from gui_helpers import fake_command
+    from layout_check import problems
+    from PySide6.QtCore import QCoreApplication
+
+    from qtapp.gui.engine_process import EngineProcess
+    from qtapp.gui.i18n import install_translator
+    from qtapp.gui.widgets.hub_browser import _rows
+
+    app = QCoreApplication.instance()
+    translator = install_translator(app, language) if language != "en" else None
+    try:
+        window = MainWindow(engine=EngineProcess(command=fake_command("ok")), scan=False)
+        qtbot.addWidget(window)
+        window.show()
+        window.state.set_hardware(hardware(8))
+        window.go("model")
+        window.page("model").radio["hub"].setChecked(True)
+        browser = window.page("model").hub_browser
+        browser.show_rows(_rows(MODELS, window.state.hardware), None)
+        browser.table.selectRow(1)
+        page = window.page("model")
+        for width, height in ((1000, 680), (1366, 768)):
+            window.resize(width, height)
+            qtbot.wait(50)
+            assert browser.table.isColumnHidden(2) == (browser.width() < 900)
+            assert browser.table.isColumnHidden(4) == (browser.width() < 1150)
+            assert problems(page, window) == [], (width, language)
+        gguf = gguf_run(window, tmp_path)
+        from qtapp.gui.widgets.publish_dialog import PublishDialog
+
+        dialog = PublishDialog(window.state, gguf.parent, window)
+        qtbot.addWidget(dialog)
+        dialog.show()
+        qtbot.wait(50)
+        assert problems(dialog, dialog) == [], language
+    finally:
+        if translator is not None:
+            app.removeTranslator(translator)
+
+
+def test_the_hub_address_is_set_kept_and_checked(window, monkeypatch, qtbot) -> None:
+    from PySide6.QtWidgets import QInputDialog
+
+    from qtapp.engine.hub.settings import endpoint, set_endpoint
+    from qtapp.gui.widgets.hub_browser import HubBrowser
+
+    monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.co")  # restored afterwards
+    browser = window.page("model").hub_browser
+    answers = iter([("https://hf-mirror.com/", True), ("hf-mirror", True)])
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: next(answers))
+    try:
+        browser.endpoint_button.click()
+        assert endpoint() == "https://hf-mirror.com"
+        assert browser.endpoint_button.toolTip() == "Hub address: https://hf-mirror.com"
+        import os
+
+        assert os.environ["HF_ENDPOINT"] == "https://hf-mirror.com"  # the workers' too
+        set_endpoint(None)
+        second = HubBrowser(window.state)  # the next start uses the saved mirror
+        qtbot.addWidget(second)
+        assert endpoint() == "https://hf-mirror.com"
+        browser.endpoint_button.click()  # not an address: refused, the mirror stays
+        assert "'hf-mirror' is not a Hub address" in browser.status.text()
+        assert endpoint() == "https://hf-mirror.com"
+    finally:
+        set_endpoint(None)

@@ -60,7 +60,6 @@ def page_problems(window: MainWindow) -> list[str]:
     return found
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("language", ["en", "zh_CN"])
 def test_every_page_fits_at_every_size(qtbot, tmp_path: Path, language: str) -> None:
     app = QCoreApplication.instance()

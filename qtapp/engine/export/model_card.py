@@ -52,6 +52,12 @@ def _method_settings(job: JobSpec, gguf: GGUFDetails | None = None) -> str:
     return "no calibration-driven search"
 
 
+def _gguf_rules(gguf: GGUFDetails) -> list[str]:
+    """A GGUF job's rules as the tensor types they set (llama.cpp's own choice elsewhere)."""
+    return [f"`{p}` → {t}" for p, t in gguf.overrides.items()] or [
+        f"none (llama.cpp's {gguf.type} choice for every tensor)"]
+
+
 def _gguf_calibration(job: JobSpec, gguf: GGUFDetails, text: str) -> str:
     """What calibration text did in a GGUF job: it made the importance matrix, or none."""
     if not gguf.imatrix:
@@ -210,10 +216,7 @@ def model_card(job: JobSpec, info: Any, result: JobResult) -> str:
     else:
         calibration = f"not used by {job.method.upper()} (only for measuring)"
     if gguf is not None:
-        counts = ", ".join(f"{t} × {n}" for t, n in sorted(gguf.tensor_types.items(),
-                                                           key=lambda kv: -kv[1]))
-        default = f"GGUF {gguf.type}" + (f" (tensors: {counts})" if counts else "")
-        title = f"GGUF {gguf.type}"
+        default = title = f"GGUF {gguf.type}"
     else:
         default = _scheme_label(job.scheme.bits, job.scheme.group_size, job.scheme.sym)
         title = f"{job.method.upper()} {job.scheme.label} ({fmt})"
@@ -223,9 +226,10 @@ def model_card(job: JobSpec, info: Any, result: JobResult) -> str:
         f"| source | `{source}` |",
         f"| method | {method} |",
         f"| {'type' if gguf is not None else 'default scheme'} | {default} |",
-        f"| rules | {'; '.join(_rules(job)) or 'none'} |",
+        f"| rules | {'; '.join(_gguf_rules(gguf) if gguf else _rules(job)) or 'none'} |",
         f"| calibration | {calibration} |",
-        f"| format | {fmt} (checkpoint format `{ckpt}`) |",
+        (f"| format | GGUF file `{gguf.file}` (llama.cpp) |" if gguf is not None else
+         f"| format | {fmt} (checkpoint format `{ckpt}`) |"),
         f"| quantizer | QuantDesk {qtapp.__version__} |",
     ]
     module_rows = ["| scheme | modules | parameters | modules (pattern) |", "|---|---|---|---|"]
@@ -236,7 +240,11 @@ def model_card(job: JobSpec, info: Any, result: JobResult) -> str:
     if floats:
         module_rows.append(f"| 16-bit | {len(floats)} | | "
                            f"{', '.join(f'`{p}`' for p in floats)} |")
-    if not schemes:
+    if gguf is not None and gguf.tensor_types:
+        module_rows = ["| GGUF tensor type | tensors |", "|---|---|", *(
+            f"| {t} | {n} |" for t, n in sorted(gguf.tensor_types.items(),
+                                                key=lambda kv: -kv[1]))]
+    elif not schemes:
         module_rows = ["Per-module details were not recorded."]
 
     parts = [

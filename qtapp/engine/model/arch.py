@@ -40,6 +40,11 @@ so only GGUF needs them (as metadata). Other layouts:
              quantized) and E experts (fused 3-D tensors in transformers 5, unfused into
              mlp.experts.{e}.gate_proj/up_proj/down_proj by model/moe.py while the
              pipeline and the loader work): names with "{e}" expand per expert.
+    Qwen3.5  hybrid: blocks of two kinds from config.json's layer_types (BlockLayout.kinds):
+             Gated DeltaNet (linear_attn: in_proj_qkv/z/b/a and out_proj quantized; conv1d,
+             A_log, dt_bias, its gated norm 16-bit) or full attention (self_attn), each
+             then the MLP (Qwen3.5-MoE: routed experts plus a shared expert, whose (1 × hidden)
+             gate stays 16-bit: BlockLayout.keep); ArchSpec.linears_of(i) is block i's.
     Mixtral  the same block; its checkpoints name the experts block_sparse_moe.experts.{e}.
              w1/w3/w2 and the router block_sparse_moe.gate (Family.checkpoint_names,
              NameMap: read as the module names, written back as the checkpoint's).

@@ -233,11 +233,13 @@ def working_bytes(shape: ModelShape, method: str, samples: int, seq_len: int,
     acts = 2 * tokens * h * 4  # block input and output
     if lean:
         return lean_working_bytes(shape, method, min(samples, batch) * seq_len)
+    if method == "gptq" and shape.n_experts:
+        # lean mode's working set and the activations, once: measured on an H100,
+        # Qwen3-30B-A3B shape, 128 × 2048 tokens: 10.28 GiB (this: 10.42)
+        return lean_working_bytes(shape, method, min(samples, batch) * seq_len) + \
+            tokens * h * 4
     attn_out = shape.n_heads * shape.head_dim
-    if method == "gptq" and shape.n_experts:  # one Hessian per expert, a group at once
-        ie = shape.expert_intermediate_size
-        extra = (h * h + attn_out * attn_out + shape.n_experts * (h * h + ie * ie)) * 4
-    elif method == "gptq":
+    if method == "gptq":
         extra = (2 * h * h + attn_out * attn_out + i * i) * 4  # qkv, gate/up, o, down
     elif method == "awq":
         # attention / MLP reruns on at most 4096 tokens (methods.awq.LOSS_TOKENS), three
@@ -251,34 +253,42 @@ def working_bytes(shape: ModelShape, method: str, samples: int, seq_len: int,
     return int(block + acts + extra)
 
 
-# Lean mode's device memory, per mini-batch token (b = batch · seq_len tokens):
-# the two input buffers and the output on its way to the host (3·h floats), and the widest
-# forward step, the MLP's gate, up and act(gate)·up outputs (3·i floats); GPTQ's solve of
-# the widest linear holds its Hessian, the gathered copy and the factor being inverted
-# (3·K² floats, methods/gptq.inverse_hessian_cholesky) and the weight's working copies.
-LEAN_FORWARD_FLOATS = 3  # × b·i, MLP intermediates
-LEAN_SOLVE_MATRICES = 3  # × K² floats
+# Lean mode's device memory (bytes; b = batch · seq_len tokens of one mini-batch, K × N the
+# widest linear's inputs × outputs). Measured on an H100 with 128 × 2048 tokens, batch 8
+# (benchmarks/gpu_quantize.py, benchmarks/README.md), predicted beside measured:
+#   8B GPTQ 5.46 / 5.71 GiB, 8B AWQ 6.10 / 6.15, 70B GPTQ 18.06 / 17.26,
+#   Qwen3-30B-A3B GPTQ 8.38 / 8.53.
+# - the block in fp32;
+# - a mini-batch's forward: the two input buffers, the residual stream and the normed
+#   hidden states (5·h floats a token) and the MLP's gate, up and act(gate)·up (3·i); GPTQ's
+#   pass for down_proj holds down's Hessian (i² floats) meanwhile; AWQ's capture runs the
+#   whole block (the attention's repeated keys/values too: 8·h) and keeps its MLP reruns'
+#   inputs and outputs (3 · 4096 · i, methods.awq.LOSS_TOKENS);
+# - GPTQ's solve of the widest linear: its Hessian, the gathered copy, the Cholesky factor
+#   and its inverse, with cuSOLVER's workspace (4·K², methods/gptq.inverse_hessian_cholesky)
+#   and the weight's transposed copy, codes and dequantized copy (3·K·N);
+# - mixture of experts (GPTQ): every expert's Hessians of a group at once (E·(h² + i_e²))
+#   and the routed tokens' inputs and intermediates, kept per expert for the mini-batch
+#   (LEAN_ROUTED · b·k·(h + 3·i_e); LEAN_ROUTED is fitted to the measured 8.53 GiB).
+LEAN_ROUTED = 1.5
 
 
 def lean_working_bytes(shape: ModelShape, method: str, batch_tokens: int) -> int:
     """Device memory of the quantize stage in lean mode (see working_bytes)."""
-    h = shape.hidden_size
-    i = shape.expert_intermediate_size if shape.n_experts else shape.intermediate_size
+    h, i, b = shape.hidden_size, shape.intermediate_size, batch_tokens
     block = shape.block_linear_params * 4
-    forward = (3 * h + LEAN_FORWARD_FLOATS * (i if not shape.n_experts else
-                                               max(i, shape.intermediate_size))) \
-        * batch_tokens * 4
+    if shape.n_experts and method == "gptq":
+        ie, k = shape.expert_intermediate_size, shape.experts_per_token
+        return int(block + shape.n_experts * (h * h + ie * ie) * 4 + 5 * h * b * 4
+                   + LEAN_ROUTED * b * k * (h + 3 * ie) * 4)
+    if method == "awq":
+        return int(block + (3 * i + 8 * h) * b * 4 + 3 * 4096 * i * 4)
+    forward = (3 * i + 5 * h) * b * 4
     if method == "gptq":
-        k = max(h, i)
-        n = i if k == i else h
-        solve = (LEAN_SOLVE_MATRICES * k * k + 3 * k * n) * 4
-        if shape.n_experts:  # every expert's Hessian of a group is made at once
-            solve += shape.n_experts * (h * h + i * i) * 4
-    elif method == "awq":
-        solve = 3 * min(batch_tokens, 4096) * i * 4
-    else:
-        solve = block
-    return int(block + max(forward, solve))
+        widest, other = max(h, i), min(h, i)
+        solve = (4 * widest * widest + 3 * widest * other) * 4
+        return int(block + max(forward + i * i * 4, solve))
+    return int(block + forward + block)  # rtn, gguf: a dequantized copy of the block
 
 
 def vram_mode(job: JobSpec, shape: ModelShape, gpu: GPU | None) -> tuple[str, str]:
@@ -452,7 +462,8 @@ def _time_key(job: JobSpec, info: ModelInfo, device: str) -> str:
         d.pop(k, None)
     files = tuple(getattr(info, "weight_files", ()) or ())
     weights = [(str(f), f.stat().st_size) for f in files if f.exists()]
-    text = json.dumps([str(getattr(info, "path", info.name)), weights, device, d],
+    model = getattr(info, "path", None) or getattr(info, "name", "")
+    text = json.dumps([str(model), weights, device, d],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 

@@ -322,7 +322,8 @@ class LayerStreamer:
             obj = getattr(obj, part)
         return obj
 
-    def materialize(self, module: nn.Module, prefix: str) -> nn.Module:
+    def materialize(self, module: nn.Module, prefix: str, keep_dtype: bool = False,
+                    ) -> nn.Module:
         """Give a meta module real weights from the safetensors files (prefix 'model.layers.3.')."""
         pending = self._pending.pop(prefix, None)
         state = pending.result() if pending is not None else self._read(prefix)
@@ -342,14 +343,15 @@ class LayerStreamer:
         # shape's float32 embeddings, 200 + 400 + 400 MB).
         converted = {}
         for k in list(state):
-            converted[k] = state.pop(k).to(self.device, non_blocking=True).to(self.dtype)
+            t = state.pop(k).to(self.device, non_blocking=True)
+            converted[k] = t if keep_dtype else t.to(self.dtype)
         missing, _unexpected = module.load_state_dict(converted, strict=False, assign=True)
         del converted
         missing = [m for m in missing if not m.endswith("inv_freq")]
         if missing:
             raise UserError(f"the model files lack weights for {prefix}{missing[0]} "
                             f"({len(missing)} missing); the download may be incomplete")
-        return module.to(self.dtype)
+        return module if keep_dtype else module.to(self.dtype)
 
     def release(self, module: nn.Module) -> None:
         module.to("meta")
@@ -376,8 +378,13 @@ class LayerStreamer:
         before = [(name, child) for name, child in inner.named_children()
                   if child is not self.blocks and child is not final_norm
                   and any(True for _ in child.parameters())]
-        for name, child in before:
-            self.materialize(child, f"{inner_name}.{name}.")
+        for name, child in before:  # other embedding tables as stored (Gemma 4's per-layer
+            # table is most of E2B's language model: 4.7 GB in bfloat16, 9.4 GB in float32);
+            # the rows it looks up join the float32 computation exactly (their scale, √256 =
+            # 16 for the released models, is exact in bfloat16 too)
+            self.materialize(child, f"{inner_name}.{name}.",
+                             keep_dtype=isinstance(child, nn.Embedding)
+                             and f"{inner_name}.{name}" != arch.embed)
         originals = list(self.blocks)
         recorders = [_Recorder(b, last=j == len(originals) - 1) for j, b in enumerate(originals)]
         for j, r in enumerate(recorders):

@@ -196,6 +196,8 @@ class PromptEdit(QPlainTextEdit):
 
 
 class ChatPage(QWidget):
+    fills_height = True  # the two chat panes share the window's height (no page scroll)
+
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state

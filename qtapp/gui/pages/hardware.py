@@ -120,6 +120,8 @@ class HardwarePage(QWidget):
         self.table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.table.setShowGrid(False)
         fit_columns(self.table, stretch=0)
+        # a narrow Model column wraps its names onto more lines: the rows grow with it
+        self.table.horizontalHeader().sectionResized.connect(self._fit_table_height)
         layout.addWidget(self.table)
         self.table_note = label("", "Muted", wrap=True)
         layout.addWidget(self.table_note)
@@ -190,10 +192,7 @@ class HardwarePage(QWidget):
         self.table.setRowCount(len(advice.rows))
         for i, r in enumerate(advice.rows):
             self._fill_row(i, r, advice.ctx)
-        self.table.resizeRowsToContents()
-        height = self.table.horizontalHeader().height() + 4 + sum(
-            self.table.rowHeight(i) for i in range(self.table.rowCount()))
-        self.table.setFixedHeight(height)
+        self._fit_table_height()
         self.table_note.setText(tr(
             "Weights at each precision (GiB = 2³⁰ bytes; INT8/INT4 include group scales, "
             "embeddings stay 16-bit). “Runs here” adds a {ctx}-token KV cache and runtime "
@@ -201,6 +200,13 @@ class HardwarePage(QWidget):
             "planner's peak memory for quantizing with {method}, one block at a time: GPU "
             "memory where it fits there, else RAM.").format(
                 ctx=advice.ctx, method=rec.method.upper()))
+
+    def _fit_table_height(self, *_args: object) -> None:
+        """Rows as tall as their wrapped cells, and the table as tall as its rows."""
+        self.table.resizeRowsToContents()
+        height = self.table.horizontalHeader().height() + 4 + sum(
+            self.table.rowHeight(i) for i in range(self.table.rowCount()))
+        self.table.setFixedHeight(height)
 
     def _fill_row(self, i: int, r: SizeRow, ctx: int) -> None:
         name = r.label if not r.selected else tr("{name} (selected)").format(name=r.label)
@@ -220,6 +226,8 @@ class HardwarePage(QWidget):
                 item.setToolTip(tr("{p}: weights {w}; with a {ctx}-token context about {run} "
                                    "to run").format(p=p, w=format_size(r.weights[p]), ctx=ctx,
                                                     run=format_size(r.run[p])))
+            if col == 0:  # a long name is cut at the window's minimum width
+                item.setToolTip(text)
             if col == 5 and text == tr("does not fit"):
                 item.setForeground(QColor(theme.BAD))
             if col == 6:

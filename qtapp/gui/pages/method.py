@@ -76,7 +76,7 @@ DEVICE_CHOICES = (("auto", QT_TR_NOOP("Automatic")), ("cpu", "CPU"),
 
 class MethodPage(QWidget):
     start_requested = Signal(object)  # JobSpec
-    scrolls_itself = True  # its body scrolls above a fixed footer with the Start button
+    fills_height = True  # its body scrolls above a fixed footer with the Start button
 
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
         super().__init__(parent)

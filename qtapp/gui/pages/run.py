@@ -39,6 +39,7 @@ class RunPage(QWidget):
     finished = Signal(object, object)  # Outcome, JobSpec
     results_requested = Signal()
     settings_requested = Signal()
+    fills_height = True  # the chart and the log share the window's height (no page scroll)
 
     def __init__(self, state: AppState, engine: EngineProcess,
                  parent: QWidget | None = None) -> None:

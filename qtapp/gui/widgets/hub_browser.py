@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QT_TR_NOOP, Qt, QTimer, Signal
+from PySide6.QtCore import QT_TR_NOOP, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -38,13 +39,15 @@ from qtapp.gui.tasks import Task
 from qtapp.gui.widgets.common import button, fit_columns, label, set_role
 
 HUB_TIMEOUT_S = 5.0
+ENDPOINT_SETTING = "hub/endpoint"  # a mirror chosen in the window; empty: HF_ENDPOINT or the Hub
 SORTS = (("downloads", QT_TR_NOOP("Most downloaded")), ("likes", QT_TR_NOOP("Most liked")),
          ("recent", QT_TR_NOOP("Recently updated")))
 # then one column per method of the fit verdicts, and the compatibility check's answer
 COLUMNS = (QT_TR_NOOP("Model"), QT_TR_NOOP("Parameters"), QT_TR_NOOP("Downloads"),
            QT_TR_NOOP("Licence"), QT_TR_NOOP("Updated"))
-NARROW_HIDDEN = (2, 4)  # downloads and date: in the detail line when the table is narrow
-NARROW_PX = 900
+# column -> the browser's width below which it is hidden (the detail line under the table
+# still tells it): the date, then the downloads, so that model ids stay readable
+NARROW_HIDDEN = {4: 1150, 2: 900}
 _URL = re.compile(r"https?://[^\s<>\"')]*[^\s<>\"').,;:]")  # not the sentence's comma
 
 
@@ -145,6 +148,9 @@ class HubBrowser(QWidget):
         bar.addWidget(self.author, 2)
         bar.addWidget(self.sort)
         bar.addWidget(self.search_button)
+        self.endpoint_button = button(tr("Hub address…"))
+        self.endpoint_button.clicked.connect(self.ask_endpoint)
+        bar.addWidget(self.endpoint_button)
         layout.addLayout(bar)
         self.status = label("", "Muted", wrap=True)
         layout.addWidget(self.status)
@@ -189,17 +195,53 @@ class HubBrowser(QWidget):
             Qt.TextInteractionFlag.TextBrowserInteraction)
         layout.addWidget(self.download_status)
 
+        saved = str(QSettings().value(ENDPOINT_SETTING, "") or "")
+        if saved:
+            self.set_endpoint(saved)
+        self._show_endpoint()
         self.watchdog = QTimer(self)
         self.watchdog.setSingleShot(True)
         self.watchdog.timeout.connect(self._search_timed_out)
+
+    # -- the Hub's address ---------------------------------------------------------------
+
+    def ask_endpoint(self) -> None:
+        from qtapp.engine.hub.settings import endpoint
+
+        text, ok = QInputDialog.getText(
+            self, tr("Hub address"), tr("The Hugging Face Hub or a mirror of it, e.g. "
+                                        "https://hf-mirror.com (empty: huggingface.co):"),
+            text=endpoint())
+        if ok:
+            self.set_endpoint(text)
+
+    def set_endpoint(self, url: str) -> bool:
+        """Use ``url`` for every Hub request of this process and the workers it starts
+        (engine.hub.settings.set_endpoint) and keep it for the next start."""
+        from qtapp.engine.hub.settings import set_endpoint
+        from qtapp.engine.model.hub_files import DEFAULT_ENDPOINT
+
+        try:
+            used = set_endpoint(url)
+        except UserError as e:
+            self._show_error(self.status, e)
+            return False
+        QSettings().setValue(ENDPOINT_SETTING, "" if used == DEFAULT_ENDPOINT else used)
+        self._show_endpoint()
+        return True
+
+    def _show_endpoint(self) -> None:
+        from qtapp.engine.hub.settings import endpoint
+
+        self.endpoint_button.setToolTip(tr("Hub address: {url}").format(url=endpoint()))
 
     def resizeEvent(self, event: Any) -> None:
         super().resizeEvent(event)
         self._hide_narrow_columns()
 
     def _hide_narrow_columns(self) -> None:
-        for column in NARROW_HIDDEN:
-            self.table.setColumnHidden(column, self.width() < NARROW_PX)
+        for column, width in NARROW_HIDDEN.items():
+            self.table.setColumnHidden(column, self.width() < width)
 
     # -- search ------------------------------------------------------------------------
 

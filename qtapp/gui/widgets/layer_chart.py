@@ -207,6 +207,8 @@ class LayerErrorChart(QWidget):
         decade_ticks(self.plot, [p.rel_error for pts in self.points.values() for p in pts])
         blocks = [p.block for pts in self.points.values() for p in pts]
         self.plot.setXRange(min(blocks) - 0.6, max(blocks) + 0.6, padding=0)
+        step = max(1, math.ceil((max(blocks) - min(blocks) + 1) / 12))  # whole blocks only
+        self.plot.getAxis("bottom").setTickSpacing(major=step, minor=step)
 
     def _update_bits_label(self) -> None:
         kinds = sorted(self.points, key=lambda k: (KINDS.index(k) if k in KINDS else 99, k))

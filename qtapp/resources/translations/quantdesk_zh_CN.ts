@@ -1930,5 +1930,21 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <source>Published: {url}</source>
         <translation>已发布：{url}</translation>
     </message>
+    <message>
+        <source>Hub address…</source>
+        <translation>Hub 地址…</translation>
+    </message>
+    <message>
+        <source>Hub address</source>
+        <translation>Hub 地址</translation>
+    </message>
+    <message>
+        <source>The Hugging Face Hub or a mirror of it, e.g. https://hf-mirror.com (empty: huggingface.co):</source>
+        <translation>Hugging Face Hub 或其镜像，例如 https://hf-mirror.com（留空：huggingface.co）：</translation>
+    </message>
+    <message>
+        <source>Hub address: {url}</source>
+        <translation>Hub 地址：{url}</translation>
+    </message>
 </context>
 </TS>

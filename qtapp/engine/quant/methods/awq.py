@@ -47,6 +47,12 @@ search uses the weights and inputs as they are once all scales are folded.
 
 Memory: the captured inputs of the attention and MLP targets (≤ LOSS_TOKENS tokens each)
 and one (K, K) Gram matrix per linear target, on the block's device.
+
+Mixture of experts (docs/models.md, footnote 6): the norm before the experts is one pair
+over every expert's gate/up, judged on the whole MoE block, x̄ from the block's input
+(AwqGroup.stat); the router's weight takes the same column scale (AwqGroup.also), so it
+routes exactly as before. Each expert's up→down pair and clip search see only its routed
+token rows; an expert below min_tokens gets neither.
 """
 
 from __future__ import annotations
@@ -193,20 +199,25 @@ def _capture(block: nn.Module, x: Tensor, block_kwargs: dict[str, Any], gram_tar
 
     def keep_call(name: str):
         cap.calls[name] = []
+        kept = [0]  # token rows kept so far, for targets fed (tokens, C) rows
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if offset >= LOSS_TOKENS:
-                return
             if args:
                 x_in, rest_args, rest, key = args[0], args[1:], kwargs, None
             else:
                 key = _input_key(module, kwargs)
                 x_in, rest_args = kwargs[key], ()
                 rest = {k: v for k, v in kwargs.items() if k != key}
-            # keep whole samples, no more than the LOSS_TOKENS budget (a batch of 8 × 2048
-            # tokens would otherwise be kept whole, 4× the budget, and rerun per candidate)
             full = x_in.shape[0]
-            keep = min(full, -(-(LOSS_TOKENS - offset) // seq))
+            if x_in.dim() == 2:  # a MoE expert's routed token rows: up to LOSS_TOKENS rows,
+                keep = min(full, LOSS_TOKENS - kept[0])  # from however many mini-batches
+                kept[0] += max(keep, 0)
+            else:  # keep whole samples, no more than the LOSS_TOKENS budget (a batch of
+                # 8 × 2048 tokens would otherwise be kept whole, 4× the budget, and rerun
+                # per candidate)
+                keep = min(full, -(-(LOSS_TOKENS - offset) // seq))
+            if keep <= 0:
+                return
             cap.calls[name].append(_Call(
                 x_in[:keep].detach().clone(), fit_batch(rest_args, full, keep),
                 fit_batch(rest, full, keep), key))
@@ -241,6 +252,11 @@ def _capture(block: nn.Module, x: Tensor, block_kwargs: dict[str, Any], gram_tar
         def hook(_module: nn.Module, args: tuple) -> None:
             # a copy: a strided view would keep every mini-batch's whole input alive (14 GiB
             # over 128 × 2048 tokens of a Llama-1B block, measured on an H100)
+            if args[0].dim() == 2:  # a MoE expert's routed rows: the first CLIP_TOKENS of
+                have = sum(len(t) for t in cap.clip_x[name])  # them (the stride would
+                if have < CLIP_TOKENS:  # leave a seldom-routed expert a handful of tokens)
+                    cap.clip_x[name].append(_rows(args[0])[:CLIP_TOKENS - have].clone())
+                return
             cap.clip_x[name].append(_rows(args[0])[(-offset) % stride::stride].clone())
         return hook
 
