@@ -14,13 +14,14 @@ test_families.py (the final norm scaled to a mean next-token entropy of 2.5 nats
   the last block of their type before them (num_kv_shared_layers 2: no k/v_proj) and have a
   double-wide MLP; final logit soft-capping 30 as released. A second variant has
   attention_k_eq_v (global blocks without v_proj, one global key/value head) and no
-  per-layer embeddings.
+  per-layer embeddings. The text decoder alone (Gemma4ForCausalLM, model_type gemma4_text)
+  goes through GPTQ once.
 
 Checked: the streamed blocks reproduce the model's own forward (each block with its own mask,
 rotary embeddings, per-layer input and shared keys/values), and fail to when every block gets
 block 0's arguments (the old behaviour); RTN / GPTQ / AWQ W8 through the CLI loaded with
 transformers' class of the checkpoint below 1e-3 mean KLD, a damaged output above; at 4 bits
-GPTQ and AWQ below RTN; the vision tower, projector and per-layer embedding tables copied
+GPTQ and AWQ below RTN (on English text, see TEXT); the vision tower, projector and per-layer embedding tables copied
 bit-equal; Gemma 3's GGUF (text model) opened by llama-cpp-python; Gemma 4's GGUF, its MoE
 variant and what `quantdesk check` says about them.
 """
@@ -353,6 +354,10 @@ def test_hf_methods_end_to_end(built, name, method, tmp_path):
     kld = mean_kld(ref, hf_logits(out, ids))
     print(f"{name} {method} W8: mean KLD {kld:.2e}")
     assert kld < KLD_MAX, kld
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    if qc["quant_method"] == "gptq":  # optimum converts these blocks, not the vision tower's
+        assert qc.get("block_name_to_quantize") == (
+            None if name == "gemma4_text" else "model.language_model.layers"), qc
     source, written = _source_names(src), _source_names(out)
     kept = [n for n in source if n.startswith(KEPT[name])]
     assert kept and all(torch.equal(source[n], written[n]) for n in kept)

@@ -9,7 +9,8 @@ module holding two 3-D parameters,
 and its forward calls F.linear on slices: no nn.Linear hook sees an expert, so calibration
 would miss them. `unfuse_experts` replaces every such module by `UnfusedExperts`, a list of
 `ExpertMLP` (gate_proj, up_proj, down_proj nn.Linear each) named ``experts.{e}.gate_proj`` …,
-the per-expert names of the original Hugging Face checkpoints and of vLLM. Its forward
+the per-expert names of the original Hugging Face checkpoints and of vLLM (Qwen-MoE's;
+Mixtral's checkpoints say w1 / w3 / w2, which arch.NameMap maps to these). Its forward
 routes exactly as the fused one (same top-k indices and weights from the router, same
 gather / act(gate)·up / down / weighted index_add), so each expert's linears see only the
 tokens routed to it: the GPTQ Hessian and the AWQ statistics of an expert come from its own

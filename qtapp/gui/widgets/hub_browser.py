@@ -494,11 +494,8 @@ class HubBrowser(QWidget):
         return repo_id
 
     def _downloaded(self, folder: Path) -> None:
-        cancelled = self.download_task is not None and self.download_task.ctx.cancelled.is_set()
+        """Complete (a cancel raises Cancelled; one that came too late changes nothing)."""
         repo_id = self._download_ended()
-        if cancelled:
-            self._paused(repo_id)
-            return
         self.interrupted.discard(repo_id)
         self._selection_changed()
         set_role(self.download_status, "OkText")
