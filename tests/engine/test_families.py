@@ -154,6 +154,23 @@ def token_ids(vocab: int) -> list[int]:
     return torch.randint(3, min(vocab, 259), (N_TOKENS,), generator=g).tolist()
 
 
+HELD_OUT_TOKENS = 256
+
+
+def held_out_ids(folder: Path, n: int = HELD_OUT_TOKENS) -> list[int]:
+    """The first `n` tokens of the built-in evaluation text (disjoint from the calibration
+    text, same kind of text), by the model's tokenizer: the tokens to compare a calibrated
+    W4 output with RTN on. `token_ids` draws uniformly from all 256 bytes while the
+    calibration text uses 93 of them; GPTQ fits its weights to the calibration inputs, so on
+    those random ids it measured worse than RTN for dense and MoE models alike, and better on
+    this text (docs/models.md, footnote 6)."""
+    from transformers import AutoTokenizer
+
+    from qtapp.engine.quant.calibration import eval_tokens
+
+    return eval_tokens(AutoTokenizer.from_pretrained(folder), max_tokens=n)[0].tolist()
+
+
 def quantize_cli(src: Path, out: Path, method: str) -> Path:
     from qtapp.cli import main
 

@@ -230,6 +230,13 @@ def test_the_quality_check_has_its_own_bar_and_time_left(window: MainWindow,
 
     run = window.page("run")
     monkeypatch.setattr(run.engine, "is_running", lambda: True)
+    try:
+        _quality_check_progress(run, ev)
+    finally:
+        monkeypatch.undo()  # before the window closes (a running job would ask to stop it)
+
+
+def _quality_check_progress(run, ev) -> None:
     run._on_progress(ev.Progress(step=30, total=30, stage="quantize", message="block 30/30",
                                  eta_s=0.0))
     assert run.progress.value() == run.progress.maximum() == 30
@@ -241,4 +248,3 @@ def test_the_quality_check_has_its_own_bar_and_time_left(window: MainWindow,
     assert (run.progress.value(), run.progress.maximum()) == (6, 42)
     assert "about 5 min 00 s left" in run.eta.text() or "about 4 min 59 s left" in run.eta.text()
     assert "Measuring perplexity: quantized model: window 6 of 20" == run.stage.text()
-    monkeypatch.undo()  # before the window closes (a running job would ask to stop it)
