@@ -265,7 +265,7 @@ def test_moe_table_expands_experts_and_keeps_the_gates():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["rtn", "gptq"])
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
 def test_moe_hf_methods_end_to_end(qwen35_moe_dir, method, tmp_path):
     from safetensors import safe_open
 
@@ -275,26 +275,113 @@ def test_moe_hf_methods_end_to_end(qwen35_moe_dir, method, tmp_path):
     kld = mean_kld(ref, hf_logits(out, ids))
     print(f"qwen3_5_moe_text {method} W8: mean KLD {kld:.2e}")
     assert kld < KLD_MAX, kld
-    names = set()
+    tensors = {}
     for f in out.glob("*.safetensors"):
         with safe_open(f, "pt") as h:
-            names |= set(h.keys())
-    assert "model.layers.0.mlp.experts.5.down_proj.qweight" in names
-    assert "model.layers.0.mlp.shared_expert.down_proj.qweight" in names
-    assert "model.layers.0.mlp.shared_expert_gate.weight" in names  # 16-bit, like the router
+            keys = h.keys()  # a safe_open handle is not iterable
+            tensors.update({k: h.get_tensor(k) for k in keys if ".mlp." in k})
+    # quantized per expert (GPTQ's qweight, or compressed-tensors' weight_packed: AWQ's
+    # asymmetric W8 default)
+    packed = {k.rsplit(".", 1)[0] for k in tensors if k.endswith((".qweight", ".weight_packed"))}
+    assert {"model.layers.0.mlp.experts.5.down_proj",
+            "model.layers.0.mlp.shared_expert.down_proj"} <= packed, sorted(packed)
+    floats = ("model.layers.0.mlp.gate.weight", "model.layers.0.mlp.shared_expert_gate.weight")
+    assert set(floats) <= set(tensors)  # 16-bit, never quantized
+    (src_file,) = qwen35_moe_dir.glob("*.safetensors")
+    with safe_open(src_file, "pt") as src:
+        for name in floats:  # AWQ writes the compensated router and gate, the others the source's
+            assert torch.equal(tensors[name], src.get_tensor(name)) == (method != "awq"), name
     bad = damage_hf(out, tmp_path, "model.layers.0.mlp.shared_expert.down_proj")
     damaged = mean_kld(ref, hf_logits(bad, ids))
     print(f"qwen3_5_moe_text {method} damaged: mean KLD {damaged:.2e}")
     assert damaged > KLD_MAX, damaged
 
 
-def test_moe_awq_is_refused(qwen35_moe_dir, tmp_path, capsys):
-    from qtapp.cli import main
+def _fold_awq_scales(folder: Path, uncompensated: tuple[str, ...] = ()):
+    """Block 0 (DeltaNet + routed and shared experts) of the pipeline's streamer: search AWQ
+    (W4 g32), fold the scales alone (no clipping, no rounding) and return the block's output
+    and the experts the router picks for every token, before and after. `uncompensated`:
+    float modules left out of the pairs' `also` (a deliberately broken table)."""
+    from dataclasses import replace
 
-    assert main(["quantize", "--model", str(qwen35_moe_dir), "--method", "awq", "--out",
-                 str(tmp_path / "out"), "--bits", "4", "--device", "cpu", "--no-eval"]) != 0
-    assert "mixture-of-experts" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    from test_moe import _block0, _routing
+
+    from qtapp.engine.config import AWQOptions, QuantScheme
+    from qtapp.engine.model.moe import min_expert_tokens
+    from qtapp.engine.quant.methods.awq import awq_apply_block, awq_search_block
+
+    info, block, inputs = _block0(folder)
+    arch = info.arch
+    groups = tuple(replace(g, also=tuple(a for a in g.also if a not in uncompensated))
+                   for g in arch.present(0, block)[1])
+    y0, picked0 = _routing(block, inputs)
+    scheme = QuantScheme(4, 32, True)
+    result = awq_search_block(
+        block, inputs.x, inputs.kwargs, groups, lambda _n: scheme, AWQOptions(), 8,
+        min_tokens=lambda n: min_expert_tokens(32) if arch.expert_of(n) is not None else 0)
+    # the DeltaNet's input norm, the norm before the experts and the shared expert's
+    # up→down all took a scale other than 1 (else the check below proves nothing)
+    for prev in ("input_layernorm", "post_attention_layernorm", "mlp.shared_expert.up_proj"):
+        s = result.scales[prev]
+        assert not torch.allclose(s, torch.ones_like(s)), prev
+    result.clips.clear()
+    awq_apply_block(block, result, groups, arch.norm_offset)
+    y1, picked1 = _routing(block, inputs)
+    return (y0, picked0), (y1, picked1)
+
+
+def test_moe_awq_table_pairs():
+    """The Qwen3.5-MoE table gives AWQ the dense Qwen3.5 mixers' pairs, one norm pair over
+    every routed expert's and the shared expert's gate/up (the router and the shared
+    expert's gate compensated), an up→down pair per routed expert and one for the shared
+    expert; every pair names modules of the real blocks."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from qtapp.engine.model.arch import method_refusal
+    from qtapp.engine.model.moe import unfuse_experts
+
+    config = AutoConfig.for_model("qwen3_5_moe_text", hidden_size=64, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=300, **{**QWEN3_5, **MOE})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    unfuse_experts(model)
+    spec = arch_for(config.to_dict())
+    assert method_refusal("awq", config.to_dict()) == ""
+    for i, block in enumerate(model.model.layers):
+        pairs = {(g.prev, g.target): g for g in spec.awq_groups_of(i)}
+        for g in pairs.values():
+            for name in (g.prev, g.target, *g.linears, *g.also):
+                block.get_submodule(name)
+        mixer = "linear_attn" if KINDS[i] == "linear_attention" else "self_attn"
+        assert ("input_layernorm", mixer) in pairs
+        experts = pairs["post_attention_layernorm", "mlp"]
+        assert experts.stat == "mlp"
+        assert experts.also == ("mlp.gate", "mlp.shared_expert_gate")
+        assert {"mlp.experts.7.gate_proj", "mlp.experts.0.up_proj", "mlp.shared_expert.gate_proj",
+                "mlp.shared_expert.up_proj"} <= set(experts.linears)
+        assert ("mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj") in pairs
+        assert all((f"mlp.experts.{e}.up_proj", f"mlp.experts.{e}.down_proj") in pairs
+                   for e in range(MOE["num_experts"]))
+
+
+def test_moe_awq_scales_leave_routing_gating_and_outputs_unchanged(qwen35_moe_dir):
+    """Folded without rounding, the scales change nothing: the router and the shared
+    expert's (1 × hidden) gate read post_attention_layernorm's output, so their weight
+    columns take its scale too; every token goes to the same experts and the block's output
+    (DeltaNet, routed and shared experts) is the source's."""
+    (y0, picked0), (y1, picked1) = _fold_awq_scales(qwen35_moe_dir)
+    assert torch.equal(picked0, picked1), "the router picks other experts after scaling"
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
+
+
+def test_moe_awq_uncompensated_shared_expert_gate_is_caught(qwen35_moe_dir):
+    """Without the shared expert gate's compensation the routing is the same (the router
+    is still compensated) but the gate's sigmoid reads a rescaled input: the output moves."""
+    (y0, picked0), (y1, picked1) = _fold_awq_scales(qwen35_moe_dir,
+                                                    uncompensated=("mlp.shared_expert_gate",))
+    assert torch.equal(picked0, picked1)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -132,6 +132,35 @@ def test_mixtral_end_to_end_checkpoint_names(mixtral_dir, tmp_path, method, fmt)
     assert damaged > KLD_MAX, damaged
 
 
+@pytest.mark.slow
+def test_mixtral_w4_gptq_and_awq_beat_rtn_on_held_out_text(mixtral_dir, tmp_path):
+    """At W4 g32 (16 × 64 calibration tokens) GPTQ and AWQ beat RTN at the same settings,
+    compared on held-out text of the calibration text's kind (test_families.held_out_ids;
+    docs/models.md, footnote 6); a damaged expert fails the comparison."""
+    from test_families import held_out_ids
+
+    from qtapp.cli import main
+
+    ids = held_out_ids(mixtral_dir)
+    ref = source_logits(mixtral_dir, ids)
+    kld = {}
+    for method in ("rtn", "gptq", "awq"):
+        out = tmp_path / method
+        assert main(["quantize", "--model", str(mixtral_dir), "--method", method, "--out",
+                     str(out), "--samples", "16", "--seq-len", "64", "--device", "cpu",
+                     "--no-eval", "--bits", "4", "--group-size", "32", "--format",
+                     "compressed-tensors" if method == "awq" else "gptq"]) == 0
+        kld[method] = mean_kld(ref, hf_logits(out, ids))
+        print(f"mixtral {method} W4 g32, held-out text: mean KLD {kld[method]:.2e}")
+    assert kld["gptq"] < kld["rtn"] and kld["awq"] < kld["rtn"], kld
+    for method in ("gptq", "awq"):
+        bad = damage_hf(tmp_path / method, tmp_path,
+                        "model.layers.0.block_sparse_moe.experts.0.w2")
+        damaged = mean_kld(ref, hf_logits(bad, ids))
+        print(f"mixtral {method} W4 expert 0 w2 zeroed: mean KLD {damaged:.2e}")
+        assert damaged > kld["rtn"], (method, damaged, kld)
+
+
 @pytest.mark.llama_cpp
 def test_mixtral_gguf_merged_experts(demo_dir, tmp_path):
     """As llama.cpp's converter writes Mixtral: the LLAMA architecture with expert_count /

@@ -427,6 +427,7 @@ def test_awq_moe_end_to_end(moe_dir, tmp_path, capsys):
     assert damaged > kld["rtn", 4], (damaged, kld)
 
 
+@pytest.mark.slow
 def test_gptq_moe_w4_beats_rtn_on_held_out_text(moe_dir, tmp_path, capsys):
     """GPTQ W4 g32 beats RTN W4 g32 at the same settings, compared on held-out text (the
     built-in evaluation text: the calibration text's kind, none of its windows), with every

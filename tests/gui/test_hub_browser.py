@@ -4,6 +4,7 @@ disk too small; the publish dialog and the GGUF hand-offs on the results page.""
 
 from __future__ import annotations
 
+import html
 import json
 import threading
 from datetime import datetime
@@ -472,3 +473,84 @@ def test_the_hub_address_is_set_kept_and_checked(window, monkeypatch, qtbot) -> 
         assert endpoint() == "https://hf-mirror.com"
     finally:
         set_endpoint(None)
+
+
+# the engine's English templates (engine.hub.verdicts.describe): none may reach the zh_CN window
+ENGLISH_VERDICT_WORDS = ("runs in RAM", "runs on the GPU", "on the GPU", "too large", "needs",
+                         "fits with", "context", "supported", "unknown", "no GPU",
+                         "from the parameter count", "quantizing it", "the Hub gave no")
+
+
+def verdict_rows(machine) -> list:
+    """Rows whose verdicts cover every kind (engine.hub.verdicts.KINDS): real ones on an
+    8 GB card and on a machine without a GPU, and the kinds these models do not reach here
+    (a method's refusal, a job too large to quantize) as the engine states them."""
+    from qtapp.engine.hub.verdicts import FitVerdict, compat_verdict, describe, fit_verdicts
+    from qtapp.gui.widgets.hub_browser import HubRow
+
+    def made(method, label, fits, kind, **facts):
+        v = FitVerdict(method, label, fits, "", kind, **facts)
+        v.text = describe(v)
+        return v
+
+    models = [*MODELS, hub_model("meta-llama/Llama-3.1-70B-gated", None, 70_553_706_496),
+              hub_model("tester/small-gated", None, 134_515_008),
+              hub_model("someone/mamba-test", {"model_type": "mamba",
+                                               "architectures": ["MambaForCausalLM"]}, None),
+              hub_model("someone/nothing", None, None)]
+    rows = [HubRow(m, fit_verdicts(m, hw), compat_verdict(m))
+            for hw in (machine, hardware()) for m in models]
+    rows.append(HubRow(models[0], [
+        made("gguf", "GGUF Q4_K_M", False, "unsupported", reason="the GGUF converter refuses X"),
+        made("gguf", "GGUF Q8_0", False, "cannot_quantize", size_bytes=3 << 30,
+             need_bytes=40 << 30),
+        made("gptq", "GPTQ W4", True, "fits_gpu", size_bytes=3 << 30, context=8192),
+        made("awq", "AWQ W4", True, "runs_in_ram", size_bytes=3 << 30)],
+        made("compat", "compatibility", True, "supported", family="llama",
+             supported=("RTN", "GGUF"), refused=(("GPTQ", "a reason"), ("AWQ", "another")))))
+    return rows
+
+
+@pytest.mark.parametrize("language", ["en", "zh_CN"])
+def test_fit_verdicts_are_in_the_window_language(qtbot, language) -> None:
+    """Every verdict the browser shows (cell tooltips, the detail line) is composed from the
+    verdict's facts through tr(): English is the engine's own text, zh_CN has none of its
+    English templates (a refusal's reason from the FAMILIES table stays English inside a
+    translated frame)."""
+    from gui_helpers import fake_command
+    from PySide6.QtCore import QCoreApplication
+
+    from qtapp.engine.hub.verdicts import KINDS
+    from qtapp.gui.engine_process import EngineProcess
+    from qtapp.gui.i18n import install_translator
+    from qtapp.gui.widgets.hub_browser import verdict_text
+
+    app = QCoreApplication.instance()
+    translator = install_translator(app, language) if language != "en" else None
+    try:
+        window = MainWindow(engine=EngineProcess(command=fake_command("ok")), scan=False)
+        qtbot.addWidget(window)
+        window.state.set_hardware(hardware(8))
+        browser = window.page("model").hub_browser
+        rows = verdict_rows(window.state.hardware)
+        assert {v.kind for r in rows for v in [*r.verdicts, r.compat]} == set(KINDS)
+        browser.show_rows(rows, None)
+        first = browser.table.columnCount() - 5  # four methods, then Supported
+        for i, row in enumerate(rows):
+            browser.table.selectRow(i)
+            detail = browser.detail.text()
+            for j, v in enumerate([*row.verdicts, row.compat]):
+                shown = browser.table.item(i, first + j).toolTip()
+                assert shown == verdict_text(v) and shown in html.unescape(detail)
+                if language == "en":
+                    assert shown == v.text
+                    continue
+                frame = shown.replace(v.reason, "") if v.reason else shown
+                for _, r in v.refused:
+                    frame = frame.replace(r, "")
+                found = [w for w in ENGLISH_VERDICT_WORDS if w in frame]
+                assert found == [], (shown, v.text)
+                assert shown != v.text
+    finally:
+        if translator is not None:
+            app.removeTranslator(translator)

@@ -90,3 +90,47 @@ def test_every_code_string_is_translated() -> None:
     assert qm.load(str(TRANSLATIONS / "quantdesk_zh_CN.qm"))
     stale = sorted(text for text in strings if qm.translate("", text) != translated[text])
     assert stale == [], f"{len(stale)} strings differ in the .qm; recompile it: {stale}"
+
+
+def test_switching_the_language_with_the_window_open(window, tmp_path, monkeypatch) -> None:
+    """The results page's details are looked up by a stable key: a translator installed while
+    the window is open (Help → Language saves the choice; install_translator reads it) used to
+    raise KeyError on the next selection, since the keys were translated once at
+    construction. The key labels follow the language."""
+    from PySide6.QtWidgets import QMessageBox
+
+    from qtapp.engine.config import JobSpec
+    from qtapp.engine.results import ExportResult, JobResult, Quality, Sizes
+    from qtapp.gui.engine_process import Outcome
+
+    result = JobResult(model="tiny", source="/models/tiny", method="rtn",
+                       export=ExportResult(format="gptq", files=["model.safetensors"]),
+                       scheme="W4 g128", sizes=Sizes(bytes=1_000, source_bytes=4_000),
+                       quality=Quality(ppl=21.0, ppl_source=20.0, verdict="good"),
+                       out=str(tmp_path / "out"), seconds=2.0)
+    job = JobSpec(model="/models/tiny", method="rtn", out=str(tmp_path / "out"))
+    window._job_finished(Outcome("result", "done", result.out, result), job)
+    page = window.page("results")
+    assert page.detail.text("Files") == "model.safetensors"
+    told = []
+    monkeypatch.setattr(QMessageBox, "information", lambda *a: told.append(a[2]))
+    app = QCoreApplication.instance()
+    window._set_language("zh_CN")  # the menu's action
+    assert told == ["The language changes the next time QuantDesk starts."]
+    translator = install_translator(app)  # the saved choice, while the window is open
+    assert translator is not None
+    try:
+        app.processEvents()  # the posted LanguageChange reaches every widget
+        page.table.clearSelection()
+        page.refresh(select_id=page.row_records[-1][1].id)
+        assert page.detail.text("Files") == "model.safetensors"
+        assert page.detail.text("Folder") == str(tmp_path / "out")
+        assert page.detail.key_label("Folder").text() == tr("Folder") != "Folder"
+    finally:
+        app.removeTranslator(translator)
+    app.processEvents()
+    page.refresh()
+    assert page.detail.key_label("Folder").text() == "Folder"
+    assert page.detail.text("Files") == "model.safetensors"
+    page.table.clearSelection()
+    assert page.detail.text("Files") == "—"

@@ -20,6 +20,10 @@ longest context in CONTEXTS whose KV cache still fits the card. Sizes are in bin
     fits False  too large (the text names the need), or the method refuses the family
     fits None   unknown (neither config.json widths nor a parameter count)
 
+Each verdict carries its facts (kind among KINDS, the byte figures, the context) beside the
+English ``text`` the CLI prints; the window composes the sentence in its own language from the
+facts (gui/widgets/hub_browser.verdict_text).
+
 A gated model whose licence is not accepted yet has no readable config.json: its verdicts are
 counted from the parameter count of the search answer (sizes and the runtime's overhead, no
 KV cache) and say "(from the parameter count)".
@@ -28,6 +32,7 @@ KV cache) and say "(from the parameter count)".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from qtapp.engine.config import GGUFOptions, JobSpec
 from qtapp.engine.hub.search import HubModel
@@ -57,12 +62,73 @@ METHODS: tuple[tuple[str, str, int, str], ...] = (
 )
 
 
+# what a verdict says, as facts (FitVerdict.kind); the English `text` is composed from them by
+# describe(), and the window composes its own sentence in its language from the same facts
+KINDS = ("fits_gpu",         # quantized here, runs on the GPU (context: GPTQ/AWQ's longest)
+         "runs_in_ram",      # quantized here, runs in RAM (no GPU, or the GPU is too small)
+         "too_large",        # running it needs need_bytes, more than the GPU or RAM has
+         "cannot_quantize",  # it would run here, but quantizing it needs need_bytes of memory
+         "unsupported",      # the method refuses the family (reason), or compat: no method
+         "supported",        # compat: the methods in `supported`, not those in `refused`
+         "unknown")          # no config.json widths and no parameter count / no model_type
+
+
 @dataclass
 class FitVerdict:
     method: str        # "gguf", "gptq", "awq"; "compat" for compat_verdict
     label: str         # "GGUF Q4_K_M", "GPTQ W4", … ("compatibility")
     fits: bool | None
-    text: str          # the sentence the browser shows
+    text: str          # the English sentence (the CLI prints it): describe() of the facts below
+    kind: str = "unknown"            # one of KINDS
+    size_bytes: int | None = None    # the output's size
+    need_bytes: int | None = None    # too_large: running it; cannot_quantize: the job's peak
+    context: int | None = None       # fits_gpu for GPTQ/AWQ: the longest context that fits
+    from_params: bool = False        # counted from the parameter count (no widths, no KV)
+    reason: str = ""                 # unsupported: the refusal (English, from FAMILIES)
+    family: str = ""                 # compat: model_type, else the first architecture
+    supported: tuple[str, ...] = ()  # compat: the methods that take it ("RTN", "GPTQ", …)
+    refused: tuple[tuple[str, str], ...] = ()  # compat: (method, reason) of those that don't
+
+
+def describe(v: FitVerdict) -> str:
+    """The English sentence of a verdict's facts (gui/widgets/hub_browser.verdict_text is the
+    same sentence through tr())."""
+    if v.method == "compat":
+        if v.kind == "unknown":
+            return "unknown: the Hub gave no model_type or architectures"
+        if v.kind == "unsupported":
+            return f"{v.family} not supported yet: {v.reason}"
+        return f"{v.family}: supported ({', '.join(v.supported)})" + "".join(
+            f"; not {m}: {r}" for m, r in v.refused)
+    if v.kind == "unknown":
+        return f"{v.label}: unknown (no config.json widths and no parameter count)"
+    if v.kind == "unsupported":
+        return f"{v.label}: {v.reason}"
+    head = f"{v.label} ≈ {format_size(v.size_bytes or 0)}" + (
+        " (from the parameter count)" if v.from_params else "")
+    if v.kind == "too_large":
+        return f"{head}: too large: needs {format_size(v.need_bytes or 0)}"
+    if v.kind == "cannot_quantize":
+        return (f"{head}: runs here, but quantizing it needs {format_size(v.need_bytes or 0)} "
+                "of memory, more than this machine has")
+    if v.kind == "fits_gpu":
+        if v.context is not None:
+            return f"{head} on the GPU: fits with {ctx_label(v.context)} context"
+        return f"{head}: runs on the GPU"
+    if through_transformers(v):
+        return f"{head}: no GPU for it here; runs in RAM (slowly, through transformers)"
+    return f"{head}: runs in RAM"
+
+
+def through_transformers(v: FitVerdict) -> bool:
+    """A GPTQ/AWQ output that runs in RAM runs through transformers on the CPU (slowly)."""
+    return v.kind == "runs_in_ram" and v.method in ("gptq", "awq") and not v.from_params
+
+
+def _verdict(method: str, label: str, fits: bool | None, kind: str, **facts: Any) -> FitVerdict:
+    v = FitVerdict(method, label, fits, "", kind, **facts)
+    v.text = describe(v)
+    return v
 
 
 def _shape(model: HubModel) -> ModelShape | None:
@@ -76,14 +142,15 @@ def _shape(model: HubModel) -> ModelShape | None:
         return None
 
 
-def _ctx_label(ctx: int) -> str:
+def ctx_label(ctx: int) -> str:
+    """'8k': a context length in thousands of tokens (of 1024)."""
     return f"{ctx // 1024}k"
 
 
 def _one(method: str, label: str, bits: int, gguf_type: str, shape: ModelShape,
          hw: Hardware, refusal: str) -> FitVerdict:
     if refusal:
-        return FitVerdict(method, label, False, f"{label}: {refusal}")
+        return _verdict(method, label, False, "unsupported", reason=refusal)
     job = JobSpec(model=shape.name, method=method, out="-",
                   gguf=GGUFOptions(type=gguf_type or "Q4_K_M"))
     size = formula_bytes(job, shape)
@@ -92,28 +159,21 @@ def _one(method: str, label: str, bits: int, gguf_type: str, shape: ModelShape,
     need = run_bytes(shape, bits, RUN_CTX) - _weights_at(shape, bits) + size
     samples = SAMPLES_GPU if hw.best_gpu is not None else SAMPLES_CPU
     where_q, peak = quantize_fit(shape, method, samples, hw)
-    head = f"{label} ≈ {format_size(size)}"
     where = fits(need, hw)
     if where == "none":  # first: the answer that matters most
-        return FitVerdict(method, label, False, f"{head}: too large: needs {format_size(need)}")
+        return _verdict(method, label, False, "too_large", size_bytes=size, need_bytes=need)
     if where_q == "none":
-        return FitVerdict(method, label, False,
-                          f"{head}: runs here, but quantizing it needs {format_size(peak)} "
-                          "of memory, more than this machine has")
+        return _verdict(method, label, False, "cannot_quantize", size_bytes=size,
+                        need_bytes=peak)
     gpu = hw.best_gpu
     if where == "gpu" and gpu is not None:
         room = gpu.vram_total * VRAM_USABLE
         ctx = max((c for c in CONTEXTS
                    if run_bytes(shape, bits, c) - _weights_at(shape, bits) + size <= room),
                   default=RUN_CTX)
-        if method == "gguf":
-            return FitVerdict(method, label, True, f"{head}: runs on the GPU")
-        return FitVerdict(method, label, True,
-                          f"{head} on the GPU: fits with {_ctx_label(ctx)} context")
-    if method == "gguf":
-        return FitVerdict(method, label, True, f"{head}: runs in RAM")
-    return FitVerdict(method, label, True,
-                      f"{head}: no GPU for it here; runs in RAM (slowly, through transformers)")
+        return _verdict(method, label, True, "fits_gpu", size_bytes=size,
+                        context=None if method == "gguf" else ctx)
+    return _verdict(method, label, True, "runs_in_ram", size_bytes=size)
 
 
 def _weights_at(shape: ModelShape, bits: int) -> int:
@@ -128,12 +188,12 @@ def _from_params(method: str, label: str, bits: int, gguf_type: str, params: int
     size = int(params * GGUF_BPW[gguf_type] / 8) if gguf_type else \
         int(params * (bits + (16 + bits) / DEFAULT_GROUP) / 8)
     need = int(size + RUNTIME_OVERHEAD_FIXED + RUNTIME_OVERHEAD_FRACTION * size)
-    head = f"{label} ≈ {format_size(size)} (from the parameter count)"
     where = fits(need, hw)
     if where == "none":
-        return FitVerdict(method, label, False, f"{head}: too large: needs {format_size(need)}")
-    return FitVerdict(method, label, True,
-                      f"{head}: runs {'on the GPU' if where == 'gpu' else 'in RAM'}")
+        return _verdict(method, label, False, "too_large", size_bytes=size, need_bytes=need,
+                        from_params=True)
+    return _verdict(method, label, True, "fits_gpu" if where == "gpu" else "runs_in_ram",
+                    size_bytes=size, from_params=True)
 
 
 def fit_verdicts(model: HubModel, machine: Hardware | None = None) -> list[FitVerdict]:
@@ -144,8 +204,7 @@ def fit_verdicts(model: HubModel, machine: Hardware | None = None) -> list[FitVe
     if shape is None and model.params:
         return [_from_params(m, label, bits, t, model.params, hw) for m, label, bits, t in METHODS]
     if shape is None:
-        return [FitVerdict(m, label, None, f"{label}: unknown (no config.json widths and no "
-                                           "parameter count)") for m, label, _, _ in METHODS]
+        return [_verdict(m, label, None, "unknown") for m, label, _, _ in METHODS]
     refusals = {c.method: ("" if c.ok else c.reason) for c in config_checks(model.config or {})}
     return [_one(m, label, bits, t, shape, hw, refusals.get(m, ""))
             for m, label, bits, t in METHODS]
@@ -156,16 +215,12 @@ def compat_verdict(model: HubModel) -> FitVerdict:
     compatibility check from config.json: the FAMILIES table and each method's refusal)."""
     config = model.config or {}
     if not (config.get("model_type") or config.get("architectures")):
-        return FitVerdict("compat", "compatibility", None,
-                          "unknown: the Hub gave no model_type or architectures")
+        return _verdict("compat", "compatibility", None, "unknown")
     checks = config_checks(config)
-    kind = str(config.get("model_type") or (config.get("architectures") or ["?"])[0])
-    ok = [c.method.upper() for c in checks if c.ok]
+    family = str(config.get("model_type") or (config.get("architectures") or ["?"])[0])
+    ok = tuple(c.method.upper() for c in checks if c.ok)
     if not ok:
-        return FitVerdict("compat", "compatibility", False,
-                          f"{kind} not supported yet: {checks[0].reason}")
-    refused = [f"{c.method.upper()}: {c.reason}" for c in checks if not c.ok]
-    text = f"{kind}: supported ({', '.join(ok)})"
-    if refused:
-        text += "; not " + "; not ".join(refused)
-    return FitVerdict("compat", "compatibility", True, text)
+        return _verdict("compat", "compatibility", False, "unsupported", family=family,
+                        reason=checks[0].reason)
+    return _verdict("compat", "compatibility", True, "supported", family=family, supported=ok,
+                    refused=tuple((c.method.upper(), c.reason) for c in checks if not c.ok))

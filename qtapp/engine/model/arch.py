@@ -405,14 +405,24 @@ QWEN3_5_BLOCK = BlockLayout(
 # Qwen3.5-MoE: the Qwen3.5 mixers, then routed experts as MOE_BLOCK plus one shared expert
 # (mlp.shared_expert, a Llama MLP every token goes through) whose output is weighted by
 # sigmoid(mlp.shared_expert_gate(x)): that gate is a (1, hidden) nn.Linear, kept 16-bit like
-# the router.
+# the router. AWQ: the mixers' pairs of QWEN3_5_BLOCK; post_attention_layernorm's one scale
+# goes to every routed expert's and the shared expert's gate/up, searched on the whole MoE
+# block; the router and the shared expert's gate read the same normed input, so both take
+# the scale on their weight columns (`also`) and their outputs stay exact; up→down is a pair
+# per routed expert (its routed tokens) and one for the shared expert (every token).
 _SHARED = "mlp.shared_expert"
 _SGATE, _SUP, _SDOWN = (f"{_SHARED}.{n}" for n in ("gate_proj", "up_proj", "down_proj"))
+_SHARED_GATE = "mlp.shared_expert_gate"
 QWEN3_5_MOE_BLOCK = BlockLayout(
     sequential=((_Q, _K, _V, _LQKV, _LZ, _LB, _LA), (_O, _LOUT),
                 (_EGATE, _EUP, _SGATE, _SUP), (_EDOWN, _SDOWN)),
-    awq=(), attn_out=_O, mlp_out=_EDOWN, norms=("input_layernorm", "post_attention_layernorm"),
-    experts=_EXPERTS, kinds=_HYBRID_KINDS, keep=("mlp.shared_expert_gate",),
+    awq=(AwqGroup("input_layernorm", (_Q, _K, _V), "self_attn"), _VO,
+         AwqGroup("input_layernorm", (_LQKV, _LZ, _LB, _LA), _LIN),
+         AwqGroup("post_attention_layernorm", (_EGATE, _EUP, _SGATE, _SUP), "mlp", stat="mlp",
+                  also=("mlp.gate", _SHARED_GATE)),
+         AwqGroup(_EUP, (_EDOWN,), _EDOWN), AwqGroup(_SUP, (_SDOWN,), _SDOWN)),
+    attn_out=_O, mlp_out=_EDOWN, norms=("input_layernorm", "post_attention_layernorm"),
+    v_o=_VO, experts=_EXPERTS, kinds=_HYBRID_KINDS, keep=(_SHARED_GATE,),
     widths=(_LOUT_WIDTH, (_SDOWN, ("shared_expert_intermediate_size",))))
 
 # Gemma 4: the Gemma 2/3 block with plain x̂·w norms (norm_offset 0), then the per-layer
@@ -583,7 +593,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            gguf=GgufFacts("QWEN3MOE", vocab="gpt2", kv=_MOE_KV),
            notes=(("experts are calibrated one by one on the tokens routed to them; an expert "
                   "with too few tokens is rounded to nearest with the range search (named in "
-                  "the run's log); the router stays 16-bit; AWQ not yet"),)),
+                  "the run's log); the router stays 16-bit (AWQ multiplies its weight "
+                  "columns by the norm's scale, so routing is unchanged)"),)),
     Family("mixtral", ("MixtralForCausalLM",), "Mixtral 8x7B, 8x22B", MOE_BLOCK,
            checkpoint_names=(("block_sparse_moe.experts.{e}.w1", "mlp.experts.{e}.gate_proj"),
                              ("block_sparse_moe.experts.{e}.w3", "mlp.experts.{e}.up_proj"),
@@ -616,7 +627,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                                          "add_expert_shared_feed_forward_length", None))),
            notes=(*_QWEN3_5_NOTES,
                   ("the shared expert is quantized with the routed ones; the router and the "
-                   "shared expert's (1 × hidden) gate stay 16-bit; AWQ not yet"))),
+                   "shared expert's (1 × hidden) gate stay 16-bit (AWQ multiplies their "
+                   "weight columns by the norm's scale, so routing and gating are "
+                   "unchanged)"))),
     Family("qwen3_5_moe", ("Qwen3_5MoeForConditionalGeneration",), "Qwen3.5-35B-A3B …",
            supported=False,
            reason=_vlm("Qwen3_5MoeForConditionalGeneration", "qwen3_5_moe_text")),

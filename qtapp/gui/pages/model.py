@@ -108,7 +108,7 @@ class ModelPage(QWidget):
         layout.addWidget(self.hub_card, 1)
 
         info = Card(tr("Model"))
-        self.info = KeyValues([tr(k) for k in INFO_KEYS])
+        self.info = KeyValues(INFO_KEYS)
         info.body.addWidget(self.info)
         layout.addWidget(info)
         layout.addStretch(1)
@@ -251,4 +251,4 @@ class ModelPage(QWidget):
                   f"({info.n_params:,})"), str(info.n_layers), str(info.hidden_size),
                   str(info.dtype), format_size(info.size_bytes), str(info.path)]
         for key, value in zip(INFO_KEYS, values):
-            self.info.set(tr(key), value)
+            self.info.set(key, value)

@@ -82,7 +82,7 @@ class ResultsPage(QWidget):
         layout.addWidget(self.empty)
 
         detail = Card(tr("Selected run"))
-        self.detail = KeyValues([tr(k) for k in DETAIL_KEYS])
+        self.detail = KeyValues(DETAIL_KEYS)
         detail.body.addWidget(self.detail)
         buttons = QHBoxLayout()
         self.open_button = button(tr("Open folder"))
@@ -152,6 +152,12 @@ class ResultsPage(QWidget):
                                     + shown * row_height + 2 * self.table.frameWidth() + 2)
         self.table.setColumnHidden(COLUMNS.index("Verdict"),
                                    not any(r.verdict for _, r in rows))
+        # one source model: the details name it ("Compared with") and the Settings column
+        # takes the room; several: the Model column stretches (a cut name has its full text
+        # in the tooltip)
+        one_model = len({r.model for _, r in rows}) <= 1
+        self.table.setColumnHidden(0, one_model)
+        fit_columns(self.table, stretch=COLUMNS.index("Settings") if one_model else 0)
         self.empty.setVisible(not rows)
         if select_id is not None:
             for i, (kind, r) in enumerate(rows):
@@ -171,6 +177,7 @@ class ResultsPage(QWidget):
                      format_duration(r.seconds)]
         for c, text in enumerate(cells):
             item = QTableWidgetItem(text)
+            item.setToolTip(text)
             if kind == ORIGINAL:
                 item.setForeground(muted)
             elif c == 6 and r.verdict in theme.VERDICT_COLORS:
@@ -192,7 +199,7 @@ class ResultsPage(QWidget):
         self.remedies.show_record(chosen[1] if is_run else None, self._source_info(chosen))
         if chosen is None:
             for k in DETAIL_KEYS:
-                self.detail.set(tr(k), "—")
+                self.detail.set(k, "—")
             return
         kind, r = chosen
         self.size_plot.show_runs([x for k, x in self.row_records
@@ -208,7 +215,7 @@ class ResultsPage(QWidget):
                   if kind == "run" else "—",
                   quality_text(r.result.quality) if kind == "run" else "—"]
         for k, v in zip(DETAIL_KEYS, values):
-            self.detail.set(tr(k), v)
+            self.detail.set(k, v)
 
     def _source_info(self, chosen: tuple[str, RunRecord] | None) -> Any:
         """The loaded model's ModelInfo when it is the chosen run's source (the planner then

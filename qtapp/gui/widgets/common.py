@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, Qt
 from PySide6.QtWidgets import (
     QFrame,
     QGridLayout,
@@ -15,6 +15,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from qtapp.gui.i18n import tr
 
 
 def label(text: str = "", name: str = "", wrap: bool = False) -> QLabel:
@@ -63,7 +65,9 @@ class PageHeader(QWidget):
 
 
 class KeyValues(QWidget):
-    """A two-column grid of muted keys and values, updated by key."""
+    """A two-column grid of muted keys and values, updated by key. The keys are the
+    untranslated source strings (marked with QT_TR_NOOP): the grid shows tr(key) and follows a
+    language change, while callers keep addressing the rows by the stable source key."""
 
     def __init__(self, keys: list[str], parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -71,9 +75,11 @@ class KeyValues(QWidget):
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setHorizontalSpacing(18)
         grid.setVerticalSpacing(6)
+        self.keys: dict[str, QLabel] = {}
         self.values: dict[str, QLabel] = {}
         for row, key in enumerate(keys):
-            grid.addWidget(label(key, "Muted"), row, 0, Qt.AlignmentFlag.AlignTop)
+            self.keys[key] = label(tr(key), "Muted")
+            grid.addWidget(self.keys[key], row, 0, Qt.AlignmentFlag.AlignTop)
             value = label("—", wrap=True)
             grid.addWidget(value, row, 1)
             self.values[key] = value
@@ -84,6 +90,15 @@ class KeyValues(QWidget):
 
     def text(self, key: str) -> str:
         return self.values[key].text()
+
+    def key_label(self, key: str) -> QLabel:
+        return self.keys[key]
+
+    def changeEvent(self, event: QEvent) -> None:
+        if event.type() == QEvent.Type.LanguageChange:
+            for key, shown in self.keys.items():
+                shown.setText(tr(key))
+        super().changeEvent(event)
 
 
 def page_layout(page: QWidget) -> QVBoxLayout:

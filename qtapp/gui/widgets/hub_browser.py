@@ -68,6 +68,47 @@ def verdict_mark(fits: bool | None) -> str:
     return "✓" if fits else "?" if fits is None else "✗"
 
 
+def verdict_text(v: Any) -> str:
+    """A FitVerdict's sentence in the window's language, composed from its facts (kind, sizes,
+    context); in English it is the engine's own text (engine.hub.verdicts.describe). The
+    reasons a method or the FAMILIES table gives for refusing a family stay English inside
+    the translated frame: they come from the engine's checks, which have no translations."""
+    from qtapp.engine.hub.verdicts import ctx_label, through_transformers
+
+    if v.method == "compat":
+        if v.kind == "unknown":
+            return tr("unknown: the Hub gave no model_type or architectures")
+        if v.kind == "unsupported":
+            return tr("{family} not supported yet: {reason}").format(family=v.family,
+                                                                     reason=v.reason)
+        return tr("{family}: supported ({methods})").format(
+            family=v.family, methods=", ".join(v.supported)) + "".join(
+            tr("; not {method}: {reason}").format(method=m, reason=r) for m, r in v.refused)
+    if v.kind == "unknown":
+        return tr("{label}: unknown (no config.json widths and no parameter count)").format(
+            label=v.label)
+    if v.kind == "unsupported":
+        return tr("{label}: {reason}").format(label=v.label, reason=v.reason)
+    size = format_size(v.size_bytes or 0)
+    head = (tr("{label} ≈ {size} (from the parameter count)") if v.from_params
+            else tr("{label} ≈ {size}")).format(label=v.label, size=size)
+    need = format_size(v.need_bytes or 0)
+    if v.kind == "too_large":
+        return tr("{head}: too large: needs {need}").format(head=head, need=need)
+    if v.kind == "cannot_quantize":
+        return tr("{head}: runs here, but quantizing it needs {need} of memory, more than "
+                  "this machine has").format(head=head, need=need)
+    if v.kind == "fits_gpu":
+        if v.context is not None:
+            return tr("{head} on the GPU: fits with {context} context").format(
+                head=head, context=ctx_label(v.context))
+        return tr("{head}: runs on the GPU").format(head=head)
+    if through_transformers(v):
+        return tr("{head}: no GPU for it here; runs in RAM (slowly, through "
+                  "transformers)").format(head=head)
+    return tr("{head}: runs in RAM").format(head=head)
+
+
 def linkify(message: str) -> str:
     """A plain message as rich text whose web addresses are links."""
     return _URL.sub(lambda m: f'<a href="{m.group(0)}">{m.group(0)}</a>',
@@ -388,7 +429,7 @@ class HubBrowser(QWidget):
         for j, (text, v) in enumerate(marks):
             item = QTableWidgetItem(text)
             item.setForeground(QColor(verdict_color(v.fits)))
-            item.setToolTip(v.text)
+            item.setToolTip(verdict_text(v))
             item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
             self.table.setItem(i, len(COLUMNS) + j, item)
 
@@ -419,7 +460,7 @@ class HubBrowser(QWidget):
                  + html.escape(" · ".join(f for f in facts if f))]
         for v in [*row.verdicts, row.compat]:
             lines.append(f'<span style="color:{verdict_color(v.fits)}">'
-                         f'{verdict_mark(v.fits)} {html.escape(v.text)}</span>')
+                         f'{verdict_mark(v.fits)} {html.escape(verdict_text(v))}</span>')
         self.detail.setText("<br>".join(lines))
         if not busy:
             self.download_button.setText(

@@ -66,7 +66,7 @@ It was written to the log in {folder}.</source>
         <location filename="../../gui/pages/model.py" line="110"/>
         <location filename="../../gui/pages/results.py" line="49"/>
         <location filename="../../gui/welcome.py" line="16"/>
-        <location filename="../../gui/widgets/hub_browser.py" line="44"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="46"/>
         <source>Model</source>
         <translation>模型</translation>
     </message>
@@ -92,7 +92,7 @@ It was written to the log in {folder}.</source>
     </message>
     <message>
         <location filename="../../gui/main_window.py" line="41"/>
-        <location filename="../../gui/pages/chat.py" line="203"/>
+        <location filename="../../gui/pages/chat.py" line="205"/>
         <source>Chat</source>
         <translation>对话</translation>
     </message>
@@ -206,7 +206,7 @@ It was written to the log in {folder}.</source>
     </message>
     <message>
         <location filename="../../gui/pages/chat.py" line="143"/>
-        <location filename="../../gui/pages/run.py" line="281"/>
+        <location filename="../../gui/pages/run.py" line="282"/>
         <source>Stopped</source>
         <translation>已停止</translation>
     </message>
@@ -221,103 +221,103 @@ It was written to the log in {folder}.</source>
         <translation>你</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="204"/>
+        <location filename="../../gui/pages/chat.py" line="206"/>
         <source>Ask the quantized model and the original the same question and compare.</source>
         <translation>向量化后的模型和原始模型提出同一个问题，比较它们的回答。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="207"/>
+        <location filename="../../gui/pages/chat.py" line="209"/>
         <source>Quantized model</source>
         <translation>量化模型</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="213"/>
+        <location filename="../../gui/pages/chat.py" line="215"/>
         <source>Finish a run, or open a .gguf file or a model folder</source>
         <translation>先完成一次运行，或打开 .gguf 文件或模型文件夹</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="216"/>
+        <location filename="../../gui/pages/chat.py" line="218"/>
         <source>Open file or folder…</source>
         <translation>打开文件或文件夹…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="218"/>
+        <location filename="../../gui/pages/chat.py" line="220"/>
         <source>A GGUF file…</source>
         <translation>GGUF 文件…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="219"/>
+        <location filename="../../gui/pages/chat.py" line="221"/>
         <source>A model folder…</source>
         <translation>模型文件夹…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="224"/>
+        <location filename="../../gui/pages/chat.py" line="226"/>
         <source>Compare with the original</source>
         <translation>与原始模型比较</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="228"/>
+        <location filename="../../gui/pages/chat.py" line="230"/>
         <source>Load</source>
         <translation>加载</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="234"/>
+        <location filename="../../gui/pages/chat.py" line="236"/>
         <source>Original</source>
         <translation>原始模型</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="235"/>
+        <location filename="../../gui/pages/chat.py" line="237"/>
         <source>Quantized</source>
         <translation>量化模型</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="241"/>
+        <location filename="../../gui/pages/chat.py" line="243"/>
         <source>Type a message; Enter sends, Shift+Enter adds a line</source>
         <translation>输入消息；Enter 发送，Shift+Enter 换行</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="250"/>
+        <location filename="../../gui/pages/chat.py" line="252"/>
         <source>max </source>
         <translation>最多 </translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="251"/>
+        <location filename="../../gui/pages/chat.py" line="253"/>
         <location filename="../../gui/pages/hardware.py" line="95"/>
         <source> tokens</source>
         <translation> 个词元</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="256"/>
+        <location filename="../../gui/pages/chat.py" line="258"/>
         <source>temperature </source>
         <translation>温度 </translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="257"/>
+        <location filename="../../gui/pages/chat.py" line="259"/>
         <source>0 = greedy: the same answer every time, best for comparing the two models</source>
         <translation>0 = 贪心解码：每次回答相同，最适合比较两个模型</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="259"/>
+        <location filename="../../gui/pages/chat.py" line="261"/>
         <source>Send</source>
         <translation>发送</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="261"/>
+        <location filename="../../gui/pages/chat.py" line="263"/>
         <source>Stop</source>
         <translation>停止</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="263"/>
+        <location filename="../../gui/pages/chat.py" line="265"/>
         <source>New chat</source>
         <translation>新对话</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="304"/>
+        <location filename="../../gui/pages/chat.py" line="306"/>
         <source>Open a GGUF file</source>
         <translation>打开 GGUF 文件</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="305"/>
+        <location filename="../../gui/pages/chat.py" line="307"/>
         <source>GGUF (*.gguf);;All files (*)</source>
         <translation>GGUF (*.gguf);;所有文件 (*)</translation>
     </message>
@@ -408,14 +408,14 @@ It was written to the log in {folder}.</source>
     </message>
     <message>
         <location filename="../../gui/pages/hardware.py" line="105"/>
-        <location filename="../../gui/pages/hardware.py" line="143"/>
+        <location filename="../../gui/pages/hardware.py" line="145"/>
         <source>Looking at this machine…</source>
         <translation>正在检测这台电脑…</translation>
     </message>
     <message>
         <location filename="../../gui/pages/hardware.py" line="115"/>
         <location filename="../../gui/pages/model.py" line="39"/>
-        <location filename="../../gui/widgets/hub_browser.py" line="44"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="46"/>
         <source>Parameters</source>
         <translation>参数量</translation>
     </message>
@@ -430,73 +430,73 @@ It was written to the log in {folder}.</source>
         <translation>量化所需</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="151"/>
+        <location filename="../../gui/pages/hardware.py" line="153"/>
         <source>Could not read the hardware: {error}</source>
         <translation>无法读取硬件信息：{error}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="163"/>
+        <location filename="../../gui/pages/hardware.py" line="165"/>
         <source>{cores} cores, {threads} threads · {os}</source>
         <translation>{cores} 核，{threads} 线程 · {os}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="165"/>
+        <location filename="../../gui/pages/hardware.py" line="167"/>
         <source>{total} RAM</source>
         <translation>{total} 内存</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="166"/>
+        <location filename="../../gui/pages/hardware.py" line="168"/>
         <source>{free} available now</source>
         <translation>当前可用 {free}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="172"/>
+        <location filename="../../gui/pages/hardware.py" line="174"/>
         <source>{total} {kind} memory, {free} free</source>
         <translation>{total} {kind}内存，空闲 {free}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="174"/>
+        <location filename="../../gui/pages/hardware.py" line="176"/>
         <source>shared</source>
         <translation>共享</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="176"/>
+        <location filename="../../gui/pages/hardware.py" line="178"/>
         <source> (this torch build cannot use it)</source>
         <translation>（当前 torch 版本无法使用）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="180"/>
+        <location filename="../../gui/pages/hardware.py" line="182"/>
         <source>No GPU</source>
         <translation>没有 GPU</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="181"/>
+        <location filename="../../gui/pages/hardware.py" line="183"/>
         <source>That is fine: quantizing runs on the CPU, and GGUF models run well on a CPU.</source>
         <translation>没关系：量化可以在 CPU 上进行，GGUF 模型在 CPU 上也运行良好。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="186"/>
+        <location filename="../../gui/pages/hardware.py" line="188"/>
         <source>Recommended: {summary}</source>
         <translation>推荐：{summary}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="198"/>
+        <location filename="../../gui/pages/hardware.py" line="197"/>
         <source>Weights at each precision (GiB = 2³⁰ bytes; INT8/INT4 include group scales, embeddings stay 16-bit). “Runs here” adds a {ctx}-token KV cache and runtime overhead: green fits in GPU memory, blue in RAM. “Quantizing needs” is the planner&apos;s peak memory for quantizing with {method}, one block at a time: GPU memory where it fits there, else RAM.</source>
         <translation>各精度下的权重大小（GiB = 2³⁰ 字节；INT8/INT4 含分组缩放因子，嵌入层保持 16 位）。“可在本机运行”另加 {ctx} 个词元的 KV 缓存和运行开销：绿色表示可放入显存，蓝色表示可放入内存。“量化所需”是规划器估算的使用 {method} 逐块量化时的峰值内存：能放入显存时为显存，否则为内存。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="206"/>
+        <location filename="../../gui/pages/hardware.py" line="212"/>
         <source>{name} (selected)</source>
         <translation>{name}（已选）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="220"/>
+        <location filename="../../gui/pages/hardware.py" line="226"/>
         <source>{p}: weights {w}; with a {ctx}-token context about {run} to run</source>
         <translation>{p}：权重 {w}；使用 {ctx} 个词元的上下文运行约需 {run}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/hardware.py" line="223"/>
-        <location filename="../../gui/pages/hardware.py" line="235"/>
+        <location filename="../../gui/pages/hardware.py" line="231"/>
+        <location filename="../../gui/pages/hardware.py" line="243"/>
         <source>does not fit</source>
         <translation>放不下</translation>
     </message>
@@ -1046,7 +1046,7 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>下一步：选择方法 →</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/chat.py" line="309"/>
+        <location filename="../../gui/pages/chat.py" line="311"/>
         <location filename="../../gui/pages/model.py" line="167"/>
         <source>Choose a model folder</source>
         <translation>选择模型文件夹</translation>
@@ -1177,12 +1177,12 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>此模型各次运行的大小与质量</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="165"/>
+        <location filename="../../gui/pages/results.py" line="171"/>
         <source>original</source>
         <translation>原始</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="204"/>
+        <location filename="../../gui/pages/results.py" line="211"/>
         <source>{n} samples × {L} tokens</source>
         <translation>{n} 个样本 × {L} 个词元</translation>
     </message>
@@ -1232,156 +1232,156 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation> + 混合精度</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="62"/>
+        <location filename="../../gui/pages/run.py" line="63"/>
         <source>No job yet</source>
         <translation>还没有任务</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="69"/>
-        <location filename="../../gui/widgets/hub_browser.py" line="174"/>
+        <location filename="../../gui/pages/run.py" line="70"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="221"/>
         <location filename="../../gui/widgets/publish_dialog.py" line="109"/>
         <source>Cancel</source>
         <translation>取消</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="71"/>
+        <location filename="../../gui/pages/run.py" line="72"/>
         <source>See results →</source>
         <translation>查看结果 →</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="73"/>
+        <location filename="../../gui/pages/run.py" line="74"/>
         <source>Back to settings</source>
         <translation>返回设置</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="78"/>
+        <location filename="../../gui/pages/run.py" line="79"/>
         <source>Choose a model and a method, then press Start quantizing.</source>
         <translation>选择模型和方法，然后点击“开始量化”。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="87"/>
+        <location filename="../../gui/pages/run.py" line="88"/>
         <source>Waiting</source>
         <translation>等待中</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="107"/>
+        <location filename="../../gui/pages/run.py" line="108"/>
         <source>Show details</source>
         <translation>显示详情</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="123"/>
+        <location filename="../../gui/pages/run.py" line="124"/>
         <source>Relative output error per layer</source>
         <translation>每层的相对输出误差</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="125"/>
+        <location filename="../../gui/pages/run.py" line="126"/>
         <source>Log</source>
         <translation>日志</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="174"/>
+        <location filename="../../gui/pages/run.py" line="175"/>
         <source>{model} → {out}</source>
         <translation>{model} → {out}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="175"/>
+        <location filename="../../gui/pages/run.py" line="176"/>
         <source>running</source>
         <translation>运行中</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="176"/>
+        <location filename="../../gui/pages/run.py" line="177"/>
         <source>Starting the worker…</source>
         <translation>正在启动后台进程…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="193"/>
+        <location filename="../../gui/pages/run.py" line="194"/>
         <source>Cancelling… (the worker stops after the current module)</source>
         <translation>正在取消…（后台进程会在当前模块完成后停止）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="202"/>
+        <location filename="../../gui/pages/run.py" line="203"/>
         <source>Loading {model}</source>
         <translation>正在加载 {model}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="225"/>
+        <location filename="../../gui/pages/run.py" line="226"/>
         <source>{module} · {bits}-bit · relative error {err:.2e} · {secs:.2f} s</source>
         <translation>{module} · {bits} 位 · 相对误差 {err:.2e} · {secs:.2f} 秒</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="236"/>
+        <location filename="../../gui/pages/run.py" line="237"/>
         <source>Experts: {ok} linears calibrated on their own tokens · {few} fallback (too few tokens: rounded to nearest)</source>
         <translation>专家：{ok} 个线性层用各自路由到的词元校准 · {few} 个回退（词元太少：就近取整）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="239"/>
+        <location filename="../../gui/pages/run.py" line="240"/>
         <source>Fallback (too few calibration tokens routed to them):</source>
         <translation>回退（路由到它们的校准词元太少）：</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="250"/>
+        <location filename="../../gui/pages/run.py" line="251"/>
         <source>wrote {path} ({size})</source>
         <translation>已写入 {path}（{size}）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="261"/>
+        <location filename="../../gui/pages/run.py" line="262"/>
         <source>done in {t}</source>
         <translation>用时 {t} 完成</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="267"/>
+        <location filename="../../gui/pages/run.py" line="268"/>
         <source>Finished: {size}{ppl}</source>
         <translation>已完成：{size}{ppl}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="269"/>
+        <location filename="../../gui/pages/run.py" line="270"/>
         <source>, perplexity {p:.2f}</source>
         <translation>，困惑度 {p:.2f}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="273"/>
+        <location filename="../../gui/pages/run.py" line="274"/>
         <source>cancelled</source>
         <translation>已取消</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="273"/>
+        <location filename="../../gui/pages/run.py" line="274"/>
         <source>failed</source>
         <translation>失败</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="274"/>
+        <location filename="../../gui/pages/run.py" line="275"/>
         <source>worker crashed</source>
         <translation>后台进程崩溃</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="287"/>
+        <location filename="../../gui/pages/run.py" line="288"/>
         <source>The job failed</source>
         <translation>任务失败</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="288"/>
+        <location filename="../../gui/pages/run.py" line="289"/>
         <source>The engine worker crashed</source>
         <translation>引擎进程崩溃</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="291"/>
+        <location filename="../../gui/pages/run.py" line="292"/>
         <source>Last lines the worker wrote to stderr:
 </source>
         <translation>后台进程写入 stderr 的最后几行：
 </translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="293"/>
+        <location filename="../../gui/pages/run.py" line="294"/>
         <source>(the worker wrote nothing to stderr)</source>
         <translation>（后台进程没有向 stderr 写入内容）</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="298"/>
+        <location filename="../../gui/pages/run.py" line="299"/>
         <source>elapsed {t}</source>
         <translation>已用 {t}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="301"/>
+        <location filename="../../gui/pages/run.py" line="302"/>
         <source> · about {t} left</source>
         <translation> · 约剩 {t}</translation>
     </message>
@@ -1472,12 +1472,12 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>相对误差 {err:.3e} · {secs:.2f} 秒</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/layer_chart.py" line="218"/>
+        <location filename="../../gui/widgets/layer_chart.py" line="220"/>
         <source>markers:</source>
         <translation>标记：</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/layer_chart.py" line="219"/>
+        <location filename="../../gui/widgets/layer_chart.py" line="221"/>
         <source>lower is better; hover a point for details</source>
         <translation>越低越好；悬停在点上查看详情</translation>
     </message>
@@ -1512,12 +1512,12 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>每个完成的运行与其原始模型并列。困惑度越低越好；结论说明该运行是否仍与原始模型表现一致。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="280"/>
+        <location filename="../../gui/pages/run.py" line="281"/>
         <source>Stopped while: {stage}</source>
         <translation>停止时正在：{stage}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/run.py" line="302"/>
+        <location filename="../../gui/pages/run.py" line="303"/>
         <source> · almost done</source>
         <translation> · 即将完成</translation>
     </message>
@@ -1623,215 +1623,285 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>用 GGUF 文件旁的 Modelfile 运行 `ollama create`。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="264"/>
+        <location filename="../../gui/pages/results.py" line="271"/>
         <source>Placing {file} in LM Studio&apos;s models folder…</source>
         <translation>正在把 {file} 放入 LM Studio 的模型文件夹…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="282"/>
+        <location filename="../../gui/pages/results.py" line="289"/>
         <source>Running ollama create {name}…</source>
         <translation>正在运行 ollama create {name}…</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="243"/>
+        <location filename="../../gui/pages/results.py" line="250"/>
         <source>Ollama is not on the PATH. Install it from ollama.com, then run: {command}</source>
         <translation>PATH 中没有 Ollama。请从 ollama.com 安装，然后运行：{command}</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="267"/>
+        <location filename="../../gui/pages/results.py" line="274"/>
         <source>✓ In LM Studio&apos;s models folder: {path}. It lists it under My Models.</source>
         <translation>✓ 已放入 LM Studio 的模型文件夹：{path}。它会出现在“My Models”中。</translation>
     </message>
     <message>
-        <location filename="../../gui/pages/results.py" line="284"/>
+        <location filename="../../gui/pages/results.py" line="291"/>
         <source>✓ Added to Ollama: ollama run {name}</source>
         <translation>✓ 已添加到 Ollama：ollama run {name}</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="44"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="46"/>
         <source>Downloads</source>
         <translation>下载量</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="45"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="47"/>
         <source>Licence</source>
         <translation>许可证</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="45"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="47"/>
         <source>Updated</source>
         <translation>更新</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="516"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="596"/>
         <source>gated: accept the licence on its page first</source>
         <translation>需申请：请先在模型页面上接受许可证</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="41"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="43"/>
         <source>Most downloaded</source>
         <translation>下载最多</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="41"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="43"/>
         <source>Most liked</source>
         <translation>点赞最多</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="42"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="44"/>
         <source>Recently updated</source>
         <translation>最近更新</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="515"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="595"/>
         <source>gated: the authors approve each request</source>
         <translation>需申请：作者逐一审批访问请求</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="133"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="177"/>
         <source>Search the Hub, e.g. qwen</source>
         <translation>搜索 Hub，例如 qwen</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="136"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="80"/>
+        <source>unknown: the Hub gave no model_type or architectures</source>
+        <translation>未知：Hub 未给出 model_type 或 architectures</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="82"/>
+        <source>{family} not supported yet: {reason}</source>
+        <translation>{family} 暂不支持：{reason}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="84"/>
+        <source>{family}: supported ({methods})</source>
+        <translation>{family}：支持（{methods}）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="86"/>
+        <source>; not {method}: {reason}</source>
+        <translation>；不支持 {method}：{reason}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="88"/>
+        <source>{label}: unknown (no config.json widths and no parameter count)</source>
+        <translation>{label}：未知（config.json 中没有宽度，也没有参数量）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="91"/>
+        <source>{label}: {reason}</source>
+        <translation>{label}：不支持：{reason}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="93"/>
+        <source>{label} ≈ {size} (from the parameter count)</source>
+        <translation>{label} ≈ {size}（按参数量估算）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="94"/>
+        <source>{label} ≈ {size}</source>
+        <translation>{label} 约 {size}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="97"/>
+        <source>{head}: too large: needs {need}</source>
+        <translation>{head}：太大，需要 {need}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="99"/>
+        <source>{head}: runs here, but quantizing it needs {need} of memory, more than this machine has</source>
+        <translation>{head}：本机能运行，但量化需要 {need} 内存，超出本机容量</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="103"/>
+        <source>{head} on the GPU: fits with {context} context</source>
+        <translation>{head}，在 GPU 上：可容纳 {context} 上下文</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="105"/>
+        <source>{head}: runs on the GPU</source>
+        <translation>{head}：在 GPU 上运行</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="107"/>
+        <source>{head}: no GPU for it here; runs in RAM (slowly, through transformers)</source>
+        <translation>{head}：本机没有可用的 GPU；在内存中运行（通过 transformers，较慢）</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="109"/>
+        <source>{head}: runs in RAM</source>
+        <translation>{head}：在内存中运行</translation>
+    </message>
+    <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="180"/>
         <source>Author (optional)</source>
         <translation>作者（可选）</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="141"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="185"/>
         <source>Search</source>
         <translation>搜索</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="171"/>
-        <location filename="../../gui/widgets/hub_browser.py" line="385"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="218"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="468"/>
         <source>Download</source>
         <translation>下载</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="234"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="317"/>
         <source>Searching the Hub…</source>
         <translation>正在搜索 Hub…</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="246"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="329"/>
         <source>Checking what fits this machine…</source>
         <translation>正在检查哪些能在本机运行…</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="285"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="368"/>
         <source>The Hub did not answer in {s:g} s. Check the connection, the proxy or the Hub address (HF_ENDPOINT), or search again later.</source>
         <translation>Hub 在 {s:g} 秒内没有响应。请检查网络连接、代理或 Hub 地址（HF_ENDPOINT），或稍后再搜索。</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="321"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="404"/>
         <source>Supported</source>
         <translation>支持</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="334"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="417"/>
         <source>gated</source>
         <translation>需申请</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="343"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="426"/>
         <source>yes</source>
         <translation>是</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="343"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="426"/>
         <source>no</source>
         <translation>否</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="343"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="426"/>
         <source>unknown</source>
         <translation>未知</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="269"/>
-        <location filename="../../gui/widgets/hub_browser.py" line="315"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="352"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="398"/>
         <source>No model matches.</source>
         <translation>没有匹配的模型。</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="335"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="418"/>
         <source>in the cache</source>
         <translation>已在缓存中</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="384"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="467"/>
         <source>Resume download</source>
         <translation>继续下载</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="444"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="527"/>
         <source>Stopping the download…</source>
         <translation>正在停止下载…</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="490"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="570"/>
         <source>The Hub request failed: {kind}: {error}</source>
         <translation>Hub 请求失败：{kind}: {error}</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="327"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="410"/>
         <source>Fits this machine: {method}</source>
         <translation>本机是否可行：{method}</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="370"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="453"/>
         <source>{n} parameters</source>
         <translation>{n} 参数</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="371"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="454"/>
         <source>{n} downloads</source>
         <translation>{n} 次下载</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="374"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="457"/>
         <source>updated {date}</source>
         <translation>更新于 {date}</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="415"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="498"/>
         <source>Listing the files of {repo} and checking the disk…</source>
         <translation>正在列出 {repo} 的文件并检查磁盘空间…</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="435"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="518"/>
         <source>{done} of {total} · {speed}/s · {eta} left · {file}</source>
         <translation>{done} / {total} · {speed}/秒 · 剩余 {eta} · {file}</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="464"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="544"/>
         <source>✓ Downloaded {repo} to {folder}</source>
         <translation>✓ 已将 {repo} 下载到 {folder}</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="473"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="553"/>
         <source>Download stopped; the {done} already fetched are kept, and Resume continues from there.</source>
         <translation>下载已停止；已获取的 {done} 会保留，“继续下载”将从此处接着下载。</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="267"/>
-        <location filename="../../gui/widgets/hub_browser.py" line="314"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="350"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="397"/>
         <source>{n} models. Select one to see what fits this machine.</source>
         <translation>{n} 个模型。选择一个查看它在本机的适配情况。</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="310"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="393"/>
         <source>{reason} Showing the {n} models in the local cache.</source>
         <translation>{reason} 下面列出本地缓存中的 {n} 个模型。</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="425"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="508"/>
         <source>Downloading {n} files, {total}; {skipped} files quantizing does not need are skipped.</source>
         <translation>正在下载 {n} 个文件，共 {total}；跳过量化用不到的 {skipped} 个文件。</translation>
     </message>
     <message>
-        <location filename="../../gui/widgets/hub_browser.py" line="251"/>
+        <location filename="../../gui/widgets/hub_browser.py" line="334"/>
         <source>{n} models. Reading each model&apos;s config.json to see what fits this machine…</source>
         <translation>{n} 个模型。正在读取每个模型的 config.json，判断哪些适合本机…</translation>
     </message>
@@ -1931,18 +2001,22 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>已发布：{url}</translation>
     </message>
     <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="192"/>
         <source>Hub address…</source>
         <translation>Hub 地址…</translation>
     </message>
     <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="253"/>
         <source>Hub address</source>
         <translation>Hub 地址</translation>
     </message>
     <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="253"/>
         <source>The Hugging Face Hub or a mirror of it, e.g. https://hf-mirror.com (empty: huggingface.co):</source>
         <translation>Hugging Face Hub 或其镜像，例如 https://hf-mirror.com（留空：huggingface.co）：</translation>
     </message>
     <message>
+        <location filename="../../gui/widgets/hub_browser.py" line="277"/>
         <source>Hub address: {url}</source>
         <translation>Hub 地址：{url}</translation>
     </message>
