@@ -202,20 +202,21 @@ def test_gguf_end_to_end(qwen35_bpe_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_four_bit_gptq_and_awq_beat_rtn(qwen35_dir, tmp_path):
+@pytest.mark.parametrize("model", ["qwen35_dir", "qwen35_moe_dir"])
+def test_four_bit_gptq_and_awq_beat_rtn(model, request, tmp_path):
     """W4 g32: the calibrated methods are closer to the source than plain rounding, on
     held-out text (the built-in evaluation text, one byte a token): calibration fits the
     weights to text activations, not to the random tokens of the 8-bit checks."""
     from qtapp.engine.quant.calibration import builtin_eval_text
 
+    src = request.getfixturevalue(model)
     ids = [3 + b for b in builtin_eval_text().encode()[:128]]
-    ref = source_logits(qwen35_dir, ids)
+    ref = source_logits(src, ids)
     kld = {}
     for method in ("rtn", "gptq", "awq"):
-        out = quantize(qwen35_dir, tmp_path / method, method, bits=4,
-                       extra=("--group-size", "32"))
+        out = quantize(src, tmp_path / method, method, bits=4, extra=("--group-size", "32"))
         kld[method] = mean_kld(ref, hf_logits(out, ids))
-    print("qwen3_5_text W4 g32: " + ", ".join(f"{m} {v:.2e}" for m, v in kld.items()))
+    print(f"{src.name} W4 g32: " + ", ".join(f"{m} {v:.2e}" for m, v in kld.items()))
     assert kld["gptq"] < kld["rtn"] and kld["awq"] < kld["rtn"], kld
 
 
@@ -485,3 +486,35 @@ def test_planner_counts_kv_cache_of_full_attention_layers_only():
         assert kv_cache_bytes(shape, 4096) == 16 * 2 * 4 * 256 * 4096 * 2 + state
     dense = ModelShape.from_config({**QWEN35_27B_TEXT, "layer_types": None})
     assert dense.kv_values_per_token == 64 * 2 * 4 * 256 and dense.state_bytes == 0
+
+
+@pytest.mark.parametrize("model_type,extra", [
+    ("qwen3_5_text", {"intermediate_size": 96}),
+    ("qwen3_5_text", {"intermediate_size": 96, "tie_word_embeddings": True}),
+    ("qwen3_5_moe_text", MOE),
+    ("qwen3_5_moe_text", {**MOE, "num_hidden_layers": 4, "layer_types": KINDS,
+                          "shared_expert_intermediate_size": 48}),
+])
+def test_planner_counts_parameters_of_the_blocks_transformers_builds(model_type, extra):
+    """The planner's parameter count from config.json alone (ModelShape) equals that of the
+    model transformers builds from the same config: the DeltaNet blocks' own projections,
+    convolution and state parameters, the gated q_proj and q/k norms of the attention
+    blocks, the routed and shared experts with their gates. Active parameters (time):
+    everything but the experts a token is not routed to (E − top-k of them per block)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from qtapp.engine.planning.shape import ModelShape
+
+    config = AutoConfig.for_model(model_type, hidden_size=64, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=300,
+                                  **{**QWEN3_5, **extra})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    experts = [sum(p.numel() for p in block.mlp.experts.parameters())
+               for block in model.model.layers if hasattr(block.mlp, "experts")]
+    n, k = config.to_dict().get("num_experts") or 1, config.to_dict().get("num_experts_per_tok")
+    active = total - sum(e // n * (n - k) for e in experts) if experts else total
+    shape = ModelShape.from_config(config.to_dict())
+    assert (shape.n_params, shape.active_params) == (total, active)
+    assert shape.linear_attn_layers == config.layer_types.count("linear_attention")

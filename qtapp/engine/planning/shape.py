@@ -46,6 +46,16 @@ class ModelShape:
     # Gemma 4's per-layer embeddings: the table (vocab_size_per_layer_input × layers × width)
     # and its projection from the token embeddings; 16-bit like the embeddings
     per_layer_embed: int = 0
+    # hybrid families (Qwen3.5): blocks whose token mixer is a Gated DeltaNet instead of
+    # attention, and the parameters of one such mixer (_deltanet_params)
+    linear_attn_layers: int = 0
+    linear_attn_params: int = 0
+    # parameters of one attention mixer beyond q/k/v/o at the Llama widths (Qwen3.5: the
+    # output gate that doubles q_proj's rows, and the per-head q_norm / k_norm)
+    attn_extra_params: int = 0
+    # a shared expert every token goes through beside the routed ones (Qwen3.5-MoE): its
+    # MLP width; its (1 × hidden) gate is counted with it
+    shared_expert_size: int = 0
 
     @property
     def kv_values_per_token(self) -> int:
@@ -58,30 +68,43 @@ class ModelShape:
     @property
     def block_linear_params(self) -> int:
         """q, k, v, o + gate, up, down of one block (Llama layout); with experts, every
-        expert's gate, up, down and the router: what memory and disk hold."""
-        return self._attn_params + self._mlp_params(self.n_experts)
+        expert's gate, up, down and the router: what memory and disk hold. Of a hybrid
+        model, its largest block (the DeltaNet or the attention kind)."""
+        full = self.n_layers > self.linear_attn_layers
+        mixer = max(self._attn_params if full else 0,
+                    self.linear_attn_params if self.linear_attn_layers else 0)
+        return mixer + self._mlp_params(self.n_experts)
 
     @property
     def block_active_params(self) -> int:
-        """The linear parameters one token goes through in a block: with experts, only the
-        router and the experts_per_token it is routed to (what time depends on)."""
-        return self._attn_params + self._mlp_params(self.experts_per_token)
+        """The linear parameters one token goes through in a block (of a hybrid model, the
+        mean over its blocks): with experts, only the router, the shared expert and the
+        experts_per_token it is routed to (what time depends on)."""
+        return (self._mixers_params // max(self.n_layers, 1)
+                + self._mlp_params(self.experts_per_token))
 
     @property
     def active_params(self) -> int:
-        return self.n_params - self.n_layers * (self.block_linear_params
-                                                - self.block_active_params)
+        return self.n_params - self.n_layers * (self._mlp_params(self.n_experts)
+                                                - self._mlp_params(self.experts_per_token))
 
     @property
     def _attn_params(self) -> int:
         h, d = self.hidden_size, self.head_dim
-        return h * self.n_heads * d * 2 + h * self.n_kv_heads * d * 2
+        return h * self.n_heads * d * 2 + h * self.n_kv_heads * d * 2 + self.attn_extra_params
+
+    @property
+    def _mixers_params(self) -> int:
+        """The token mixers of every block: attention, or a hybrid's DeltaNet."""
+        full = self.n_layers - self.linear_attn_layers
+        return full * self._attn_params + self.linear_attn_layers * self.linear_attn_params
 
     def _mlp_params(self, experts: int) -> int:
         h = self.hidden_size
         if not self.n_experts:
             return 3 * h * self.intermediate_size
-        return experts * 3 * h * self.expert_intermediate_size + h * self.n_experts
+        shared = 3 * h * self.shared_expert_size + h if self.shared_expert_size else 0
+        return experts * 3 * h * self.expert_intermediate_size + h * self.n_experts + shared
 
     @property
     def embed_params(self) -> int:
@@ -91,12 +114,16 @@ class ModelShape:
     @property
     def counted_params(self) -> int:
         norms = (2 * self.n_layers + 1) * self.hidden_size
-        return self.n_layers * self.block_linear_params + self.embed_params + norms
+        return self._blocks_params + self.embed_params + norms
+
+    @property
+    def _blocks_params(self) -> int:
+        return self._mixers_params + self.n_layers * self._mlp_params(self.n_experts)
 
     @property
     def linear_params(self) -> int:
         """Parameters that get quantized (everything but embeddings, norms, lm_head)."""
-        lin = self.n_layers * self.block_linear_params
+        lin = self._blocks_params
         if self.n_params != self.counted_params:  # MoE or an unusual layout: trust the count
             lin = max(self.n_params - self.embed_params - (2 * self.n_layers + 1)
                       * self.hidden_size, 0)
@@ -141,10 +168,41 @@ class ModelShape:
             per_layer_embed=int(first("hidden_size_per_layer_input", default=0) or 0)
             * int(first("num_hidden_layers", default=0))
             * (int(first("vocab_size_per_layer_input", "vocab_size", default=0)) + hidden),
+            shared_expert_size=int(first("shared_expert_intermediate_size", default=0) or 0)
+            if first("num_experts", "num_local_experts") else 0,
+            **_hybrid_counts(c, hidden, n_heads),
         )
 
 
 LINEAR_ATTENTION = "linear_attention"  # a layer_types entry (Qwen3.5's Gated DeltaNet)
+
+
+def _hybrid_counts(c: dict[str, Any], hidden: int, n_heads: int) -> dict[str, int]:
+    """ModelShape's counts for a hybrid model (config.json's layer_types names
+    linear-attention blocks: Qwen3.5, Qwen3-Next), as transformers builds it
+    (modeling_qwen3_5.py): a Gated DeltaNet mixer holds
+
+        in_proj_qkv  hidden × (2·n_k·d_k + n_v·d_v)     in_proj_z  hidden × n_v·d_v
+        in_proj_b, in_proj_a  hidden × n_v each         out_proj   n_v·d_v × hidden
+        conv1d  (2·n_k·d_k + n_v·d_v) × kernel (depthwise, no bias)
+        A_log, dt_bias  n_v each                        norm  d_v (gated RMSNorm)
+
+    and the full-attention blocks' q_proj emits an output gate besides the queries (2 ×
+    heads × head_dim rows), with q_norm / k_norm of head_dim each. Empty for other models."""
+    types = c.get("layer_types")
+    if not isinstance(types, list) or LINEAR_ATTENTION not in types:
+        return {}
+    n_k, n_v = int(c.get("linear_num_key_heads") or 0), int(c.get("linear_num_value_heads") or 0)
+    d_k, d_v = int(c.get("linear_key_head_dim") or 0), int(c.get("linear_value_head_dim") or 0)
+    kernel = int(c.get("linear_conv_kernel_dim") or 0)
+    conv = 2 * n_k * d_k + n_v * d_v
+    value = n_v * d_v
+    deltanet = (hidden * (conv + value + 2 * n_v) + value * hidden + conv * kernel
+                + 2 * n_v + d_v)
+    head = int(c.get("head_dim") or hidden // max(n_heads, 1))
+    return {"linear_attn_layers": types.count(LINEAR_ATTENTION),
+            "linear_attn_params": deltanet,
+            "attn_extra_params": hidden * n_heads * head + 2 * head}
 
 
 def _state_bytes(c: dict[str, Any]) -> int:
