@@ -359,7 +359,7 @@ def test_hf_methods_end_to_end(family_dir, model_type, method, tmp_path, record_
     assert damaged > KLD_MAX, damaged
 
 
-W4_FAMILIES = ("llama",) + NEW_FAMILIES
+W4_FAMILIES = ("llama", "mistral", "qwen2", "qwen3") + NEW_FAMILIES
 
 
 @pytest.mark.slow
