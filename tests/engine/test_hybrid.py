@@ -99,7 +99,8 @@ def test_table_follows_layer_types():
 
 
 def test_vision_language_checkpoints_say_why():
-    for model_type in ("qwen3_5", "qwen3_5_moe"):
+    """The MoE one; the dense qwen3_5 is supported (test_qwen35_vl.py)."""
+    for model_type in ("qwen3_5_moe",):
         family = FAMILIES[model_type]
         assert not family.supported
         with pytest.raises(UserError, match="vision-language") as err:
@@ -451,9 +452,10 @@ QWEN35_27B_VLM = {
 
 def test_check_answers_from_config_alone():
     """What `quantdesk check` and the Hub search say from config.json alone, before any
-    download: the text-only Qwen3.5 works with every method, the released vision-language
-    checkpoint is refused with the reason; an irregular layer_types pattern is refused for
-    GGUF only (llama.cpp stores one interval)."""
+    download: the text-only Qwen3.5 and the released vision-language checkpoint (its
+    text_config) work with every method, the vision-language MoE is refused with the reason;
+    an irregular layer_types pattern is refused for GGUF only (llama.cpp stores one
+    interval)."""
     from qtapp.engine.planning.compat import config_checks
 
     def answers(config: dict) -> dict[str, tuple[bool, str]]:
@@ -463,8 +465,11 @@ def test_check_answers_from_config_alone():
     assert all(ok for ok, _ in text.values()), text
     assert set(text) == {"rtn", "gptq", "awq", "gguf"}
     vlm = answers(QWEN35_27B_VLM)
-    assert not any(ok for ok, _ in vlm.values()), vlm
-    assert all("vision-language" in why for _, why in vlm.values()), vlm
+    assert all(ok for ok, _ in vlm.values()) and set(vlm) == set(text), vlm
+    moe = answers({**QWEN35_27B_VLM, "model_type": "qwen3_5_moe",
+                   "architectures": ["Qwen3_5MoeForConditionalGeneration"]})
+    assert not any(ok for ok, _ in moe.values()), moe
+    assert all("vision-language" in why for _, why in moe.values()), moe
     odd = answers({**QWEN35_27B_TEXT, "layer_types": ["full_attention", "linear_attention"] * 32})
     assert odd["gptq"][0] and not odd["gguf"][0], odd
     assert "full_attention_interval" in odd["gguf"][1]

@@ -33,8 +33,11 @@ _IGNORED_PREFIXES = ("mtp.", "model.mtp.",
                      # vision-language checkpoints (Gemma 3 4B+): llama.cpp writes the vision
                      # tower and projector to a separate mmproj GGUF (Gemma3Model
                      # .modify_tensors skips them in the text model's), which QuantDesk does
-                     # not write; the text model's GGUF runs text alone
-                     "model.vision_tower.", "model.multi_modal_projector.")
+                     # not write; the text model's GGUF runs text alone. Qwen3.5 as released
+                     # keeps its vision tower at model.visual.* (llama.cpp converts
+                     # Qwen3_5ForConditionalGeneration as its text model, QWEN35, and the
+                     # vision tower into the mmproj file)
+                     "model.vision_tower.", "model.multi_modal_projector.", "model.visual.")
 # a per-expert tensor of a MoE checkpoint: llama.cpp merges each block's experts into one
 # (E, out, in) tensor per kind, "…mlp.experts.gate_proj" → blk.N.ffn_gate_exps
 # (Qwen2MoeModel.modify_tensors)

@@ -477,6 +477,22 @@ _QWEN3_5_NOTES = (
      "to follow it"))
 
 
+_QWEN3_5_VLM_NOTE = (
+    "vision-language as released: the language model is quantized, the vision tower "
+    "(model.visual.*) and the multi-token-prediction layers (mtp.*) are copied unchanged "
+    "(16-bit) into the output; GGUF holds the text model only (llama.cpp writes the vision "
+    "tower to a separate mmproj file, which QuantDesk does not write)")
+
+_QWEN3_5_MOE_GGUF = GgufFacts("QWEN35MOE", vocab="gpt2", rope_dims=True, gated_delta_net=True,
+                              kv=(*_MOE_KV, ("shared_expert_intermediate_size",
+                                             "add_expert_shared_feed_forward_length", None)))
+_QWEN3_5_MOE_NOTES = (
+    *_QWEN3_5_NOTES,
+    ("the shared expert is quantized with the routed ones; the router and the shared "
+     "expert's (1 × hidden) gate stay 16-bit (AWQ multiplies their weight columns by the "
+     "norm's scale, so routing and gating are unchanged)"))
+
+
 def _vlm(architecture: str, text_type: str) -> str:
     return (f"a vision-language checkpoint ({architecture}): its decoder sits under "
             "model.language_model beside a vision tower (model.visual) and multi-token-"
@@ -619,20 +635,22 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("qwen3_5_text", ("Qwen3_5ForCausalLM",), "Qwen3.5 (text-only checkpoints)",
            QWEN3_5_BLOCK, norm_offset=1.0, gguf=_QWEN3_5_GGUF, notes=_QWEN3_5_NOTES),
     Family("qwen3_5", ("Qwen3_5ForConditionalGeneration",), "Qwen3.5 0.8B … 397B",
-           supported=False, reason=_vlm("Qwen3_5ForConditionalGeneration", "qwen3_5_text")),
+           QWEN3_5_BLOCK, norm_offset=1.0, gguf=_QWEN3_5_GGUF,
+           # the released checkpoints (and save_pretrained) name the decoder
+           # model.language_model.*, the vision tower model.visual.* and the multi-token-
+           # prediction layers mtp.*; AutoModelForCausalLM builds Qwen3_5ForCausalLM (decoder
+           # at model.*; transformers' conversion_mapping.py drops the language_model prefix
+           # on load): QuantDesk's modules are that class's, the exports keep the files' names
+           checkpoint_names=(("model.language_model", "model"),),
+           notes=(*_QWEN3_5_NOTES, _QWEN3_5_VLM_NOTE)),
     Family("qwen3_5_moe_text", ("Qwen3_5MoeForCausalLM",),
            "Qwen3.5 MoE (text-only checkpoints)", QWEN3_5_MOE_BLOCK, norm_offset=1.0,
-           gguf=GgufFacts("QWEN35MOE", vocab="gpt2", rope_dims=True, gated_delta_net=True,
-                          kv=(*_MOE_KV, ("shared_expert_intermediate_size",
-                                         "add_expert_shared_feed_forward_length", None))),
-           notes=(*_QWEN3_5_NOTES,
-                  ("the shared expert is quantized with the routed ones; the router and the "
-                   "shared expert's (1 × hidden) gate stay 16-bit (AWQ multiplies their "
-                   "weight columns by the norm's scale, so routing and gating are "
-                   "unchanged)"))),
+           gguf=_QWEN3_5_MOE_GGUF, notes=_QWEN3_5_MOE_NOTES),
     Family("qwen3_5_moe", ("Qwen3_5MoeForConditionalGeneration",), "Qwen3.5-35B-A3B …",
-           supported=False,
-           reason=_vlm("Qwen3_5MoeForConditionalGeneration", "qwen3_5_moe_text")),
+           QWEN3_5_MOE_BLOCK, norm_offset=1.0, gguf=_QWEN3_5_MOE_GGUF,
+           # as qwen3_5: AutoModelForCausalLM builds Qwen3_5MoeForCausalLM
+           checkpoint_names=(("model.language_model", "model"),),
+           notes=(*_QWEN3_5_MOE_NOTES, _QWEN3_5_VLM_NOTE)),
 )}
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for t, f in FAMILIES.items() if f.supported)

@@ -382,6 +382,10 @@ def load_dequantized(path: Path, dtype: torch.dtype = torch.float32, device: str
     quantized, parts = _quantized_modules(method, folder)
     consumed = {m + p for m in quantized for p in parts} & set(folder.file_of)
     expected = set(model.state_dict())
+    # what the class itself skips on load, as from_pretrained does: Qwen3_5ForCausalLM (the
+    # class AutoModelForCausalLM builds for a vision-language qwen3_5 config) ignores the
+    # vision tower and the multi-token-prediction layers that the checkpoint carries
+    ignored = getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []
     loaded: set[str] = set()
 
     def put(batch: dict[str, torch.Tensor]) -> None:
@@ -403,7 +407,8 @@ def load_dequantized(path: Path, dtype: torch.dtype = torch.float32, device: str
                                 f"model's {tuple(modules[m].weight.shape)}")
             yield f"{m}.weight", w
         for name in folder.names():
-            if name not in consumed and not name.endswith("rotary_emb.inv_freq"):
+            if name not in consumed and not name.endswith("rotary_emb.inv_freq") \
+                    and not any(re.search(p, name) for p in ignored):
                 yield name, folder.get(name)
 
     with torch.no_grad():

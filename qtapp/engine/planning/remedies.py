@@ -70,7 +70,7 @@ def remedies(job: JobSpec, info: ModelInfo | None = None, size_bytes: int = 0) -
             job, calibration=dataclasses.replace(
                 job.calibration, samples=min(job.calibration.samples * 2,
                                              MORE_SAMPLES_UP_TO)))))
-    return [Remedy(key, changed, _size(changed, info)) for key, changed in found]
+    return [Remedy(key, changed, predicted_size(changed, info)) for key, changed in found]
 
 
 def _smaller_group(group_size: int) -> int | None:
@@ -82,7 +82,9 @@ def _smaller_group(group_size: int) -> int | None:
     return smaller[-1] if smaller and smaller[-1] >= 32 else None
 
 
-def _size(job: JobSpec, info: ModelInfo | None) -> int | None:
+def predicted_size(job: JobSpec, info: ModelInfo | None) -> int | None:
+    """The planner's output size of `job` (its target under a size budget); None without
+    `info` or when the planner cannot tell."""
     if job.target_bytes:
         return job.target_bytes  # the planner allocates bits to fill exactly this
     if info is None:

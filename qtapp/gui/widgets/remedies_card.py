@@ -9,7 +9,7 @@ from typing import Any
 from PySide6.QtCore import QT_TR_NOOP, Qt
 
 from qtapp.engine.config import ConfigError, JobSpec
-from qtapp.engine.planning.remedies import Remedy, remedies
+from qtapp.engine.planning.remedies import Remedy, predicted_size, remedies
 from qtapp.gui.format import format_size
 from qtapp.gui.i18n import tr
 from qtapp.gui.results_store import RunRecord
@@ -33,15 +33,20 @@ TITLES = {"degraded": QT_TR_NOOP("This run is degraded. What to try:"),
           "broken": QT_TR_NOOP("This run is broken. What to try:")}
 
 
-def remedy_text(remedy: Remedy, job: JobSpec, size_bytes: int) -> str:
-    """One remedy in words, with the planner's predicted size when it is known."""
+SAME_SIZE = ("budget", "calibration")  # remedies that do not change the output's size
+
+
+def remedy_text(remedy: Remedy, job: JobSpec, size_bytes: int, base: int | None) -> str:
+    """One remedy in words, with the planner's predicted size when it is known; the change
+    is against the planner's size of the run's own job (`base`), so that both figures come
+    from the same model of the files."""
     c = remedy.job
     text = tr(WORDS[remedy.key]).format(
         group=c.scheme.group_size, was=_was(remedy.key, job), method=job.method.upper(),
         size=format_size(size_bytes), samples=c.calibration.samples, type=c.gguf.type)
-    if remedy.size_bytes is not None and size_bytes and remedy.key != "budget":
+    if remedy.size_bytes is not None and base and remedy.key not in SAME_SIZE:
         text += " " + tr("Predicted size {size} ({change:+.0%} against this run).").format(
-            size=format_size(remedy.size_bytes), change=remedy.size_bytes / size_bytes - 1)
+            size=format_size(remedy.size_bytes), change=remedy.size_bytes / base - 1)
     return text
 
 
@@ -78,8 +83,9 @@ class RemediesCard(Card):
             self.setVisible(False)
             return
         self.shown = remedies(job, info, record.size_bytes)
+        base = predicted_size(job, info)
         self.title.setText(tr(TITLES[verdict]))
         self.text.setText("<ul style='margin-left: -20px'>" + "".join(
-            f"<li>{remedy_text(r, job, record.size_bytes)}</li>" for r in self.shown)
+            f"<li>{remedy_text(r, job, record.size_bytes, base)}</li>" for r in self.shown)
             + "</ul>")
         self.setVisible(bool(self.shown))
