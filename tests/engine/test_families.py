@@ -274,7 +274,6 @@ def test_a_linear_missing_from_the_table_is_refused():
 
 @pytest.mark.parametrize("model_type, words", [
     ("gpt_oss", ["not yet", "MXFP4"]),
-    ("qwen3_5_moe", ["not yet", "vision-language", "qwen3_5_moe_text"]),
 ])
 def test_unsupported_families_say_why(model_type, words):
     family = FAMILIES[model_type]

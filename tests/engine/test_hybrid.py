@@ -36,7 +36,7 @@ from test_families import (
 )
 
 from qtapp.engine.errors import UserError
-from qtapp.engine.model.arch import FAMILIES, arch_for
+from qtapp.engine.model.arch import arch_for
 
 KINDS = ["linear_attention", "full_attention", "linear_attention", "full_attention"]
 QWEN3_5 = {"num_hidden_layers": 4, "layer_types": KINDS, "head_dim": 16,
@@ -96,16 +96,6 @@ def test_table_follows_layer_types():
         + ("linear_attention",) * 3 + ("full_attention",)
     with pytest.raises(UserError, match="layer_types"):
         arch_for({**config.to_dict(), "layer_types": ["sliding_attention"] * 4})
-
-
-def test_vision_language_checkpoints_say_why():
-    """The MoE one; the dense qwen3_5 is supported (test_qwen35_vl.py)."""
-    for model_type in ("qwen3_5_moe",):
-        family = FAMILIES[model_type]
-        assert not family.supported
-        with pytest.raises(UserError, match="vision-language") as err:
-            arch_for({"model_type": model_type, "architectures": list(family.architectures)})
-        assert "_text" in str(err.value)
 
 
 @pytest.mark.slow
@@ -452,10 +442,9 @@ QWEN35_27B_VLM = {
 
 def test_check_answers_from_config_alone():
     """What `quantdesk check` and the Hub search say from config.json alone, before any
-    download: the text-only Qwen3.5 and the released vision-language checkpoint (its
-    text_config) work with every method, the vision-language MoE is refused with the reason;
-    an irregular layer_types pattern is refused for GGUF only (llama.cpp stores one
-    interval)."""
+    download: the text-only Qwen3.5 and the released vision-language checkpoints (dense and
+    MoE: their text_config) work with every method; an irregular layer_types pattern is
+    refused for GGUF only (llama.cpp stores one interval)."""
     from qtapp.engine.planning.compat import config_checks
 
     def answers(config: dict) -> dict[str, tuple[bool, str]]:
@@ -468,8 +457,7 @@ def test_check_answers_from_config_alone():
     assert all(ok for ok, _ in vlm.values()) and set(vlm) == set(text), vlm
     moe = answers({**QWEN35_27B_VLM, "model_type": "qwen3_5_moe",
                    "architectures": ["Qwen3_5MoeForConditionalGeneration"]})
-    assert not any(ok for ok, _ in moe.values()), moe
-    assert all("vision-language" in why for _, why in moe.values()), moe
+    assert all(ok for ok, _ in moe.values()) and set(moe) == set(text), moe
     odd = answers({**QWEN35_27B_TEXT, "layer_types": ["full_attention", "linear_attention"] * 32})
     assert odd["gptq"][0] and not odd["gguf"][0], odd
     assert "full_attention_interval" in odd["gguf"][1]

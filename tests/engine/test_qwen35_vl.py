@@ -132,7 +132,7 @@ def test_table_reads_the_decoder_of_the_class_transformers_builds():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type, method", [
-    ("qwen3_5", "rtn"), ("qwen3_5", "gptq"), ("qwen3_5", "awq"), ("qwen3_5_moe", "gptq")])
+    *((t, m) for t in ("qwen3_5", "qwen3_5_moe") for m in ("rtn", "gptq", "awq"))])
 def test_hf_methods_end_to_end(built, model_type, method, tmp_path):
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -169,7 +169,8 @@ def test_hf_methods_end_to_end(built, model_type, method, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.llama_cpp
-def test_gguf_holds_the_text_model(demo_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model_type", ["qwen3_5", "qwen3_5_moe"])
+def test_gguf_holds_the_text_model(model_type, demo_dir, tmp_path, monkeypatch):
     """The GGUF is the text model (llama.cpp writes the vision tower to a separate mmproj
     file, which QuantDesk does not write): F32 within 1e-5 of the source, rejected once a
     DeltaNet tensor is damaged."""
@@ -185,21 +186,21 @@ def test_gguf_holds_the_text_model(demo_dir, tmp_path, monkeypatch):
     # is unknown to llama.cpp; token ids go to llama.cpp directly here
     monkeypatch.setattr("qtapp.engine.gguf.vocab.pre_tokenizer_name",
                         lambda _tokenizer, _dir: "smollm")
-    src = build_vl(tmp_path / "bpe" / "qwen3_5", "qwen3_5", demo_dir)
+    src = build_vl(tmp_path / "bpe" / model_type, model_type, demo_dir)
     ids = token_ids(259)
     ref = source_logits(src, ids)
     f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
     names = [t.name for t in gguf.GGUFReader(f32).tensors]
     assert not any(n.startswith(("v.", "mm.", "mtp")) for n in names), names
     exact = mean_kld(ref, gguf_logits(f32, ids))
-    print(f"qwen3_5 gguf F32: mean KLD {exact:.2e}")
+    print(f"{model_type} gguf F32: mean KLD {exact:.2e}")
     assert exact < GGUF_F32_KLD_MAX, exact
     bad = damage_gguf(f32, tmp_path, "blk.0.ssm_out.weight")
     assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_F32_KLD_MAX
 
     path = gguf_file(quantize_cli(src, tmp_path / "out", "gguf"))
     kld = mean_kld(ref, gguf_logits(path, ids))
-    print(f"qwen3_5 gguf Q8_0: mean KLD {kld:.2e}")
+    print(f"{model_type} gguf Q8_0: mean KLD {kld:.2e}")
     assert kld < GGUF_Q8_KLD_MAX, kld
     bad = damage_gguf(path, tmp_path, "blk.0.ssm_out.weight")
     assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_Q8_KLD_MAX

@@ -34,6 +34,10 @@ so only GGUF needs them (as metadata). Other layouts:
     Gemma 3 4B+, Gemma 4 (vision-language)  the language model under
              model.language_model, its settings in config.json's text_config (text_settings);
              the vision tower is not in the table and is copied unchanged.
+    Qwen3.5 as released (vision-language)  the same, but AutoModelForCausalLM builds the
+             text-only class: the decoder's modules are at model.*, its checkpoint names
+             under model.language_model (checkpoint_names); model.visual.* and mtp.* are
+             copied unchanged.
     GLM-4    separate q/k/v (biased), fused gate_up_proj, post-norms after attention and MLP
              besides the pre-norms.
     Qwen3-MoE  the Qwen3 attention, then a router (mlp.gate, not an nn.Linear, never
@@ -491,15 +495,6 @@ _QWEN3_5_MOE_NOTES = (
     ("the shared expert is quantized with the routed ones; the router and the shared "
      "expert's (1 × hidden) gate stay 16-bit (AWQ multiplies their weight columns by the "
      "norm's scale, so routing and gating are unchanged)"))
-
-
-def _vlm(architecture: str, text_type: str) -> str:
-    return (f"a vision-language checkpoint ({architecture}): its decoder sits under "
-            "model.language_model beside a vision tower (model.visual) and multi-token-"
-            "prediction layers (mtp.*), and QuantDesk's block streamer and exporters read "
-            "the decoder at model.layers; not yet supported (the vision tower would have to "
-            "be written back 16-bit). Text-only checkpoints of the same blocks "
-            f"(model_type {text_type}) are supported")
 
 
 # vision-language checkpoints: transformers' module names of the language model
