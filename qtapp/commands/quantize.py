@@ -141,7 +141,13 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
     output folder must be writable, and each group size must divide the input width of every
     layer it quantizes (--group-size auto picks one that does). UserError otherwise."""
     out = Path(args.out).expanduser().resolve()
-    check_output_free(out, args.overwrite)  # first: before torch loads and the model is read
+    # first, before torch loads and the model is read; a local source is named before an
+    # existing output (--overwrite must never be the advice when the output is the source)
+    local = Path(args.model).expanduser()
+    if local.exists():
+        check_output_path(out, local, args.overwrite, create=False)
+    else:
+        check_output_free(out, args.overwrite)
     from qtapp.engine.model.sources import resolve_model
     sym = args.sym if args.sym is not None else args.method != "awq"
     group = args.group_size
@@ -259,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
         job = job_from_args(args)
         if job.target_bytes or job.target_bpw:
             job = _plan(job, args.json)
+        _check_input_files(job)  # cheap, before the plan measures this machine
         if args.dry_run or not job.ignore_plan:
             _resource_plan(job, probe=args.dry_run, refuse=not args.dry_run)
     if args.dry_run:
@@ -276,6 +283,16 @@ def run(args: argparse.Namespace) -> int:
     if args.worker:
         return _run_in_worker(job, render)
     return _run_in_process(job, render)
+
+
+def _check_input_files(job: JobSpec) -> None:
+    """Read the calibration text and the importance matrix the job names, so that a bad file
+    is one clear error before any work (the job reads them again when it runs)."""
+    from qtapp.engine.gguf.imatrix import read_imatrix
+    from qtapp.engine.quant.calibration import load_text
+    load_text(job.calibration.source)
+    if job.method == "gguf" and job.gguf.imatrix not in ("auto", "none"):
+        read_imatrix(Path(job.gguf.imatrix).expanduser())
 
 
 def _resource_plan(job: JobSpec, probe: bool, refuse: bool) -> None:

@@ -212,7 +212,7 @@ def _corrupt_copy(source: Path, tmp_path: Path, name: str) -> Path:
     ("no_safetensors", "safetensors"),
     ("unsupported", "gpt_neox"),
     ("truncated", "truncated"),
-    ("scheme", "group_size: 7 is not allowed"),
+    ("scheme", "--group-size: 7 is not allowed"),
 ])
 def test_cli_bad_input_is_one_clear_line_and_writes_nothing(case, expect, source, tmp_path):
     model = source

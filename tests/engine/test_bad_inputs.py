@@ -148,7 +148,8 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(
 
 
 def test_cli_process_exit_code_is_non_zero(tiny_llama_dir, tmp_path):
-    """The real `python -m qtapp quantize` process: exit code 1 and the same single line."""
+    """The real `python -m qtapp quantize` process: exit code 2 (the calibration file is read
+    before the job starts, as every input is) and the same single line."""
     import os
     import subprocess
     import sys
@@ -162,7 +163,7 @@ def test_cli_process_exit_code_is_non_zero(tiny_llama_dir, tmp_path):
                         "--group-size", "64", "--no-eval"], capture_output=True, text=True, cwd=root, timeout=120,
                        env=dict(os.environ, PYTHONPATH=str(root),
                                 QUANTDESK_CACHE=str(tmp_path / "cache")), check=False)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr
     (line,) = [x for x in r.stderr.splitlines() if "error" in x.lower()]
     assert "looks binary" in line and str(calib) in line
     assert not out.exists() and not partial_path(out).exists()

@@ -456,7 +456,11 @@ def test_check_answers_from_config_alone():
     vlm = answers(QWEN35_27B_VLM)
     assert all(ok for ok, _ in vlm.values()) and set(vlm) == set(text), vlm
     moe = answers({**QWEN35_27B_VLM, "model_type": "qwen3_5_moe",
-                   "architectures": ["Qwen3_5MoeForConditionalGeneration"]})
+                   "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+                   "text_config": {**QWEN35_27B_TEXT, "model_type": "qwen3_5_moe_text",
+                                   "num_experts": 256, "num_experts_per_tok": 8,
+                                   "moe_intermediate_size": 512,
+                                   "shared_expert_intermediate_size": 512}})
     assert all(ok for ok, _ in moe.values()) and set(moe) == set(text), moe
     odd = answers({**QWEN35_27B_TEXT, "layer_types": ["full_attention", "linear_attention"] * 32})
     assert odd["gptq"][0] and not odd["gguf"][0], odd

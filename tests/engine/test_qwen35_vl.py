@@ -161,6 +161,18 @@ def test_hf_methods_end_to_end(built, model_type, method, tmp_path):
     vision = {n for n in vlm.state_dict() if n.startswith("model.visual.")}
     assert vision == {n for n in written if n.startswith("model.visual.")}
     assert all(tuple(vlm.state_dict()[n].shape) == tuple(written[n].shape) for n in vision)
+    if method == "rtn":  # the loader skips only what the class skips: a stray tensor stops it
+        from safetensors.torch import save_file
+
+        from qtapp.engine.errors import UserError
+        from qtapp.engine.model.loader import load_dequantized
+
+        stray = tmp_path / "stray"
+        shutil.copytree(out, stray)
+        save_file({"model.language_model.extra.weight": torch.zeros(2)},
+                  stray / "extra.safetensors", metadata={"format": "pt"})
+        with pytest.raises(UserError, match="does not belong"):
+            load_dequantized(stray)
     bad = damage_hf(out, tmp_path, "model.language_model.layers.0.linear_attn.out_proj")
     damaged = mean_kld(ref, hf_logits(bad, ids))
     print(f"{model_type} {method} damaged: mean KLD {damaged:.2e}")

@@ -54,9 +54,9 @@ def test_rtn_job_streams_only_its_chart_samples_and_its_bytes_ignore_calibration
     streamed: list[int] = []
     capture = LayerStreamer.capture_inputs
 
-    def counting(self, tokens, batch):
+    def counting(self, tokens, batch, **kwargs):
         streamed.append(int(tokens.shape[0]))
-        return capture(self, tokens, batch)
+        return capture(self, tokens, batch, **kwargs)
 
     monkeypatch.setattr(pipeline.LayerStreamer, "capture_inputs", counting)
     outputs, charts = {}, {}
