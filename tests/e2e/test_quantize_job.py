@@ -122,7 +122,8 @@ def test_cancel_leaves_no_output_and_resume_gives_the_same_result(source, tmp_pa
     _result, seen = run(job)
     logs = [e.message for e in seen if isinstance(e, ev.Log)]
     assert any("resuming: 1 of 2 blocks" in m for m in logs)
-    assert len([e for e in seen if isinstance(e, ev.Layer)]) == 7  # only block 1 again
+    # block 0's 7 recorded errors are sent again for the chart, block 1's 7 are new
+    assert [e.block for e in seen if isinstance(e, ev.Layer)] == [0] * 7 + [1] * 7
     fresh = tmp_path / "fresh"
     run(job_for(source, fresh, evaluate=False, resume=False))
     from safetensors.torch import load_file

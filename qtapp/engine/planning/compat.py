@@ -304,13 +304,9 @@ def _gguf_check(config: dict[str, Any], folder: Path, files: dict[str, int]) -> 
                        f"llama.cpp{text_only}")
 
 
-def config_checks(config: dict[str, Any]) -> list[MethodCheck]:
-    """The per-method answer from config.json alone (the FAMILIES table, the methods'
-    refusals, the GGUF converter's families): what a Hub search result can be told before
-    any file is downloaded. The GGUF tokenizer check needs the tokenizer files and is left
-    to check_model."""
-    from qtapp.engine.gguf.archs import arch_of
-
+def _linear_method_checks(config: dict[str, Any]) -> list[MethodCheck]:
+    """RTN, GPTQ and AWQ from config.json: the linear layers' check, then each method's own
+    refusal for the family (the FAMILIES table)."""
     linear = _linear_check(config)
     checks = [MethodCheck(m, linear.ok, linear.reason, linear.group_size)
               for m in ("rtn", "gptq", "awq")]
@@ -318,6 +314,17 @@ def config_checks(config: dict[str, Any]) -> list[MethodCheck]:
         refusal = method_refusal(c.method, config) if c.ok else ""
         if refusal:
             c.ok, c.reason = False, refusal
+    return checks
+
+
+def config_checks(config: dict[str, Any]) -> list[MethodCheck]:
+    """The per-method answer from config.json alone (the FAMILIES table, the methods'
+    refusals, the GGUF converter's families): what a Hub search result can be told before
+    any file is downloaded. The GGUF tokenizer check needs the tokenizer files and is left
+    to check_model."""
+    from qtapp.engine.gguf.archs import arch_of
+
+    checks = _linear_method_checks(config)
     vision = _vision_reason(config)
     try:
         gguf = (MethodCheck("gguf", False, vision) if vision else
@@ -405,13 +412,7 @@ def check_model(model: str, hw: Any = None) -> CompatReport:
                             "'model_type'; it is not a model config QuantDesk can read")
         n_params = _n_params(config)
         weights = sum(s for n, s in files.items() if n.endswith(WEIGHT_SUFFIXES))
-        linear = _linear_check(config)
-        checks = [MethodCheck(m, linear.ok, linear.reason, linear.group_size)
-                  for m in ("rtn", "gptq", "awq")]
-        for c in checks:
-            refusal = method_refusal(c.method, config) if c.ok else ""
-            if refusal:
-                c.ok, c.reason = False, refusal
+        checks = _linear_method_checks(config)
         checks.append(_gguf_check(config, folder, files))
         hw = hw or hardware.detect(use_torch=False)
         for c in checks:
