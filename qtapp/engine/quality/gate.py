@@ -316,6 +316,7 @@ def _source_pass(scorer: _Scorer, w: np.ndarray, generation: bool,
         steps.step()
     checks = []
     if generation:
+        _check(should_cancel)
         progress("source model: generation check")
         checks = scorer.generate(should_cancel=should_cancel)
         steps.step()
@@ -468,6 +469,7 @@ def quality_report(model: Path, source: Path, ctx: int = EVAL_CTX, text: str | N
             counter.step()
         checks = []
         if generation:
+            _check(should_cancel)
             progress("quantized model: generation check")
             checks = scorer.generate(_source_tokenizer(scorer, source, trust_remote_code),
                                      should_cancel)
