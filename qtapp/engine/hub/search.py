@@ -34,6 +34,7 @@ from qtapp.engine.model.hub_files import (
     endpoint,
     hub_cache_dir,
     offline,
+    repo_storage,
     unavailable,
 )
 
@@ -66,7 +67,7 @@ class HubModel:
 def _snapshot(repo_id: str) -> Path | None:
     """The newest snapshot folder of ``repo_id`` in the cache that has config.json and
     weights, else None."""
-    snaps = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    snaps = repo_storage(repo_id) / "snapshots"
     if not snaps.is_dir():
         return None
     found = [s for s in snaps.iterdir() if (s / "config.json").is_file()

@@ -49,7 +49,7 @@ from qtapp.engine.planning.advisor import (
 from qtapp.engine.planning.compat import config_checks
 from qtapp.engine.planning.hardware import Hardware
 from qtapp.engine.planning.planner import GGUF_BPW, VRAM_USABLE, formula_bytes, quantize_fit
-from qtapp.engine.planning.shape import DEFAULT_GROUP, ModelShape, weight_bytes
+from qtapp.engine.planning.shape import ModelShape, bits_per_weight, weight_bytes
 from qtapp.engine.units import format_size
 
 CONTEXTS = (131072, 65536, 32768, 16384, 8192, 4096, 2048)
@@ -156,7 +156,7 @@ def _one(method: str, label: str, bits: int, gguf_type: str, shape: ModelShape,
     size = formula_bytes(job, shape)
     # what running the output needs at RUN_CTX: the advisor's formula, at the GGUF type's
     # bits per weight (formula_bytes) rather than the nominal bits
-    need = run_bytes(shape, bits, RUN_CTX) - _weights_at(shape, bits) + size
+    need = run_bytes(shape, bits, RUN_CTX) - weight_bytes(shape, bits) + size
     samples = SAMPLES_GPU if hw.best_gpu is not None else SAMPLES_CPU
     where_q, peak = quantize_fit(shape, method, samples, hw)
     where = fits(need, hw)
@@ -169,15 +169,11 @@ def _one(method: str, label: str, bits: int, gguf_type: str, shape: ModelShape,
     if where == "gpu" and gpu is not None:
         room = gpu.vram_total * VRAM_USABLE
         ctx = max((c for c in CONTEXTS
-                   if run_bytes(shape, bits, c) - _weights_at(shape, bits) + size <= room),
+                   if run_bytes(shape, bits, c) - weight_bytes(shape, bits) + size <= room),
                   default=RUN_CTX)
         return _verdict(method, label, True, "fits_gpu", size_bytes=size,
                         context=None if method == "gguf" else ctx)
     return _verdict(method, label, True, "runs_in_ram", size_bytes=size)
-
-
-def _weights_at(shape: ModelShape, bits: int) -> int:
-    return weight_bytes(shape, bits)
 
 
 def _from_params(method: str, label: str, bits: int, gguf_type: str, params: int,
@@ -186,7 +182,7 @@ def _from_params(method: str, label: str, bits: int, gguf_type: str, params: int
     before its licence is accepted): the output's size and the runtime's overhead, without
     the KV cache, which needs the widths; "about" says so."""
     size = int(params * GGUF_BPW[gguf_type] / 8) if gguf_type else \
-        int(params * (bits + (16 + bits) / DEFAULT_GROUP) / 8)
+        int(params * bits_per_weight(bits) / 8)
     need = int(size + RUNTIME_OVERHEAD_FIXED + RUNTIME_OVERHEAD_FRACTION * size)
     where = fits(need, hw)
     if where == "none":

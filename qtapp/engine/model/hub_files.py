@@ -189,7 +189,7 @@ class DownloadPlan:
 
     def cached_bytes(self) -> int:
         """Bytes already in the cache: finished files and the parts of interrupted ones."""
-        blobs = _storage(self.repo_id) / "blobs"
+        blobs = repo_storage(self.repo_id) / "blobs"
         done = 0
         for name, size in self.files:
             digest = self.blobs.get(name, ("", ""))[0]
@@ -218,7 +218,8 @@ def wanted(name: str, allow_pickle: bool = False) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in hub_patterns(allow_pickle))
 
 
-def _storage(repo_id: str) -> Path:
+def repo_storage(repo_id: str) -> Path:
+    """The cache folder of ``repo_id`` (models--org--name: blobs/, refs/, snapshots/)."""
     return hub_cache_dir() / f"models--{repo_id.replace('/', '--')}"
 
 
@@ -431,7 +432,7 @@ def _file_lock(plan: DownloadPlan, digest: str, name: str):
     one is refused at once (Busy) rather than waiting unseen."""
     from filelock import FileLock, Timeout
 
-    path = hub_cache_dir() / ".locks" / _storage(plan.repo_id).name / f"{digest}.lock"
+    path = hub_cache_dir() / ".locks" / repo_storage(plan.repo_id).name / f"{digest}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
     try:
@@ -460,7 +461,7 @@ def download(plan: DownloadPlan, *, on_progress: Callable[[DownloadProgress], No
 
     cancel = should_cancel or (lambda: False)
     check_disk(plan)
-    storage = _storage(plan.repo_id)
+    storage = repo_storage(plan.repo_id)
     snapshot = storage / "snapshots" / plan.revision
     headers = build_hf_headers(token=token)
     meter = _Meter(plan.total_bytes, plan.cached_bytes(), on_progress)

@@ -253,10 +253,16 @@ def _kv_values(c: dict[str, Any], n_heads: int) -> int:
     return total
 
 
+def bits_per_weight(bits: int, group_size: int = DEFAULT_GROUP) -> float:
+    """Stored bits of one quantized weight: its code plus its share of the group's fp16
+    scale and `bits`-wide zero point (the formula above)."""
+    return bits + (16 + bits) / group_size if group_size > 0 else bits
+
+
 def weight_bytes(shape: ModelShape, bits: int, group_size: int = DEFAULT_GROUP) -> int:
     """Bytes of the weights at `bits` (groups of `group_size`) by the formula above."""
     if bits >= 16:
         return shape.n_params * 2
-    per_weight = bits + (16 + bits) / group_size if group_size > 0 else bits
+    per_weight = bits_per_weight(bits, group_size)
     lin = shape.linear_params
     return int(lin * per_weight / 8 + (shape.n_params - lin) * 2)
