@@ -13,9 +13,13 @@ Ours: the layer-streaming pipeline (`quantize_blocks`) on the GPU, float32 block
 checkpoint written per block as in a real job (export and evaluation are not timed), each
 row in its own process (so its peak VRAM and peak RSS are its own). Mode fast keeps the
 calibration activations on the GPU, lean in page-locked host memory
-(`quant/pipeline.BlockInputs`); `--stages` times each stage of every block with the GPU
-synchronised around it (seconds summed over blocks, then per block). The lean rows' layer
-errors are compared with the fast rows' (largest relative difference over all linears).
+(`quant/pipeline.BlockInputs`); fast also keeps the attention output across GPTQ's
+true-sequential passes (`quant/pipeline.AttentionReuse`), mode fast-recompute does not (the
+time before that change, on the same card). `--stages` times each stage of every block with
+the GPU synchronised around it (seconds summed over blocks, then per block; each Hessian pass
+on its own row; the checkpoint's hand-off in the loop and, apart, its write on the writer
+thread, which overlaps the next block). The other rows' layer errors are compared with the
+first fast row's (largest relative difference over all linears; fast-recompute must give 0).
 Peer (`--peer`, needs llmcompressor importable): `benchmarks/gpu_peer_llmcompressor.py`
 in its own process, its default sequential pipeline, model loaded in bf16 on the CPU as its
 examples do. Peak VRAM is `torch.cuda.max_memory_allocated` of each process. The
@@ -122,7 +126,7 @@ def build_random_llama(folder: Path, shape: str, layers: int | None = None) -> P
 STAGES = {  # pipeline module attribute → stage name
     "collect_hessians": "Hessian passes (partial forwards + XᵀX)",
     "gptq_quantize": "GPTQ solve + column sweeps",
-    "relative_output_error": "layer errors",
+    "output_error_terms": "layer errors",
     "forward_block": "block forward (output for the next block)",
     "awq_search_block": "AWQ search (capture forward + grid + clip)",
     "awq_apply_block": "AWQ apply",
@@ -138,6 +142,7 @@ class StageTimer:
         self.device = device
         self.seconds: dict[str, float] = {}
         self.depth = 0
+        self.reuse: dict[bool, int] = {}  # blocks whose attention output was kept, or not
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -149,13 +154,39 @@ class StageTimer:
 
         for attr, stage in STAGES.items():
             setattr(pipeline, attr, self.wrap(getattr(pipeline, attr), stage))
+        # each true-sequential Hessian pass on its own row, named by its first linear
+        pipeline.collect_hessians = self.wrap(
+            pipeline.collect_hessians.__wrapped__,
+            lambda args: f"Hessian pass {args[1][0].rsplit('.', 1)[-1]}… (partial forward "
+                         "+ XᵀX)")
         pipeline.LayerStreamer.materialize = self.wrap(pipeline.LayerStreamer.materialize,
                                                        "load block (disk → GPU)")
         pipeline.LayerStreamer.release = self.wrap(pipeline.LayerStreamer.release,
                                                    "free block")
-        QuantStore.save_block = self.wrap(QuantStore.save_block, "checkpoint write")
+        # the checkpoint: the loop's share (host copies started, the previous block's write
+        # waited for) synchronised like the other stages; the write itself runs on the
+        # writer thread beside the next block, its wall time counted without a sync
+        pipeline.CheckpointWriter.save = self.wrap(
+            pipeline.CheckpointWriter.save, "checkpoint: hand-off (waits for the previous write)")
+        write = pipeline.CheckpointWriter._write
 
-    def wrap(self, fn, stage: str):
+        def written(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return write(*args, **kwargs)
+            finally:
+                stage = "(overlapped) checkpoint write on its thread"
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+        pipeline.CheckpointWriter._write = written
+        reuse = pipeline.AttentionReuse.start
+
+        def started(obj, *args, **kwargs):
+            reuse(obj, *args, **kwargs)
+            self.reuse[obj.state != "off"] = self.reuse.get(obj.state != "off", 0) + 1
+        pipeline.AttentionReuse.start = started
+        assert QuantStore is not None
+
+    def wrap(self, fn, stage):
         def timed(*args, **kwargs):
             if self.depth:
                 return fn(*args, **kwargs)
@@ -166,13 +197,15 @@ class StageTimer:
                 return fn(*args, **kwargs)
             finally:
                 self.sync()
-                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+                name = stage(args) if callable(stage) else stage
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
                 self.depth -= 1
+        timed.__wrapped__ = fn
         return timed
 
 
 def run_ours(folder: Path, method: str, tokens: torch.Tensor, group: int, batch: int,
-             lean: bool = False, device: str = DEVICE, stages: bool = False) -> dict:
+             mode: str = "fast", device: str = DEVICE, stages: bool = False) -> dict:
     from qtapp.engine import events as ev
     from qtapp.engine.config import AWQOptions, CalibrationSpec, JobSpec, QuantScheme
     from qtapp.engine.model.sources import resolve_model
@@ -190,6 +223,7 @@ def run_ours(folder: Path, method: str, tokens: torch.Tensor, group: int, batch:
                   scheme=QuantScheme(4, group, method != "awq"), evaluate=False, resume=False,
                   calibration=CalibrationSpec(samples=tokens.shape[0], seq_len=tokens.shape[1]),
                   awq=AWQOptions())
+    kind, job, resident = lean_budget(mode, job, folder)
     blocks: list[float] = []
     errors: dict[str, float] = {}
     last = [time.perf_counter()]
@@ -210,13 +244,16 @@ def run_ours(folder: Path, method: str, tokens: torch.Tensor, group: int, batch:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         pipeline.quantize_blocks(job, info, tokens, QuantStore(Path(tmp) / "store"), emit,
-                                 lambda: False, dev, batch=batch, lean=lean)
+                                 lambda: False, dev, batch=batch, lean=kind == "lean",
+                                 reuse_attention=mode != "fast-recompute", resident=resident)
         timer.sync()
         seconds = time.perf_counter() - t0
     assert quantize_blocks is not None
     n = len(blocks)
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else 0
-    return {"who": "quantdesk", "method": method, "mode": "lean" if lean else "fast",
+    return {"who": "quantdesk", "method": method, "mode": mode,
+            "resident_samples": resident if kind == "lean" else None,
+            "attention_kept_blocks": timer.reuse.get(True, 0) if stages else None,
             "blocks": n, "seconds": round(seconds, 1),
             "block_s_median": round(sorted(blocks)[n // 2], 2) if n else None,
             "block_s_mean_after_first": round(sum(blocks[1:]) / max(n - 1, 1), 2),
@@ -253,15 +290,35 @@ def run_peer(folder: Path, method: str, tokens_file: Path, group: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def predicted_gib(folder: Path, method: str, tokens: torch.Tensor, lean: bool,
-                  batch: int) -> float:
+def lean_budget(mode: str, job, folder: Path) -> tuple[str, object, int]:
+    """Mode "lean@8GiB": lean mode under --max-vram 8GiB, with as many samples kept on the
+    GPU as the planner gives that budget on this card (planner.resident_samples); plain
+    "lean" keeps none. (mode without the budget, the job with its max_vram, resident)"""
+    from dataclasses import replace
+
+    from qtapp.engine.planning import hardware
+    from qtapp.engine.planning.planner import resident_samples
+    from qtapp.engine.planning.shape import ModelShape
+    from qtapp.engine.units import parse_size
+
+    mode, _, budget = mode.partition("@")
+    if not budget:
+        return mode, job, 0
+    job = replace(job, max_vram=parse_size(budget))
+    shape = ModelShape.from_config(json.loads((folder / "config.json").read_text()))
+    return mode, job, resident_samples(job, shape, hardware.detect().best_gpu)
+
+
+def predicted_gib(folder: Path, method: str, tokens: torch.Tensor, mode: str,
+                  batch: int, resident: int = 0) -> float:
     from qtapp.engine.planning.planner import working_bytes
     from qtapp.engine.planning.shape import ModelShape
 
     config = json.loads((folder / "config.json").read_text())
     shape = ModelShape.from_config(config)
-    return round(working_bytes(shape, method, tokens.shape[0], tokens.shape[1], lean=lean,
-                               batch=batch) / 2**30, 2)
+    return round(working_bytes(shape, method, tokens.shape[0], tokens.shape[1],
+                               lean=mode.startswith("lean"), batch=batch,
+                               reuse=mode == "fast", resident=resident) / 2**30, 2)
 
 
 def main() -> None:
@@ -269,7 +326,11 @@ def main() -> None:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
     ap.add_argument("--layers", type=int, default=None, help="fewer blocks than the shape has")
     ap.add_argument("--methods", default="gptq,awq")
-    ap.add_argument("--modes", default="fast", help="fast, lean or fast,lean")
+    ap.add_argument("--modes", default="fast",
+                    help="any of fast, fast-recompute (fast without the kept attention "
+                         "output: the time before it), lean (every sample in host memory), "
+                         "lean@8GiB (lean under --max-vram 8GiB, the planner's resident "
+                         "samples on the GPU); comma-separated")
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--group", type=int, default=128)
@@ -287,7 +348,7 @@ def main() -> None:
     if args.row:
         method, mode = args.row.split(":")
         tokens = torch.load(args.tokens)
-        row = run_ours(args.folder, method, tokens, args.group, args.batch, mode == "lean",
+        row = run_ours(args.folder, method, tokens, args.group, args.batch, mode,
                        args.device, args.stages)
         print(json.dumps(row), flush=True)
         return
@@ -307,11 +368,12 @@ def main() -> None:
         fast_errors = None
         for mode in args.modes.split(","):
             row = run_row(args, folder, tokens_file, method, mode)
-            row["predicted_vram_gib"] = predicted_gib(folder, method, tokens, mode == "lean",
-                                                      args.batch)
+            row["predicted_vram_gib"] = predicted_gib(folder, method, tokens, mode, args.batch,
+                                                      row.get("resident_samples") or 0)
             errors = row.pop("errors", None)
-            if errors and mode == "fast":
-                fast_errors = errors
+            if errors and fast_errors is None and mode == "fast":
+                fast_errors = errors  # the first fast row: later rows (lean, or a second
+                # fast row, which shows the run-to-run difference) are compared with it
             elif errors and fast_errors:
                 row["max_rel_diff_vs_fast"] = max(
                     abs(errors[k] - v) / v for k, v in fast_errors.items() if v > 0)
@@ -326,7 +388,7 @@ def main() -> None:
     print(f"\nrandom {args.shape} shape ({layers} of {full} blocks), W4 g{args.group}, "
           f"{args.samples} × {args.seq} tokens, batch {args.batch}, {name}\n")
     print("| who | method | mode | total s | s / block (median) | whole model s "
-          f"({full} blocks) | peak VRAM GiB | planner GiB | peak RSS GiB | lean vs fast |")
+          f"({full} blocks) | peak VRAM GiB | planner GiB | peak RSS GiB | vs fast |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
@@ -343,7 +405,8 @@ def main() -> None:
     for r in rows:
         if r.get("stages_s_per_block"):
             print(f"\nstages, s per block: {r['method']} {r['mode']} "
-                  f"(block {r['block_s_mean_after_first']} s after the first)")
+                  f"(block {r['block_s_mean_after_first']} s after the first; attention "
+                  f"output kept in {r.get('attention_kept_blocks')} of {r['blocks']} blocks)")
             print("| stage | s / block |\n|---|---|")
             for k, v in r["stages_s_per_block"].items():
                 print(f"| {k} | {v} |")

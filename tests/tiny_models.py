@@ -74,3 +74,40 @@ def build_tiny_model(folder: Path, model_type: str = "llama", dtype=None,
         model = AutoModelForCausalLM.from_config(config)
     model.to(dtype or torch.float32).save_pretrained(folder)
     return folder
+
+
+def write_spm_bpe_tokenizer(folder: Path, text: str, vocab_size: int = 512) -> int:
+    """A SentencePiece-style BPE tokenizer.json (as Gemma 3/4, Llama 2, Mistral ship): spaces
+    normalized to "▁", merges trained on `text`, byte fallback to <0x00>…<0xFF> for anything
+    else, <bos> added in front; ids 0-3 <pad> <eos> <bos> <unk>. Returns the vocab size."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    trainer_model = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer_model.normalizer = normalizers.Replace(" ", "\u2581")
+    trainer_model.train_from_iterator(
+        [text], trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                    limit_alphabet=100, show_progress=False))
+    trained = json.loads(trainer_model.to_str())["model"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for tok in sorted(trained["vocab"], key=trained["vocab"].get):
+        vocab.setdefault(tok, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>",
+                                   byte_fallback=True, fuse_unk=True))
+    backend.normalizer = normalizers.Replace(" ", "\u2581")
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                         decoders.Fuse()])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 2)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+        unk_token="<unk>", model_max_length=2048)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return len(vocab)

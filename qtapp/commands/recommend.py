@@ -32,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
         shape = ModelShape.from_config(config, name=DEMO_NAME, n_params=n_params)
     else:
         info = resolve_model(args.model, pickle_option=False)
-        shape = ModelShape.from_config(info.config, name=info.name, n_params=info.n_params)
-    advice = advise(detect(), shape, goal=args.goal, target=args.target, ctx=args.ctx)
+        config = info.config
+        shape = ModelShape.from_config(config, name=info.name, n_params=info.n_params)
+    advice = advise(detect(), shape, goal=args.goal, target=args.target, ctx=args.ctx,
+                    config=config)
     if args.json:
         print(json.dumps(advice.to_dict(), indent=2))
     else:

@@ -1,5 +1,7 @@
 """Errors the engine raises for the user to read."""
 
+from collections.abc import Callable
+
 
 class UserError(Exception):
     """Bad input or an impossible request; the message is shown to the user as is.
@@ -10,6 +12,12 @@ class UserError(Exception):
 
 class Cancelled(Exception):
     """The user asked the running job to stop."""
+
+
+def check_cancel(should_cancel: Callable[[], bool] | None) -> None:
+    """Raise Cancelled if the user asked to stop (the one cancel check of every stage)."""
+    if should_cancel is not None and should_cancel():
+        raise Cancelled()
 
 
 class Busy(UserError):

@@ -57,5 +57,6 @@ class AppState(QObject):
     def _readvise(self) -> None:
         if self.hardware is None:
             return
-        self.advice = advise(self.hardware, self.shape, self.goal, self.target, self.ctx)
+        self.advice = advise(self.hardware, self.shape, self.goal, self.target, self.ctx,
+                             config=getattr(self.model, "config", None))
         self.advice_changed.emit(self.advice)

@@ -21,7 +21,12 @@ from qtapp.engine.planning.advisor import (
     weight_bytes,
 )
 from qtapp.engine.planning.hardware import GPU, Hardware
-from qtapp.engine.planning.planner import peak_memory, vram_limit, working_bytes
+from qtapp.engine.planning.planner import (
+    peak_memory,
+    resident_samples,
+    vram_limit,
+    working_bytes,
+)
 
 GiB = 2**30
 
@@ -91,13 +96,16 @@ def test_the_advisor_asks_the_planner_where_quantizing_fits() -> None:
     assert row.quantize_fit == "gpu"
     assert row.quantize_peak == peak_memory(_quantizing("awq", 128), seven, gpu=True)[1]
     # 512 samples do not fit the 8 GiB card in fast mode by the planner's numbers: lean mode
-    # then (activations in host memory, planner.vram_mode), when the RAM takes them
+    # then (activations in host memory but for the samples the card has room for,
+    # planner.vram_mode, resident_samples), when the RAM takes them
     assert peak_memory(_quantizing("awq", 512), seven, gpu=True)[1] > vram_limit(
         machine(8).best_gpu)
     row = size_row(seven, machine(8, ram_gib=64), method="awq", samples=512)
     assert row.quantize_fit == "gpu"
+    kept = resident_samples(_quantizing("awq", 512), seven, machine(8).best_gpu)
+    assert kept > 0
     assert row.quantize_peak == peak_memory(_quantizing("awq", 512), seven, gpu=True,
-                                            lean=True)[1]
+                                            lean=True, resident=kept)[1]
     # a card too small for lean mode too: on the CPU then
     row = size_row(seven, machine(1, ram_gib=64), method="awq", samples=512)
     assert row.quantize_fit == "ram"

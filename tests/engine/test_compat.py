@@ -100,6 +100,30 @@ def test_too_large_for_this_machine_names_the_memory(demo_dir, tmp_path):
     report = check_model(str(folder_with(tmp_path, big, demo_dir)), machine(16))
     assert not report.works
     assert all("GiB of RAM" in m.reason for m in report.methods)
+    # 70B on 16 GiB: RTN streams one block and fits without the quality gate; GPTQ's
+    # calibration activations and Hessians do not, so it gets no --no-eval hint
+    by = {m.method: m.reason for m in report.methods}
+    assert "fits without the quality gate (--no-eval" in by["rtn"], by["rtn"]
+    assert "--no-eval" not in by["gptq"], by["gptq"]
+
+
+def test_a_model_that_fits_only_without_the_quality_gate_says_so(demo_dir, tmp_path):
+    """The quality gate loads the whole model (float32); quantizing streams one block. A
+    Qwen3-30B-A3B-shaped config on a 24 GiB machine: no with the gate, and the reason says
+    that --no-eval fits, with its RAM (which must itself be under the machine's limit)."""
+    import re
+
+    moe = {**CONFIGS["qwen3_moe"], "hidden_size": 2048, "num_hidden_layers": 48,
+           "moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8,
+           "head_dim": 128, "num_attention_heads": 32, "num_key_value_heads": 4,
+           "vocab_size": 151936}
+    report = check_model(str(folder_with(tmp_path, moe, demo_dir)), machine(24))
+    for m in (m for m in report.methods if m.method != "gguf"):
+        assert not m.ok
+        hint = re.search(r"fits without the quality gate \(--no-eval[^)]*\): ([\d.]+) GiB",
+                         m.reason)
+        assert hint, m.reason
+        assert float(hint.group(1)) < 24 * 0.8, m.reason
 
 
 def test_chat_warnings(tiny_llama_dir, demo_dir, tmp_path):

@@ -22,14 +22,15 @@ pytestmark = [
 ]
 
 
-def _run(folder: Path, method: str, device: str, store_dir: Path, n: int = 8, seq: int = 128):
+def _run(folder: Path, method: str, device: str, store_dir: Path, n: int = 8, seq: int = 128,
+         **streaming):
     info = resolve_model(str(folder))
     job = JobSpec(model=str(folder), method=method, out=str(store_dir / "out"),
                   scheme=QuantScheme(4, 32, method != "awq"), evaluate=False, resume=False,
                   calibration=CalibrationSpec(samples=n, seq_len=seq))
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(3, 250, (n, seq), generator=g)
-    store = QuantStore(store_dir / f"{method}-{device}")
+    store = QuantStore(store_dir / f"{method}-{device}-{sorted(streaming.items())}")
     errors: dict[str, float] = {}
 
     def emit(e) -> None:
@@ -37,7 +38,8 @@ def _run(folder: Path, method: str, device: str, store_dir: Path, n: int = 8, se
             errors[e.module] = e.rel_error
 
     torch.cuda.reset_peak_memory_stats()
-    quantize_blocks(job, info, tokens, store, emit, lambda: False, torch.device(device), batch=4)
+    quantize_blocks(job, info, tokens, store, emit, lambda: False, torch.device(device), batch=4,
+                    **streaming)
     return store, torch.cuda.max_memory_allocated(), errors
 
 
@@ -102,3 +104,33 @@ def test_job_with_max_vram_8gib_stays_under_it(make_tiny_model, tmp_path: Path) 
     peak = torch.cuda.max_memory_allocated()
     assert any(m.startswith("VRAM mode lean:") for m in logs), logs
     assert 0 < peak <= 8 * 2**30, peak / 2**30
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_lean_mode_keeps_resident_samples_on_the_gpu(method: str, make_tiny_model,
+                                                     tmp_path: Path) -> None:
+    """Lean mode with 4 of 8 samples kept on the GPU: those are device memory, the other 4
+    page-locked host memory of their exact size (host_buffer registers it; torch's pinned
+    cache would round it up and keep it), the prefetch staging buffer is page-locked too;
+    the layer errors match fast mode's and lean mode's with every sample streamed."""
+    from qtapp.engine.quant.pipeline import LayerStreamer
+
+    folder = make_tiny_model(tmp_path / "m", hidden_size=128, intermediate_size=256)
+    streamer = LayerStreamer(resolve_model(str(folder)), torch.device("cuda"))
+    try:
+        tokens = torch.randint(3, 250, (8, 128), generator=torch.Generator().manual_seed(0))
+        inputs = streamer.capture_inputs(tokens, 4, lean=True, resident=4)
+        assert inputs.resident == 4 and inputs.x_device is not None and inputs.x_device.is_cuda
+        assert inputs.x.shape[0] == 4 and inputs.x.device.type == "cpu" and inputs.x.is_pinned()
+        streamer.prefetch(streamer.block_prefix(1))
+        streamer.materialize(streamer.blocks[1], streamer.block_prefix(1))
+        assert streamer._slots[0] is not None and streamer._slots[0].is_pinned()
+    finally:
+        streamer.close()
+    _, _, fast = _run(folder, method, "cuda", tmp_path)
+    _, _, streamed = _run(folder, method, "cuda", tmp_path, lean=True)
+    _, _, resident = _run(folder, method, "cuda", tmp_path, lean=True, resident=4)
+    assert fast.keys() == resident.keys() == streamed.keys() and len(fast) == 14
+    for name, err in fast.items():
+        assert abs(resident[name] - err) <= 1e-3 * err, (name, err, resident[name])
+        assert abs(streamed[name] - err) <= 1e-3 * err, (name, err, streamed[name])

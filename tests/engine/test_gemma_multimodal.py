@@ -22,8 +22,10 @@ rotary embeddings, per-layer input and shared keys/values), and fail to when eve
 block 0's arguments (the old behaviour); RTN / GPTQ / AWQ W8 through the CLI loaded with
 transformers' class of the checkpoint below 1e-3 mean KLD, a damaged output above; at 4 bits
 GPTQ and AWQ below RTN (on English text, see TEXT); the vision tower, projector and per-layer embedding tables copied
-bit-equal; Gemma 3's GGUF (text model) opened by llama-cpp-python; Gemma 4's GGUF, its MoE
-variant and what `quantdesk check` says about them.
+bit-equal; Gemma 3's GGUF (text model) opened by llama-cpp-python; Gemma 4's GGUF (the
+E2B/E4B form on GEMMA4_GGUF, the 31B form, Gemma4ForCausalLM alone) run by llama-cpp-python
+against transformers at F32, Q8_0 and Q4_K_M, its metadata and tokenizer, the layouts it
+refuses, and what `quantdesk check` says (the MoE variant, 26B-A4B: test_gemma4_moe.py).
 """
 
 from __future__ import annotations
@@ -72,6 +74,13 @@ GEMMA4_K_EQ_V = {**TINY_TEXT, "num_hidden_layers": 3, "layer_types": GEMMA4_TYPE
                  "global_head_dim": 32, "attention_k_eq_v": True,
                  "num_global_key_value_heads": 1, "hidden_size_per_layer_input": 0,
                  "sliding_window": 32}
+# The GGUF test model: GEMMA4_TEXT with the last 3 blocks (sliding, sliding, global) reusing
+# keys and values, so that the last blocks keeping their own end sliding-then-global as
+# llama.cpp's Gemma 4 requires (archs.shared_kv_sources; GEMMA4_TEXT's 2 shared blocks are
+# refused), 256 wide so that k-quant blocks (256 values) fit the rows, and per-layer output
+# scales other than 1 (build_multimodal's layer_scalars) as the released checkpoints have
+GEMMA4_GGUF = {**GEMMA4_TEXT, "hidden_size": 256, "intermediate_size": 256, "head_dim": 64,
+               "global_head_dim": 128, "num_kv_shared_layers": 3}
 GEMMA4_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                  "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16}
 # std of the token embeddings (test_families.EMBED_STD): Gemma 4's blocks (attention with
@@ -93,9 +102,10 @@ KEPT = {"gemma3": ("vision_tower.", "multi_modal_projector."),
 
 
 def build_multimodal(folder: Path, model_type: str, text: dict,
-                     tokenizer_from: Path | None = None) -> Path:
+                     tokenizer_from: Path | None = None, layer_scalars: bool = False) -> Path:
     """A tiny vision-language model of `model_type` (gemma3 / gemma4) with peaked outputs,
-    saved by transformers' save_pretrained with the byte tokenizer (or `tokenizer_from`'s)."""
+    saved by transformers' save_pretrained with the byte tokenizer (or `tokenizer_from`'s);
+    layer_scalars: Gemma 4's per-layer output scales drawn from [0.5, 1.5] (not all 1)."""
     from tiny_models import write_byte_tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -125,8 +135,25 @@ def build_multimodal(folder: Path, model_type: str, text: dict,
                     p.add_(0.2 * torch.randn_like(p))
             embed = model.get_input_embeddings().weight
             embed.mul_(EMBED[model_type] / embed.std())
+            for name, b in model.named_buffers():
+                if layer_scalars and name.endswith("layer_scalar"):
+                    b.uniform_(0.5, 1.5)
         _sharpen(model, vocab)
     model.to(torch.float32).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def spm_tokenizer(tmp_path_factory) -> Path:
+    """A folder with a SentencePiece-style BPE tokenizer.json (Gemma 4's kind) and a
+    config.json naming its vocab_size, to build models with (tokenizer_from)."""
+    from tiny_models import write_spm_bpe_tokenizer
+
+    from qtapp.engine.quant.calibration import builtin_calibration_text
+
+    folder = tmp_path_factory.mktemp("spm")
+    n = write_spm_bpe_tokenizer(folder, builtin_calibration_text()[:100_000])
+    (folder / "config.json").write_text(json.dumps({"vocab_size": n}))
     return folder
 
 
@@ -140,6 +167,15 @@ def built(tmp_path_factory):
             folder = tmp_path_factory.mktemp(name) / name
             if name == "gemma4_k_eq_v":
                 cache[key] = build_multimodal(folder, "gemma4", GEMMA4_K_EQ_V, tokenizer_from)
+            elif name == "gemma4_gguf":
+                cache[key] = build_multimodal(folder, "gemma4", GEMMA4_GGUF, tokenizer_from,
+                                              layer_scalars=True)
+            elif name == "gemma4_text_gguf":  # Gemma4ForCausalLM in GEMMA4_GGUF's shape
+                assert tokenizer_from is not None
+                vocab = json.loads((tokenizer_from / "config.json").read_text())["vocab_size"]
+                cache[key] = build_family_model(folder, "gemma4_text", tokenizer_from,
+                                                embed_std=EMBED["gemma4"],
+                                                vocab_size_per_layer_input=vocab, **GEMMA4_GGUF)
             elif name == "gemma4_text":  # Gemma4ForCausalLM: the text decoder alone
                 cache[key] = build_family_model(folder, "gemma4_text", tokenizer_from,
                                                 embed_std=EMBED["gemma4"],
@@ -218,21 +254,28 @@ def test_table_matches_the_module_graph_of_every_block():
                 assert p.prev != "self_attn.v_proj" or "self_attn.v_proj" in names
 
 
-def test_gemma4_moe_is_refused_with_the_reason():
-    config = {"model_type": "gemma4", "architectures": ["Gemma4ForConditionalGeneration"],
-              "text_config": {**GEMMA4_TEXT, "enable_moe_block": True, "num_experts": 8,
-                              "top_k_experts": 2, "moe_intermediate_size": 32}}
-    with pytest.raises(UserError, match="mixture-of-experts Gemma 4"):
-        arch_for(config)
+def test_gemma4_gguf_refuses_what_llama_cpp_cannot_read():
+    """The released layouts convert (E2B as config.json has it, the text decoder alone);
+    refused before any work: shared keys and values llama.cpp would read from another layer
+    than transformers (GEMMA4_TEXT: the last blocks keeping their own are global then
+    sliding, llama.cpp takes the global ones' from the last and the sliding ones' from the
+    one before), and per-layer embeddings for another vocabulary size."""
+    from qtapp.engine.gguf.archs import arch_of, shared_kv_sources
 
-
-def test_gemma4_gguf_is_refused_with_the_reason():
-    from qtapp.engine.gguf.archs import arch_of
-
+    released = _released_config("gemma4")
+    assert arch_of(released).name == "gemma4"
+    assert shared_kv_sources(released) == (14, 13)  # E2B: 15 layers keep their own
+    text = {**released["text_config"], "architectures": ["Gemma4ForCausalLM"]}
+    assert arch_of(text).name == "gemma4"
     for model_type, arch in (("gemma4", "Gemma4ForConditionalGeneration"),
                              ("gemma4_text", "Gemma4ForCausalLM")):
-        with pytest.raises(UserError, match="per_layer_token_embd"):
-            arch_of({"model_type": model_type, "architectures": [arch]})
+        config = {"model_type": model_type, "architectures": [arch], **GEMMA4_TEXT}
+        with pytest.raises(UserError, match="sliding then a global layer"):
+            arch_of(config)
+    with pytest.raises(UserError, match="vocab_size_per_layer_input"):
+        arch_of({**text, "vocab_size_per_layer_input": 1000})
+    with pytest.raises(UserError, match="no layer_types"):
+        arch_of({k: v for k, v in text.items() if k != "layer_types"})
 
 
 def _released_config(model_type: str) -> dict:
@@ -264,7 +307,7 @@ def _released_config(model_type: str) -> dict:
 def test_check_reads_the_nested_text_config(model_type, tmp_path):
     """`quantdesk check` answers from config.json alone (no weights): the language model's
     settings come from text_config (over Gemma3TextConfig's defaults where the release
-    leaves them out); Gemma 4's GGUF says why not."""
+    leaves them out); both convert to GGUF (their architecture named before any download)."""
     from shapes import hardware
 
     from qtapp.engine.planning.compat import check_model
@@ -274,10 +317,12 @@ def test_check_reads_the_nested_text_config(model_type, tmp_path):
     reasons = {m.method: m.reason for m in report.methods}
     assert {"rtn", "gptq", "awq"} <= set(report.works), reasons
     assert f"architecture {model_type} is supported" in reasons["gptq"]
-    if model_type == "gemma4":
-        assert "gguf" not in report.works and "per_layer_token_embd" in reasons["gguf"]
-    else:  # no tokenizer files here: the GGUF answer is about them, not the family
-        assert "vision" not in reasons["gguf"]
+    # no tokenizer files here: the GGUF answer is about them, not the family
+    assert "vision" not in reasons["gguf"] and "tokenizer" in reasons["gguf"], reasons
+    from qtapp.engine.planning.compat import config_checks
+
+    gguf = next(m for m in config_checks(_released_config(model_type)) if m.method == "gguf")
+    assert gguf.ok and gguf.reason == f"architecture {model_type}", gguf
     assert report.n_params > (3e9 if model_type == "gemma3" else 1e9), report.n_params
 
 
@@ -441,3 +486,137 @@ def test_gemma3_gguf_holds_the_text_model(built, demo_dir, tmp_path):
     assert kld < GGUF_Q8_KLD_MAX, kld
     bad = damage_gguf(path, tmp_path, "token_embd.weight")
     assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_Q8_KLD_MAX
+
+
+# the tensor each Gemma 4 F32 GGUF is damaged in (zeroed) to show the 1e-5 comparison failing
+# (the Q8_0 one: token_embd): the per-layer embeddings (zeroed: 1.5e-4 at Q8_0, so a writer
+# that dropped them would fail the F32 bound only), the global layer's keys (its values too,
+# attention_k_eq_v), a per-layer input gate
+GEMMA4_DAMAGED = {"gemma4_gguf": "per_layer_token_embd.weight",
+                  "gemma4_k_eq_v": "blk.2.attn_k.weight",
+                  "gemma4_text_gguf": "blk.4.inp_gate.weight"}
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("name", [
+    "gemma4_gguf", pytest.param("gemma4_k_eq_v", marks=pytest.mark.slow),
+    pytest.param("gemma4_text_gguf", marks=pytest.mark.slow)])
+def test_gemma4_gguf_reproduces_the_model(built, spm_tokenizer, name, tmp_path):
+    """llama.cpp's Gemma 4 GGUF of the text model (E2B/E4B form: per-layer inputs, shared
+    keys and values, sliding and global layers of their own head widths and rope,
+    per-layer output scales; the 31B form: global values equal to the keys, no per-layer
+    inputs; Gemma4ForCausalLM alone) run by llama-cpp-python: F32 within 1e-5 mean KLD of
+    transformers, Q8_0 (CLI) within 1e-2, each rejected once a tensor is zeroed."""
+    import gguf
+
+    from qtapp.engine.gguf.convert import convert_to_gguf
+    from qtapp.engine.gguf.llama_runtime import llama_cpp_available
+
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed")
+    src = built(name, spm_tokenizer)
+    ids = token_ids(259)
+    ref = source_logits(src, ids)
+    f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
+    names = {t.name for t in gguf.GGUFReader(f32).tensors}
+    assert not any(n.startswith(("v.", "a.", "mm.")) for n in names), names
+    exact = mean_kld(ref, gguf_logits(f32, ids))
+    print(f"{name} gguf F32: mean KLD {exact:.2e}")
+    assert exact < GGUF_F32_KLD_MAX, exact
+    bad = damage_gguf(f32, tmp_path, GEMMA4_DAMAGED[name])
+    assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_F32_KLD_MAX
+
+    path = gguf_file(quantize_cli(src, tmp_path / "out", "gguf"))
+    kld = mean_kld(ref, gguf_logits(path, ids))
+    print(f"{name} gguf Q8_0: mean KLD {kld:.2e}")
+    assert kld < GGUF_Q8_KLD_MAX, kld
+    bad = damage_gguf(path, tmp_path, "token_embd.weight")
+    assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_Q8_KLD_MAX
+
+
+@pytest.mark.llama_cpp
+def test_gemma4_gguf_metadata_and_k_quants(built, spm_tokenizer, tmp_path):
+    """What the Gemma 4 file says, read back with the gguf package and checked against the
+    transformers model's own modules: which layers slide, the global and sliding head
+    widths, the shared key/value layers, the double-wide MLP, the per-layer output scales
+    and the global layers' rope factors. Then the k-quant file the window offers (Q4_K_M
+    through the CLI) opens and runs in llama-cpp-python with Q4_K / Q6_K tensors, further
+    from the source than Q8_0 yet close to it; llama.cpp tokenizes text as the model's own
+    tokenizer does (the "gemma4" BPE vocabulary)."""
+    import gguf
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qtapp.cli import main
+    from qtapp.engine.gguf.convert import convert_to_gguf
+    from qtapp.engine.gguf.llama_runtime import llama_cpp_available, load_llama
+
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed")
+    src = built("gemma4_gguf", spm_tokenizer)
+    f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
+    reader = gguf.GGUFReader(f32)
+
+    def key(k: str):
+        return reader.fields[f"gemma4.{k}"].contents()
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    layers = model.model.language_model.layers
+    sliding = [a.self_attn.is_sliding for a in layers]
+    assert key("attention.sliding_window_pattern") == sliding == [True, True, False] * 2
+    assert key("attention.key_length") == layers[2].self_attn.head_dim == 128
+    assert key("attention.key_length_swa") == layers[0].self_attn.head_dim == 64
+    assert key("attention.shared_kv_layers") == 3
+    assert key("feed_forward_length") == [a.mlp.down_proj.in_features for a in layers]
+    assert key("embedding_length_per_layer_input") == 32
+    tensors = {t.name: t for t in reader.tensors}
+    for i, layer in enumerate(layers):
+        assert float(tensors[f"blk.{i}.layer_output_scale.weight"].data[0]) == \
+            float(layer.layer_scalar)
+        assert (f"blk.{i}.attn_k.weight" in tensors) == (i < 3)
+    # proportional rope: 0.25 × 128 / 2 = 16 frequencies turn, the other 48 do not
+    freqs = np.asarray(tensors["rope_freqs.weight"].data)
+    assert freqs.shape == (64,) and (freqs[:16] == 1).all() and (freqs[16:] >= 1e30).all()
+
+    ids = token_ids(259)
+    ref = source_logits(src, ids)
+    out = tmp_path / "q4"
+    assert main(["quantize", "--model", str(src), "--method", "gguf", "--out", str(out),
+                 "--type", "Q4_K_M", "--imatrix", "none", "--device", "cpu",
+                 "--no-eval"]) == 0
+    path = gguf_file(out)
+    types = {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert {"Q4_K", "Q6_K"} <= types, types
+    q4 = mean_kld(ref, gguf_logits(path, ids))
+    q8 = mean_kld(ref, gguf_logits(gguf_file(quantize_cli(src, tmp_path / "q8", "gguf")), ids))
+    print(f"gemma4 gguf Q4_K_M: mean KLD {q4:.2e} (Q8_0 {q8:.2e})")
+    assert q8 < q4 < GGUF_Q8_KLD_MAX, (q4, q8)
+
+    # `quantdesk check` takes the SentencePiece-style tokenizer (no pre-tokenizer hash to
+    # look up); the same tokenizer without byte fallback is one llama.cpp's gemma4 vocabulary
+    # does not read, and its BPE pre-tokenizer is unknown
+    from shapes import hardware
+
+    from qtapp.engine.planning.compat import check_model
+
+    report = check_model(str(src), hw=hardware(vram_gib=24))
+    assert "gguf" in report.works, [(m.method, m.reason) for m in report.methods]
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy2(src / "config.json", other / "config.json")
+    data = json.loads((src / "tokenizer.json").read_text())
+    data["model"]["byte_fallback"] = False
+    (other / "tokenizer.json").write_text(json.dumps(data))
+    reasons = {m.method: m.reason for m in check_model(str(other), hw=hardware(vram_gib=24))
+               .methods}
+    assert "pre-tokenizer" in reasons["gguf"], reasons
+
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    llm = load_llama(path, n_ctx=128, n_threads=2)
+    try:
+        for text in ("Hello world, the quantization ✓\n\nnext", "  two  spaces\tand a tab",
+                     "Ünïcödé 漢字 🙂"):
+            assert llm.tokenize(text.encode(), add_bos=True, special=False) == \
+                tokenizer(text)["input_ids"], text
+    finally:
+        llm.close()

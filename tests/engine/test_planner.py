@@ -31,10 +31,11 @@ def test_memory_follows_the_documented_formulas():
                   calibration=CalibrationSpec(samples=128, seq_len=512))
     shape = A.ModelShape.from_config(LLAMA_7B, "Llama-7B", info.n_params)
     ram, vram = memory(job, info, gpu=False)
-    work = working_bytes(shape, "gptq", 128, 512)
+    work = working_bytes(shape, "gptq", 128, 512, reuse=True)
     # one fp32 block + the activations in and out + the Hessians of q/k/v, o, gate/up, down
+    # + the attention output kept across the passes (o_proj's input, heads × head_dim wide)
     assert work == (shape.block_linear_params * 4 + 2 * 128 * 512 * 4096 * 4
-                    + (2 * 4096**2 + 4096**2 + 11008**2) * 4)
+                    + (2 * 4096**2 + 4096**2 + 11008**2) * 4 + 128 * 512 * 4096 * 4)
     block16 = int(shape.block_linear_params * 2)  # bf16 source: 2 bytes per parameter
     assert vram == 0
     assert ram == pytest.approx(BASE_RSS + 32000 * 4096 * 4 + work + block16, rel=1e-3)

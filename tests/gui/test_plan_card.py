@@ -92,3 +92,20 @@ def test_time_one_block_runs_the_planner_probe_in_a_worker(page, qtbot):
     assert plan is not None and plan.probed, card.plan_text.text()
     assert plan.block_seconds > 0
     assert "one block timed on this machine" in card.plan_text.text()
+
+
+def test_plan_card_says_how_many_samples_lean_mode_keeps_on_the_gpu():
+    """The GPU-mode row of a lean plan gives the planner's resident and streamed sample
+    counts (planner.resident_samples); with none resident it says all are streamed."""
+    from qtapp.engine.planning.planner import Plan
+    from qtapp.gui.widgets.plan_card import _plan_rows
+
+    plan = Plan(model="m", method="gptq", device="cuda", peak_ram=6 * 2**30,
+                peak_vram=6 * 2**30, temp_disk=1, final_disk=1, seconds=60.0,
+                ram_total=16 * 2**30, vram_total=8 * 2**30, disk_free=2**40,
+                vram_mode="lean", resident_samples=32, streamed_samples=96)
+    rows = _plan_rows(plan)
+    assert any("lean (32 calibration samples kept on the GPU, 96 in host memory" in r
+               for r in rows), rows
+    none = _plan_rows(dataclasses.replace(plan, resident_samples=0, streamed_samples=128))
+    assert any("lean (calibration activations in host memory" in r for r in none), none

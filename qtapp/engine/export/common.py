@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
-from qtapp.engine.model.arch import NameMap, arch_for, name_map
+from qtapp.engine.model.arch import NameMap, arch_for, name_map, text_settings
 from qtapp.engine.model.sources import SafetensorsReader
 from qtapp.engine.quant.primitives import QuantizedWeight
 from qtapp.engine.quant.qstore import QuantStore
@@ -93,6 +93,10 @@ class ExportPlan:
         # as the checkpoint names it (Gemma 3's language_model.model.layers)
         self.layers_prefix = self.names.to_checkpoint(arch_for(self.config).layers_prefix)
         self.source = SafetensorsReader(self.source_dir, module_names=False)
+        arch = arch_for(self.config)
+        if arch.n_experts:  # fused experts on disk (Gemma 4): written back per expert
+            for i in range(int(text_settings(self.config).get("num_hidden_layers") or 0)):
+                self.source.split_fused_experts(f"{self.layers_prefix}.{i}.{arch.experts}.")
         self.modules, self.floats = {}, {}
         blocks = self.store.completed()
         if not blocks:

@@ -19,6 +19,7 @@ from qtapp.engine.model.arch import (
     Family,
     GgufFacts,
     family_for,
+    text_settings,
 )
 
 
@@ -88,9 +89,53 @@ def arch_of(config: dict[str, Any]) -> GgufArch:
             f"GGUF conversion does not support the architecture {shown}: {family.gguf_reason}. "
             f"QuantDesk converts {', '.join(ARCHS)}. Choose GPTQ or AWQ for this model, or convert it "
             "with llama.cpp's convert_hf_to_gguf.py.")
+    variant = family.variant(config)
+    if variant is not None and variant.gguf_reason:
+        raise UserError(f"GGUF conversion does not support this {family.model_type} model "
+                        f"({variant.key} is set in config.json): {variant.gguf_reason}.")
     if found.facts.gated_delta_net:
         full_attention_interval(config)  # llama.cpp stores the hybrid's pattern as one number
+    if found.facts.split_attention:
+        c = text_settings(config)
+        types = c.get("layer_types")
+        if not isinstance(types, list) or len(types) != c.get("num_hidden_layers"):
+            raise UserError(
+                "config.json names no layer_types for each of its num_hidden_layers blocks; "
+                f"the {found.name} GGUF stores which blocks slide, so this model cannot be "
+                "written as GGUF. Choose GPTQ or AWQ.")
+        shared_kv_sources(config)
+        per_layer_vocab = c.get("vocab_size_per_layer_input")
+        if c.get("hidden_size_per_layer_input") and per_layer_vocab not in (None,
+                                                                            c.get("vocab_size")):
+            raise UserError(
+                f"config.json's vocab_size_per_layer_input ({per_layer_vocab}) differs from "
+                f"vocab_size ({c.get('vocab_size')}); llama.cpp's Gemma 4 reads both "
+                "embedding tables with one row per token of the vocabulary, so this model "
+                "cannot be written as GGUF. Choose GPTQ or AWQ.")
     return found
+
+
+def shared_kv_sources(config: dict[str, Any]) -> tuple[int, int] | None:
+    """(global, sliding) layer whose keys and values the last num_kv_shared_layers layers
+    reuse, as llama.cpp's Gemma 4 has it: the global ones the last layer before them, the
+    sliding ones the layer before that (src/llama-model.cpp, the GEMMA4 layer_reuse_cb);
+    None without shared layers. transformers reuses the last layer of the same kind
+    (Gemma4TextConfig.kv_sharing_modes): UserError when the config's layer_types put
+    those elsewhere (llama.cpp would read another layer's keys and values)."""
+    c = text_settings(config)
+    shared = int(c.get("num_kv_shared_layers") or 0)
+    types = c.get("layer_types") or []
+    if not shared:
+        return None
+    first = len(types) - shared
+    if first < 2 or types[first - 1] != "full_attention" \
+            or types[first - 2] != "sliding_attention":
+        raise UserError(
+            f"config.json's layer_types ({', '.join(types)}) with num_kv_shared_layers "
+            f"{shared} do not end the layers that keep their own keys and values with a "
+            "sliding then a global layer, the only layout llama.cpp's Gemma 4 reads shared "
+            "keys and values from; this model cannot be written as GGUF. Choose GPTQ or AWQ.")
+    return first - 1, first - 2
 
 
 def full_attention_interval(config: dict[str, Any]) -> int:

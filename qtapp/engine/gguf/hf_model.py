@@ -23,6 +23,7 @@ import torch
 
 from qtapp.engine.errors import UserError
 from qtapp.engine.gguf.archs import GgufArch, arch_of
+from qtapp.engine.model.arch import layer_attention
 from qtapp.engine.model.sources import SafetensorsReader
 
 # buffers some checkpoints carry that llama.cpp does not use (ModelBase.prepare_tensors)
@@ -37,13 +38,20 @@ _IGNORED_PREFIXES = ("mtp.", "model.mtp.",
                      # keeps its vision tower at model.visual.* (llama.cpp converts
                      # Qwen3_5ForConditionalGeneration as its text model, QWEN35, and the
                      # vision tower into the mmproj file)
-                     "model.vision_tower.", "model.multi_modal_projector.", "model.visual.")
+                     "model.vision_tower.", "model.multi_modal_projector.", "model.visual.",
+                     # Gemma 4's vision and audio towers and their embedders (llama.cpp's
+                     # Gemma4VisionAudioModel writes them to the mmproj file)
+                     "model.embed_vision.", "model.audio_tower.", "model.embed_audio.")
 # a per-expert tensor of a MoE checkpoint: llama.cpp merges each block's experts into one
 # (E, out, in) tensor per kind, "…mlp.experts.gate_proj" → blk.N.ffn_gate_exps
 # (Qwen2MoeModel.modify_tensors)
 # Qwen3.5's Gated DeltaNet mixer: its tensors change on the way (HfModel._deltanet_tensor)
 _DELTANET = ".linear_attn."
 _EXPERT = re.compile(r"^(.+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+# gpt-oss's fused experts as its checkpoints hold them (GgufFacts.interleaved_experts)
+_FUSED = re.compile(r"^(.+\.experts)\.(gate_up_proj|down_proj)(_bias)?$")
+# and one of its experts as QuantDesk's calibration sees it (model/moe.py)
+_JOINT_EXPERT = re.compile(r"^(.+\.experts)\.(\d+)\.(gate_up_proj|down_proj)\.weight$")
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,8 @@ class HfModel:
 
     def gguf_name(self, hf_name: str) -> str:
         name = hf_name.replace("language_model.", "")
+        if name.endswith(self.arch.facts.weight_suffix):
+            name += ".weight"  # as the converter's filter_tensors (Gemma 4's layer_scalar)
         new = self.tensor_map.get_name(name, try_suffixes=(".weight", ".bias"))
         if new is None:
             raise UserError(f"The tensor {hf_name!r} of {self.dir.name} has no GGUF "
@@ -156,14 +166,22 @@ class HfModel:
         return SourceTensor(merged, self.gguf_name(merged),
                             (len(names), *self.reader.shape(names[0])), load)
 
-    def imatrix_slot(self, hf_name: str) -> tuple[str, int, int]:
-        """(GGUF tensor, row, rows) of the imatrix entry a Hugging Face weight's inputs go
-        to: a per-expert weight is row e of its merged tensor's E rows, any other row 0 of 1."""
+    def imatrix_slots(self, hf_name: str) -> list[tuple[str, int, int]]:
+        """(GGUF tensor, row, rows) of the imatrix entries a Hugging Face weight's inputs go
+        to: a per-expert weight is row e of its merged tensor's E rows, any other row 0 of 1.
+        gpt-oss's per-expert gate_up_proj (gate and up interleaved, model/moe.py) feeds both
+        ffn_gate_exps and ffn_up_exps: they read the same inputs."""
+        joint = _JOINT_EXPERT.match(hf_name) if self.arch.facts.interleaved_experts else None
+        if joint is not None:
+            head, e, kind = joint.groups()
+            n = self.reader.shape(f"{head}.gate_up_proj")[0]
+            kinds = ("gate_proj", "up_proj") if kind == "gate_up_proj" else (kind,)
+            return [(self.gguf_name(f"{head}.{k}.weight"), int(e), n) for k in kinds]
         expert = _EXPERT.match(hf_name)
         if expert is None:
-            return self.gguf_name(hf_name), 0, 1
+            return [(self.gguf_name(hf_name), 0, 1)]
         head, e, kind = expert.groups()
-        return (self.gguf_name(f"{head}.{kind}.weight"), int(e), self._n_experts(head))
+        return [(self.gguf_name(f"{head}.{kind}.weight"), int(e), self._n_experts(head))]
 
     def input_order(self, hf_name: str) -> np.ndarray | None:
         """The source column of each column of the GGUF tensor of a linear weight whose
@@ -186,6 +204,10 @@ class HfModel:
     def _model_tensors(self) -> Iterator[SourceTensor]:
         for hf_name in self.reader.names():
             if hf_name.endswith(_IGNORED_SUFFIXES) or hf_name.startswith(_IGNORED_PREFIXES):
+                continue
+            fused = _FUSED.match(hf_name) if self.arch.facts.interleaved_experts else None
+            if fused is not None:
+                yield from self._interleaved_experts(hf_name, *fused.groups())
                 continue
             expert = _EXPERT.match(hf_name)
             if expert is not None:
@@ -210,6 +232,35 @@ class HfModel:
                         return permute_rows(w, self.n_head, self.n_head_kv)
             yield SourceTensor(hf_name, self.gguf_name(hf_name), self.reader.shape(hf_name),
                                self._reader(hf_name, transform))
+
+    def _interleaved_experts(self, hf_name: str, head: str, kind: str, bias: str | None
+                             ) -> Iterator[SourceTensor]:
+        """gpt-oss's fused experts as llama.cpp's GptOssModel.modify_tensors writes them:
+        gate_up_proj (E, H, 2·I) → ffn_gate_exps from the even columns and ffn_up_exps from
+        the odd ones, each (E, I, H); gate_up_proj_bias (E, 2·I) split alike; down_proj
+        (E, I, H) → ffn_down_exps (E, H, I); down_proj_bias as it is."""
+        shape = tuple(self.reader.shape(hf_name))
+        suffix = ".bias" if bias else ".weight"
+
+        def part(start: int | None) -> Callable[[np.ndarray], np.ndarray]:
+            def transform(w: np.ndarray) -> np.ndarray:
+                if start is not None:
+                    w = w[..., start::2]
+                if not bias:
+                    w = w.swapaxes(-1, -2)
+                return np.ascontiguousarray(w, dtype=np.float32)
+            return transform
+
+        if kind == "down_proj":
+            out = shape if bias else (shape[0], shape[2], shape[1])
+            yield SourceTensor(hf_name, self.gguf_name(f"{head}.down_proj{suffix}"), out,
+                               self._reader(hf_name, part(None)))
+            return
+        half = shape[-1] // 2
+        out = (shape[0], half) if bias else (shape[0], half, shape[1])
+        for start, name in ((0, "gate_proj"), (1, "up_proj")):
+            yield SourceTensor(hf_name, self.gguf_name(f"{head}.{name}{suffix}"), out,
+                               self._reader(hf_name, part(start)))
 
     def _deltanet_tensor(self, hf_name: str) -> SourceTensor:
         """A Gated DeltaNet tensor as llama.cpp's Qwen3.5 converter writes it
@@ -253,13 +304,17 @@ class HfModel:
                             self._reader(hf_name, transform))
 
     def _extra_tensors(self) -> Iterator[SourceTensor]:
-        """rope_freqs for Llama 3.1-style rope scaling (LlamaModel.generate_extra_tensors)."""
-        if self.arch.model_arch != gguf.MODEL_ARCH.LLAMA:
-            return
+        """rope_freqs for Llama 3.1-style rope scaling (LlamaModel.generate_extra_tensors)
+        and for the global layers of split-attention families (Gemma 4, Gemma4Model
+        .generate_extra_tensors)."""
         rope = rope_parameters(self.config)
-        if str(rope.get("rope_type", "")).lower() != "llama3":
+        if self.arch.facts.split_attention:
+            factors = global_rope_factors(self.config)
+        elif (self.arch.model_arch == gguf.MODEL_ARCH.LLAMA
+              and str(rope.get("rope_type", "")).lower() == "llama3"):
+            factors = llama3_rope_factors(self.config, rope)
+        else:
             return
-        factors = llama3_rope_factors(self.config, rope)
         name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
         yield SourceTensor(name, name, factors.shape, lambda: factors)
 
@@ -285,6 +340,30 @@ def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
     if "rope_type" not in rope and "type" in rope:
         rope["rope_type"] = rope["type"]
     return rope
+
+
+def global_rope_factors(config: dict[str, Any]) -> np.ndarray:
+    """Per-frequency divisors that make llama.cpp's NEOX rope over the whole head of a global
+    layer (rope.dimension_count = its head width) compute transformers' rope of that layer:
+    "proportional" rope (Gemma 4) turns the first partial_rotary_factor · head_dim / 2
+    frequencies base^(−2i/head_dim) (divided by `factor`) and leaves the rest unrotated,
+    which a divisor of 1e30 does (Gemma4Model.generate_extra_tensors); "default" rope turns
+    every frequency. UserError for any other rope type of the global layers."""
+    rope = rope_parameters(config)
+    rope_type = str(rope.get("rope_type") or "default")
+    if rope_type not in ("proportional", "default"):
+        raise UserError(
+            f"the global layers of this model use {rope_type!r} rope; QuantDesk's GGUF writer "
+            "carries only proportional and default rope for them (as llama.cpp's converter). "
+            "Choose GPTQ or AWQ.")
+    head_dim = max((a.head_dim for a in layer_attention(config) if a.kind == "full_attention"),
+                   default=0)
+    partial = float(rope.get("partial_rotary_factor", 1.0)) if rope_type == "proportional" \
+        else 1.0
+    rotated = int(partial * head_dim // 2)
+    factor = float(rope.get("factor") or 1.0)
+    return np.asarray([factor] * rotated + [1e30] * (head_dim // 2 - rotated),
+                      dtype=np.float32)
 
 
 def llama3_rope_factors(config: dict[str, Any], rope: dict[str, Any]) -> np.ndarray:

@@ -96,11 +96,11 @@ class ImatrixCollector:
     def add_source(self, model: HfModel, hf_name: str, x: torch.Tensor | np.ndarray) -> None:
         """add() under the GGUF tensor of the Hugging Face weight `hf_name` (a per-expert
         weight goes to its expert's row of the merged tensor)."""
-        name, expert, n_experts = model.imatrix_slot(hf_name)
         order = model.input_order(hf_name)
         if order is not None:  # the GGUF tensor's columns are reordered (Gated DeltaNet)
             x = torch.as_tensor(x)[..., torch.from_numpy(order)]
-        self.add(name, x, expert, n_experts)
+        for name, expert, n_experts in model.imatrix_slots(hf_name):
+            self.add(name, x, expert, n_experts)
 
     def result(self) -> dict[str, np.ndarray]:
         """name -> mean x² per input column (float32), n_mat·K for merged experts."""

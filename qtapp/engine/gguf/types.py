@@ -106,10 +106,11 @@ class TypeChoice:
 def allows_quantization(name: str, n_dims: int) -> bool:
     """tensor_allows_quantization for the tensor names of dense Llama/Qwen models, MoE
     routers (ffn_gate_inp, and the shared expert's gate ffn_gate_inp_shexp, which the
-    converter keeps F32) and Gated DeltaNet's small 2-D convolution (ssm_conv1d)."""
+    converter keeps F32), Gated DeltaNet's small 2-D convolution (ssm_conv1d) and Gemma 4's
+    per-layer input projection (per_layer_model_proj, kept as it is)."""
     return (n_dims >= 2 and name.endswith("weight") and "_norm.weight" not in name
             and "ffn_gate_inp.weight" not in name and "ffn_gate_inp_shexp.weight" not in name
-            and "ssm_conv1d.weight" not in name
+            and "ssm_conv1d.weight" not in name and "per_layer_model_proj" not in name
             and name not in ("position_embd.weight", "token_types.weight"))
 
 
@@ -117,7 +118,7 @@ def _category(name: str) -> str:
     """tensor_get_category."""
     if name == "output.weight":
         return "output"
-    if name == "token_embd.weight":
+    if name in ("token_embd.weight", "per_layer_token_embd.weight"):  # Gemma 4's too
         return "token_embd"
     for part in ("attn_qkv.weight", "attn_kv_b.weight", "attn_v.weight", "attn_k.weight",
                  "attn_q.weight", "attn_output.weight", "ffn_up", "ffn_gate", "ffn_down"):

@@ -52,11 +52,63 @@ def add_vocab(writer: gguf.GGUFWriter, model_dir: Path, arch: GgufArch,
             # llama.cpp turns BOS off for every 49152-token Llama vocabulary (Granite,
             # SmolLM); the HF tokenizers of those models add no BOS either.
             writer.add_add_bos_token(False)
+    elif arch.vocab == "gemma4" and llama_hf_style(model_dir):
+        _add_gemma4(writer, model_dir, vocab_size)
     else:
         try:
             _add_sentencepiece(writer, model_dir, vocab_size)
         except FileNotFoundError:
             _add_gpt2(writer, model_dir, vocab_size)
+
+
+def llama_hf_style(model_dir: Path) -> bool:
+    """True when tokenizer.json is a SentencePiece-style BPE with byte fallback (Llama 2,
+    Mistral, Gemma 4), which the gguf package's LlamaHfVocab reads (its own pre-check)."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model, decoder = data["model"], data.get("decoder") or {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return (model.get("type") == "BPE" and bool(model.get("byte_fallback"))
+            and decoder.get("type") == "Sequence")
+
+
+# tokens Gemma 4's converter always renders, so that a chat parser can read them
+# (Gemma4Model.set_vocab)
+_GEMMA4_VISIBLE = {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>",
+                   "<|tool_response>", "<tool_response|>", '<|"|>'}
+
+
+def _add_gemma4(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int | None) -> None:
+    """Gemma 4's tokenizer.json as llama.cpp's "gemma4" BPE vocabulary with its merges
+    (Gemma4Model.set_vocab; llama.cpp picks the gemma4 pre-tokenizer itself), padded with
+    unused tokens to the model's vocab_size so the embedding tables match."""
+    vocab = gguf.LlamaHfVocab(model_dir)
+    tokens, scores, types = [], [], []
+    for text, score, toktype in vocab.all_tokens():
+        tokens.append(text)
+        scores.append(score)
+        types.append(gguf.TokenType.USER_DEFINED
+                     if text.decode("utf-8", "replace") in _GEMMA4_VISIBLE else toktype)
+    if vocab_size is not None and len(tokens) > vocab_size:
+        raise UserError(f"The tokenizer of {model_dir.name} has {len(tokens)} tokens but the "
+                        f"model's vocab_size is {vocab_size}; tokenizer and weights do not "
+                        "match.")
+    for i in range(len(tokens), vocab_size or 0):
+        tokens.append(f"[PAD{i}]".encode())
+        scores.append(-1000.0)
+        types.append(gguf.TokenType.UNUSED)
+    writer.add_tokenizer_model("gemma4")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    special = gguf.SpecialVocab(model_dir, load_merges=True)
+    special.add_special_token["bos"] = True  # always, as the converter (and llama.cpp) does
+    special.add_to_gguf(writer, quiet=True)
+    writer.add_add_space_prefix(False)
 
 
 def _tokenizer_config(model_dir: Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 from qtapp.engine import events as ev
 from qtapp.engine import export
 from qtapp.engine.config import JobSpec
-from qtapp.engine.errors import Cancelled
+from qtapp.engine.errors import check_cancel
 from qtapp.engine.events import Emit
 from qtapp.engine.export.common import custom_code_warning
 from qtapp.engine.export.model_card import write_model_card
@@ -119,8 +119,7 @@ def _run_locked(job: JobSpec, info: ModelInfo, out: Path, emit: Emit,
             result = _run_gguf(job, info, partial, emit, should_cancel, tokens)
         else:
             result = _run_linear_method(job, info, partial, emit, should_cancel, tokens)
-        if should_cancel():
-            raise Cancelled()
+        check_cancel(should_cancel)
         drop_strays(partial, result.export.files, emit)
         replace_output(partial, out)
     except BaseException as e:
@@ -190,12 +189,13 @@ def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emi
                          work: Path) -> JobResult:
     store = QuantStore(work / "blocks", fingerprint=job_fingerprint(job, info))
     emit(ev.Log(level="info", message=f"device {device}; checkpoint in {work}"))
-    mode = ""
+    mode, resident = "", 0
     if device.type == "cuda":
-        mode, why = job_vram_mode(job, info)
+        mode, why, resident = job_vram_mode(job, info)
         emit(ev.Log(level="info", message=f"VRAM mode {why}"))
     t_quantize = time.perf_counter()
-    quantize_blocks(job, info, tokens, store, emit, should_cancel, device, lean=mode == "lean")
+    quantize_blocks(job, info, tokens, store, emit, should_cancel, device, lean=mode == "lean",
+                    reuse_attention=mode != "fast-recompute", resident=resident)
     t_quantize = time.perf_counter() - t_quantize
     emit(ev.Progress(step=info.n_layers, total=info.n_layers, stage="export",
                      message=f"writing the {fmt} checkpoint"))
@@ -220,8 +220,8 @@ def _quantize_and_export(job: JobSpec, info: ModelInfo, partial: Path, emit: Emi
         quantize_seconds=round(t_quantize, 2),
         sizes=Sizes(bytes=folder_size(partial), source_bytes=info.size_bytes), quality=quality)
     write_model_card(partial, job, info, result)
-    if should_cancel():  # keep the checkpoint: a cancelled job resumes without re-quantizing
-        raise Cancelled()
+    # keep the checkpoint: a cancelled job resumes without re-quantizing
+    check_cancel(should_cancel)
     shutil.rmtree(work, ignore_errors=True)
     return result
 

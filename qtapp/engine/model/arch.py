@@ -31,6 +31,9 @@ so only GGUF needs them (as metadata). Other layouts:
              (per_layer_input_gate → ·per_layer_input → per_layer_projection); blocks that
              reuse earlier keys and values lack k/v_proj (BlockLayout.optional, read from
              each block's module graph).
+    Gemma 4 26B-A4B  mixture of experts (Family.variants, chosen by enable_moe_block): the
+             dense MLP and block-level experts side by side, the router (router.proj) 16-bit
+             (GEMMA4_MOE_BLOCK).
     Gemma 3 4B+, Gemma 4 (vision-language)  the language model under
              model.language_model, its settings in config.json's text_config (text_settings);
              the vision tower is not in the table and is copied unchanged.
@@ -49,6 +52,10 @@ so only GGUF needs them (as metadata). Other layouts:
              A_log, dt_bias, its gated norm 16-bit) or full attention (self_attn), each
              then the MLP (Qwen3.5-MoE: routed experts plus a shared expert, whose (1 × hidden)
              gate stays 16-bit: BlockLayout.keep); ArchSpec.linears_of(i) is block i's.
+    gpt-oss  attention with biases and per-head sinks (16-bit); a router with a bias
+             (mlp.router) and experts whose gate and up are interleaved in one linear
+             (mlp.experts.{e}.gate_up_proj, with bias) and a clamped SwiGLU; the
+             checkpoints' names follow GPTQModel (mlp.experts.gate_up.{e} / down.{e}).
     Mixtral  the same block; its checkpoints name the experts block_sparse_moe.experts.{e}.
              w1/w3/w2 and the router block_sparse_moe.gate (Family.checkpoint_names,
              NameMap: read as the module names, written back as the checkpoint's).
@@ -134,7 +141,8 @@ class GgufFacts:
     layout to llama.cpp's interleaved pairs (LlamaModel.permute). llama_keys: the family also
     writes vocab_size (LlamaModel). rope_dims: write rope.dimension_count = head_dim ·
     partial_rotary_factor. vocab: tokenizer files tried in order, "llama" (SentencePiece, HF
-    BPE, GPT-2 BPE) or "gpt2" (SentencePiece, GPT-2 BPE). kv: (config key, GGUFWriter method,
+    BPE, GPT-2 BPE), "gpt2" (SentencePiece, GPT-2 BPE) or "gemma4" (Gemma 4's BPE with byte
+    fallback from tokenizer.json, else as "gpt2"). kv: (config key, GGUFWriter method,
     default when the key is absent or null (None: write nothing)). ignore: config keys the
     converter drops (Granite ignores head_dim).
     """
@@ -149,6 +157,30 @@ class GgufFacts:
     # Qwen3.5 / Qwen3-Next: Gated DeltaNet tensors change on the way (hf_model.py) and the
     # ssm.* / full_attention_interval / rope.dimension_sections keys are written
     gated_delta_net: bool = False
+    # Gemma 4: sliding and global layers (config.json's layer_types) each with their own head
+    # width, key/value heads and rope (layer_attention): the *_swa keys, per-layer arrays,
+    # the sliding-window pattern and the global layers' rope as a rope_freqs tensor
+    # (gguf/metadata.py, gguf/hf_model.py; docs/formats.md#gemma-4)
+    split_attention: bool = False
+    # checkpoint tensors without a .weight suffix that llama.cpp's converter names with one
+    # (Gemma 4's per-layer output scale layer_scalar → blk.N.layer_output_scale.weight)
+    weight_suffix: tuple[str, ...] = ()
+    # gpt-oss: each block's experts fused as the checkpoint holds them (gate_up_proj (E, H, 2·I)
+    # with gate and up in alternate columns, down_proj (E, I, H), their biases), written as
+    # llama.cpp's GptOssModel.modify_tensors does: ffn_gate_exps / ffn_up_exps (E, I, H)
+    # from the even / odd columns, ffn_down_exps (E, H, I), biases split alike
+    interleaved_experts: bool = False
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another form of a family, chosen by a key of its text config being set (Gemma 4's
+    enable_moe_block: 26B-A4B): its own block layout, and why GGUF cannot hold it ("" when
+    the family's GGUF facts do)."""
+
+    key: str
+    block: BlockLayout
+    gguf_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -178,8 +210,23 @@ class Family:
     # text_config, which may name only what differs from the text config class's defaults
     # (Gemma 3 4B names no head counts): those defaults, used where text_config lacks a key
     text_defaults: tuple[tuple[str, Any], ...] = ()
-    # (text config key, reason): variants refused when the key is set (Gemma 4's MoE)
+    # (text config key, reason): variants refused when the key is set
     refuse_if: tuple[tuple[str, str], ...] = ()
+    # forms with another block layout, chosen by a text config key (Gemma 4's MoE): layout()
+    variants: tuple[Variant, ...] = ()
+
+    def variant(self, config: Any) -> Variant | None:
+        """The variant a parsed config.json (its text settings) selects; None: the family's
+        own block."""
+        settings = text_settings(config)
+        if not isinstance(settings, dict):
+            return None
+        return next((v for v in self.variants if settings.get(v.key)), None)
+
+    def layout(self, config: Any) -> BlockLayout | None:
+        """The block layout of this config: a variant's, else the family's."""
+        found = self.variant(config)
+        return found.block if found is not None else self.block
 
 
 @dataclass(frozen=True)
@@ -383,6 +430,25 @@ MOE_BLOCK = BlockLayout(
     attn_out=_O, mlp_out=_EDOWN, norms=("input_layernorm", "post_attention_layernorm"),
     experts=_EXPERTS, v_o=_VO)
 
+# gpt-oss: attention with biases on q/k/v/o and a learned sink logit per head (self_attn.sinks,
+# 16-bit), sliding-window and full layers alternating (layer_types); then a router with a bias
+# (mlp.router, a TopKRouter: not an nn.Linear, never quantized) and E experts whose gate and
+# up share one linear with interleaved rows (gate 2j, up 2j + 1) and a clamped SwiGLU
+# ((clamp(up, ±limit) + 1) · g·σ(alpha·g), g = min(gate, limit)), biases on every linear:
+# model/moe.py unfuses them into mlp.experts.{e}.gate_up_proj / down_proj. AWQ:
+# post_attention_layernorm's one scale goes to every expert's gate_up (searched on the whole
+# MoE block), the router's weight columns take it too (its logits are unchanged; its bias is
+# untouched); there is no up→down pair: up passes through a clamp and + 1 before it meets
+# the gate, so a scale on up's rows cannot be undone on down's columns.
+_EGATE_UP = f"{_EXPERTS}.{{e}}.gate_up_proj"
+GPT_OSS_BLOCK = BlockLayout(
+    sequential=((_Q, _K, _V), (_O,), (_EGATE_UP,), (_EDOWN,)),
+    awq=(AwqGroup("input_layernorm", (_Q, _K, _V), "self_attn"), _VO,
+         AwqGroup("post_attention_layernorm", (_EGATE_UP,), "mlp", stat="mlp",
+                  also=("mlp.router",))),
+    attn_out=_O, mlp_out=_EDOWN, norms=("input_layernorm", "post_attention_layernorm"),
+    experts=_EXPERTS, v_o=_VO)
+
 # Qwen3.5 (hybrid): blocks of two kinds, from config.json's layer_types. A full-attention
 # block is the Qwen3 block (its q_proj also emits an output gate, 2 × heads × head_dim rows);
 # a linear-attention block has a Gated DeltaNet mixer (linear_attn) instead:
@@ -449,6 +515,40 @@ GEMMA4_BLOCK = BlockLayout(
     optional=(_K, _V, _PLE_GATE, _PLE_PROJ),
     widths=((_PLE_PROJ, ("hidden_size_per_layer_input",)),))
 
+# Gemma 4 26B-A4B (enable_moe_block): every block runs the dense MLP and E experts side by
+# side on the attention's output h (modeling_gemma4.Gemma4TextDecoderLayer):
+#     mlp(pre_feedforward_layernorm(h))                    → post_feedforward_layernorm_1
+#     experts(pre_feedforward_layernorm_2(h), router(h))   → post_feedforward_layernorm_2
+#     h + post_feedforward_layernorm(sum of the two)
+# The router (Gemma4TextRouter) reads h itself, through its own weightless RMSNorm, a learned
+# per-channel scale and router.proj (an nn.Linear, kept 16-bit), then softmax, top-k,
+# renormalised and multiplied by per_expert_scale. The experts (block-level "experts", fused
+# (E, 2·I, H) / (E, H, I) in transformers 5) are unfused by model/moe.py as Qwen3-MoE's.
+# AWQ: pre_feedforward_layernorm_2 feeds only the experts, so it takes one scale for every
+# expert's gate/up, searched on the experts' output with x̄ over all tokens (stat); the
+# router does not read that norm's output, so no column scale is needed on router.proj
+# (`also` stays empty) and routing cannot change. pre_feedforward_layernorm → the dense
+# gate/up and up→down as in GEMMA4_BLOCK; up→down per expert on its routed tokens.
+_G4_EXPERTS = "experts"
+_G4_EGATE, _G4_EUP, _G4_EDOWN = (f"{_G4_EXPERTS}.{{e}}.{n}"
+                                 for n in ("gate_proj", "up_proj", "down_proj"))
+GEMMA4_MOE_BLOCK = BlockLayout(
+    sequential=((_Q, _K, _V), (_O,), (_GATE, _UP, _G4_EGATE, _G4_EUP), (_DOWN, _G4_EDOWN),
+                (_PLE_GATE,), (_PLE_PROJ,)),
+    awq=(AwqGroup("input_layernorm", (_Q, _K, _V), "self_attn"), _VO,
+         AwqGroup("pre_feedforward_layernorm", (_GATE, _UP), "mlp"), _UP_DOWN,
+         AwqGroup("pre_feedforward_layernorm_2", (_G4_EGATE, _G4_EUP), _G4_EXPERTS,
+                  stat=_G4_EXPERTS),
+         AwqGroup(_G4_EUP, (_G4_EDOWN,), _G4_EDOWN)),
+    attn_out=_O, mlp_out=_G4_EDOWN,
+    norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+           "post_feedforward_layernorm", "pre_feedforward_layernorm_2",
+           "post_feedforward_layernorm_1", "post_feedforward_layernorm_2",
+           "post_per_layer_input_norm"), v_o=_VO,
+    experts=_G4_EXPERTS, keep=("router.proj",),
+    optional=(_K, _V, _PLE_GATE, _PLE_PROJ),
+    widths=((_PLE_PROJ, ("hidden_size_per_layer_input",)), (_DOWN, ("intermediate_size",))))
+
 GLM4_BLOCK = BlockLayout(
     sequential=((_Q, _K, _V), (_O,), (_GATE_UP_FUSED,), (_DOWN,)),
     awq=(AwqGroup("input_layernorm", (_Q, _K, _V), "self_attn"), _VO,
@@ -462,10 +562,6 @@ GLM4_BLOCK = BlockLayout(
 _LLAMA_GGUF = GgufFacts("LLAMA", permute_qk=True, llama_keys=True, rope_dims=True,
                         vocab="llama")
 _GEMMA_KV = (("sliding_window", "add_sliding_window", None),)
-_MOE = ("a mixture-of-experts model whose experts QuantDesk's per-expert calibration "
-        "(fused experts unfused into per-expert linears, model/moe.py) does not cover yet; "
-        "not yet supported")
-
 _MOE_KV = (("num_experts", "add_expert_count", None),
            ("num_local_experts", "add_expert_count", None),
            ("num_experts_per_tok", "add_expert_used_count", None),
@@ -509,23 +605,42 @@ _GEMMA3_TEXT_DEFAULTS: tuple[tuple[str, Any], ...] = (
     ("head_dim", 256), ("query_pre_attn_scalar", 256), ("sliding_window", 4096),
     ("max_position_embeddings", 131072), ("rms_norm_eps", 1e-6),
     ("final_logit_softcapping", None), ("attn_logit_softcapping", None))
-_GEMMA4_REFUSE = (("enable_moe_block",
-                   ("the mixture-of-experts Gemma 4 (26B-A4B) runs a dense MLP and 128 "
-                    "experts side by side in every block, with a router (router.proj) that "
-                    "QuantDesk's per-expert calibration (model/moe.py) does not unfuse yet; "
-                    "not yet supported (the dense E2B, E4B and 31B are)")),)
-_GEMMA4_GGUF = ("not yet: llama.cpp's Gemma 4 GGUF needs the per-layer embedding tensors "
-                "(per_layer_token_embd, per_layer_model_proj, per_layer_proj_norm), the "
-                "per-layer output scales, the proportional rope factors (rope_freqs) of the "
-                "global layers and the shared key/value layer count, which QuantDesk's GGUF "
-                "writer does not produce yet")
+# llama.cpp's Gemma4Model (conversion/gemma.py) and src/models/gemma4.cpp: plain x̂·w norms,
+# the shared key/value layer count, the per-layer input width (0: none, the 31B), the
+# sliding-window pattern, global/sliding head widths and rope (split_attention), the
+# per-layer output scales (layer_scalar) and the "gemma4" BPE vocabulary
+# (docs/formats.md#gemma-4)
+_GEMMA4_GGUF = GgufFacts("GEMMA4", vocab="gemma4", split_attention=True,
+                         weight_suffix=("layer_scalar",), kv=(
+                             *_GEMMA_KV,
+                             # 0 (off) when unset: llama.cpp's default would be 30
+                             ("final_logit_softcapping", "add_final_logit_softcapping", 0.0),
+                             ("num_kv_shared_layers", "add_shared_kv_layers", 0),
+                             ("hidden_size_per_layer_input",
+                              "add_embedding_length_per_layer_input", 0)))
+# llama.cpp (0.3.36: src/models/gemma4.cpp) reads the MoE form, but from tensors QuantDesk's
+# GGUF writer does not make: the router's scale (ffn_gate_inp.scale), per_expert_scale
+# (ffn_down_exps.scale), the experts' norms (pre_ffw_norm_2, post_ffw_norm_1/2) and merged
+# gate/up experts (ffn_gate_up_exps)
+_GEMMA4_MOE = Variant("enable_moe_block", GEMMA4_MOE_BLOCK, gguf_reason=(
+    "not yet for the mixture-of-experts Gemma 4 (26B-A4B): llama.cpp reads its blocks from "
+    "the router's input scale (ffn_gate_inp.scale), the per-expert output scales "
+    "(ffn_down_exps.scale), the experts' own norms (pre_ffw_norm_2, post_ffw_norm_1, "
+    "post_ffw_norm_2) and merged expert tensors (ffn_gate_up_exps, ffn_down_exps), which "
+    "QuantDesk's GGUF writer does not produce yet (it writes the dense Gemma 4); use GPTQ "
+    "or AWQ"))
 _GEMMA4_NOTES = (
     ("the per-layer embedding table (embed_tokens_per_layer), its projection "
      "(per_layer_model_projection) and every norm stay 16-bit; each block's "
      "per_layer_input_gate / per_layer_projection are quantized"),
     ("layers that reuse an earlier layer's keys and values (num_kv_shared_layers) have no k/v "
      "projections to quantize and no KV cache of their own"),
-    "AWQ scales q/k/v and gate/up by their norms; the per-layer-input linears get no scale")
+    "AWQ scales q/k/v and gate/up by their norms; the per-layer-input linears get no scale",
+    ("mixture of experts (26B-A4B, enable_moe_block): the dense MLP and every expert are "
+     "quantized, experts calibrated one by one on the tokens routed to them (too few: rounded "
+     "to nearest with the range search, named in the run's log); the router (router.proj, "
+     "its scales) stays 16-bit and reads the block's input through its own norm, so AWQ's "
+     "scale on pre_feedforward_layernorm_2 cannot change routing"))
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llama", ("LlamaForCausalLM",), "Llama 3.x, SmolLM2", LLAMA_BLOCK,
@@ -588,11 +703,11 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                    "only (llama.cpp writes the vision tower to a separate mmproj file, which "
                    "QuantDesk does not write)"),)),
     Family("gemma4_text", ("Gemma4ForCausalLM",), "Gemma 4 (text decoder alone)",
-           GEMMA4_BLOCK, refuse_if=_GEMMA4_REFUSE,
-           gguf_reason=_GEMMA4_GGUF, notes=_GEMMA4_NOTES),
-    Family("gemma4", ("Gemma4ForConditionalGeneration",), "Gemma 4 E2B/E4B/31B",
-           GEMMA4_BLOCK, **_VLM_NAMES, refuse_if=_GEMMA4_REFUSE,
-           gguf_reason=_GEMMA4_GGUF,
+           GEMMA4_BLOCK, variants=(_GEMMA4_MOE,),
+           gguf=_GEMMA4_GGUF, notes=_GEMMA4_NOTES),
+    Family("gemma4", ("Gemma4ForConditionalGeneration",), "Gemma 4 E2B/E4B/31B/26B-A4B",
+           GEMMA4_BLOCK, **_VLM_NAMES, variants=(_GEMMA4_MOE,),
+           gguf=_GEMMA4_GGUF,
            notes=(*_GEMMA4_NOTES, ("multimodal: the language model is quantized, the vision "
                                    "(and audio) towers and their embedders are copied "
                                    "unchanged (16-bit)"))),
@@ -620,13 +735,30 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            notes=(("checkpoints name the experts block_sparse_moe.experts.{e}.w1/w3/w2 (gate, "
                   "up, down) and the router block_sparse_moe.gate; the exports keep those "
                   "names; experts are calibrated as Qwen3-MoE's"),)),
-    Family("gpt_oss", ("GptOssForCausalLM",), "gpt-oss 20B/120B", supported=False,
-           reason=_MOE + ": gpt-oss checkpoints keep each block's experts fused "
-                  "(mlp.experts.gate_up_proj (E, hidden, 2·I) with gate and up in alternate "
-                  "columns, per-expert biases, a clamped SwiGLU) and the released ones store "
-                  "them as MXFP4 blocks and scales; model/moe.py unfuses only bias-free "
-                  "experts, and no loader of per-expert GPTQ/AWQ gpt-oss tensors has been "
-                  "verified; attention also has per-head sinks"),
+    Family("gpt_oss", ("GptOssForCausalLM",), "gpt-oss 20B/120B", GPT_OSS_BLOCK,
+           # GPTQModel's names for gpt-oss experts (its models/definitions/gpt_oss.py:
+           # experts.gate_up.{e} / experts.down.{e}, nn.Linear with bias, gate_up's rows
+           # interleaved as stored); the source checkpoints hold the fused tensors
+           checkpoint_names=(("mlp.experts.gate_up.{e}", "mlp.experts.{e}.gate_up_proj"),
+                             ("mlp.experts.down.{e}", "mlp.experts.{e}.down_proj")),
+           gguf=GgufFacts("GPT_OSS", vocab="gpt2", weight_suffix=("sinks",),
+                          interleaved_experts=True,
+                          kv=(("sliding_window", "add_sliding_window", None),
+                              ("num_local_experts", "add_expert_count", None),
+                              ("num_experts_per_tok", "add_expert_used_count", None),
+                              ("intermediate_size", "add_expert_feed_forward_length", None))),
+           notes=(("experts are calibrated one by one on the tokens routed to them (gate and "
+                   "up interleaved in one linear per expert, with biases, as GPTQModel "
+                   "names them: mlp.experts.gate_up.{e} / mlp.experts.down.{e}); the router "
+                   "(mlp.router) and the attention sinks stay 16-bit; AWQ scales q/k/v and "
+                   "every expert's gate_up by their norms (the router's weight columns take "
+                   "the same scale, so routing is unchanged), with no up→down pair (the "
+                   "clamped SwiGLU)"),
+                  ("the released checkpoints' MXFP4 experts (*_blocks / *_scales) are "
+                   "dequantized to bf16 as they are read"),
+                  ("llama.cpp truncates yarn's correction range where gpt-oss's config says "
+                   "not to: its logits differ slightly from transformers' (docs/models.md, "
+                   "footnote 10)"))),
     Family("qwen3_5_text", ("Qwen3_5ForCausalLM",), "Qwen3.5 (text-only checkpoints)",
            QWEN3_5_BLOCK, norm_offset=1.0, gguf=_QWEN3_5_GGUF, notes=_QWEN3_5_NOTES),
     Family("qwen3_5", ("Qwen3_5ForConditionalGeneration",), "Qwen3.5 0.8B … 397B",
@@ -675,6 +807,49 @@ def text_settings(config: Any) -> Any:
     top = {k: v for k, v in config.items() if not k.endswith("_config")}
     return {**top, **defaults, **config["text_config"], "model_type": config.get("model_type"),
             "architectures": config.get("architectures") or []}
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    """One block's attention as transformers builds it: its kind (layer_types), head width
+    and key/value heads."""
+
+    kind: str
+    head_dim: int
+    kv_heads: int
+
+
+def layer_attention(config: Any) -> tuple[LayerAttention, ...]:
+    """Every block's attention from a parsed config.json (its text settings). Gemma 4's
+    global layers have their own head width and (attention_k_eq_v) key/value heads:
+    transformers 5 saves them as per_layer_config ({"5": {"head_dim": 512}}), the released
+    config.json as global_head_dim / num_global_key_value_heads
+    (Gemma4TextConfig.__post_init__); every other layer has head_dim and
+    num_key_value_heads."""
+    c = text_settings(config)
+    model_type = str(c.get("model_type", "model"))
+    n = _int_field(c, "num_hidden_layers", model_type)
+    heads = _int_field(c, "num_attention_heads", model_type)
+    kv = int(c.get("num_key_value_heads") or heads)
+    head = int(c.get("head_dim") or _int_field(c, "hidden_size", model_type) // heads)
+    types = c.get("layer_types")
+    if not isinstance(types, list) or len(types) != n:
+        types = ["full_attention"] * n
+    per_layer = c.get("per_layer_config")
+    global_head = int(c.get("global_head_dim") or head)
+    global_kv = int(c.get("num_global_key_value_heads") or kv) if c.get("attention_k_eq_v") \
+        else kv
+    found = []
+    for i, kind in enumerate(types):
+        if isinstance(per_layer, dict):
+            own = per_layer.get(str(i)) or per_layer.get(i) or {}
+            found.append(LayerAttention(kind, int(own.get("head_dim") or head),
+                                        int(own.get("num_key_value_heads") or kv)))
+        elif kind == "full_attention":
+            found.append(LayerAttention(kind, global_head, global_kv))
+        else:
+            found.append(LayerAttention(kind, head, kv))
+    return tuple(found)
 
 
 def v_o_shapes_match(config: dict) -> bool:
@@ -771,8 +946,8 @@ def n_experts(config: dict) -> int:
 def method_refusal(method: str, config: dict) -> str:
     """Why `method` cannot quantize this (supported) family yet; "" when it can."""
     family = FAMILIES.get(str(config.get("model_type"))) if isinstance(config, dict) else None
-    if method == "awq" and family is not None and family.block is not None \
-            and family.block.experts and not family.block.awq:
+    layout = family.layout(config) if family is not None else None
+    if method == "awq" and layout is not None and layout.experts and not layout.awq:
         return (f"AWQ is not yet supported for this mixture-of-experts family "
                 f"({family.model_type}): QuantDesk's table has no AWQ scaling pairs for its "
                 "blocks; use GPTQ or RTN")
@@ -804,7 +979,7 @@ def expand_experts(names: Iterable[str], n: int) -> tuple[str, ...]:
 def arch_for(config: dict) -> ArchSpec:
     """The ArchSpec of a parsed config.json; UserError if the architecture is unsupported."""
     family = FAMILIES[_model_type(config)]
-    layout = family.block
+    layout = family.layout(config)
     assert layout is not None
     config = text_settings(config)
     for key, why in family.refuse_if:
@@ -892,17 +1067,22 @@ def linear_input_widths(config: dict) -> dict[str, int]:
     if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim <= 0:
         head_dim = hidden // heads
     try:
-        layout = FAMILIES[_model_type(config)].block
+        layout = FAMILIES[_model_type(config)].layout(config)
     except UserError:
         layout = LLAMA_BLOCK
     assert layout is not None
     widths = {layout.attn_out: heads * head_dim, layout.mlp_out: inter}
+    absent = set()  # optional linears this config has none of (Gemma 4 without PLE)
     for name, keys in layout.widths:
         values = [config.get(k) for k in keys]
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            if name in layout.optional and all(v in (0, None) for v in values):
+                absent.add(name)
+                continue
             return {}
         widths[name] = math.prod(values)
-    out = {name: widths.get(name, hidden) for group in layout.sequential for name in group}
+    out = {name: widths.get(name, hidden) for group in layout.sequential for name in group
+           if name not in absent}
     if layout.experts:  # every expert's linears have the widths of the "{e}" names
         try:
             n = n_experts(config)

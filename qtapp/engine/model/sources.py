@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,30 @@ class _Entry:
     shape: tuple[int, ...]
     start: int  # absolute byte offset in the file
     nbytes: int
+    transposed: bool = False  # stored with the last two dims swapped (gpt-oss's experts)
+    # MXFP4 (gpt-oss as released): these bytes are the 4-bit blocks, `mxfp4` the entry of
+    # their uint8 exponents; `dtype` / `shape` are those of the dequantized tensor
+    mxfp4: _Entry | None = None
+
+
+# the 16 values of an FP4 (E2M1) nibble, as the OCP microscaling format (and transformers'
+# integrations/mxfp4.FP4_VALUES) defines them
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+              -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def _dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor,
+                      shape: tuple[int, ...]) -> torch.Tensor:
+    """MXFP4 bytes → bf16 of `shape` (…, rows, cols): each byte of a row holds two FP4
+    values (low nibble first), each group of 32 values shares the exponent 2^(scale − 127)."""
+    *lead, cols = shape
+    blocks = blocks.reshape(-1, 16)
+    exponent = scales.to(torch.int32).reshape(-1, 1) - 127
+    lut = torch.tensor(FP4_VALUES, dtype=torch.bfloat16)
+    out = torch.empty(blocks.shape[0], 32, dtype=torch.bfloat16)
+    out[:, 0::2] = lut[(blocks & 0x0F).long()]
+    out[:, 1::2] = lut[(blocks >> 4).long()]
+    return torch.ldexp(out, exponent).to(torch.bfloat16).reshape(*lead, cols)
 
 
 def _damaged(file: Path, what: str) -> UserError:
@@ -193,6 +217,7 @@ class SafetensorsReader:
         if not self.files:
             raise UserError(f"No *.safetensors weight files in {self.folder}.")
         rename = _folder_name_map(self.folder).to_module if module_names else None
+        self._module_names = module_names
         self._entries: dict[str, _Entry] = {}
         for file in self.files:
             for stored, entry in read_safetensors_header(file).items():
@@ -218,6 +243,91 @@ class SafetensorsReader:
                     f"({len(absent)} such tensors). The shards do not belong to this index; "
                     "download the model again."
                 )
+        self._read_mxfp4()
+
+    def _read_mxfp4(self) -> None:
+        """Show each MXFP4 pair (``X_blocks`` (…, R, G, 16) and ``X_scales`` (…, R, G),
+        uint8) as the bf16 tensor X it stands for, dequantized on read: gpt-oss's experts as
+        released (``gate_up_proj`` (E, H, 2·I) from blocks (E, 2·I, H/32, 16)), in the layout
+        transformers' own dequantization gives (integrations/mxfp4.convert_moe_packed_tensors:
+        each byte two FP4 values, low nibble first, times 2^(scale − 127), then the last two
+        dims swapped)."""
+        pairs = [n[: -len("_blocks")] for n, e in self._entries.items()
+                 if n.endswith("_blocks") and e.dtype == torch.uint8 and len(e.shape) >= 3
+                 and n[: -len("_blocks")] + "_scales" in self._entries]
+        if not pairs:
+            return
+        views: dict[str, tuple[str, _Entry] | None] = {}
+        for head in pairs:
+            blocks, scales = self._entries[head + "_blocks"], self._entries[head + "_scales"]
+            *lead, rows, groups, width = blocks.shape
+            if tuple(scales.shape) != (*lead, rows, groups) or width != 16:
+                raise _damaged(blocks.file, f"MXFP4 tensors {head}_blocks {list(blocks.shape)} "
+                                            f"and {head}_scales {list(scales.shape)} do not pair")
+            views[head + "_blocks"] = (head, replace(
+                blocks, dtype=torch.bfloat16, shape=(*lead, groups * 32, rows),
+                transposed=True, mxfp4=scales))
+            views[head + "_scales"] = None
+        entries: dict[str, _Entry] = {}
+        for name, entry in self._entries.items():
+            view = views.get(name, (name, entry))
+            if view is not None:
+                entries[view[0]] = view[1]
+        self._entries = entries
+
+    def split_fused_experts(self, head: str) -> bool:
+        """Show the fused experts of one MoE block as transformers 5 stores them as
+        per-expert linears, the names model/moe.py gives them. Gemma 4's checkpoints:
+        ``head + "gate_up_proj"`` (E, 2·I, H), gate rows first, and ``head + "down_proj"``
+        (E, H, I) → ``head + "{e}.gate_proj.weight"``, ``up_proj``, ``down_proj``. gpt-oss's
+        (transposed, gate and up interleaved, with biases): ``gate_up_proj`` (E, H, 2·I),
+        ``down_proj`` (E, I, H), ``gate_up_proj_bias`` (E, 2·I), ``down_proj_bias`` (E, H) →
+        ``head + "{e}.gate_up_proj.weight"`` (read transposed: (2·I, H), rows interleaved as
+        stored), ``.bias``, ``{e}.down_proj.weight`` / ``.bias``. Each is a contiguous byte
+        range of the fused tensor, so nothing is read or copied. A reader of the files' own
+        names (module_names=False) names the views as the family's checkpoints name
+        per-expert tensors (arch.NameMap: gpt-oss's ``experts.gate_up.{e}``). False (and
+        nothing changed) when the block holds no such pair."""
+        gu, down = self._entries.get(head + "gate_up_proj"), self._entries.get(head + "down_proj")
+        if gu is None or down is None or len(gu.shape) != 3 or len(down.shape) != 3:
+            return False
+        E, a, b = gu.shape
+        if a % 2 == 0 and tuple(down.shape) == (E, b, a // 2):  # (E, 2·I, H), (E, H, I)
+            kinds = ((head + "gate_up_proj", gu, ("gate_proj", "up_proj"), False),
+                     (head + "down_proj", down, ("down_proj",), False))
+        elif b % 2 == 0 and tuple(down.shape) == (E, b // 2, a):  # (E, H, 2·I), (E, I, H)
+            kinds = ((head + "gate_up_proj", gu, ("gate_up_proj",), True),
+                     (head + "down_proj", down, ("down_proj",), True))
+        else:
+            return False
+        rename = (lambda n: n) if self._module_names else _folder_name_map(self.folder).to_checkpoint
+        views: dict[str, list[tuple[str, _Entry]]] = {}
+        for name, entry, parts, transposed in kinds:
+            size = entry.nbytes // (E * len(parts))
+            rows = entry.shape[1] // len(parts)
+            shape = (entry.shape[2], rows) if transposed else (rows, entry.shape[2])
+            scales = entry.mxfp4  # MXFP4: each expert's exponents are a byte range too
+            views[name] = [(rename(f"{head}{e}.{part}") + ".weight",
+                            replace(entry, shape=shape, transposed=transposed != entry.transposed,
+                                    start=entry.start + (e * len(parts) + j) * size,
+                                    nbytes=size,
+                                    mxfp4=None if scales is None else replace(
+                                        scales, shape=scales.shape[1:],
+                                        start=scales.start + e * (scales.nbytes // E),
+                                        nbytes=scales.nbytes // E)))
+                           for e in range(E) for j, part in enumerate(parts)]
+            bias = self._entries.get(name + "_bias")
+            if transposed and bias is not None and len(bias.shape) == 2 and bias.shape[0] == E:
+                size = bias.nbytes // E
+                views[name + "_bias"] = [
+                    (rename(f"{head}{e}.{parts[0]}") + ".bias",
+                     replace(bias, shape=(bias.shape[1],), start=bias.start + e * size,
+                             nbytes=size)) for e in range(E)]
+        entries: dict[str, _Entry] = {}
+        for name, entry in self._entries.items():
+            entries.update(views.get(name, [(name, entry)]))
+        self._entries = entries
+        return True
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -237,6 +347,9 @@ class SafetensorsReader:
     def dtype(self, name: str) -> str:
         return _dtype_name(self._entry(name).dtype)
 
+    def nbytes(self, name: str) -> int:
+        return self._entry(name).nbytes
+
     def numel(self) -> int:
         return sum(math.prod(e.shape) for e in self._entries.values())
 
@@ -246,17 +359,33 @@ class SafetensorsReader:
             count[_dtype_name(e.dtype)] += e.nbytes
         return count
 
-    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Read one tensor from disk (a fresh CPU tensor), optionally cast to ``dtype``."""
+    def get(self, name: str, dtype: torch.dtype | None = None,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+        """Read one tensor from disk (a fresh CPU tensor), optionally cast to ``dtype``.
+        `out`: uint8 memory of the tensor's byte size to read into instead (a reused,
+        page-locked staging buffer: quant/pipeline.LayerStreamer); the result is a view of it."""
         e = self._entry(name)
-        buf = torch.empty(e.nbytes, dtype=torch.uint8)
+        if out is not None and out.numel() != e.nbytes:
+            raise ValueError(f"{name}: {out.numel()} bytes given, the tensor has {e.nbytes}")
+        buf = self._bytes(e, name, out)
+        stored = (*e.shape[:-2], e.shape[-1], e.shape[-2]) if e.transposed else e.shape
+        if e.mxfp4 is not None:
+            t = _dequantize_mxfp4(buf, self._bytes(e.mxfp4, name + " (MXFP4 scales)"), stored)
+        else:
+            t = buf.view(e.dtype).reshape(stored)
+        t = t.transpose(-1, -2) if e.transposed else t
+        return t if dtype is None else t.to(dtype)
+
+    @staticmethod
+    def _bytes(e: _Entry, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The bytes of an entry, read from its file (into `out` when given)."""
+        buf = torch.empty(e.nbytes, dtype=torch.uint8) if out is None else out
         with open(e.file, "rb") as f:
             f.seek(e.start)
             got = f.readinto(memoryview(buf.numpy())) if e.nbytes else 0
         if got != e.nbytes:
             raise _damaged(e.file, f"tensor '{name}' could be read only in part")
-        t = buf.view(e.dtype).reshape(e.shape)
-        return t if dtype is None else t.to(dtype)
+        return buf
 
     def state_dict(self, prefix: str, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """All tensors whose name starts with ``prefix`` (give the dot: "model.layers.3."),

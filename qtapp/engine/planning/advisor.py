@@ -151,13 +151,15 @@ def size_row(shape: ModelShape, hw: Hardware, ctx: int = RUN_CTX, method: str = 
 
 
 def advise(hw: Hardware, shape: ModelShape | None = None, goal: str = "speed",
-           target: str | None = None, ctx: int = RUN_CTX) -> Advice:
-    """The recommendation for this machine and (optionally) a model, plus the memory table."""
+           target: str | None = None, ctx: int = RUN_CTX,
+           config: dict[str, Any] | None = None) -> Advice:
+    """The recommendation for this machine and (optionally) a model, plus the memory table;
+    `config` (the model's config.json) rules out the methods its family refuses."""
     if goal not in GOALS:
         raise ValueError(f"goal {goal!r}: choose one of {', '.join(GOALS)}")
     if target is not None and target not in TARGETS:
         raise ValueError(f"target {target!r}: choose one of {', '.join(TARGETS)}")
-    rec = recommend(hw, shape, goal, target, ctx)
+    rec = recommend(hw, shape, goal, target, ctx, config)
     rows = [size_row(s, hw, ctx, rec.method, rec.samples) for s in REFERENCE_SHAPES]
     if shape is not None:
         rows.append(size_row(shape, hw, ctx, rec.method, rec.samples, selected=True))
@@ -165,7 +167,8 @@ def advise(hw: Hardware, shape: ModelShape | None = None, goal: str = "speed",
 
 
 def recommend(hw: Hardware, shape: ModelShape | None = None, goal: str = "speed",
-              target: str | None = None, ctx: int = RUN_CTX) -> Recommendation:
+              target: str | None = None, ctx: int = RUN_CTX,
+              config: dict[str, Any] | None = None) -> Recommendation:
     gpu = hw.best_gpu
     target = target or ("gpu" if gpu is not None else "cpu")
     device = "cuda" if gpu is not None else "cpu"
@@ -188,6 +191,10 @@ def recommend(hw: Hardware, shape: ModelShape | None = None, goal: str = "speed"
                      else "the usual balance of size and quality."))
     else:
         method, bits, gtype, reason = _gpu_choice(hw, shape, goal, ctx, name)
+    refused = _refusals(config)
+    if method in refused:
+        method, bits, gtype, reason = _allowed_choice(method, bits, gtype, reason, refused,
+                                                      goal, target)
 
     if shape is not None:
         need = run_bytes(shape, bits if method != "gguf" else 4, ctx)
@@ -214,6 +221,36 @@ def recommend(hw: Hardware, shape: ModelShape | None = None, goal: str = "speed"
                         "you will run the model on, and quantizing runs on the CPU (slow).")
     return Recommendation(method, bits, recommended_group_size(shape), method != "awq", gtype,
                           goal, target, device, samples, reason, tuple(warnings))
+
+
+# what to recommend instead of a method the model's family refuses, in order: GGUF → GPTQ
+# (transformers runs it on any device); AWQ ↔ GPTQ; RTN, which every supported family takes
+FALLBACKS = {"gguf": ("gptq", "awq", "rtn"), "awq": ("gptq", "rtn"), "gptq": ("awq", "rtn"),
+             "rtn": ()}
+
+
+def _refusals(config: dict[str, Any] | None) -> dict[str, str]:
+    """method → why the model's family refuses it (the compatibility check's answer from
+    config.json alone: the FAMILIES table); {} without a config."""
+    if not config:
+        return {}
+    from qtapp.engine.planning.compat import config_checks  # imports the gguf package
+
+    return {c.method: c.reason for c in config_checks(config) if not c.ok}
+
+
+def _allowed_choice(method: str, bits: int, gtype: str, reason: str, refused: dict[str, str],
+                    goal: str, target: str) -> tuple[str, int, str, str]:
+    """The first fallback of `method` that the family takes, with why."""
+    other = next((m for m in FALLBACKS[method] if m not in refused), None)
+    if other is None:  # nothing to offer: say so with the refusal (check tells the rest)
+        return method, bits, gtype, reason + f" {method.upper()}: {refused[method]}"
+    where = "the GPU" if target == "gpu" else "a CPU with transformers (slower than llama.cpp)"
+    return other, bits, "", (
+        f"{method.upper()} would be the usual choice, but not for this model: "
+        f"{refused[method]}. {other.upper()} at {bits} bits runs on {where}"
+        + (", with the most accuracy of the methods it takes." if goal == "accuracy"
+           else "."))
 
 
 def recommended_group_size(shape: ModelShape | None) -> int:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from hashlib import sha256
 from pathlib import Path
 from types import SimpleNamespace
@@ -257,8 +257,9 @@ def _linear_check(config: dict[str, Any]) -> MethodCheck:
     return MethodCheck("gptq", True, f"architecture {spec.name} is supported, {note}", group)
 
 
-def _tokenizer_check(folder: Path, files: dict[str, int]) -> str:
-    """'' when llama.cpp can take the tokenizer, else why not."""
+def _tokenizer_check(folder: Path, files: dict[str, int], vocab: str = "gpt2") -> str:
+    """'' when llama.cpp can take the tokenizer, else why not; `vocab` is the family's
+    GgufFacts.vocab (which tokenizer kinds its converter reads)."""
     if "tokenizer.model" in files:
         return ""
     if "tokenizer.json" not in files:
@@ -269,6 +270,11 @@ def _tokenizer_check(folder: Path, files: dict[str, int]) -> str:
         return f"tokenizer.json cannot be read ({e})"
     if kind != "BPE":
         return f"the tokenizer is of type {kind}; the GGUF converter takes BPE or SentencePiece"
+    if vocab in ("llama", "gemma4"):
+        from qtapp.engine.gguf.vocab import llama_hf_style
+
+        if llama_hf_style(folder):  # SentencePiece-style BPE: no pre-tokenizer to look up
+            return ""
     try:
         ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(CHKTXT).ids
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own types
@@ -294,7 +300,7 @@ def _gguf_check(config: dict[str, Any], folder: Path, files: dict[str, int]) -> 
         arch = arch_of(config)
     except UserError as e:
         return MethodCheck("gguf", False, str(e))
-    problem = _tokenizer_check(folder, files)
+    problem = _tokenizer_check(folder, files, arch.vocab)
     if problem:
         return MethodCheck("gguf", False, problem)
     text_only = ("; the text model only: llama.cpp keeps the vision tower in a separate "
@@ -389,8 +395,16 @@ def _fits(config: dict[str, Any], name: str, n_params: int, size: int, method: s
                            size_bytes=size or 2 * n_params,
                            n_layers=int(text_settings(config).get("num_hidden_layers") or 0))
     gpu = hw.best_gpu
-    ram, vram = memory(JobSpec(model=name, method=method, out="x"), info, gpu is not None)
-    return "; ".join(memory_problems(ram, vram, hw, gpu))
+    job = JobSpec(model=name, method=method, out="x")
+    ram, vram = memory(job, info, gpu is not None)
+    problems = memory_problems(ram, vram, hw, gpu)
+    if problems:  # the quality gate loads the whole model: say when skipping it is the way
+        ram, vram = memory(replace(job, evaluate=False), info, gpu is not None)
+        if not memory_problems(ram, vram, hw, gpu):
+            problems.append(f"fits without the quality gate (--no-eval, which loads the whole "
+                            f"model): {format_size(ram)} of RAM"
+                            + (f", {format_size(vram)} of GPU memory" if gpu else ""))
+    return "; ".join(problems)
 
 
 def check_model(model: str, hw: Any = None) -> CompatReport:

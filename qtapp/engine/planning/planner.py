@@ -11,7 +11,10 @@ Memory (bytes; P parameters, h hidden, i intermediate, V vocabulary, N×L calibr
                 tensors of its reruns on at most 4096 tokens (3·min(N·L, 4096)·i·4), GGUF a
                 quantized copy of the block (the imatrix is one vector per tensor), RTN a
                 dequantized copy of the block; an RTN job streams only N = RTN_CHART_SAMPLES
-                samples (its error chart), a GGUF job without an imatrix none (working_bytes)
+                samples (its error chart), a GGUF job without an imatrix none (working_bytes);
+                true-sequential GPTQ keeps the attention output across its passes,
+                N·L·n_heads·head_dim·4 more (attention_reuse_bytes; on a GPU only where it
+                fits: vram_mode's fast-recompute does without)
     quantize  = base + V·h·4 (embeddings, fp32) + work + one block in the source dtype (the
                 prefetched next block)
     evaluate  = base + P·4 (the quantized model loaded dequantized in fp32; for GGUF the file,
@@ -25,7 +28,11 @@ VRAM mode on a GPU (vram_mode): fast when `work` fits under the card's usable me
 (added to peak RAM) and the device holds one block in fp32 + max(one mini-batch's forward:
 (3h + 3i)·b·4 for b = batch·L tokens, the method's solve: GPTQ 3 K² + 3 K·N floats for the
 widest linear (K inputs, N outputs), AWQ its reruns) (lean_working_bytes;
-docs/reliability.md#lean-vram-mode).
+docs/reliability.md#lean-vram-mode). In lean mode the first R samples stay on the GPU, R
+the whole mini-batches that fit in the budget (the card's usable memory or --max-vram)
+beside that working set (or the float32 embeddings, V·h·4, while block 0's inputs are
+captured) and LEAN_HEADROOM of the budget: R·L·h·4 is added to peak VRAM and taken off
+peak RAM (resident_samples).
 
 With probe=True the job's own pipeline runs its first two blocks on the real calibration
 tokens in this process (its checkpoint goes to a temporary folder) and the measured peak RSS
@@ -131,6 +138,9 @@ class Plan:
     vram_usable: int = 0
     vram_mode: str = ""  # "fast" | "lean" on a GPU (vram_mode), "" on the CPU
     vram_reason: str = ""  # why, in words, for the plan card
+    # lean mode: calibration samples kept on the GPU (resident_samples) and streamed
+    resident_samples: int = 0
+    streamed_samples: int = 0
     problems: list[str] = field(default_factory=list)
     fixes: list[str] = field(default_factory=list)
 
@@ -223,16 +233,24 @@ def _source_bytes_per_param(info: ModelInfo) -> float:
 
 
 def working_bytes(shape: ModelShape, method: str, samples: int, seq_len: int,
-                  lean: bool = False, batch: int = 8) -> int:
+                  lean: bool = False, batch: int = 8, reuse: bool = False,
+                  resident: int = 0) -> int:
     """The quantize stage's working memory on its device, `work` of the module docstring.
     `lean`: the calibration activations are in host memory (vram_mode), and the device
-    holds two mini-batch buffers of `batch` samples and one mini-batch's forward instead."""
+    holds two mini-batch buffers of `batch` samples and one mini-batch's forward instead,
+    besides the `resident` samples kept on it (resident_samples).
+    `reuse` (GPTQ, not lean): plus the attention output kept across the passes after
+    o_proj's, N·L·(n_heads·head_dim)·4 (quant/pipeline.AttentionReuse)."""
     h, i = shape.hidden_size, shape.intermediate_size
     tokens = samples * seq_len
     block = shape.block_linear_params * 4  # fp32
     acts = 2 * tokens * h * 4  # block input and output
     if lean:
-        return lean_working_bytes(shape, method, min(samples, batch) * seq_len)
+        return lean_working_bytes(shape, method, min(samples, batch) * seq_len) + \
+            resident * seq_len * h * 4
+    if reuse and method == "gptq":
+        return working_bytes(shape, method, samples, seq_len, batch=batch) + \
+            attention_reuse_bytes(shape, samples * seq_len)
     if method == "gptq" and shape.n_experts:
         # lean mode's working set and the activations, once: measured on an H100,
         # Qwen3-30B-A3B shape, 128 × 2048 tokens: 10.28 GiB (this: 10.42)
@@ -273,6 +291,18 @@ def working_bytes(shape: ModelShape, method: str, samples: int, seq_len: int,
 LEAN_ROUTED = 1.5
 
 
+def attention_reuse_bytes(shape: ModelShape, tokens: int) -> int:
+    """Device memory of the attention output kept in fast mode (AttentionReuse): o_proj's
+    input, n_heads·head_dim float32 per calibration token."""
+    return tokens * shape.n_heads * shape.head_dim * 4
+
+
+def reuses_attention(job: JobSpec, mode: str) -> bool:
+    """Whether `job` keeps the attention output across passes in VRAM mode `mode` (""
+    on the CPU): true-sequential GPTQ, fast mode with room for it, or the CPU."""
+    return job.method == "gptq" and job.gptq.true_sequential and mode in ("fast", "")
+
+
 def lean_working_bytes(shape: ModelShape, method: str, batch_tokens: int) -> int:
     """Device memory of the quantize stage in lean mode (see working_bytes)."""
     h, i, b = shape.hidden_size, shape.intermediate_size, batch_tokens
@@ -292,63 +322,135 @@ def lean_working_bytes(shape: ModelShape, method: str, batch_tokens: int) -> int
 
 
 def vram_mode(job: JobSpec, shape: ModelShape, gpu: GPU | None) -> tuple[str, str]:
-    """("fast" | "lean", why) for `job` on `gpu`: fast mode (the calibration activations on
-    the GPU) when its working memory fits under the card's usable memory and under
-    job.max_vram, else lean mode (the activations in host memory, streamed to the GPU per
-    mini-batch: quant/pipeline.BlockInputs). ("", "") on the CPU."""
+    """("fast" | "fast-recompute" | "lean", why) for `job` on `gpu`: fast mode (the
+    calibration activations on the GPU, and for true-sequential GPTQ the attention output
+    kept across passes: reuses_attention) when its working memory fits under the card's
+    usable memory and under job.max_vram; else fast-recompute (the same without the kept
+    attention output) when that fits; else lean mode (the activations in host memory,
+    streamed to the GPU per mini-batch: quant/pipeline.BlockInputs). ("", "") on the CPU."""
     if gpu is None:
         return "", ""
-    limit = vram_limit(gpu)
-    whose = f"your {format_size(gpu.vram_total)} card allows {format_size(limit)}"
-    if job.max_vram and job.max_vram < limit:
-        limit, whose = job.max_vram, f"--max-vram is {format_size(job.max_vram)}"
+    limit, whose = vram_budget(job, gpu)
     samples = job.quantize_samples
     fast = working_bytes(shape, job.method, samples, job.calibration.seq_len)
+    if reuses_attention(job, "fast"):
+        kept = working_bytes(shape, job.method, samples, job.calibration.seq_len, reuse=True)
+        if kept <= limit:
+            return "fast", (f"fast: calibration activations and the attention output kept "
+                            f"on the GPU ({format_size(kept)}; {whose})")
+        if fast <= limit:
+            return "fast-recompute", (
+                f"fast: calibration activations on the GPU, the attention recomputed in "
+                f"each pass ({format_size(fast)}; keeping its output would need "
+                f"{format_size(kept)}; {whose})")
     if fast <= limit:
         return "fast", (f"fast: calibration activations on the GPU ({format_size(fast)}; "
                         f"{whose})")
-    return "lean", (f"lean: calibration activations in host memory, streamed to the GPU "
-                    f"(fast mode needs {format_size(fast)}; {whose})")
+    on_gpu = resident_samples(job, shape, gpu)
+    where = (f"{on_gpu} of {samples} calibration samples kept on the GPU, the other "
+             f"{samples - on_gpu} in host memory, streamed to it" if on_gpu else
+             "calibration activations in host memory, streamed to the GPU")
+    return "lean", (f"lean: {where} (fast mode needs {format_size(fast)}; {whose}; "
+                    f"{_resident_why(job, shape, gpu)})")
+
+
+def vram_budget(job: JobSpec, gpu: GPU) -> tuple[int, str]:
+    """(bytes, whose in words) the job may take on `gpu`: the card's usable memory
+    (vram_limit: the desktop's share is kept free), or --max-vram when smaller."""
+    limit = vram_limit(gpu)
+    if job.max_vram and job.max_vram < limit:
+        return job.max_vram, f"--max-vram is {format_size(job.max_vram)}"
+    return limit, f"your {format_size(gpu.vram_total)} card allows {format_size(limit)}"
+
+
+# Lean mode keeps part of the calibration activations on the GPU (resident_samples), up to
+# the budget less this share of it: the lean formula's error (within 5 % on the runs in
+# benchmarks/README.md) and the allocator's reserved but unused memory, which --max-vram's
+# ceiling (pipeline._vram_ceiling) counts too.
+LEAN_HEADROOM = 0.10
+LEAN_BATCH = 8  # samples per mini-batch (quant/pipeline.quantize_blocks' batch)
+
+
+def _resident_room(job: JobSpec, shape: ModelShape, gpu: GPU) -> tuple[int, int, int]:
+    """(bytes left for resident samples, the lean working set, bytes per sample)."""
+    limit, _ = vram_budget(job, gpu)
+    seq = job.calibration.seq_len
+    work = lean_working_bytes(shape, job.method, min(job.quantize_samples, LEAN_BATCH) * seq)
+    capture = shape.vocab_size * shape.hidden_size * 4  # the float32 embeddings, while
+    # block 0's inputs are captured (the resident samples are written meanwhile)
+    room = limit - max(work, capture) - int(LEAN_HEADROOM * limit)
+    return max(room, 0), work, seq * shape.hidden_size * 4
+
+
+def resident_samples(job: JobSpec, shape: ModelShape, gpu: GPU | None) -> int:
+    """Lean mode: how many calibration samples stay on the GPU (the first ones, in whole
+    mini-batches of LEAN_BATCH), the others being streamed from host memory
+    (quant/pipeline.BlockInputs): as many as fit in the budget (vram_budget) beside the
+    lean working set and LEAN_HEADROOM. Each one costs seq_len · hidden · 4 bytes of VRAM
+    and saves as much host memory and a copy per pass."""
+    if gpu is None:
+        return 0
+    room, _work, per_sample = _resident_room(job, shape, gpu)
+    return min(job.quantize_samples, room // per_sample // LEAN_BATCH * LEAN_BATCH)
+
+
+def _resident_why(job: JobSpec, shape: ModelShape, gpu: GPU) -> str:
+    room, work, per_sample = _resident_room(job, shape, gpu)
+    return (f"lean mode's working set takes {format_size(work)}, which leaves "
+            f"{format_size(room)} beside a {int(LEAN_HEADROOM * 100)} % margin: "
+            f"{format_size(per_sample)} a sample, in whole mini-batches of {LEAN_BATCH}")
 
 
 def job_vram_mode(job: JobSpec, info: ModelInfo, hw: Hardware | None = None,
-                  ) -> tuple[str, str]:
-    """vram_mode of `job` on the GPU this machine would run it on (the job runner asks this
-    right before quantizing on a GPU)."""
+                  ) -> tuple[str, str, int]:
+    """vram_mode of `job` on the GPU this machine would run it on, and in lean mode the
+    samples kept on it (resident_samples; 0 otherwise): the job runner asks this right
+    before quantizing on a GPU."""
     hw = hw or hardware.detect()
-    return vram_mode(job, _shape(info), hw.best_gpu)
+    shape = _shape(info)
+    mode, why = vram_mode(job, shape, hw.best_gpu)
+    return mode, why, resident_samples(job, shape, hw.best_gpu) if mode == "lean" else 0
 
 
 def peak_memory(job: JobSpec, shape: ModelShape, gpu: bool,
                 source_bytes_per_param: float = 2.0, gguf_bytes: int = 0,
-                lean: bool = False) -> tuple[int, int]:
+                lean: bool = False, reuse: bool | None = None,
+                resident: int = 0) -> tuple[int, int]:
     """(peak RAM, peak VRAM) of `job` on a model of `shape` by the formulas of the module
     docstring; `gguf_bytes` is the GGUF file the quality gate maps (GGUF jobs); `lean`:
-    lean VRAM mode (vram_mode) on the GPU."""
+    lean VRAM mode (vram_mode) on the GPU, `resident` of its samples kept on the GPU
+    (resident_samples); `reuse`: the attention output kept (working_bytes;
+    None: as the job keeps it in that mode, reuses_attention)."""
     c = job.calibration
+    if reuse is None:
+        reuse = reuses_attention(job, "lean" if gpu and lean else "fast" if gpu else "")
     embed = shape.vocab_size * shape.hidden_size * 4
     method, samples = job.method, job.quantize_samples
     if method == "gguf" and job.gguf.imatrix != "auto":
         method, samples = "rtn", 0  # no calibration pass
     lean = gpu and lean
-    work = working_bytes(shape, method, samples, c.seq_len, lean=lean)
+    resident = min(resident, samples) if lean else 0
+    work = working_bytes(shape, method, samples, c.seq_len, lean=lean, reuse=reuse,
+                         resident=resident)
     prefetch = int(shape.block_linear_params * source_bytes_per_param)
     logits = 3 * EVAL_CTX * shape.vocab_size * 4
     if job.method == "gguf":  # llama.cpp's output buffer and llama-cpp-python's score array
         logits += 2 * EVAL_CTX * shape.vocab_size * 4
     model = shape.n_params * 4 if job.method != "gguf" else gguf_bytes
     evaluate = BASE_RSS + model + logits if job.evaluate else 0
-    if gpu:  # lean: the activations, page-locked in host memory
-        host_acts = samples * c.seq_len * shape.hidden_size * 4 if lean else 0
+    if gpu:  # lean: the activations of the samples not kept on the GPU, in host memory
+        host_acts = (samples - resident) * c.seq_len * shape.hidden_size * 4 if lean else 0
         return max(BASE_RSS + embed + 2 * prefetch + host_acts, evaluate), work
     return max(BASE_RSS + embed + work + prefetch, evaluate), 0
 
 
-def memory(job: JobSpec, info: ModelInfo, gpu: bool, lean: bool = False) -> tuple[int, int]:
+def memory(job: JobSpec, info: ModelInfo, gpu: bool, lean: bool = False,
+           reuse: bool | None = None, resident: int = 0) -> tuple[int, int]:
     """(peak RAM, peak VRAM) of `job` on `info` (`peak_memory` with the model's source dtype
     and, for GGUF, its file size from `final_bytes`)."""
     gguf = final_bytes(job, info) if job.method == "gguf" and job.evaluate else 0
-    return peak_memory(job, _shape(info), gpu, _source_bytes_per_param(info), gguf, lean)
+    return peak_memory(job, _shape(info), gpu, _source_bytes_per_param(info), gguf, lean,
+                       reuse, resident)
 
 
 def ram_limit(hw: Hardware) -> int:
@@ -388,8 +490,10 @@ def quantize_fit(shape: ModelShape, method: str, samples: int, hw: Hardware,
                   calibration=CalibrationSpec(samples=samples, seq_len=seq_len))
     gpu = hw.best_gpu
     if gpu is not None:
-        for lean in (False, True):  # fast mode, else lean mode (vram_mode)
-            ram, vram = peak_memory(job, shape, True, lean=lean)
+        for mode in ("fast", "fast-recompute", "lean"):  # in vram_mode's order
+            ram, vram = peak_memory(job, shape, True, lean=mode == "lean",
+                                    reuse=reuses_attention(job, mode),
+                                    resident=resident_samples(job, shape, gpu))
             if not memory_problems(ram, vram, hw, gpu):
                 return "gpu", vram
     ram, _ = peak_memory(job, shape, False)
@@ -626,7 +730,9 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
     gpu = hw.best_gpu if job.device in ("auto", "cuda") else None
     shape = _shape(info)
     mode, reason = vram_mode(job, shape, gpu)
-    ram, vram = memory(job, info, gpu is not None, lean=mode == "lean")
+    resident = resident_samples(job, shape, gpu) if mode == "lean" else 0
+    ram, vram = memory(job, info, gpu is not None, lean=mode == "lean",
+                       reuse=reuses_attention(job, mode), resident=resident)
     final = final_bytes(job, info)
     temp = 2 * final if job.method != "gguf" else final
     cpu_flops = machine_flops()
@@ -661,7 +767,8 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
                 vram_total=gpu.vram_total if gpu else 0, disk_free=int(disk_free),
                 probed=probed, block_seconds=round(per_block, 3), ram_usable=ram_limit(hw),
                 vram_usable=min(vram_limit(gpu), job.max_vram or vram_limit(gpu)),
-                vram_mode=mode, vram_reason=reason)
+                vram_mode=mode, vram_reason=reason, resident_samples=resident,
+                streamed_samples=job.quantize_samples - resident if mode == "lean" else 0)
     groups = group_size_problem(job, info.config)
     if groups is not None:
         plan.problems.append(groups.problem)

@@ -61,7 +61,7 @@ import torch
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec
-from qtapp.engine.errors import Cancelled, UserError
+from qtapp.engine.errors import UserError, check_cancel
 from qtapp.engine.events import Emit
 from qtapp.engine.model.sources import ModelInfo, cache_root
 from qtapp.engine.planning.budget import Candidate, ModuleSlot
@@ -211,8 +211,7 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
             y_ref = forward_block(block, sub, out=torch.empty_like(sub.x),
                                   should_cancel=should_cancel)
             for n in todo:
-                if should_cancel():
-                    raise Cancelled()
+                check_cancel(should_cancel)
                 slot = by_name[prefix + n]
                 H = hessians.pop(n).H
                 linear = block.get_submodule(n)
@@ -221,8 +220,7 @@ def measure_profile(job: JobSpec, info: ModelInfo, tokens: torch.Tensor,
                 ref = _reference(slot.options)
                 with _solver_threads(device):
                     for c in slot.options:
-                        if should_cancel():
-                            raise Cancelled()
+                        check_cancel(should_cancel)
                         W_hat = quantized_weight(job.method, W, H, c, job)
                         errors[c.key] = 0.0 if c.kept else output_error(W, W_hat, H)
                         if ref is not None and c.key == ref.key:
@@ -321,8 +319,7 @@ def fisher_diagonals(streamer, saved: list[torch.Tensor], inputs, tokens: torch.
     grad = torch.cat(grads)  # ∂L/∂h at the last block's output
     fisher: list[torch.Tensor] = [torch.zeros(0)] * streamer.n_blocks
     for i in range(streamer.n_blocks - 1, -1, -1):
-        if should_cancel():
-            raise Cancelled()
+        check_cancel(should_cancel)
         fisher[i] = grad.pow(2).reshape(-1, grad.shape[-1]).mean(0).cpu()
         if i == 0:
             break

@@ -56,6 +56,9 @@ class ModelShape:
     # a shared expert every token goes through beside the routed ones (Qwen3.5-MoE): its
     # MLP width; its (1 × hidden) gate is counted with it
     shared_expert_size: int = 0
+    # an ungated dense MLP beside the routed experts that every token goes through (Gemma 4
+    # 26B-A4B, enable_moe_block): its width
+    dense_mlp_size: int = 0
 
     @property
     def kv_values_per_token(self) -> int:
@@ -104,7 +107,8 @@ class ModelShape:
         if not self.n_experts:
             return 3 * h * self.intermediate_size
         shared = 3 * h * self.shared_expert_size + h if self.shared_expert_size else 0
-        return experts * 3 * h * self.expert_intermediate_size + h * self.n_experts + shared
+        return (experts * 3 * h * self.expert_intermediate_size + h * self.n_experts + shared
+                + 3 * h * self.dense_mlp_size)
 
     @property
     def embed_params(self) -> int:
@@ -160,7 +164,7 @@ class ModelShape:
                                            c.get("tie_word_embeddings", False))),
             n_params=int(n_params or 0),
             n_experts=int(first("num_experts", "num_local_experts", default=0) or 0),
-            experts_per_token=int(first("num_experts_per_tok", default=0) or 0),
+            experts_per_token=int(first("num_experts_per_tok", "top_k_experts", default=0) or 0),
             expert_intermediate_size=int(first("moe_intermediate_size", "intermediate_size",
                                                default=4 * hidden)),
             kv_values=_kv_values(c, n_heads),
@@ -170,7 +174,10 @@ class ModelShape:
             * (int(first("vocab_size_per_layer_input", "vocab_size", default=0)) + hidden),
             shared_expert_size=int(first("shared_expert_intermediate_size", default=0) or 0)
             if first("num_experts", "num_local_experts") else 0,
-            **_hybrid_counts(c, hidden, n_heads),
+            dense_mlp_size=int(first("intermediate_size", default=0) or 0)
+            if c.get("enable_moe_block") and first("num_experts") else 0,
+            **{"attn_extra_params": _wide_layers_extra(c, hidden, n_heads),
+               **_hybrid_counts(c, hidden, n_heads)},
         )
 
 
@@ -205,6 +212,36 @@ def _hybrid_counts(c: dict[str, Any], hidden: int, n_heads: int) -> dict[str, in
             "attn_extra_params": hidden * n_heads * head + 2 * head}
 
 
+def _wide_layers_extra(c: dict[str, Any], hidden: int, n_heads: int) -> int:
+    """Gemma 4's global layers have wider heads (global_head_dim, or per_layer_config as
+    transformers writes it) and, with attention_k_eq_v, their own key/value head count and
+    no v_proj: their q/k/v/o parameters beyond the plain formula's, spread over all layers
+    (ModelShape.attn_extra_params is per layer). 0 for other models."""
+    n = int(c.get("num_hidden_layers") or 0)
+    types = c.get("layer_types")
+    per_layer = c.get("per_layer_config")
+    global_dim = c.get("global_head_dim")
+    if not n or not (global_dim or isinstance(per_layer, dict)) or not isinstance(types, list):
+        return 0
+    kv = int(c.get("num_key_value_heads") or n_heads)
+    head = int(c.get("head_dim") or hidden // max(n_heads, 1))
+    k_eq_v = bool(c.get("attention_k_eq_v"))
+    global_kv = int(c.get("num_global_key_value_heads") or kv) if k_eq_v else kv
+    extra = 0
+    for i, t in enumerate(types[:n]):
+        own = per_layer.get(str(i)) if isinstance(per_layer, dict) else None
+        if isinstance(own, dict):
+            d, kv_i = int(own.get("head_dim") or head), int(own.get("num_key_value_heads") or kv)
+        elif t == "full_attention" and global_dim:
+            d, kv_i = int(global_dim), global_kv
+        else:
+            continue
+        kv_proj = 1 if k_eq_v else 2  # k_eq_v: the global layers' values are their keys
+        extra += hidden * (2 * n_heads * d + kv_proj * kv_i * d) - hidden * (
+            2 * n_heads * head + 2 * kv * head)
+    return extra // n
+
+
 def _state_bytes(c: dict[str, Any]) -> int:
     """Bytes of the recurrent state of the linear-attention layers (Qwen3.5's Gated
     DeltaNet), which does not grow with the context: per layer a value-heads × key-dim ×
@@ -232,25 +269,16 @@ def _kv_values(c: dict[str, Any], n_heads: int) -> int:
     linear = isinstance(types, list) and LINEAR_ATTENTION in types
     if not shared and not global_dim and not isinstance(per_layer, dict) and not linear:
         return 0
-    n = int(c.get("num_hidden_layers") or 0)
-    if not isinstance(types, list) or len(types) != n:
-        types = ["full_attention"] * n
-    kv = int(c.get("num_key_value_heads") or n_heads)
-    head = int(c.get("head_dim") or int(c.get("hidden_size") or 0) // max(n_heads, 1))
-    global_kv = int(c.get("num_global_key_value_heads") or kv) if c.get("attention_k_eq_v") \
-        else kv
-    total = 0
-    for i, t in enumerate(types[:n - shared]):
-        own = per_layer.get(str(i)) if isinstance(per_layer, dict) else None
-        if t == LINEAR_ATTENTION:  # a fixed-size recurrent state instead (state_bytes)
-            continue
-        if isinstance(own, dict):
-            total += 2 * int(own.get("num_key_value_heads") or kv) * int(
-                own.get("head_dim") or head)
-        else:
-            total += 2 * (global_kv * int(global_dim or head) if t == "full_attention"
-                          else kv * head)
-    return total
+    from qtapp.engine.errors import UserError
+    from qtapp.engine.model.arch import layer_attention
+
+    try:
+        layers = layer_attention(c)
+    except UserError:  # no valid layer or head count: the plain formula's to report
+        return 0
+    # linear-attention layers keep a fixed-size recurrent state instead (state_bytes)
+    return sum(2 * a.kv_heads * a.head_dim for a in layers[:len(layers) - shared]
+               if a.kind != LINEAR_ATTENTION)
 
 
 def bits_per_weight(bits: int, group_size: int = DEFAULT_GROUP) -> float:

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from qtapp.engine.config import EVAL_CTX
-from qtapp.engine.errors import Cancelled, UserError
+from qtapp.engine.errors import UserError, check_cancel
 from qtapp.engine.events import ShouldCancel
 from qtapp.engine.gguf.llama_runtime import load_llama
 from qtapp.engine.model.loader import has_tokenizer, load_dequantized, load_tokenizer
@@ -99,11 +99,6 @@ class _Steps:
 
 def _never() -> bool:
     return False
-
-
-def _check(should_cancel: ShouldCancel) -> None:
-    if should_cancel():
-        raise Cancelled()
 
 
 @dataclass(frozen=True)
@@ -310,13 +305,13 @@ def _source_pass(scorer: _Scorer, w: np.ndarray, generation: bool,
     steps = steps or _Steps()
     parts = []
     for i, window in enumerate(w):
-        _check(should_cancel)
+        check_cancel(should_cancel)
         progress(f"source model: window {i + 1} of {len(w)}")
         parts.append(K.summarize(*_scored(window, scorer.logits(window))))
         steps.step()
     checks = []
     if generation:
-        _check(should_cancel)
+        check_cancel(should_cancel)
         progress("source model: generation check")
         checks = scorer.generate(should_cancel=should_cancel)
         steps.step()
@@ -454,13 +449,13 @@ def quality_report(model: Path, source: Path, ctx: int = EVAL_CTX, text: str | N
     counter = _Steps(steps, model_pass=True, generation=generation)
     w, dist, source_checks = _source_distributions(source, ctx, text, generation, progress,
                                                    trust_remote_code, should_cancel, counter)
-    _check(should_cancel)
+    check_cancel(should_cancel)
     scorer = _open(Path(model), ctx, trust_remote_code)
     try:
         parts = []
         start = 0
         for i, window in enumerate(w):
-            _check(should_cancel)
+            check_cancel(should_cancel)
             progress(f"quantized model: window {i + 1} of {len(w)}")
             logits, targets = _scored(window, scorer.logits(window))
             n = len(targets)
@@ -469,7 +464,7 @@ def quality_report(model: Path, source: Path, ctx: int = EVAL_CTX, text: str | N
             counter.step()
         checks = []
         if generation:
-            _check(should_cancel)
+            check_cancel(should_cancel)
             progress("quantized model: generation check")
             checks = scorer.generate(_source_tokenizer(scorer, source, trust_remote_code),
                                      should_cancel)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from qtapp.engine.errors import Cancelled
+from qtapp.engine.errors import check_cancel
 from qtapp.engine.quality.chat import END_OF_TURN_TOKENS, eos_ids, render_chat
 
 # torch and numpy are imported inside the check of the runtime that needs them (a transformers
@@ -72,11 +72,6 @@ def flags_of(ids: Sequence[int], text: str) -> list[str]:
     return flags
 
 
-def _check(should_cancel: Callable[[], bool] | None) -> None:
-    if should_cancel is not None and should_cancel():
-        raise Cancelled()
-
-
 def _messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
@@ -103,7 +98,7 @@ def check_torch(model: Any, tokenizer: Any, prompts: Sequence[str] = PROMPTS,
         past = None
         with torch.inference_mode():
             for _ in range(max_new_tokens):
-                _check(should_cancel)
+                check_cancel(should_cancel)
                 out = model(input_ids=x, use_cache=True, **{cache_name: past})
                 past = getattr(out, cache_name)
                 token = int(out.logits[0, -1].argmax())
@@ -138,12 +133,12 @@ def check_llama(llm: Any, prompts: Sequence[str] = PROMPTS,
         has_bos = bool(bos) and text.startswith(bos)
         ids = llm.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=True)
         ids = ids[: max(1, llm.n_ctx() - max_new_tokens)]
-        _check(should_cancel)
+        check_cancel(should_cancel)
         llm.reset()
         llm.eval(ids)
         new: list[int] = []
         for _ in range(max_new_tokens):
-            _check(should_cancel)
+            check_cancel(should_cancel)
             token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
             if token in stops:
                 break

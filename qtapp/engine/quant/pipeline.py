@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import itertools
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,9 @@ from qtapp.engine.quant.batching import first_output, fit_batch
 from qtapp.engine.quant.methods.awq import AwqBlockResult, awq_apply_block, awq_search_block
 from qtapp.engine.quant.methods.gptq import (
     HessianAccumulator,
+    error_ratio,
     gptq_quantize,
-    relative_output_error,
+    output_error_terms,
     release_graphs,
 )
 from qtapp.engine.quant.methods.rtn import rtn, rtn_searched
@@ -125,18 +128,22 @@ def pick_device(name: str) -> torch.device:
 class BlockInputs:
     """Calibration activations entering the current block, and the kwargs blocks need.
 
-    Fast mode: `x` lives on the compute device. Lean mode (`device` given and `x` in host
-    memory, page-locked when the device is a GPU): `batches` streams each mini-batch to the
-    device through two reused device buffers, the copy of mini-batch k + 1 running on a
-    copy stream while mini-batch k is computed (docs/reliability.md#lean-vram-mode), and
-    `write` sends a block's outputs back to host memory the same way. The numbers are the
-    same in both modes: the same float32 values reach the same kernels.
+    Fast mode: `x` lives on the compute device. Lean mode (`device` given): the first
+    samples, as many as the planner leaves room for (planner.resident_samples, a whole
+    number of mini-batches), stay on the device (`x_device`) and are used as in fast mode;
+    the others (`x`) are in host memory, page-locked when the device is a GPU, and
+    `batches` streams each of their mini-batches to the device through two reused device
+    buffers, the copy of mini-batch k + 1 running on a copy stream while mini-batch k is
+    computed (docs/reliability.md#lean-vram-mode); forward_block sends a block's outputs
+    back to where each sample lives. The numbers are the same in both modes: the same
+    mini-batches of the same float32 values reach the same kernels.
     """
 
-    x: torch.Tensor  # (n, L, hidden) float32
+    x: torch.Tensor  # (n, L, hidden) float32; lean: the samples after x_device's, on the host
     kwargs: dict[str, Any]
     batch: int
     device: torch.device | None = None  # the compute device, when it is not x's (lean)
+    x_device: torch.Tensor | None = None  # lean: the first samples, kept on the device
     # every block's own arguments (use_block sets kwargs to block i's), their SAMPLE_KWARGS
     # for all n samples, and the STATE_KWARGS objects of each mini-batch
     per_block: list[dict[str, Any]] = field(default_factory=list)
@@ -169,17 +176,44 @@ class BlockInputs:
     def lean(self) -> bool:
         return self.device is not None
 
+    @property
+    def resident(self) -> int:
+        """How many samples (the first ones) live on the compute device."""
+        if not self.lean:
+            return self.x.shape[0]
+        return self.x_device.shape[0] if self.x_device is not None else 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(n, L, hidden) of all samples, wherever they live."""
+        return (self.resident + self.x.shape[0] if self.lean else self.x.shape[0],
+                *self.x.shape[1:])
+
+    def parts(self) -> list[tuple[int, torch.Tensor, bool]]:
+        """(first sample, activations, whether they are in host memory) of each place the
+        samples live, in sample order: fast mode x; lean mode x_device, then x."""
+        if not self.lean:
+            return [(0, self.x, False)]
+        kept = self.resident
+        if kept % self.batch and kept != self.shape[0]:  # a mini-batch would straddle them
+            raise ValueError(f"{kept} samples on the device is not a whole number of "
+                             f"mini-batches of {self.batch}")
+        return [p for p in ((0, self.x_device, False), (kept, self.x, True))
+                if p[1] is not None and p[1].shape[0]]
+
     def batches(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
-        n = self.x.shape[0]
-        if self.lean:
-            for k, (xb, kw) in enumerate(_HostStream(self.compute_device).batches(
-                    self.x, self.batch, self.kwargs)):
-                yield xb, {**kw, **self._own(k, k * self.batch, xb.shape[0])}
-            return
-        for k, i in enumerate(range(0, n, self.batch)):
-            xb = self.x[i : i + self.batch]
-            yield xb, {**fit_batch(self.kwargs, self.batch, xb.shape[0]),
-                       **self._own(k, i, xb.shape[0])}
+        k = i = 0  # mini-batch k starts at sample i
+        for _start, part, host in self.parts():
+            if host:
+                each: Iterator[tuple[torch.Tensor, dict[str, Any]]] = _HostStream(
+                    self.compute_device).batches(part, self.batch, self.kwargs)
+            else:
+                each = ((part[j : j + self.batch],
+                         fit_batch(self.kwargs, self.batch, min(self.batch, len(part) - j)))
+                        for j in range(0, len(part), self.batch))
+            for xb, kw in each:
+                yield xb, {**kw, **self._own(k, i, xb.shape[0])}
+                k, i = k + 1, i + xb.shape[0]
 
 
 class _HostStream:
@@ -257,20 +291,56 @@ class _HostStream:
             self.d2h.synchronize()
 
 
-def host_buffer(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Lean mode's host copy of the calibration activations: float32, page-locked when the
-    compute device is a GPU (so copies to and from it run beside the kernels)."""
-    return torch.empty(shape, dtype=torch.float32, pin_memory=device.type == "cuda")
+def host_buffer(shape: tuple[int, ...], device: torch.device,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Host memory for copies to and from `device` (lean mode's activations, the prefetch
+    staging of LayerStreamer): page-locked when the device is a GPU, so the copies run
+    beside the kernels, and of exactly the size asked for.
+
+    Not torch's pin_memory(): its caching host allocator rounds every block up to a power
+    of two, all of it locked (2.5 GiB of activations would take 4 GiB), and keeps freed
+    blocks for later instead of returning them to the system, so every pinned one-shot
+    copy stays in the process's resident memory (docs/reliability.md#lean-vram-mode).
+    Here ordinary memory is registered with the CUDA driver and unregistered when the
+    tensor is freed; if registering fails the copies still work, only synchronously."""
+    t = torch.empty(shape, dtype=dtype)
+    if device.type == "cuda" and t.numel():
+        cudart = torch.cuda.cudart()
+        ptr = t.data_ptr()
+        if cudart.cudaHostRegister(ptr, t.numel() * t.element_size(), 0) == \
+                cudart.cudaError.success:
+            weakref.finalize(t, _page_unlock, ptr).atexit = False
+    return t
+
+
+def _page_unlock(ptr: int) -> None:
+    torch.cuda.synchronize()  # no copy may still read or write the memory
+    torch.cuda.cudart().cudaHostUnregister(ptr)
+
+
+def release_host_cache() -> None:
+    """Return the page-locked blocks torch's caching host allocator keeps (pin_memory(),
+    non_blocking copies to the CPU) to the system. torch 2.13 names it
+    torch.accelerator.empty_host_cache, torch 2.11 torch._C._host_emptyCache."""
+    for owner, name in ((getattr(torch, "accelerator", None), "empty_host_cache"),
+                        (torch._C, "_host_emptyCache")):
+        empty = getattr(owner, name, None)
+        if empty is not None:
+            empty()
+            return
 
 
 class LayerStreamer:
     """The model skeleton on meta; blocks materialised one at a time from safetensors.
 
-    `prefetch(prefix)` reads a block's tensors from disk on a background thread (into
-    page-locked memory when the device is a GPU) while the current block is being
-    quantized, so the GPU does not wait for the disk between blocks. The copy to the device
-    and the cast to the compute dtype happen in `materialize`, on the device: half the bytes
-    cross the bus for bf16 models, and only one block is ever on the GPU.
+    `prefetch(prefix)` reads a block's tensors from disk on a background thread while the
+    current block is being quantized, so the GPU does not wait for the disk between blocks;
+    on a GPU straight into one of two page-locked staging buffers that take turns and are
+    reused for every block (host_buffer: page-locked memory torch would otherwise keep
+    growing). One-shot reads (the embeddings, block 0) go to ordinary memory, freed as soon
+    as they are copied. The copy to the device and the cast to the compute dtype happen in
+    `materialize`, on the device: half the bytes cross the bus for bf16 models, and only
+    one block is ever on the GPU.
     """
 
     def __init__(self, info: ModelInfo, device: torch.device, dtype: torch.dtype = torch.float32):
@@ -297,23 +367,49 @@ class LayerStreamer:
         for i, block in enumerate(self.blocks):  # the family table against the module graph
             info.arch.check_block(block, i)
         self._reader_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
-        self._pending: dict[str, Future[dict[str, torch.Tensor]]] = {}
+        # prefix → (its read, the staging slot it reads into: None for ordinary memory)
+        self._pending: dict[str, tuple[Future[dict[str, torch.Tensor]], int | None]] = {}
         self._buffers: dict[str, dict[str, torch.Tensor]] = {}  # see materialize
+        # GPU: the two staging buffers (_read), the event after the copies that read each
+        # one last, and the slot the next prefetch takes
+        self._slots: list[torch.Tensor | None] = [None, None]
+        self._copied: list[Any] = [None, None]
+        self._next_slot = 0
 
     def close(self) -> None:
         self._reader_thread.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
+        self._slots = [None, None]  # unregistered as they are freed (host_buffer)
 
-    def _read(self, prefix: str) -> dict[str, torch.Tensor]:
-        state = self.reader.state_dict(prefix)
-        if self.device.type == "cuda":
-            state = {k: v.pin_memory() for k, v in state.items()}
-        return state
+    def _read(self, prefix: str, slot: int | None = None) -> dict[str, torch.Tensor]:
+        """The tensors under `prefix`, each in fresh ordinary memory; with `slot`, views of
+        that staging buffer instead (grown when a block needs more), once the copies of the
+        block it held before are done."""
+        if slot is None:
+            return self.reader.state_dict(prefix)
+        names = [n for n in self.reader.names() if n.startswith(prefix)]
+        at = [0]
+        for n in names:  # each tensor 64-byte aligned (a view of any dtype)
+            at.append(at[-1] + -(-self.reader.nbytes(n) // 64) * 64)
+        if self._copied[slot] is not None:
+            self._copied[slot].synchronize()
+        buf = self._slots[slot]
+        if buf is None or buf.numel() < at[-1]:
+            self._slots[slot] = None  # the old one is freed first
+            buf = self._slots[slot] = host_buffer((at[-1],), self.device, torch.uint8)
+        return {n[len(prefix):]: self.reader.get(n, out=buf[a : a + self.reader.nbytes(n)])
+                for n, a in zip(names, at, strict=False)}
 
     def prefetch(self, prefix: str) -> None:
         """Start reading a block's weights from disk in the background."""
         if prefix not in self._pending:
-            self._pending[prefix] = self._reader_thread.submit(self._read, prefix)
+            slot = None
+            if self.device.type == "cuda":
+                slot, self._next_slot = self._next_slot, 1 - self._next_slot
+                # a read into this slot that was never used (a pass stopped early) is stale
+                self._pending = {p: v for p, v in self._pending.items() if v[1] != slot}
+            self._pending[prefix] = (self._reader_thread.submit(self._read, prefix, slot),
+                                     slot)
 
     def resolve(self, dotted: str) -> Any:
         """The (meta) submodule of the model at a dotted path ("model.norm")."""
@@ -325,7 +421,7 @@ class LayerStreamer:
     def materialize(self, module: nn.Module, prefix: str, keep_dtype: bool = False,
                     ) -> nn.Module:
         """Give a meta module real weights from the safetensors files (prefix 'model.layers.3.')."""
-        pending = self._pending.pop(prefix, None)
+        pending, slot = self._pending.pop(prefix, (None, None))
         state = pending.result() if pending is not None else self._read(prefix)
         # Buffers the files do not hold (Gemma's embed_scale, rotary inv_freq) were computed
         # from the config when the skeleton was built; to_empty would leave them as
@@ -345,6 +441,9 @@ class LayerStreamer:
         for k in list(state):
             t = state.pop(k).to(self.device, non_blocking=True)
             converted[k] = t if keep_dtype else t.to(self.dtype)
+        if slot is not None:  # the staging buffer is refilled once these copies are done
+            self._copied[slot] = torch.cuda.Event()
+            self._copied[slot].record(torch.cuda.current_stream(self.device))
         missing, _unexpected = module.load_state_dict(converted, strict=False, assign=True)
         del converted
         missing = [m for m in missing if not m.endswith("inv_freq")]
@@ -362,10 +461,11 @@ class LayerStreamer:
         return f"{self.info.arch.layers_prefix}.{i}."
 
     def capture_inputs(self, tokens: torch.Tensor, batch: int, lean: bool = False,
-                       ) -> BlockInputs:
+                       resident: int = 0) -> BlockInputs:
         """Run the embeddings on the calibration tokens and capture block 0's inputs and
-        every block's arguments (SAMPLE_KWARGS, STATE_KWARGS); with `lean`, into host memory
-        (BlockInputs, lean mode).
+        every block's arguments (SAMPLE_KWARGS, STATE_KWARGS); with `lean`, into host memory,
+        except the first `resident` samples (rounded down to whole mini-batches), which stay
+        on the device (BlockInputs, lean mode).
 
         The model's own forward runs with every block replaced by a _Recorder, so each block
         gets the mask and rotary embeddings of its own layer type. Besides the token
@@ -390,7 +490,10 @@ class LayerStreamer:
         for j, r in enumerate(recorders):
             self.blocks[j] = r
         xs: list[torch.Tensor] = []
-        host: torch.Tensor | None = None
+        n = tokens.shape[0]
+        on_device = min(n, resident // batch * batch) if lean else n
+        dev: torch.Tensor | None = None  # lean: samples 0 … on_device
+        host: torch.Tensor | None = None  # lean: the others
         stream = _HostStream(self.device)
         per_block: list[dict[str, Any]] = []
         samples: list[dict[str, list[torch.Tensor]]] = [{} for _ in recorders]
@@ -405,10 +508,15 @@ class LayerStreamer:
                     h = recorders[0].hidden.to(torch.float32)
                     if not lean:
                         xs.append(h)
+                    elif i < on_device:
+                        if dev is None:
+                            dev = torch.empty((on_device, *h.shape[1:]), dtype=h.dtype,
+                                              device=h.device)
+                        dev[i : i + h.shape[0]] = h
                     else:
                         if host is None:
-                            host = host_buffer((tokens.shape[0], *h.shape[1:]), self.device)
-                        stream.write(host[i : i + h.shape[0]], h)
+                            host = host_buffer((n - on_device, *h.shape[1:]), self.device)
+                        stream.write(host[i - on_device : i - on_device + h.shape[0]], h)
                     for j, r in enumerate(recorders):
                         for key in SAMPLE_KWARGS:
                             if isinstance(r.kwargs.get(key), torch.Tensor):
@@ -433,32 +541,49 @@ class LayerStreamer:
         extra = {"per_block": per_block, "samples": kept if any(kept) else [],
                  "states": states if any(states) else []}
         if lean:
-            assert host is not None
-            return BlockInputs(host, per_block[0], batch, device=self.device, **extra)
+            if host is None:  # every sample stays on the device
+                assert dev is not None
+                host = torch.empty((0, *dev.shape[1:]))
+            return BlockInputs(host, per_block[0], batch, device=self.device, x_device=dev,
+                               **extra)
         return BlockInputs(torch.cat(xs), per_block[0], batch, **extra)
 
 
-def forward_block(block: nn.Module, inputs: BlockInputs, out: torch.Tensor | None = None,
+def forward_block(block: nn.Module, inputs: BlockInputs,
+                  out: torch.Tensor | BlockInputs | None = None,
                   should_cancel: Callable[[], bool] | None = None) -> torch.Tensor | None:
-    """Run a block over all calibration inputs; write the outputs into `out` if given.
-    should_cancel() is polled before each mini-batch (raises Cancelled)."""
+    """Run a block over all calibration inputs; write the outputs into `out` if given: a
+    tensor for all samples, or `inputs` itself (X ← block(X), each sample written back
+    where it lives: BlockInputs.parts). should_cancel() is polled before each mini-batch
+    (raises Cancelled)."""
+    compute = inputs.compute_device
+    if out is inputs:
+        dests = inputs.parts()
+    elif isinstance(out, torch.Tensor):
+        dests = [(0, out, out.device.type != compute.type)]
+    else:
+        dests = []
+    to_host = _HostStream(compute) if any(host for *_, host in dests) else None
     i = 0
-    to_host = _HostStream(inputs.compute_device) if out is not None and \
-        out.device != inputs.compute_device else None
     try:
         with torch.no_grad():
             for xb, kw in inputs.batches():
                 _poll(should_cancel)
                 y = first_output(block(xb.to(block_dtype(block)), **kw))
-                if to_host is not None:  # lean mode: back to host memory, beside the kernels
-                    to_host.write(out[i : i + xb.shape[0]], y.to(out.dtype))
-                elif out is not None:
-                    out[i : i + xb.shape[0]] = y.to(out.dtype)
-                i += xb.shape[0]
+                m = xb.shape[0]
+                for start, dest, host in reversed(dests):  # the part sample i is in
+                    if start <= i:
+                        if host:  # lean mode: back to host memory, beside the kernels
+                            assert to_host is not None
+                            to_host.write(dest[i - start : i - start + m], y.to(dest.dtype))
+                        else:
+                            dest[i - start : i - start + m] = y.to(dest.dtype)
+                        break
+                i += m
     finally:
         if to_host is not None:
             to_host.finish()
-    return out
+    return out if isinstance(out, torch.Tensor) else None
 
 
 def _poll(should_cancel: Callable[[], bool] | None) -> None:
@@ -491,7 +616,7 @@ def stream_blocks(streamer: LayerStreamer, inputs: BlockInputs,
             materialise block i; start reading block i + 1 from disk (prefetch)
             yield it            (the caller quantizes or measures it, and may register
                                  forward hooks, listed in `hooks`)
-            X_{i+1} = block i (X_i), written over inputs.x; the hooks are removed
+            X_{i+1} = block i (X_i), written over X_i; the hooks are removed
             free block i; after_block(i, seconds since block i was started)
     """
     for i in range(streamer.n_blocks):
@@ -504,7 +629,7 @@ def stream_blocks(streamer: LayerStreamer, inputs: BlockInputs,
             streamer.prefetch(streamer.block_prefix(i + 1))
         yield block
         try:
-            forward_block(block.module, inputs, out=inputs.x, should_cancel=should_cancel)
+            forward_block(block.module, inputs, out=inputs, should_cancel=should_cancel)
         finally:
             for h in block.hooks:
                 h.remove()
@@ -582,6 +707,120 @@ def collect_hessians(block: nn.Module, names: list[str], inputs: BlockInputs,
     return acc
 
 
+def mixer_output(groups: tuple[tuple[str, ...], ...]) -> str | None:
+    """The token mixer's output projection of a block from its true-sequential groups (the
+    family table, ArchSpec.present): the second group when it is one linear under the same
+    module as linears of the first ("self_attn.o_proj" after q/k/v, Gated DeltaNet's
+    "linear_attn.out_proj" after its input projections); None when the groups are otherwise."""
+    if len(groups) < 2 or len(groups[1]) != 1:
+        return None
+    parent = groups[1][0].rpartition(".")[0]
+    return groups[1][0] if parent and any(n.rpartition(".")[0] == parent
+                                          for n in groups[0]) else None
+
+
+class AttentionReuse:
+    """Fast mode's kept attention output (docs/reliability.md#attention-output-reuse).
+
+    True-sequential GPTQ runs the block once per group; after o_proj (the mixer's output
+    projection, `mixer_output`) is quantized, the attention's output no longer changes, yet
+    the gate/up pass, the down pass and the next block's forward would each recompute q/k/v
+    and the attention. Instead the o pass keeps o_proj's input for every calibration sample
+    on the device (`keep`: n × L × width floats), and once o_proj is quantized (`start`) the
+    mixer module's forward is replaced by o_proj(kept input) of the mini-batch at hand: the
+    same kernel on the same values, so every later number is bit-identical.
+
+    The first call after `start` runs the real module and compares: only when its output
+    is exactly o_proj(kept) (and nothing else it returns is set) is the replacement used;
+    otherwise it logs once and the block recomputes. The mini-batches come in
+    BlockInputs.batches order in every pass (call k is mini-batch k mod their count; a
+    pass starts with `rewind`); a call whose batch size is not that mini-batch's is an
+    error, not a silent mix-up. `remove` puts the module's forward back and frees the kept
+    inputs (stream_blocks calls it after the block's forward)."""
+
+    def __init__(self, block: nn.Module, linear: str, inputs: BlockInputs,
+                 log: Callable[[str], None]) -> None:
+        self.name = linear
+        self.linear = _linear(block, linear)
+        self.parent_name = linear.rpartition(".")[0]
+        self.parent = block.get_submodule(self.parent_name)
+        self.batch = inputs.batch
+        self.n = inputs.x.shape[0]
+        self.n_batches = -(-self.n // self.batch)
+        self.kept: torch.Tensor | None = None
+        self.calls = 0
+        self.state = "off"  # keeping → checking → on, or off
+        self.log = log
+        self._hook: Any = None
+        self._rest = 0  # how many None the module returns after its output (a tuple's)
+
+    def _rows(self, k: int) -> tuple[int, int]:
+        start = (k % self.n_batches) * self.batch
+        return start, min(self.batch, self.n - start)
+
+    def keep(self) -> None:
+        """Keep o_proj's input of every mini-batch in the pass that follows (the o pass)."""
+        self.state, self.calls, self.kept = "keeping", 0, None
+
+        def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            start, m = self._rows(self.calls)
+            self.calls += 1
+            if self.state != "keeping" or x.shape[0] != m or self.calls > self.n_batches:
+                self.state, self.kept = "off", None
+                return
+            if self.kept is None:
+                self.kept = torch.empty((self.n, *x.shape[1:]), dtype=x.dtype,
+                                        device=x.device)
+            self.kept[start:start + m].copy_(x.detach())
+
+        self._hook = self.linear.register_forward_pre_hook(hook)
+
+    def start(self) -> None:
+        """o_proj is quantized: later passes take the attention's output from the kept
+        inputs (after the check on the first mini-batch)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self.state != "keeping" or self.calls != self.n_batches or self.kept is None:
+            self.state, self.kept = "off", None
+            return
+        self.state, self.calls = "checking", 0
+        self.parent.forward = self._forward  # an instance attribute: removed by `remove`
+
+    def rewind(self) -> None:
+        self.calls = 0
+
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        start, m = self._rows(self.calls)
+        self.calls += 1
+        if hidden is None or hidden.shape[0] != m:
+            raise RuntimeError(f"attention output reuse: {self.parent_name} got a batch of "
+                               f"{None if hidden is None else hidden.shape[0]} samples where "
+                               f"mini-batch {start // self.batch} has {m}")
+        assert self.kept is not None
+        y = self.linear(self.kept[start:start + m])
+        if self.state == "on":
+            return (y, *[None] * self._rest) if self._rest else y
+        out = type(self.parent).forward(self.parent, *args, **kwargs)  # the check
+        rest = out[1:] if isinstance(out, tuple) else ()
+        if start == 0 and all(r is None for r in rest) and torch.equal(first_output(out), y):
+            self.state, self._rest = "on", len(rest)
+        else:
+            self.log(f"{self.parent_name}'s output is not {self.name}(its input) for this "
+                     "model: the attention is recomputed in the later passes")
+            self.remove()
+        return out
+
+    def remove(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.parent.__dict__.pop("forward", None)
+        self.state, self.kept = "off", None
+
+
 def measure_output_errors(block: nn.Module, quantized: dict[str, torch.Tensor],
                           inputs: BlockInputs,
                           should_cancel: Callable[[], bool] | None = None) -> dict[str, float]:
@@ -633,6 +872,8 @@ class BlockReport:
     floats: dict[str, torch.Tensor]  # float tensors the method changed (AWQ-scaled norms)
     meta: dict[str, Any]
     search: Any = None  # AWQ: the block's AwqBlockResult (scales and clips), plain data
+    # fast-mode GPTQ: the kept attention output, in use until the block's forward is done
+    reuse: AttentionReuse | None = None
 
 
 AWQ_SEARCH_FILE = "awq-search-{:05d}.safetensors"  # beside the checkpoint blocks
@@ -647,6 +888,10 @@ class BlockQuantizer:
         self.info = info
         self.emit = emit
         self.should_cancel = should_cancel
+        # fast mode (quantize_blocks): keep the attention output across the passes after
+        # o_proj's (AttentionReuse); reuse_said: its fallback was logged once
+        self.reuse_attention = False
+        self.reuse_said = False
         refusal = method_refusal(job.method, info.config)
         if refusal:
             raise UserError(refusal)
@@ -671,24 +916,59 @@ class BlockQuantizer:
         groups = sequential if method == "gptq" and self.job.gptq.true_sequential else \
             (tuple(n for g in sequential for n in g),)
         modules: dict[str, QuantizedWeight] = {}
-        for group in groups:
-            todo = [n for n in group if self.scheme(prefix, n) is not None]
-            if not todo:
-                continue
-            self._check_cancel()
-            hessians = collect_hessians(block, todo, inputs, self.should_cancel)
-            few = self._few_tokens(i, prefix, todo, hessians, meta)
-            while todo:
+        reuse = self._attention_reuse(i, block, prefix, groups, inputs)
+        try:
+            for group in groups:
+                todo = [n for n in group if self.scheme(prefix, n) is not None]
+                if not todo:
+                    continue
                 self._check_cancel()
-                first = todo.pop(0)
-                stack = [first] + [n for n in todo if hessians[n] is hessians[first]
-                                   and self.scheme(prefix, n) == self.scheme(prefix, first)
-                                   and (n in few) == (first in few)]
-                todo = [n for n in todo if n not in stack]
-                modules.update(self._quantize_linears(i, block, prefix, stack,
-                                                      hessians[first].H, first in few))
-            del hessians  # before the next group's are made (down_proj's is K² floats)
-        return BlockReport(i, modules, floats, meta, search)
+                keeping = reuse is not None and todo == [reuse.name]
+                if keeping:
+                    reuse.keep()  # type: ignore[union-attr]
+                elif reuse is not None:
+                    reuse.rewind()
+                hessians = collect_hessians(block, todo, inputs, self.should_cancel)
+                few = self._few_tokens(i, prefix, todo, hessians, meta)
+                while todo:
+                    self._check_cancel()
+                    first = todo.pop(0)
+                    stack = [first] + [n for n in todo if hessians[n] is hessians[first]
+                                       and self.scheme(prefix, n) == self.scheme(prefix, first)
+                                       and (n in few) == (first in few)]
+                    todo = [n for n in todo if n not in stack]
+                    modules.update(self._quantize_linears(i, block, prefix, stack,
+                                                          hessians[first].H, first in few))
+                del hessians  # before the next group's are made (down_proj's is K² floats)
+                if keeping:
+                    reuse.start()  # type: ignore[union-attr]
+        except BaseException:
+            if reuse is not None:
+                reuse.remove()
+            raise
+        if reuse is not None:
+            reuse.rewind()  # the block's forward (stream_blocks) is a pass of its own
+        return BlockReport(i, modules, floats, meta, search,
+                           reuse if reuse is not None and reuse.state != "off" else None)
+
+    def _attention_reuse(self, i: int, block: nn.Module, prefix: str,
+                         groups: tuple[tuple[str, ...], ...], inputs: BlockInputs,
+                         ) -> AttentionReuse | None:
+        """The AttentionReuse of block i when fast-mode true-sequential GPTQ quantizes its
+        mixer's output projection in a pass of its own; None otherwise (lean mode: the
+        activations live in host memory)."""
+        if not self.reuse_attention or inputs.lean or len(groups) < 3:
+            return None
+        name = mixer_output(groups)
+        if name is None or self.scheme(prefix, name) is None:
+            return None
+
+        def log(message: str) -> None:
+            if not self.reuse_said:
+                self.reuse_said = True
+                self.emit(ev.Log(level="info", message=f"block {i}: {message}"))
+
+        return AttentionReuse(block, name, inputs, log)
 
     def _few_tokens(self, i: int, prefix: str, names: list[str],
                     hessians: dict[str, HessianAccumulator], meta: dict[str, Any]) -> set[str]:
@@ -783,17 +1063,20 @@ class BlockQuantizer:
             qws = [stacked.rows(a, b) for a, b in itertools.pairwise(edges)]
         else:
             qws = [rtn(W, scheme) for W in Ws]
+        terms = []
+        for linear, W, qw in zip(linears, Ws, qws, strict=True):
+            W_hat = qw.dequantize()
+            terms.append(output_error_terms(W, W_hat, H))
+            linear.weight.data.copy_(W_hat.to(linear.weight.dtype))
+        # one read of every linear's error terms: the only wait for the device here
+        errors = [error_ratio(num, den) for num, den in torch.stack(terms).tolist()]
         share = (time.perf_counter() - t0) / sum(W.shape[0] for W in Ws)
         out = {}
-        for name, linear, W, qw in zip(names, linears, Ws, qws, strict=True):
-            t1 = time.perf_counter()
-            W_hat = qw.dequantize()
-            err = relative_output_error(W, W_hat, H) if bool(H.any()) else 0.0
-            linear.weight.data.copy_(W_hat.to(linear.weight.dtype))
+        for name, W, qw, err in zip(names, Ws, qws, errors, strict=True):
             self.emit(ev.Layer(
                 block=i, module=prefix + name, kind=ev.module_kind(name), bits=scheme.bits,
                 group_size=scheme.group_size, rel_error=float(err),
-                seconds=round(share * W.shape[0] + time.perf_counter() - t1, 4),
+                seconds=round(share * W.shape[0], 4),
                 method="rtn" if fallback else self.job.method,
             ))
             out[name] = qw
@@ -810,8 +1093,11 @@ class BlockQuantizer:
                 return 0
             return min_expert_tokens(scheme.group_size)
 
-        result = awq_search_block(  # the pipeline's mini-batches: with each block's arguments
-            block, inputs.x, inputs.kwargs, groups,
+        # lean mode's samples live in two places: the search reads x's shape only, the
+        # values come from the pipeline's mini-batches (with each block's arguments)
+        x = inputs.x if not inputs.lean else torch.empty(inputs.shape, device="meta")
+        result = awq_search_block(
+            block, x, inputs.kwargs, groups,
             lambda n: self.scheme(prefix, n), self.job.awq, batch_size=inputs.batch,
             batches=inputs.batches(), min_tokens=min_tokens if arch.n_experts else None,
         )
@@ -839,12 +1125,19 @@ def quantize_blocks(
     device: torch.device,
     batch: int = 8,
     lean: bool = False,
+    reuse_attention: bool = True,
+    resident: int = 0,
 ) -> None:
     """Stream the model block by block, quantizing each; resume from `store` when possible.
     An RTN job streams only the first job.quantize_samples of `tokens` (its weights need no
     calibration; the samples are for its error chart: config.RTN_CHART_SAMPLES).
     `lean`: the calibration activations stay in host memory and are streamed to the device
-    per mini-batch (BlockInputs; the planner chooses the mode: planning/planner.vram_mode)."""
+    per mini-batch (BlockInputs; the planner chooses the mode: planning/planner.vram_mode),
+    except the first `resident` samples (whole mini-batches: planner.resident_samples),
+    which stay on the device.
+    `reuse_attention` (not lean): true-sequential GPTQ keeps the attention output across
+    the passes after o_proj's (AttentionReuse; the planner counts its memory and turns it
+    off where it does not fit the card)."""
     tokens = tokens[: job.quantize_samples]
     streamer = LayerStreamer(info, device)
     layers: list[ev.Layer] = []  # the block's Layer events, kept in its checkpoint
@@ -855,20 +1148,25 @@ def quantize_blocks(
         emit(event)
 
     quantizer = BlockQuantizer(job, info, recording, should_cancel)
+    quantizer.reuse_attention = reuse_attention and not lean
     done = set(store.completed()) if job.resume else set()
     emit(ev.Progress(step=0, total=streamer.n_blocks, stage="calibration",
                      message=f"embedding {tokens.shape[0]} samples × {tokens.shape[1]} tokens"))
+    inputs: BlockInputs | None = None
     try:
         with _gpu_precision(device), _vram_ceiling(device, job.max_vram):
-            inputs = streamer.capture_inputs(tokens, batch, lean=lean)
+            inputs = streamer.capture_inputs(tokens, batch, lean=lean, resident=resident)
             if done:
                 emit(ev.Log(level="notice", message=f"resuming: {len(done)} of "
                             f"{streamer.n_blocks} blocks from the checkpoint"))
             _quantize_streamed(streamer, quantizer, inputs, store, done, emit, should_cancel,
                                layers)
     finally:
+        inputs = None  # lean mode's page-locked activations go back to the system
         streamer.close()
         release_graphs()
+        if device.type == "cuda":
+            release_host_cache()
 
 
 @contextmanager
@@ -911,23 +1209,87 @@ def _quantize_streamed(streamer: LayerStreamer, quantizer: BlockQuantizer, input
                          message=f"block {i + 1}/{streamer.n_blocks} ({seconds:.1f} s)",
                          eta_s=eta))
 
-    for b in stream_blocks(streamer, inputs, should_cancel, progress):
-        i, prefix, block = b.index, b.prefix, b.module
-        if i in done:
-            modules, meta, floats = store.load_block(i)
-            for name, qw in modules.items():
-                _linear(block, name).weight.data.copy_(qw.dequantize().to(block_dtype(block)))
-            _load_floats(block, prefix, floats)
-            for recorded in meta.get("layers", []):  # none in a checkpoint of an older version
-                emit(ev.Layer(**recorded))
-        else:
-            layers.clear()
-            report = quantizer.quantize(i, block, prefix, inputs)
-            if report.search is not None:  # before the block: a saved block has its search
-                report.search.save(store.root / AWQ_SEARCH_FILE.format(i))
-            meta = {**report.meta, "layers": [_layer_record(e) for e in layers]}
-            store.save_block(i, report.modules, meta, report.floats)
-            timed += 1
+    writer = CheckpointWriter(store)
+    try:
+        for b in stream_blocks(streamer, inputs, should_cancel, progress):
+            writer.check()  # a failed write of the previous block stops the job here
+            i, prefix, block = b.index, b.prefix, b.module
+            if i in done:
+                modules, meta, floats = store.load_block(i)
+                for name, qw in modules.items():
+                    _linear(block, name).weight.data.copy_(
+                        qw.dequantize().to(block_dtype(block)))
+                _load_floats(block, prefix, floats)
+                for recorded in meta.get("layers", []):  # none in a checkpoint of an older
+                    emit(ev.Layer(**recorded))  # version
+            else:
+                layers.clear()
+                report = quantizer.quantize(i, block, prefix, inputs)
+                if report.reuse is not None:  # removed after the block's forward
+                    b.hooks.append(report.reuse)
+                if report.search is not None:  # before the block: a saved block has its search
+                    report.search.save(store.root / AWQ_SEARCH_FILE.format(i))
+                meta = {**report.meta, "layers": [_layer_record(e) for e in layers]}
+                writer.save(i, report.modules, meta, report.floats)
+                timed += 1
+        writer.wait()  # the last block is on disk before the caller exports
+    finally:
+        writer.close()
+
+
+class CheckpointWriter:
+    """Writes each block's checkpoint (QuantStore.save_block) on a background thread while
+    the next block is quantized (docs/reliability.md#checkpoint-writes).
+
+    `save` starts the copies of the block's tensors to host memory on the calling thread
+    (after the kernels that made them, without waiting for them on a GPU), waits for the
+    previous block's write, and hands this one to the thread, which waits for the copies
+    and writes. save_block writes a temporary file and renames it when complete, so a
+    block counts as done (QuantStore.completed) only once its file is whole: a crash or a
+    cancel mid-write leaves that block to be quantized again on resume. One write at a
+    time; an error in it is raised by the next `check`, `save` or `wait` (the job's error);
+    `close` waits for a write in progress (so a cancel leaves no half-written temporary)."""
+
+    def __init__(self, store: QuantStore) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Future[None] | None = None
+
+    def check(self) -> None:
+        if self._pending is not None and self._pending.done():
+            self.wait()
+
+    def save(self, index: int, modules: dict[str, QuantizedWeight], meta: dict[str, Any],
+             floats: dict[str, torch.Tensor]) -> None:
+        def host(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", non_blocking=True)
+
+        copied = {n: replace(qw, q=host(qw.q), scale=host(qw.scale), zero=host(qw.zero),
+                             g_idx=host(qw.g_idx)) for n, qw in modules.items()}
+        floats = {k: host(v) for k, v in floats.items()}
+        devices = {t.device for qw in modules.values() for t in (qw.q, qw.scale)}
+        done = None
+        if any(d.type == "cuda" for d in devices):
+            done = torch.cuda.Event()
+            done.record()
+        self.wait()
+        self._pending = self._pool.submit(self._write, index, copied, meta, floats, done)
+
+    def _write(self, index: int, modules: dict[str, QuantizedWeight], meta: dict[str, Any],
+               floats: dict[str, torch.Tensor], done: Any) -> None:
+        if done is not None:
+            done.synchronize()  # the copies to host memory are complete
+        self.store.save_block(index, modules, meta, floats)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        if self._pending is not None:
+            wait_futures([self._pending])
+        self._pool.shutdown(wait=True)
 
 
 def _layer_record(event: ev.Layer) -> dict[str, Any]:

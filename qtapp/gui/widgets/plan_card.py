@@ -132,10 +132,16 @@ def _plan_rows(plan: Any) -> list[str]:
         rows.append(tr("Peak GPU memory: {vram} of {total}").format(
             vram=format_size(plan.peak_vram), total=format_size(plan.vram_total)))
         mode = getattr(plan, "vram_mode", "")  # planner.vram_mode
-        if mode == "lean":
+        kept = getattr(plan, "resident_samples", 0)  # planner.resident_samples
+        if mode == "lean" and kept:
+            rows.append(tr("GPU mode: lean ({kept} calibration samples kept on the GPU, "
+                           "{streamed} in host memory and streamed to it: fast mode needs "
+                           "more GPU memory than allowed)").format(
+                kept=kept, streamed=getattr(plan, "streamed_samples", 0)))
+        elif mode == "lean":
             rows.append(tr("GPU mode: lean (calibration activations in host memory, streamed "
                            "to the GPU: fast mode needs more GPU memory than allowed)"))
-        elif mode == "fast":
+        elif mode.startswith("fast"):  # fast or fast-recompute (the plan table tells which)
             rows.append(tr("GPU mode: fast (calibration activations on the GPU)"))
     rows.append(tr("Disk: {temp} while running, {final} at the end ({free} free)").format(
         temp=format_size(plan.temp_disk), final=format_size(plan.final_disk),

@@ -739,6 +739,11 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>显存模式：精简（校准激活值保存在主机内存中，按小批传输到 GPU：快速模式所需显存超出允许范围）</translation>
     </message>
     <message>
+        <location filename="../../gui/widgets/plan_card.py" line="137"/>
+        <source>GPU mode: lean ({kept} calibration samples kept on the GPU, {streamed} in host memory and streamed to it: fast mode needs more GPU memory than allowed)</source>
+        <translation>显存模式：精简（{kept} 个校准样本保留在 GPU 上，{streamed} 个保存在主机内存中并按小批传输到 GPU：快速模式所需显存超出允许范围）</translation>
+    </message>
+    <message>
         <location filename="../../gui/widgets/plan_card.py" line="139"/>
         <source>GPU mode: fast (calibration activations on the GPU)</source>
         <translation>显存模式：快速（校准激活值保存在 GPU 上）</translation>

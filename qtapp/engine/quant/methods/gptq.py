@@ -135,7 +135,7 @@ def inverse_hessian_cholesky(H: Tensor, percdamp: float, order: Tensor | None = 
     for attempt in range(DAMP_RETRIES + 1):
         JHJ = H.index_select(0, rev).index_select(1, rev)  # (K, K), J H[order][:, order] J
         diag = JHJ.diagonal()
-        diag[diag == 0] = 1
+        diag.masked_fill_(diag == 0, 1)
         diag.add_(damp * diag.mean())
         L, info = torch.linalg.cholesky_ex(JHJ)
         del JHJ, diag
@@ -183,8 +183,8 @@ def gptq_quantize(
 
     diag_h = torch.diag(H).clone()
     dead = diag_h == 0  # inputs that are always zero: their weights do not matter
-    diag_h[dead] = 1
-    Wt[dead] = 0
+    diag_h.masked_fill_(dead, 1)  # masked_fill, not diag_h[dead] = …: no wait for the GPU
+    Wt.masked_fill_(dead[:, None], 0)
 
     dynamic_groups = G > 0 and not options.static_groups
     if dynamic_groups:
@@ -382,11 +382,20 @@ def _capture(key: tuple, W1: Tensor, Hinv1: Tensor, S1: Tensor | None, Z1: Tenso
 
 def relative_output_error(W: Tensor, W_hat: Tensor, H: Tensor) -> float:
     """‖(W − Ŵ)X‖²_F / ‖WX‖²_F = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) for H ∝ XXᵀ (scale cancels)."""
+    return error_ratio(*output_error_terms(W, W_hat, H).tolist())
+
+
+def output_error_terms(W: Tensor, W_hat: Tensor, H: Tensor) -> Tensor:
+    """(tr(ΔW H ΔWᵀ), tr(W H Wᵀ)) on W's device, not read back: a caller with several
+    linears reads all their terms at once (one wait for the device instead of two each)."""
     W = W.float()
     H = H.to(device=W.device, dtype=torch.float32)
     dW = W - W_hat.to(device=W.device, dtype=torch.float32)  # (N, K)
-    num = ((dW @ H) * dW).sum().item()
-    den = ((W @ H) * W).sum().item()
+    return torch.stack((((dW @ H) * dW).sum(), ((W @ H) * W).sum()))
+
+
+def error_ratio(num: float, den: float) -> float:
+    """num / den of output_error_terms; 0 for a layer that never saw a non-zero input."""
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")
     return num / den
