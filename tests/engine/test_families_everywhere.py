@@ -277,26 +277,36 @@ def test_advice_blind_to_the_family_is_caught(built):
 
 
 def graph_params(folder: Path) -> tuple[int, int]:
-    """(total, active) parameters of transformers' model of the language model: every
-    parameter, and every parameter less the routed experts' share a token does not use
-    (1 − top-k / E of the fused experts' tensors)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """(total, active) parameters of the model transformers builds for the checkpoint (the
+    class config.json's architectures names, vision tower included), plus the checkpoint's
+    tensors transformers ignores (Qwen3.5's mtp.*: on disk and in memory all the same);
+    active: less the share of the routed experts' tensors a token does not use
+    (1 − top-k / E). Expert biases (gpt-oss) count as active: the planner's shape has no
+    term for them (at most 1e-4 of a real gpt-oss model, 3 % of this tiny one)."""
+    import transformers
+    from safetensors import safe_open
 
     from qtapp.engine.model.arch import text_settings
 
-    config = AutoConfig.from_pretrained(folder)
+    raw = _config(folder)
+    config = transformers.AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    settings = text_settings(_config(folder))
+        model = getattr(transformers, raw["architectures"][0])(config)
+    settings = text_settings(raw)
     n = settings.get("num_experts") or settings.get("num_local_experts") or 0
     k = settings.get("num_experts_per_tok") or settings.get("top_k_experts") or 0
     total = active = 0
     for name, p in model.named_parameters():
-        if any(s in name for s in ("visual.", "vision_tower.", "embed_vision.", "audio")):
-            continue  # the planner plans the language model; the vision tower is copied
         total += p.numel()
-        routed = ".experts." in name and n
+        routed = ".experts." in name and not name.endswith("_bias") and n
         active += p.numel() * k // n if routed else p.numel()
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    for f in folder.glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            for key in st.keys():
+                if key not in names and key.startswith("mtp."):
+                    size = math.prod(st.get_slice(key).get_shape())
+                    total, active = total + size, active + size
     return total, active
 
 

@@ -497,10 +497,9 @@ GEMMA4_DAMAGED = {"gemma4_gguf": "per_layer_token_embd.weight",
                   "gemma4_text_gguf": "blk.4.inp_gate.weight"}
 
 
+@pytest.mark.slow
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("name", [
-    "gemma4_gguf", pytest.param("gemma4_k_eq_v", marks=pytest.mark.slow),
-    pytest.param("gemma4_text_gguf", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["gemma4_gguf", "gemma4_k_eq_v", "gemma4_text_gguf"])
 def test_gemma4_gguf_reproduces_the_model(built, spm_tokenizer, name, tmp_path):
     """llama.cpp's Gemma 4 GGUF of the text model (E2B/E4B form: per-layer inputs, shared
     keys and values, sliding and global layers of their own head widths and rope,
@@ -539,8 +538,9 @@ def test_gemma4_gguf_metadata_and_k_quants(built, spm_tokenizer, tmp_path):
     """What the Gemma 4 file says, read back with the gguf package and checked against the
     transformers model's own modules: which layers slide, the global and sliding head
     widths, the shared key/value layers, the double-wide MLP, the per-layer output scales
-    and the global layers' rope factors. Then the k-quant file the window offers (Q4_K_M
-    through the CLI) opens and runs in llama-cpp-python with Q4_K / Q6_K tensors, further
+    and the global layers' rope factors; the F32 file within 1e-5 of the source (the fast
+    guard; test_gemma4_gguf_reproduces_the_model has the damaged files). Then the k-quant
+    file the window offers (Q4_K_M through the CLI) opens and runs in llama-cpp-python with Q4_K / Q6_K tensors, further
     from the source than Q8_0 yet close to it; llama.cpp tokenizes text as the model's own
     tokenizer does (the "gemma4" BPE vocabulary)."""
     import gguf
@@ -580,6 +580,7 @@ def test_gemma4_gguf_metadata_and_k_quants(built, spm_tokenizer, tmp_path):
 
     ids = token_ids(259)
     ref = source_logits(src, ids)
+    assert mean_kld(ref, gguf_logits(f32, ids)) < GGUF_F32_KLD_MAX
     out = tmp_path / "q4"
     assert main(["quantize", "--model", str(src), "--method", "gguf", "--out", str(out),
                  "--type", "Q4_K_M", "--imatrix", "none", "--device", "cpu",

@@ -109,3 +109,20 @@ def test_plan_card_says_how_many_samples_lean_mode_keeps_on_the_gpu():
                for r in rows), rows
     none = _plan_rows(dataclasses.replace(plan, resident_samples=0, streamed_samples=128))
     assert any("lean (calibration activations in host memory" in r for r in none), none
+
+
+def test_plan_card_says_when_fast_mode_recomputes_the_attention():
+    """fast keeps the attention output across GPTQ's passes; fast-recompute (only fast mode
+    without it fits: planner.vram_mode) says the attention is recomputed."""
+    from qtapp.engine.planning.planner import Plan
+    from qtapp.gui.widgets.plan_card import _plan_rows
+
+    plan = Plan(model="m", method="gptq", device="cuda", peak_ram=6 * 2**30,
+                peak_vram=9 * 2**30, temp_disk=1, final_disk=1, seconds=60.0,
+                ram_total=16 * 2**30, vram_total=12 * 2**30, disk_free=2**40,
+                vram_mode="fast-recompute")
+    rows = _plan_rows(plan)
+    assert any("fast, the attention recomputed in each pass" in r for r in rows), rows
+    rows = _plan_rows(dataclasses.replace(plan, vram_mode="fast"))
+    assert any("fast (calibration activations on the GPU)" in r for r in rows), rows
+    assert not any("recomputed" in r for r in rows), rows

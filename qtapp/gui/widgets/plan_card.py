@@ -141,7 +141,10 @@ def _plan_rows(plan: Any) -> list[str]:
         elif mode == "lean":
             rows.append(tr("GPU mode: lean (calibration activations in host memory, streamed "
                            "to the GPU: fast mode needs more GPU memory than allowed)"))
-        elif mode.startswith("fast"):  # fast or fast-recompute (the plan table tells which)
+        elif mode == "fast-recompute":  # fast mode without the kept attention output
+            rows.append(tr("GPU mode: fast, the attention recomputed in each pass (keeping "
+                           "its output between passes needs more GPU memory than allowed)"))
+        elif mode == "fast":
             rows.append(tr("GPU mode: fast (calibration activations on the GPU)"))
     rows.append(tr("Disk: {temp} while running, {final} at the end ({free} free)").format(
         temp=format_size(plan.temp_disk), final=format_size(plan.final_disk),

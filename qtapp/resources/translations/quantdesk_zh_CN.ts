@@ -749,6 +749,11 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>显存模式：快速（校准激活值保存在 GPU 上）</translation>
     </message>
     <message>
+        <location filename="../../gui/widgets/plan_card.py" line="141"/>
+        <source>GPU mode: fast, the attention recomputed in each pass (keeping its output between passes needs more GPU memory than allowed)</source>
+        <translation>显存模式：快速，注意力在每一轮中重新计算（在各轮之间保留其输出所需的显存超出允许范围）</translation>
+    </message>
+    <message>
         <location filename="../../gui/widgets/plan_card.py" line="140"/>
         <source>Disk: {temp} while running, {final} at the end ({free} free)</source>
         <translation>磁盘：运行时 {temp}，完成后 {final}（空闲 {free}）</translation>
