@@ -300,7 +300,9 @@ class SafetensorsReader:
                      (head + "down_proj", down, ("down_proj",), True))
         else:
             return False
-        rename = (lambda n: n) if self._module_names else _folder_name_map(self.folder).to_checkpoint
+        names = _folder_name_map(self.folder)  # `head` is named as this reader names tensors
+        rename = ((lambda n: n) if self._module_names
+                  else (lambda n: names.to_checkpoint(names.to_module(n))))
         views: dict[str, list[tuple[str, _Entry]]] = {}
         for name, entry, parts, transposed in kinds:
             size = entry.nbytes // (E * len(parts))

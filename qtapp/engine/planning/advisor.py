@@ -234,9 +234,9 @@ def _refusals(config: dict[str, Any] | None) -> dict[str, str]:
     config.json alone: the FAMILIES table); {} without a config."""
     if not config:
         return {}
-    from qtapp.engine.planning.compat import config_checks  # imports the gguf package
+    from qtapp.engine.planning.compat import refusals  # imports the gguf package
 
-    return {c.method: c.reason for c in config_checks(config) if not c.ok}
+    return refusals(config)
 
 
 def _allowed_choice(method: str, bits: int, gtype: str, reason: str, refused: dict[str, str],

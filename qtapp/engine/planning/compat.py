@@ -340,6 +340,13 @@ def config_checks(config: dict[str, Any]) -> list[MethodCheck]:
     return [*checks, gguf]
 
 
+def refusals(config: dict[str, Any]) -> dict[str, str]:
+    """method → why this model's family refuses it, from config.json alone (config_checks);
+    the methods not named are the ones the family takes (the advisor recommends, the method
+    page offers only those)."""
+    return {c.method: c.reason for c in config_checks(config) if not c.ok}
+
+
 def chat_warnings(folder: Path, files: dict[str, int] | None = None) -> list[str]:
     """Warnings for a model folder without a chat template or an end-of-turn token."""
     files = _cached_sizes(folder) if files is None else files

@@ -283,6 +283,7 @@ class MethodPage(QWidget):
         self.plan_card.planned.connect(self._planned)
         self.state.advice_changed.connect(self._advice_changed)
         self.state.model_changed.connect(lambda _info: self._offer_groups())
+        self.state.model_changed.connect(lambda _info: self._offer_methods())
         self.state.model_changed.connect(lambda _info: self._changed())
         self.state.busy_changed.connect(lambda _busy: self.revalidate())
 
@@ -409,6 +410,23 @@ class MethodPage(QWidget):
             "offered.").format(widths=listed) if len(ok) < len(GROUP_CHOICES) else "")
         self.form.setRowVisible(self.group_note, self.method() != "gguf"
                                 and bool(self.group_note.text()))
+
+    def _offer_methods(self) -> None:
+        """Offer only the methods the chosen model's family takes (the FAMILIES table, as
+        `quantdesk check` answers from config.json); a refused one is disabled with the
+        reason as its tooltip, and a refused choice moves to the first one offered."""
+        from qtapp.engine.planning.compat import refusals  # imports the gguf package
+
+        config = getattr(self.state.model, "config", None)
+        refused = refusals(config) if config else {}
+        for key, radio in self.method_radio.items():
+            radio.setEnabled(key not in refused)
+            radio.setToolTip(tr("Not for this model: {reason}").format(reason=refused[key])
+                             if key in refused else "")
+        if self.method() in refused:
+            allowed = [k for k in self.method_radio if k not in refused]
+            if allowed:
+                self.method_radio[allowed[0]].setChecked(True)
 
     def _advice_changed(self, advice: Advice) -> None:
         rec = advice.recommendation

@@ -38,7 +38,7 @@ from qtapp.gui.widgets.hub_browser import HubBrowser
 SOURCES = ("demo", "folder", "hub")
 INFO_KEYS = [QT_TR_NOOP("Name"), QT_TR_NOOP("Architecture"), QT_TR_NOOP("Parameters"),
              QT_TR_NOOP("Blocks"), QT_TR_NOOP("Hidden size"), QT_TR_NOOP("Weights"),
-             QT_TR_NOOP("Size on disk"), QT_TR_NOOP("Location")]
+             QT_TR_NOOP("Size on disk"), QT_TR_NOOP("Location"), QT_TR_NOOP("Methods")]
 
 
 class ModelPage(QWidget):
@@ -249,6 +249,19 @@ class ModelPage(QWidget):
         arch = getattr(info.arch, "name", info.arch)
         values = [info.name, str(arch), (f"{format_params(info.n_params)} "
                   f"({info.n_params:,})"), str(info.n_layers), str(info.hidden_size),
-                  str(info.dtype), format_size(info.size_bytes), str(info.path)]
+                  str(info.dtype), format_size(info.size_bytes), str(info.path),
+                  methods_text(getattr(info, "config", None) or {})]
         for key, value in zip(INFO_KEYS, values):
             self.info.set(key, value)
+
+
+def methods_text(config: dict) -> str:
+    """The methods the model's family takes, then each one it refuses with why (the FAMILIES
+    table, as `quantdesk check` answers from config.json)."""
+    from qtapp.engine.planning.compat import METHODS, refusals  # imports the gguf package
+
+    refused = refusals(config) if config else {}
+    parts = [", ".join(m.upper() for m in METHODS if m not in refused)]
+    parts += [tr("not {method}: {reason}").format(method=m.upper(), reason=refused[m])
+              for m in METHODS if m in refused]
+    return "; ".join(p for p in parts if p)

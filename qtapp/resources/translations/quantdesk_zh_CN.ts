@@ -991,6 +991,21 @@ Start anyway? It may run out of memory or disk part of the way through.</source>
         <translation>位置</translation>
     </message>
     <message>
+        <location filename="../../gui/pages/model.py" line="41"/>
+        <source>Methods</source>
+        <translation>可用方法</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/model.py" line="262"/>
+        <source>not {method}: {reason}</source>
+        <translation>不可用 {method}：{reason}</translation>
+    </message>
+    <message>
+        <location filename="../../gui/pages/method.py" line="395"/>
+        <source>Not for this model: {reason}</source>
+        <translation>此模型不可用：{reason}</translation>
+    </message>
+    <message>
         <location filename="../../gui/pages/model.py" line="51"/>
         <source>Choose a model</source>
         <translation>选择模型</translation>
