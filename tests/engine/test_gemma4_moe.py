@@ -33,18 +33,30 @@ from pathlib import Path
 import pytest
 import torch
 from test_families import (
+    GGUF_F32_KLD_MAX,
+    GGUF_Q8_KLD_MAX,
     KLD_MAX,
     build_family_model,
+    damage_gguf,
+    gguf_file,
+    gguf_logits,
     held_out_ids,
     hf_logits,
     mean_kld,
+    quantize_cli,
     source_logits,
     token_ids,
 )
-from test_gemma_multimodal import EMBED, GEMMA4_TYPES, GEMMA4_VISION, TINY_TEXT, build_multimodal
+from test_gemma_multimodal import (  # noqa: F401 (spm_tokenizer: a fixture)
+    EMBED,
+    GEMMA4_TYPES,
+    GEMMA4_VISION,
+    TINY_TEXT,
+    build_multimodal,
+    spm_tokenizer,
+)
 
 from qtapp.engine.config import QuantScheme
-from qtapp.engine.errors import UserError
 from qtapp.engine.model.arch import arch_for
 from qtapp.engine.model.moe import UnfusedExperts, fuse_experts, min_expert_tokens, unfuse_experts
 
@@ -537,8 +549,9 @@ def test_planner_counts_total_and_active_parameters():
 
 def test_check_says_what_works_before_any_download(tmp_path):
     """From config.json alone: the three linear methods work (on a machine with the RAM the
-    planner's default mode asks for a 25 B model: 96 GiB), GGUF says why not, and the
-    parameter count is the 25.2 B of the module graph."""
+    planner's default mode asks for a 25 B model: 96 GiB), GGUF waits only for the
+    tokenizer files (the architecture is converted), and the parameter count is the 25.2 B
+    of the module graph."""
     from shapes import hardware
 
     from qtapp.engine.planning.compat import check_model
@@ -549,15 +562,166 @@ def test_check_says_what_works_before_any_download(tmp_path):
     report = check_model(str(tmp_path), hw=hw)
     reasons = {m.method: m.reason for m in report.methods}
     assert {"rtn", "gptq", "awq"} <= set(report.works), reasons
-    assert "gguf" not in report.works and "ffn_gate_inp.scale" in reasons["gguf"], reasons
+    assert "gguf" not in report.works and "tokenizer" in reasons["gguf"], reasons
     assert 25.0e9 < report.n_params < 25.5e9, report.n_params
 
 
-def test_gguf_is_refused_with_the_reason():
+def test_gguf_takes_both_forms():
+    """The released 26B-A4B config.json (multimodal) and its text decoder alone are written as
+    llama.cpp's gemma4 architecture, with the router's scales among the family's GGUF
+    facts (what the files hold: test_gguf_reproduces_the_model, test_gguf_metadata_...)."""
     from qtapp.engine.gguf.archs import arch_of
 
     for config in (_released_shape(), {**_released_shape()["text_config"],
                                        "model_type": "gemma4_text",
                                        "architectures": ["Gemma4ForCausalLM"]}):
-        with pytest.raises(UserError, match="mixture-of-experts Gemma 4"):
-            arch_of(config)
+        arch = arch_of(config)
+        assert arch.name == "gemma4" and ("router.per_expert_scale", "FFN_DOWN_EXP") in \
+            arch.facts.scales
+
+
+# ------------------------------------------------------------------------ GGUF
+# llama.cpp's gemma4 architecture reads the MoE block (src/models/gemma4.cpp) from the router
+# (ffn_gate_inp) and its input scale (ffn_gate_inp.scale), the fused experts
+# (ffn_gate_up_exps (E, 2·I, H), ffn_down_exps (E, H, I)), the per-expert output scales
+# (ffn_down_exps.scale) and the experts' norms (pre_ffw_norm_2, post_ffw_norm_1/2). The
+# tiny models here carry the SentencePiece-style tokenizer llama.cpp's "gemma4" vocabulary
+# reads, and router scales drawn from [0.5, 1.5] (transformers initialises them to 1, where
+# a writer that dropped them would go unnoticed).
+
+
+def _draw_router_scales(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(2)
+    for f in folder.glob("*.safetensors"):
+        tensors = load_file(f)
+        for name, t in tensors.items():
+            if name.endswith(("router.scale", "router.per_expert_scale")):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+        save_file(tensors, f, metadata={"format": "pt"})
+
+
+@pytest.fixture(scope="module")
+def gguf_built(tmp_path_factory, spm_tokenizer):  # noqa: F811
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            folder = tmp_path_factory.mktemp(name + "_gguf") / name
+            if name == "gemma4":
+                build_multimodal(folder, "gemma4", MOE_TEXT, spm_tokenizer)
+            else:
+                vocab = json.loads((spm_tokenizer / "config.json").read_text())["vocab_size"]
+                build_family_model(folder, "gemma4_text", spm_tokenizer,
+                                   embed_std=EMBED["gemma4"],
+                                   vocab_size_per_layer_input=vocab, **MOE_TEXT)
+            _draw_router_scales(folder)
+            cache[name] = folder
+        return cache[name]
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("name", ["gemma4", "gemma4_text"])
+def test_gguf_reproduces_the_model(gguf_built, name, tmp_path, capsys):
+    """The MoE form's GGUF run by llama-cpp-python: F32 within 1e-5 mean KLD of transformers,
+    rejected once block 1's per-expert scales are zeroed; Q8_0 through the CLI within 1e-3
+    (within the 1e-2 asked of GGUF Q8_0), rejected once block 0's gate/up experts are
+    zeroed."""
+    from qtapp.engine.gguf.convert import convert_to_gguf
+    from qtapp.engine.gguf.llama_runtime import llama_cpp_available
+
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed")
+    src = gguf_built(name)
+    ids = token_ids(259)
+    ref = source_logits(src, ids)
+    f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
+    exact = mean_kld(ref, gguf_logits(f32, ids))
+    bad = mean_kld(ref, gguf_logits(damage_gguf(f32, tmp_path, "blk.1.ffn_down_exps.scale"),
+                                    ids))
+    path = gguf_file(quantize_cli(src, tmp_path / "out", "gguf"))
+    q8 = mean_kld(ref, gguf_logits(path, ids))
+    bad_q8 = mean_kld(ref, gguf_logits(damage_gguf(path, tmp_path,
+                                                   "blk.0.ffn_gate_up_exps.weight"), ids))
+    with capsys.disabled():
+        print(f"{name} MoE gguf: F32 {exact:.2e} (per-expert scales zeroed {bad:.2e}), "
+              f"Q8_0 {q8:.2e} (gate/up experts zeroed {bad_q8:.2e})")
+    assert exact < GGUF_F32_KLD_MAX < bad, (exact, bad)
+    # the issue's 8-bit bound (1e-3), not the dense GGUF tests' 1e-2: the expert branch of
+    # this tiny model is small beside its dense MLP, so every block's experts zeroed moved
+    # the Q8_0 file by 7.2e-3 only, one block's by 3.5e-3
+    assert q8 < KLD_MAX < bad_q8, (q8, bad_q8)
+
+
+@pytest.mark.slow
+@pytest.mark.llama_cpp
+def test_gguf_metadata_tensors_and_k_quant(gguf_built, tmp_path, capsys):
+    """What the file holds, read back with the gguf package against the checkpoint: expert
+    count, top-k and expert width; the fused experts byte for byte in llama.cpp's layout
+    (ffn_gate_up_exps = gate_up_proj, gate rows first), the router's scales under the names
+    llama.cpp reads; then Q4_K_M through the CLI with the importance matrix of the
+    per-expert calibration (one row per expert of each merged tensor) opens and runs, further
+    from the source than Q8_0 yet within 1e-2."""
+    import gguf
+    import numpy as np
+    from safetensors import safe_open
+
+    from qtapp.cli import main
+    from qtapp.engine.gguf.convert import convert_to_gguf
+    from qtapp.engine.gguf.imatrix import read_imatrix
+    from qtapp.engine.gguf.llama_runtime import llama_cpp_available
+    from qtapp.engine.gguf.output import IMATRIX_FILE
+
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed")
+    src = gguf_built("gemma4")
+    f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
+    reader = gguf.GGUFReader(f32)
+    key = {k: reader.fields[f"gemma4.{k}"].contents()
+           for k in ("expert_count", "expert_used_count", "expert_feed_forward_length")}
+    assert key == {"expert_count": N_EXPERTS, "expert_used_count": TOP_K,
+                   "expert_feed_forward_length": MOE_TEXT["moe_intermediate_size"]}, key
+    tensors = {t.name: t for t in reader.tensors}
+    layers = LAYERS["gemma4"]
+    with safe_open(src / "model.safetensors", "np") as st:
+        for i in range(3):
+            for gguf_name, hf_name in (
+                    (f"blk.{i}.ffn_gate_up_exps.weight", "experts.gate_up_proj"),
+                    (f"blk.{i}.ffn_down_exps.weight", "experts.down_proj"),
+                    (f"blk.{i}.ffn_gate_inp.weight", "router.proj.weight"),
+                    (f"blk.{i}.ffn_gate_inp.scale", "router.scale"),
+                    (f"blk.{i}.ffn_down_exps.scale", "router.per_expert_scale"),
+                    (f"blk.{i}.pre_ffw_norm_2.weight", "pre_feedforward_layernorm_2.weight"),
+                    (f"blk.{i}.post_ffw_norm_1.weight", "post_feedforward_layernorm_1.weight"),
+                    (f"blk.{i}.post_ffw_norm_2.weight", "post_feedforward_layernorm_2.weight")):
+                want = st.get_tensor(f"{layers}.{i}.{hf_name}")
+                got = np.asarray(tensors[gguf_name].data).reshape(want.shape)
+                assert tensors[gguf_name].tensor_type.name == "F32", gguf_name
+                assert np.array_equal(got, want), gguf_name
+    assert not any("ffn_gate_exps" in n or "ffn_up_exps" in n for n in tensors)
+
+    ids = token_ids(259)
+    ref = source_logits(src, ids)
+    out = tmp_path / "q4"
+    assert main(["quantize", "--model", str(src), "--method", "gguf", "--out", str(out),
+                 "--type", "Q4_K_M", "--imatrix", "auto", "--samples", "16", "--seq-len",
+                 "64", "--device", "cpu", "--no-eval"]) == 0
+    path = gguf_file(out)
+    q4_types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    # the tiny model's 64-wide rows do not fit a k-quant block (256): llama-quantize's
+    # fallback from Q4_K / Q6_K is Q5_0 / Q8_0 (types.type_fallback), here as there
+    assert q4_types["blk.0.ffn_gate_up_exps.weight"] == "Q5_0", q4_types
+    assert q4_types["blk.0.ffn_gate_inp.weight"] == "F32", q4_types
+    importance = read_imatrix(out / IMATRIX_FILE).importance()
+    rows = importance["blk.0.ffn_gate_up_exps.weight"].reshape(N_EXPERTS, -1)
+    assert rows.shape[1] == MOE_TEXT["hidden_size"] and (rows.sum(1) > 0).sum() >= TOP_K
+    assert importance["blk.0.ffn_down_exps.weight"].size == \
+        N_EXPERTS * MOE_TEXT["moe_intermediate_size"]
+    q4 = mean_kld(ref, gguf_logits(path, ids))
+    q8 = mean_kld(ref, gguf_logits(gguf_file(quantize_cli(src, tmp_path / "q8", "gguf")), ids))
+    with capsys.disabled():
+        print(f"gemma4 MoE gguf Q4_K_M (imatrix): mean KLD {q4:.2e} (Q8_0 {q8:.2e})")
+    assert q8 < q4 < GGUF_Q8_KLD_MAX, (q4, q8)

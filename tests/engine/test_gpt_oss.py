@@ -610,3 +610,19 @@ def test_gguf_imatrix_has_one_row_per_expert_for_gate_and_up(gpt_oss_dir):
         assert imatrix.counts[name].tolist() == routed.tolist(), kind
     assert np.array_equal(imatrix.sums["blk.0.ffn_gate_exps.weight"],
                           imatrix.sums["blk.0.ffn_up_exps.weight"])
+
+
+def test_gpu_forwards_keep_the_familys_own_attention(gpt_oss_dir):
+    """The pipeline asks for its GPU attention (quant/attention.py, sdpa with repeated
+    key/value heads) only where transformers' class runs sdpa: gpt-oss's does not (no sink
+    term in sdpa) and transformers refuses the request, so a gpt-oss job on a GPU would
+    stop before its first block; it keeps its own eager attention there."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from qtapp.engine.quant.attention import gpu_attention, supports_sdpa
+
+    config = AutoConfig.from_pretrained(gpt_oss_dir)
+    assert not supports_sdpa(config)
+    assert supports_sdpa(AutoConfig.for_model("qwen3_moe"))
+    with pytest.raises(ValueError, match="scaled_dot_product_attention"):
+        AutoModelForCausalLM.from_config(config, attn_implementation=gpu_attention())

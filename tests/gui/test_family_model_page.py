@@ -17,9 +17,9 @@ from shapes import hardware
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 
-from test_families_everywhere import CASES, table_methods  # noqa: E402
+from test_families_everywhere import CASES, table_methods
 
-from qtapp.gui.i18n import tr  # noqa: E402
+from qtapp.gui.i18n import tr
 
 SHOWN = ("llama", "phi3", "qwen3_moe", "qwen3_5", "gemma4+moe")
 

@@ -143,6 +143,12 @@ class HfModel:
 
     def gguf_name(self, hf_name: str) -> str:
         name = hf_name.replace("language_model.", "")
+        scale = next((t for suffix, t in self.arch.facts.scales
+                      if name.endswith(f".{suffix}")), None)
+        block = re.search(r"\.layers\.(\d+)\.", name)
+        if scale is not None and block is not None:  # GgufFacts.scales
+            tensor = getattr(gguf.MODEL_TENSOR, scale)
+            return gguf.TENSOR_NAMES[tensor].format(bid=int(block.group(1))) + ".scale"
         if name.endswith(self.arch.facts.weight_suffix):
             name += ".weight"  # as the converter's filter_tensors (Gemma 4's layer_scalar)
         new = self.tensor_map.get_name(name, try_suffixes=(".weight", ".bias"))
@@ -181,6 +187,11 @@ class HfModel:
         if expert is None:
             return [(self.gguf_name(hf_name), 0, 1)]
         head, e, kind = expert.groups()
+        # experts the checkpoint holds fused (Gemma 4: gate_up_proj (E, 2·I, H), down_proj
+        # (E, H, I)) are written as they are: gate and up feed ffn_gate_up_exps's rows
+        fused = f"{head}.{'down_proj' if kind == 'down_proj' else 'gate_up_proj'}"
+        if self.reader.has(fused):
+            return [(self.gguf_name(fused), int(e), self.reader.shape(fused)[0])]
         return [(self.gguf_name(f"{head}.{kind}.weight"), int(e), self._n_experts(head))]
 
     def input_order(self, hf_name: str) -> np.ndarray | None:

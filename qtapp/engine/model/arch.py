@@ -170,6 +170,10 @@ class GgufFacts:
     # llama.cpp's GptOssModel.modify_tensors does: ffn_gate_exps / ffn_up_exps (E, I, H)
     # from the even / odd columns, ffn_down_exps (E, H, I), biases split alike
     interleaved_experts: bool = False
+    # (checkpoint tensor suffix, gguf.MODEL_TENSOR member): per-block tensors that llama.cpp's
+    # converter writes as that tensor's ".scale" (Gemma 4's router.scale → blk.N.ffn_gate_inp
+    # .scale, router.per_expert_scale → blk.N.ffn_down_exps.scale: Gemma4Model.modify_tensors)
+    scales: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -608,27 +612,28 @@ _GEMMA3_TEXT_DEFAULTS: tuple[tuple[str, Any], ...] = (
 # llama.cpp's Gemma4Model (conversion/gemma.py) and src/models/gemma4.cpp: plain x̂·w norms,
 # the shared key/value layer count, the per-layer input width (0: none, the 31B), the
 # sliding-window pattern, global/sliding head widths and rope (split_attention), the
-# per-layer output scales (layer_scalar) and the "gemma4" BPE vocabulary
-# (docs/formats.md#gemma-4)
+# per-layer output scales (layer_scalar) and the "gemma4" BPE vocabulary; the MoE form
+# (26B-A4B, enable_moe_block) adds the expert count, top-k and expert width, the router's
+# scales (ffn_gate_inp.scale, ffn_down_exps.scale) and the fused experts as the checkpoint
+# holds them: gate_up_proj (E, 2·I, H) → ffn_gate_up_exps, down_proj (E, H, I) →
+# ffn_down_exps (docs/formats.md#gemma-4)
 _GEMMA4_GGUF = GgufFacts("GEMMA4", vocab="gemma4", split_attention=True,
-                         weight_suffix=("layer_scalar",), kv=(
+                         weight_suffix=("layer_scalar", ".experts.gate_up_proj",
+                                        ".experts.down_proj"),
+                         scales=(("router.scale", "FFN_GATE_INP"),
+                                 ("router.per_expert_scale", "FFN_DOWN_EXP")),
+                         kv=(
                              *_GEMMA_KV,
                              # 0 (off) when unset: llama.cpp's default would be 30
                              ("final_logit_softcapping", "add_final_logit_softcapping", 0.0),
                              ("num_kv_shared_layers", "add_shared_kv_layers", 0),
                              ("hidden_size_per_layer_input",
-                              "add_embedding_length_per_layer_input", 0)))
-# llama.cpp (0.3.36: src/models/gemma4.cpp) reads the MoE form, but from tensors QuantDesk's
-# GGUF writer does not make: the router's scale (ffn_gate_inp.scale), per_expert_scale
-# (ffn_down_exps.scale), the experts' norms (pre_ffw_norm_2, post_ffw_norm_1/2) and merged
-# gate/up experts (ffn_gate_up_exps)
-_GEMMA4_MOE = Variant("enable_moe_block", GEMMA4_MOE_BLOCK, gguf_reason=(
-    "not yet for the mixture-of-experts Gemma 4 (26B-A4B): llama.cpp reads its blocks from "
-    "the router's input scale (ffn_gate_inp.scale), the per-expert output scales "
-    "(ffn_down_exps.scale), the experts' own norms (pre_ffw_norm_2, post_ffw_norm_1, "
-    "post_ffw_norm_2) and merged expert tensors (ffn_gate_up_exps, ffn_down_exps), which "
-    "QuantDesk's GGUF writer does not produce yet (it writes the dense Gemma 4); use GPTQ "
-    "or AWQ"))
+                              "add_embedding_length_per_layer_input", 0),
+                             ("num_experts", "add_expert_count", None),
+                             ("top_k_experts", "add_expert_used_count", None),
+                             ("moe_intermediate_size", "add_expert_feed_forward_length",
+                              None)))
+_GEMMA4_MOE = Variant("enable_moe_block", GEMMA4_MOE_BLOCK)
 _GEMMA4_NOTES = (
     ("the per-layer embedding table (embed_tokens_per_layer), its projection "
      "(per_layer_model_projection) and every norm stay 16-bit; each block's "

@@ -38,6 +38,19 @@ def _sdpa_repeated_kv(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     return sdpa_attention_forward(plain, query, key, value, attention_mask, **kwargs)
 
 
+def supports_sdpa(config: Any) -> bool:
+    """Whether transformers' causal-LM class of `config` runs sdpa attention (and so
+    gpu_attention, whose name transformers treats as sdpa). gpt-oss does not: sdpa has no
+    term for its attention sinks, and transformers refuses the request."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError:
+        return False
+    return bool(getattr(cls, "_supports_sdpa", False))
+
+
 def gpu_attention() -> str:
     """Register (once) and return the attention implementation name for GPU forwards."""
     global _registered

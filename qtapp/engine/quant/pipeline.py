@@ -38,7 +38,7 @@ from qtapp.engine.events import Emit
 from qtapp.engine.model.arch import method_refusal
 from qtapp.engine.model.moe import min_expert_tokens, unfuse_experts
 from qtapp.engine.model.sources import ModelInfo, SafetensorsReader
-from qtapp.engine.quant.attention import gpu_attention
+from qtapp.engine.quant.attention import gpu_attention, supports_sdpa
 from qtapp.engine.quant.batching import first_output, fit_batch
 from qtapp.engine.quant.methods.awq import AwqBlockResult, awq_apply_block, awq_search_block
 from qtapp.engine.quant.methods.gptq import (
@@ -355,7 +355,7 @@ class LayerStreamer:
         config.use_cache = False
         extra = {}
         if device.type == "cuda" and getattr(config, "_attn_implementation", None) in (
-                None, "sdpa"):
+                None, "sdpa") and supports_sdpa(config):  # gpt-oss: its own eager (sinks)
             extra["attn_implementation"] = gpu_attention()
         with init_empty_weights(include_buffers=False):
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, **extra)
