@@ -622,14 +622,20 @@ def gguf_built(tmp_path_factory, spm_tokenizer):  # noqa: F811
     return get
 
 
+# Q8_0's bound: GGUF's 1e-2 for Gemma4ForCausalLM (measured 2.0e-3, its zeroed-expert file
+# 6.5e-2); the issue's 8-bit 1e-3 for the multimodal form (measured 4.1e-5), whose expert
+# branch is small beside its dense MLP: one block's experts zeroed moved its Q8_0 file by
+# 3.5e-3, every block's by 7.2e-3, both below 1e-2
+Q8_MAX = {"gemma4": KLD_MAX, "gemma4_text": GGUF_Q8_KLD_MAX}
+
+
 @pytest.mark.slow
 @pytest.mark.llama_cpp
 @pytest.mark.parametrize("name", ["gemma4", "gemma4_text"])
 def test_gguf_reproduces_the_model(gguf_built, name, tmp_path, capsys):
     """The MoE form's GGUF run by llama-cpp-python: F32 within 1e-5 mean KLD of transformers,
-    rejected once block 1's per-expert scales are zeroed; Q8_0 through the CLI within 1e-3
-    (within the 1e-2 asked of GGUF Q8_0), rejected once block 0's gate/up experts are
-    zeroed."""
+    rejected once block 1's per-expert scales are zeroed; Q8_0 through the CLI within
+    Q8_MAX, rejected once block 0's gate/up experts are zeroed."""
     from qtapp.engine.gguf.convert import convert_to_gguf
     from qtapp.engine.gguf.llama_runtime import llama_cpp_available
 
@@ -650,10 +656,7 @@ def test_gguf_reproduces_the_model(gguf_built, name, tmp_path, capsys):
         print(f"{name} MoE gguf: F32 {exact:.2e} (per-expert scales zeroed {bad:.2e}), "
               f"Q8_0 {q8:.2e} (gate/up experts zeroed {bad_q8:.2e})")
     assert exact < GGUF_F32_KLD_MAX < bad, (exact, bad)
-    # the issue's 8-bit bound (1e-3), not the dense GGUF tests' 1e-2: the expert branch of
-    # this tiny model is small beside its dense MLP, so every block's experts zeroed moved
-    # the Q8_0 file by 7.2e-3 only, one block's by 3.5e-3
-    assert q8 < KLD_MAX < bad_q8, (q8, bad_q8)
+    assert q8 < Q8_MAX[name] < bad_q8, (q8, bad_q8)
 
 
 @pytest.mark.slow
@@ -715,9 +718,17 @@ def test_gguf_metadata_tensors_and_k_quant(gguf_built, tmp_path, capsys):
     # fallback from Q4_K / Q6_K is Q5_0 / Q8_0 (types.type_fallback), here as there
     assert q4_types["blk.0.ffn_gate_up_exps.weight"] == "Q5_0", q4_types
     assert q4_types["blk.0.ffn_gate_inp.weight"] == "F32", q4_types
-    importance = read_imatrix(out / IMATRIX_FILE).importance()
-    rows = importance["blk.0.ffn_gate_up_exps.weight"].reshape(N_EXPERTS, -1)
-    assert rows.shape[1] == MOE_TEXT["hidden_size"] and (rows.sum(1) > 0).sum() >= TOP_K
+    imatrix = read_imatrix(out / IMATRIX_FILE)
+    for i in range(3):
+        # each expert's tokens on its own row (experts put on one row leave 7 rows empty),
+        # counted once for gate and up as llama-imatrix counts its one gate_up product
+        # (gate and up each counted: twice the down_proj counts)
+        counts = imatrix.counts[f"blk.{i}.ffn_gate_up_exps.weight"]
+        assert (counts > 0).all() and (counts == imatrix.counts[
+            f"blk.{i}.ffn_down_exps.weight"]).all(), counts
+        assert imatrix.sums[f"blk.{i}.ffn_gate_up_exps.weight"].shape == \
+            (N_EXPERTS, MOE_TEXT["hidden_size"])
+    importance = imatrix.importance()
     assert importance["blk.0.ffn_down_exps.weight"].size == \
         N_EXPERTS * MOE_TEXT["moe_intermediate_size"]
     q4 = mean_kld(ref, gguf_logits(path, ids))

@@ -1,7 +1,7 @@
 """The window with a family's local folder (issue 18, item 4): the model page reads the folder
 through its own Load button, names the family (Architecture) and the methods the table lets
 it take, each refused one with the reason; the method page disables what the table refuses
-(GGUF for Phi-3 and for Gemma 4's mixture of experts, nothing for Llama) before Start, and
+(GGUF for Phi-3, nothing for Llama or Gemma 4's mixture of experts) before Start, and
 its recommended choice is one the family takes.
 
 The tiny models are those of tests/engine/test_families_everywhere.py (its CASES builders,

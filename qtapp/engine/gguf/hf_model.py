@@ -188,9 +188,13 @@ class HfModel:
             return [(self.gguf_name(hf_name), 0, 1)]
         head, e, kind = expert.groups()
         # experts the checkpoint holds fused (Gemma 4: gate_up_proj (E, 2·I, H), down_proj
-        # (E, H, I)) are written as they are: gate and up feed ffn_gate_up_exps's rows
+        # (E, H, I)) are written as they are: gate_proj's inputs are row e of
+        # ffn_gate_up_exps, counted once as llama-imatrix counts its one gate_up product;
+        # up_proj reads the same inputs and adds nothing
         fused = f"{head}.{'down_proj' if kind == 'down_proj' else 'gate_up_proj'}"
         if self.reader.has(fused):
+            if kind == "up_proj":
+                return []
             return [(self.gguf_name(fused), int(e), self.reader.shape(fused)[0])]
         return [(self.gguf_name(f"{head}.{kind}.weight"), int(e), self._n_experts(head))]
 

@@ -194,7 +194,7 @@ def recommend(hw: Hardware, shape: ModelShape | None = None, goal: str = "speed"
     refused = _refusals(config)
     if method in refused:
         method, bits, gtype, reason = _allowed_choice(method, bits, gtype, reason, refused,
-                                                      goal, target)
+                                                      target)
 
     if shape is not None:
         need = run_bytes(shape, bits if method != "gguf" else 4, ctx)
@@ -240,7 +240,7 @@ def _refusals(config: dict[str, Any] | None) -> dict[str, str]:
 
 
 def _allowed_choice(method: str, bits: int, gtype: str, reason: str, refused: dict[str, str],
-                    goal: str, target: str) -> tuple[str, int, str, str]:
+                    target: str) -> tuple[str, int, str, str]:
     """The first fallback of `method` that the family takes, with why."""
     other = next((m for m in FALLBACKS[method] if m not in refused), None)
     if other is None:  # nothing to offer: say so with the refusal (check tells the rest)
@@ -248,9 +248,7 @@ def _allowed_choice(method: str, bits: int, gtype: str, reason: str, refused: di
     where = "the GPU" if target == "gpu" else "a CPU with transformers (slower than llama.cpp)"
     return other, bits, "", (
         f"{method.upper()} would be the usual choice, but not for this model: "
-        f"{refused[method]}. {other.upper()} at {bits} bits runs on {where}"
-        + (", with the most accuracy of the methods it takes." if goal == "accuracy"
-           else "."))
+        f"{refused[method].rstrip('.')}. {other.upper()} at {bits} bits runs on {where}.")
 
 
 def recommended_group_size(shape: ModelShape | None) -> int:
