@@ -88,9 +88,14 @@ def _quantizing(method: str, samples: int) -> JobSpec:
                    calibration=CalibrationSpec(samples=samples, seq_len=512))
 
 
-def test_the_advisor_asks_the_planner_where_quantizing_fits() -> None:
+def test_the_advisor_asks_the_planner_where_quantizing_fits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The table's quantize column is the planner's peak on the device it fits: VRAM on the
-    GPU when the planner's limits take it, else the planner's CPU peak RAM."""
+    GPU when the planner's limits take it, else the planner's CPU peak RAM (resident samples
+    turned on here: they are off on GPUs by default, planner.RESIDENT_SAMPLES_ON_GPU)."""
+    from qtapp.engine.planning import planner
+
+    monkeypatch.setattr(planner, "RESIDENT_SAMPLES_ON_GPU", True)
     seven = SHAPES["7B"]
     row = size_row(seven, machine(8, ram_gib=16), method="awq", samples=128)
     assert row.quantize_fit == "gpu"

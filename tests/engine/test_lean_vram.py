@@ -73,9 +73,31 @@ def test_70b_block_fits_24gb_in_lean_mode() -> None:
     assert planner.working_bytes(shape, "gptq", 128, 2048, lean=True) <= 22 * GiB
 
 
-def test_plan_card_names_the_mode_and_refuses_below_max_vram(tmp_path: Path) -> None:
+def test_default_lean_plan_streams_every_sample_on_a_gpu(tmp_path: Path) -> None:
+    """Resident samples are off on GPUs (planner.RESIDENT_SAMPLES_ON_GPU: a GPU run failed
+    with them): the default plan on an 8 GB card keeps none there, streams all 128 and
+    counts their activations in host memory, and the job runner's count is 0 too."""
     from tests.shapes import model_info
 
+    info = model_info(tmp_path, "Llama-8B-test", config=LLAMA_8B, n_params=8_030_261_248)
+    plan = planner.plan_job(_job("gptq"), info, hw=hardware(8), out=tmp_path / "o")
+    assert plan.vram_mode == "lean"
+    assert (plan.resident_samples, plan.streamed_samples) == (0, 128)
+    assert "calibration activations in host memory, streamed to the GPU" in plan.table()
+    assert plan.peak_vram == planner.working_bytes(ModelShape.from_config(LLAMA_8B), "gptq",
+                                                   128, 2048, lean=True)
+    fast_ram, _ = planner.memory(_job("gptq"), info, True)
+    assert plan.peak_ram - fast_ram == 128 * 2048 * 4096 * 4
+    assert planner.job_vram_mode(_job("gptq"), info, hardware(8))[2] == 0
+    assert planner.resident_samples(_job("gptq", max_vram=8 * GiB),
+                                    ModelShape.from_config(LLAMA_8B), hardware(80).best_gpu) == 0
+
+
+def test_plan_card_names_the_mode_and_refuses_below_max_vram(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.shapes import model_info
+
+    monkeypatch.setattr(planner, "RESIDENT_SAMPLES_ON_GPU", True)  # the split, when enabled
     info = model_info(tmp_path, "Llama-8B-test", config=LLAMA_8B, n_params=8_030_261_248)
     plan = planner.plan_job(_job("gptq"), info, hw=hardware(8), out=tmp_path / "o")
     assert plan.vram_mode == "lean" and "VRAM mode       lean:" in plan.table(), plan.table()
@@ -231,9 +253,12 @@ def test_split_inputs_stream_every_sample_once_in_fast_modes_mini_batches(tiny: 
         streamer.close()
 
 
-def test_planner_keeps_as_many_samples_on_the_gpu_as_the_budget_leaves() -> None:
+def test_planner_keeps_as_many_samples_on_the_gpu_as_the_budget_leaves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The resident samples fill the budget (card or --max-vram) less the lean working set
-    and LEAN_HEADROOM, in whole mini-batches: one mini-batch more would not fit."""
+    and LEAN_HEADROOM, in whole mini-batches: one mini-batch more would not fit (with
+    RESIDENT_SAMPLES_ON_GPU turned on; it is off by default)."""
+    monkeypatch.setattr(planner, "RESIDENT_SAMPLES_ON_GPU", True)
     sample = 2048 * 4096 * 4
     for method, max_vram, card in (("gptq", 0, 8), ("gptq", 8 * GiB, 80), ("awq", 8 * GiB, 80),
                                    ("gptq", 0, 12)):
