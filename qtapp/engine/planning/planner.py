@@ -810,9 +810,9 @@ def plan_job(job: JobSpec, info: ModelInfo, hw: Hardware | None = None, probe: b
         _existing(cache_root())).free)
     plan = Plan(model=info.name, method=job.method, device="cuda" if gpu else "cpu",
                 peak_ram=int(ram), peak_vram=int(vram), temp_disk=int(temp),
-                final_disk=int(final), seconds=round(seconds, 1), ram_total=hw.ram_total,
+                final_disk=int(final), seconds=float(seconds), ram_total=hw.ram_total,
                 vram_total=gpu.vram_total if gpu else 0, disk_free=int(disk_free),
-                probed=probed, block_seconds=round(per_block, 3), ram_usable=ram_limit(hw),
+                probed=probed, block_seconds=float(per_block), ram_usable=ram_limit(hw),
                 vram_usable=min(vram_limit(gpu), job.max_vram or vram_limit(gpu)),
                 vram_mode=mode, vram_reason=reason, resident_samples=resident,
                 streamed_samples=job.quantize_samples - resident if mode == "lean" else 0)
