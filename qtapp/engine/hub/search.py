@@ -43,7 +43,6 @@ EXPAND = ["downloads", "likes", "gated", "lastModified", "safetensors", "config"
           "pipeline_tag", "sha"]
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                "U8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1}
-SHAPE_KEYS = ("num_hidden_layers", "hidden_size")
 _NO = object()
 
 
@@ -152,17 +151,14 @@ def search_models(query: str, *, author: str | None = None, sort: str = "downloa
     return out
 
 
-def _has_shape(config: dict | None) -> bool:
-    c = (config or {}).get("text_config") or config or {}
-    return all(k in c for k in SHAPE_KEYS)
-
-
 def full_config(model: HubModel, *, timeout: float = 5.0) -> dict | None:
     """config.json of ``model``: the one it has when it is complete, else the cached file,
     else one request (resolve/<sha>/config.json). A gated model whose licence this account
     has not accepted, or a repository without config.json, keeps its trimmed config (the
     verdicts then count from the parameters)."""
-    if _has_shape(model.config):
+    from qtapp.engine.planning.shape import shape_of
+
+    if shape_of(model.config) is not None:  # a complete config, not the Hub's trimmed one
         return model.config
     snap = _snapshot(model.repo_id)
     if snap is not None:
@@ -208,11 +204,7 @@ def cached_models() -> list[HubModel]:
 
 
 def _cached_params(config: Any) -> int | None:
-    from qtapp.engine.planning.shape import ModelShape
+    from qtapp.engine.planning.shape import shape_of
 
-    if not isinstance(config, dict) or not _has_shape(config):
-        return None
-    try:
-        return ModelShape.from_config(config).n_params
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
+    shape = shape_of(config)
+    return shape.n_params if shape is not None else None

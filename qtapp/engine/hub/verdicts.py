@@ -49,7 +49,7 @@ from qtapp.engine.planning.advisor import (
 from qtapp.engine.planning.compat import config_checks
 from qtapp.engine.planning.hardware import Hardware
 from qtapp.engine.planning.planner import GGUF_BPW, VRAM_USABLE, formula_bytes, quantize_fit
-from qtapp.engine.planning.shape import ModelShape, bits_per_weight, weight_bytes
+from qtapp.engine.planning.shape import ModelShape, bits_per_weight, shape_of, weight_bytes
 from qtapp.engine.units import format_size
 
 CONTEXTS = (131072, 65536, 32768, 16384, 8192, 4096, 2048)
@@ -132,14 +132,7 @@ def _verdict(method: str, label: str, fits: bool | None, kind: str, **facts: Any
 
 
 def _shape(model: HubModel) -> ModelShape | None:
-    c = model.config or {}
-    inner = c.get("text_config") or c
-    if not (inner.get("num_hidden_layers") and inner.get("hidden_size")):
-        return None
-    try:
-        return ModelShape.from_config(c, model.repo_id, model.params or None)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
+    return shape_of(model.config, model.repo_id, model.params or None)
 
 
 def ctx_label(ctx: int) -> str:

@@ -204,7 +204,9 @@ class Family:
     lm_head: str = "lm_head"
     norm_offset: float = 0.0  # the block's norms compute x̂·(norm_offset + w)
     gguf: GgufFacts | None = None
-    gguf_reason: str = ""  # why there is no GGUF conversion, when gguf is None
+    # why there is no GGUF conversion, when gguf is None: one short clause, shown next to
+    # "GGUF" in `quantdesk check` and the window (gguf.archs.GgufRefused)
+    gguf_reason: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     # (checkpoint name part, module name part): checkpoints that name a module otherwise
     # than QuantDesk's (unfused) transformers modules do; "{e}" is an expert index. Read
@@ -214,8 +216,6 @@ class Family:
     # text_config, which may name only what differs from the text config class's defaults
     # (Gemma 3 4B names no head counts): those defaults, used where text_config lacks a key
     text_defaults: tuple[tuple[str, Any], ...] = ()
-    # (text config key, reason): variants refused when the key is set
-    refuse_if: tuple[tuple[str, str], ...] = ()
     # forms with another block layout, chosen by a text config key (Gemma 4's MoE): layout()
     variants: tuple[Variant, ...] = ()
 
@@ -673,9 +673,10 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            notes=(("AWQ scales only v→o and up→down: OLMo 2 has no norm before attention "
                   "or MLP to absorb the other scales"),)),
     Family("phi3", ("Phi3ForCausalLM",), "Phi-3, Phi-4, Phi-4-mini", PHI3_BLOCK,
-           gguf_reason="not verified: the llama.cpp of llama-cpp-python 0.3.36 refused the "
-                       "vocabulary of QuantDesk's Phi-3 test model (unordered_map::at while "
-                       "loading it), so no Phi-3 GGUF has been proven to run",
+           # shown in a line next to "GGUF" (check, the window); the details are in
+           # docs/models.md, footnote 3
+           gguf_reason="not verified: the llama.cpp of llama-cpp-python 0.3.36 could not "
+                       "load the vocabulary of QuantDesk's Phi-3 test GGUF",
            notes=(("fused qkv_proj / gate_up_proj are quantized as one linear each; AWQ "
                   "does not scale v→o or up→down (slices of a fused output)"),)),
     Family("gemma2", ("Gemma2ForCausalLM",), "Gemma 2", GEMMA_BLOCK, norm_offset=1.0,
@@ -987,10 +988,6 @@ def arch_for(config: dict) -> ArchSpec:
     layout = family.layout(config)
     assert layout is not None
     config = text_settings(config)
-    for key, why in family.refuse_if:
-        if config.get(key):
-            raise UserError(f"This {family.model_type} model ({key} is set in config.json) is "
-                            f"not supported: {why}.")
     experts = n_experts(config) if layout.experts else 0
     groups = tuple(x for g in layout.awq if g != layout.v_o or v_o_shapes_match(config)
                    for x in expand_awq(g, experts))

@@ -409,7 +409,10 @@ LEAN_BATCH = 8  # samples per mini-batch (quant/pipeline.quantize_blocks' batch)
 # at the first solve with "HessianError: The calibration inputs of a layer with 4096 inputs
 # contain NaN or Inf values", and AWQ lean went over the 8 GiB ceiling; lean mode with every
 # sample streamed ran fine. The split (quant/pipeline.BlockInputs) is proven only on the CPU
-# (tests/engine/test_lean_vram.py); docs/reliability.md#lean-vram-mode.
+# (tests/engine/test_lean_vram.py). A likely cause of the NaN (an unordered cross-stream
+# reuse of freed memory) is fixed in quant/pipeline._HostStream but not yet checked on a
+# GPU: tests/engine/test_cuda_pipeline.py's resident-samples test is the check to run before
+# turning this on; docs/reliability.md#lean-vram-mode.
 RESIDENT_SAMPLES_ON_GPU = False
 
 

@@ -181,6 +181,20 @@ class ModelShape:
         )
 
 
+def shape_of(config: Any, name: str = "", n_params: int | None = None) -> ModelShape | None:
+    """ModelShape.from_config of a config.json dict, or None when it has no depth and width
+    (the Hub's trimmed configs, a repository without config.json) or they are unusable."""
+    if not isinstance(config, dict):
+        return None
+    c = config.get("text_config") or config
+    if not (c.get("num_hidden_layers") and c.get("hidden_size")):
+        return None
+    try:
+        return ModelShape.from_config(config, name, n_params)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
 LINEAR_ATTENTION = "linear_attention"  # a layer_types entry (Qwen3.5's Gated DeltaNet)
 
 

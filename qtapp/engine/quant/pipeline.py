@@ -33,7 +33,7 @@ from torch import nn
 
 from qtapp.engine import events as ev
 from qtapp.engine.config import JobSpec, QuantScheme
-from qtapp.engine.errors import Cancelled, UserError
+from qtapp.engine.errors import UserError, check_cancel
 from qtapp.engine.events import Emit
 from qtapp.engine.model.arch import method_refusal
 from qtapp.engine.model.moe import min_expert_tokens, unfuse_experts
@@ -241,6 +241,13 @@ class _HostStream:
         starts = list(range(0, n, batch))
         bufs = [torch.empty((min(batch, n), *x.shape[1:]), dtype=x.dtype, device=self.device)
                 for _ in range(min(2, len(starts)))]
+        if self.cuda:
+            # The caching allocator hands out memory freed on the compute stream at once,
+            # trusting that only the compute stream uses it, in order: kernels queued there
+            # may still read or write it (the previous mini-batch's intermediates, when the
+            # device-resident samples came just before). The side stream's first copies must
+            # wait for them, or they race (docs/reliability.md#lean-vram-mode).
+            self.h2d.wait_stream(torch.cuda.current_stream(self.device))
         ready: list[Any] = [None] * len(bufs)
         free: list[Any] = [None] * len(bufs)
 
@@ -568,7 +575,7 @@ def forward_block(block: nn.Module, inputs: BlockInputs,
     try:
         with torch.no_grad():
             for xb, kw in inputs.batches():
-                _poll(should_cancel)
+                check_cancel(should_cancel)
                 y = first_output(block(xb.to(block_dtype(block)), **kw))
                 m = xb.shape[0]
                 for start, dest, host in reversed(dests):  # the part sample i is in
@@ -584,11 +591,6 @@ def forward_block(block: nn.Module, inputs: BlockInputs,
         if to_host is not None:
             to_host.finish()
     return out if isinstance(out, torch.Tensor) else None
-
-
-def _poll(should_cancel: Callable[[], bool] | None) -> None:
-    if should_cancel is not None and should_cancel():
-        raise Cancelled()
 
 
 def block_dtype(block: nn.Module) -> torch.dtype:
@@ -620,7 +622,7 @@ def stream_blocks(streamer: LayerStreamer, inputs: BlockInputs,
             free block i; after_block(i, seconds since block i was started)
     """
     for i in range(streamer.n_blocks):
-        _poll(should_cancel)
+        check_cancel(should_cancel)
         t0 = time.perf_counter()
         inputs.use_block(i)
         prefix = streamer.block_prefix(i)
@@ -692,7 +694,7 @@ def collect_hessians(block: nn.Module, names: list[str], inputs: BlockInputs,
     try:
         with torch.no_grad():
             for xb, kw in inputs.batches():
-                _poll(should_cancel)
+                check_cancel(should_cancel)
                 pending.update(names)
                 seen.clear()
                 try:
@@ -852,7 +854,7 @@ def measure_output_errors(block: nn.Module, quantized: dict[str, torch.Tensor],
     try:
         with torch.no_grad():
             for xb, kw in inputs.batches():
-                _poll(should_cancel)
+                check_cancel(should_cancel)
                 pending.update(quantized)
                 try:
                     block(xb.to(block_dtype(block)), **kw)
@@ -900,8 +902,7 @@ class BlockQuantizer:
         return self.job.scheme_for(block_prefix + name)
 
     def _check_cancel(self) -> None:
-        if self.should_cancel():
-            raise Cancelled()
+        check_cancel(self.should_cancel)
 
     def quantize(self, i: int, block: nn.Module, prefix: str, inputs: BlockInputs) -> BlockReport:
         method = self.job.method
