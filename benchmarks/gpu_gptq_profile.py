@@ -32,13 +32,9 @@ from gpu_quantize import build_random_llama
 from qtapp.engine.config import GPTQOptions, QuantScheme
 from qtapp.engine.model.sources import resolve_model
 from qtapp.engine.quant.methods.gptq import HessianAccumulator, gptq_quantize
-from qtapp.engine.quant.pipeline import (
-    LayerStreamer,
-    _gpu_precision,
-    collect_hessians,
-    forward_block,
-)
+from qtapp.engine.quant.pipeline import _gpu_precision, collect_hessians
 from qtapp.engine.quant.primitives import qparams_from_range, qparams_mse
+from qtapp.engine.quant.streaming import LayerStreamer, forward_block
 
 GROUPS = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
           ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]

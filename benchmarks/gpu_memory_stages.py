@@ -45,7 +45,8 @@ def trace_awq_stages() -> None:
 def main() -> None:
     from qtapp.engine.config import AWQOptions, CalibrationSpec, JobSpec, QuantScheme
     from qtapp.engine.model.sources import resolve_model
-    from qtapp.engine.quant.pipeline import BlockQuantizer, LayerStreamer, forward_block
+    from qtapp.engine.quant.pipeline import BlockQuantizer
+    from qtapp.engine.quant.streaming import LayerStreamer, forward_block
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="1b")

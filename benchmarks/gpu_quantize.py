@@ -13,8 +13,8 @@ Ours: the layer-streaming pipeline (`quantize_blocks`) on the GPU, float32 block
 checkpoint written per block as in a real job (export and evaluation are not timed), each
 row in its own process (so its peak VRAM and peak RSS are its own). Mode fast keeps the
 calibration activations on the GPU, lean in page-locked host memory
-(`quant/pipeline.BlockInputs`); fast also keeps the attention output across GPTQ's
-true-sequential passes (`quant/pipeline.AttentionReuse`), mode fast-recompute does not (the
+(`quant/streaming.BlockInputs`); fast also keeps the attention output across GPTQ's
+true-sequential passes (`quant/attention_reuse.AttentionReuse`), mode fast-recompute does not (the
 time before that change, on the same card). `--stages` times each stage of every block with
 the GPU synchronised around it (seconds summed over blocks, then per block; each Hessian pass
 on its own row; the checkpoint's hand-off in the loop and, apart, its write on the writer
@@ -123,7 +123,7 @@ def build_random_llama(folder: Path, shape: str, layers: int | None = None) -> P
     return folder
 
 
-STAGES = {  # pipeline module attribute → stage name
+STAGES = {  # attribute of quant/pipeline or quant/streaming → stage name
     "collect_hessians": "Hessian passes (partial forwards + XᵀX)",
     "gptq_quantize": "GPTQ solve + column sweeps",
     "output_error_terms": "layer errors",
@@ -149,11 +149,13 @@ class StageTimer:
             torch.cuda.synchronize(self.device)
 
     def install(self) -> None:
-        from qtapp.engine.quant import pipeline
+        from qtapp.engine.quant import pipeline, streaming
         from qtapp.engine.quant.qstore import QuantStore
 
-        for attr, stage in STAGES.items():
-            setattr(pipeline, attr, self.wrap(getattr(pipeline, attr), stage))
+        for attr, stage in STAGES.items():  # each module's own name: a call goes through one
+            for module in (pipeline, streaming):
+                if hasattr(module, attr):
+                    setattr(module, attr, self.wrap(getattr(module, attr), stage))
         # each true-sequential Hessian pass on its own row, named by its first linear
         pipeline.collect_hessians = self.wrap(
             pipeline.collect_hessians.__wrapped__,

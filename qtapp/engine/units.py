@@ -80,7 +80,10 @@ def format_duration(seconds: float, words: tuple[str, str, str] = DURATION_WORDS
 
 
 def format_params(n: int) -> str:
-    """'6.7B' from 10^9 parameters up, else '135M'."""
+    """'6.7B' from 10^9 parameters up, '135M' from 10^7, '1.2M' below (a test model of
+    107 200 parameters is '0.1M', not '0M')."""
     if n >= 10**9:
         return f"{n / 10**9:.1f}B"
-    return f"{n / 10**6:.0f}M"
+    if n >= 10**7:
+        return f"{n / 10**6:.0f}M"
+    return f"{n / 10**6:.1f}M"

@@ -229,7 +229,7 @@ def test_cli_refuses_an_impossible_target_and_dry_runs_a_plan(tiny128, tmp_path,
 
 def test_sensitivity_orders_candidates_and_weights_by_the_fisher(tiny128, tmp_path):
     from qtapp.engine.planning.sensitivity import measure_profile
-    from qtapp.engine.quant.pipeline import pick_device
+    from qtapp.engine.quant.streaming import pick_device
 
     job = _base(tiny128, "rtn", tmp_path / "x", "gptq")
     info = resolve_model(str(tiny128))

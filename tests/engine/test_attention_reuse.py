@@ -1,5 +1,5 @@
 """Faster fast-mode blocks: the attention output kept across true-sequential GPTQ passes
-(quant/pipeline.AttentionReuse) and the checkpoint written on a background thread
+(quant/attention_reuse.AttentionReuse) and the checkpoint written on a background thread
 (quant/pipeline.CheckpointWriter) change no number.
 
 Each family runs the real pipeline twice on the same tokens, with and without the kept
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_families import build_family_model
+from family_helpers import build_family_model
 from test_gemma_multimodal import EMBED, GEMMA4_TEXT
 from test_hybrid import EMBED_STD, QWEN3_5
 from tiny_models import build_tiny_model
@@ -30,7 +30,8 @@ from qtapp.engine import events as ev
 from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme
 from qtapp.engine.errors import Cancelled
 from qtapp.engine.model.sources import resolve_model
-from qtapp.engine.quant.pipeline import AttentionReuse, mixer_output, quantize_blocks
+from qtapp.engine.quant.attention_reuse import AttentionReuse, mixer_output
+from qtapp.engine.quant.pipeline import quantize_blocks
 from qtapp.engine.quant.qstore import QuantStore
 
 SAMPLES, SEQ, BATCH = 12, 32, 4

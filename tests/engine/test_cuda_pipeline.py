@@ -113,7 +113,7 @@ def test_lean_mode_keeps_resident_samples_on_the_gpu(method: str, make_tiny_mode
     page-locked host memory of their exact size (host_buffer registers it; torch's pinned
     cache would round it up and keep it), the prefetch staging buffer is page-locked too;
     the layer errors match fast mode's and lean mode's with every sample streamed."""
-    from qtapp.engine.quant.pipeline import LayerStreamer
+    from qtapp.engine.quant.streaming import LayerStreamer
 
     folder = make_tiny_model(tmp_path / "m", hidden_size=128, intermediate_size=256)
     streamer = LayerStreamer(resolve_model(str(folder)), torch.device("cuda"))

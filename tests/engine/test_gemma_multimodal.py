@@ -2,7 +2,7 @@
 
 Tiny models from each family's own transformers config classes (Gemma3Config /
 Gemma4Config with a nested text_config and a small vision tower), with peaked outputs as in
-test_families.py (the final norm scaled to a mean next-token entropy of 2.5 nats):
+family_helpers.py (the final norm scaled to a mean next-token entropy of 2.5 nats):
 
 - Gemma 3: 6 blocks with the 5 : 1 sliding / global pattern (block 5 global, sliding window
   32 below the 48-token test sequence and the 64-token calibration samples), checkpoint names
@@ -37,11 +37,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_families import (
+from family_helpers import (
     GGUF_F32_KLD_MAX,
     GGUF_Q8_KLD_MAX,
     KLD_MAX,
-    _sharpen,
     build_family_model,
     damage_gguf,
     damage_hf,
@@ -50,6 +49,7 @@ from test_families import (
     hf_logits,
     mean_kld,
     quantize_cli,
+    sharpen,
     source_logits,
     token_ids,
 )
@@ -83,7 +83,7 @@ GEMMA4_GGUF = {**GEMMA4_TEXT, "hidden_size": 256, "intermediate_size": 256, "hea
                "global_head_dim": 128, "num_kv_shared_layers": 3}
 GEMMA4_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                  "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16}
-# std of the token embeddings (test_families.EMBED_STD): Gemma 4's blocks (attention with
+# std of the token embeddings (family_helpers.EMBED_STD): Gemma 4's blocks (attention with
 # q/k norms and scale 1, per-layer inputs) swing the output more than Gemma 3's; 1.0 puts the
 # 8-bit error two orders below KLD_MAX (0.3 gave 2e-3) while a zeroed down_proj stays above
 EMBED = {"gemma3": 0.3, "gemma4": 1.0}
@@ -138,7 +138,7 @@ def build_multimodal(folder: Path, model_type: str, text: dict,
             for name, b in model.named_buffers():
                 if layer_scalars and name.endswith("layer_scalar"):
                     b.uniform_(0.5, 1.5)
-        _sharpen(model, vocab)
+        sharpen(model, vocab)
     model.to(torch.float32).save_pretrained(folder)
     return folder
 
@@ -205,7 +205,7 @@ def _streamed_hidden(folder: Path, ids: list[int], own_arguments: bool = True) -
     """The last block's output when the blocks are streamed one at a time as the quantizer
     runs them (no quantization); with own_arguments False every block gets block 0's."""
     from qtapp.engine.model.sources import resolve_model
-    from qtapp.engine.quant.pipeline import LayerStreamer, forward_block
+    from qtapp.engine.quant.streaming import LayerStreamer, forward_block
 
     info = resolve_model(str(folder))
     streamer = LayerStreamer(info, torch.device("cpu"))

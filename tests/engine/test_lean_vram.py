@@ -1,7 +1,7 @@
 """Lean VRAM mode: the planner's choice, and the lean path's numbers against the fast path's.
 
 Lean mode keeps the calibration activations in host memory and streams each mini-batch to
-the compute device through two reused buffers (quant/pipeline.BlockInputs, _HostStream).
+the compute device through two reused buffers (quant/streaming.BlockInputs, _HostStream).
 On the CPU the same buffers, slices and write-back run with plain copies, so the per-layer
 errors of a job run both ways must agree; the GPU half (copy streams, the --max-vram
 ceiling, page-locked host memory) is in test_cuda_pipeline.py.
@@ -24,7 +24,7 @@ from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme
 from qtapp.engine.model.sources import resolve_model
 from qtapp.engine.planning import planner
 from qtapp.engine.planning.shape import ModelShape
-from qtapp.engine.quant import pipeline
+from qtapp.engine.quant import streaming
 from qtapp.engine.quant.pipeline import quantize_blocks
 from qtapp.engine.quant.qstore import QuantStore
 from tests.shapes import GiB, hardware
@@ -153,7 +153,7 @@ def test_stale_mini_batch_in_the_lean_path_is_caught(tiny: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The comparison above fails when the streaming is broken: here every mini-batch after
     the first reuses the first one's data (a buffer that was never refilled)."""
-    real = pipeline._HostStream.batches
+    real = streaming._HostStream.batches
 
     def stale(self, x, batch, kwargs):
         first = None
@@ -162,7 +162,7 @@ def test_stale_mini_batch_in_the_lean_path_is_caught(tiny: Path, tmp_path: Path,
             yield first[: xb.shape[0]], kw
 
     fast = _errors(tiny, "gptq", False, tmp_path)
-    monkeypatch.setattr(pipeline._HostStream, "batches", stale)
+    monkeypatch.setattr(streaming._HostStream, "batches", stale)
     lean = _errors(tiny, "gptq", True, tmp_path)
     assert max(abs(lean[n] - e) / e for n, e in fast.items()) > 1e-3
 
@@ -208,7 +208,7 @@ def test_a_split_off_by_one_is_caught(tiny: Path, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The equality above fails when the split is one sample off: here the host part
     starts one sample early (sample 3 is seen twice, sample 9 never), shapes unchanged."""
-    real = pipeline.LayerStreamer.capture_inputs
+    real = streaming.LayerStreamer.capture_inputs
 
     def off_by_one(self, tokens, batch, lean=False, resident=0):
         inputs = real(self, tokens, batch, lean=lean, resident=resident)
@@ -216,7 +216,7 @@ def test_a_split_off_by_one_is_caught(tiny: Path, tmp_path: Path,
         return inputs
 
     fast = _errors(tiny, "gptq", False, tmp_path)
-    monkeypatch.setattr(pipeline.LayerStreamer, "capture_inputs", off_by_one)
+    monkeypatch.setattr(streaming.LayerStreamer, "capture_inputs", off_by_one)
     lean = _errors(tiny, "gptq", True, tmp_path, resident=4)
     assert max(abs(lean[n] - e) / e for n, e in fast.items()) > 1e-3
 
@@ -226,7 +226,7 @@ def test_split_inputs_stream_every_sample_once_in_fast_modes_mini_batches(tiny: 
     4 kept), the others in host memory; batches() hands out exactly fast mode's mini-batches
     and forward_block writes each output back where its sample lives. A split that is not
     a whole number of mini-batches is refused, not silently regrouped."""
-    from qtapp.engine.quant.pipeline import BlockInputs, LayerStreamer, forward_block
+    from qtapp.engine.quant.streaming import BlockInputs, LayerStreamer, forward_block
 
     info = resolve_model(str(tiny))
     streamer = LayerStreamer(info, torch.device("cpu"))
@@ -291,7 +291,7 @@ def test_prefetch_staging_buffers_are_reused_not_grown(tiny: Path) -> None:
     (page-locked on a GPU: host_buffer); the third block reuses the first block's buffer
     instead of allocating (torch's pinned cache grew by every block it pinned)."""
     from qtapp.engine.model.sources import SafetensorsReader
-    from qtapp.engine.quant.pipeline import LayerStreamer
+    from qtapp.engine.quant.streaming import LayerStreamer
 
     info = resolve_model(str(tiny))
     streamer = LayerStreamer(info, torch.device("cpu"))
@@ -321,7 +321,7 @@ def test_gemma4_split_keeps_each_mini_batchs_own_arguments(tmp_path: Path) -> No
     mini-batch its own shared keys and values (STATE_KWARGS, filled by earlier layers):
     with 4 of 12 samples on the device and the rest streamed, mini-batch k still gets
     samples 4k … 4k + 3's inputs and its own state, so every layer error equals fast mode's."""
-    from test_families import build_family_model
+    from family_helpers import build_family_model
     from test_gemma_multimodal import EMBED, GEMMA4_TEXT
 
     folder = build_family_model(tmp_path / "gemma4_text", "gemma4_text",
@@ -360,10 +360,10 @@ def test_host_buffer_locks_exactly_its_bytes_and_unlocks_them_when_freed(
         cudaHostUnregister=lambda ptr: calls.append(("unlock", ptr)) or 0)
     monkeypatch.setattr(torch.cuda, "cudart", lambda: fake)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append(("sync",)))
-    t = pipeline.host_buffer((80, 2048, 3), torch.device("cuda"))  # 1.875 MiB, not 2 MiB
+    t = streaming.host_buffer((80, 2048, 3), torch.device("cuda"))  # 1.875 MiB, not 2 MiB
     ptr = t.data_ptr()
     assert t.device.type == "cpu" and calls == [("lock", ptr, 80 * 2048 * 3 * 4)]
     del t
     gc.collect()
     assert calls[1:] == [("sync",), ("unlock", ptr)]
-    assert pipeline.host_buffer((4,), torch.device("cpu")) is not None and len(calls) == 3
+    assert streaming.host_buffer((4,), torch.device("cpu")) is not None and len(calls) == 3

@@ -15,10 +15,11 @@ from qtapp.engine import events as ev
 from qtapp.engine.config import RTN_CHART_SAMPLES, CalibrationSpec, JobSpec, QuantScheme
 from qtapp.engine.jobs.job import run_job
 from qtapp.engine.model.sources import resolve_model
-from qtapp.engine.quant import pipeline
+from qtapp.engine.quant import streaming
 from qtapp.engine.quant.methods.gptq import relative_output_error
 from qtapp.engine.quant.methods.rtn import rtn
-from qtapp.engine.quant.pipeline import LayerStreamer, collect_hessians, measure_output_errors
+from qtapp.engine.quant.pipeline import collect_hessians, measure_output_errors
+from qtapp.engine.quant.streaming import LayerStreamer
 
 NAMES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -58,7 +59,7 @@ def test_rtn_job_streams_only_its_chart_samples_and_its_bytes_ignore_calibration
         streamed.append(int(tokens.shape[0]))
         return capture(self, tokens, batch, **kwargs)
 
-    monkeypatch.setattr(pipeline.LayerStreamer, "capture_inputs", counting)
+    monkeypatch.setattr(streaming.LayerStreamer, "capture_inputs", counting)
     outputs, charts = {}, {}
     for name, calibration in (("many", CalibrationSpec(samples=40, seq_len=32, seed=0)),
                               ("one", CalibrationSpec(samples=1, seq_len=32, seed=7))):

@@ -13,7 +13,8 @@ from qtapp.engine.config import GPTQOptions, JobSpec, QuantScheme
 from qtapp.engine.model.sources import resolve_model
 from qtapp.engine.quant import pipeline
 from qtapp.engine.quant.methods.gptq import HessianAccumulator, gptq_quantize
-from qtapp.engine.quant.pipeline import BlockQuantizer, LayerStreamer, collect_hessians
+from qtapp.engine.quant.pipeline import BlockQuantizer, collect_hessians
+from qtapp.engine.quant.streaming import LayerStreamer
 
 ATTN_IN = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
 FFN_IN = ["mlp.gate_proj", "mlp.up_proj"]

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from qtapp.engine.errors import Cancelled
 from qtapp.engine.model.sources import resolve_model
-from qtapp.engine.quant.pipeline import LayerStreamer, stream_blocks
+from qtapp.engine.quant.streaming import LayerStreamer, stream_blocks
 
 TOKENS = torch.randint(0, 200, (4, 16), generator=torch.Generator().manual_seed(0))
 

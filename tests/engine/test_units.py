@@ -46,3 +46,4 @@ def test_durations_in_other_words() -> None:
 
 def test_parameter_counts() -> None:
     assert (format_params(134_515_008), format_params(6_738_415_616)) == ("135M", "6.7B")
+    assert (format_params(107_200), format_params(1_234_567)) == ("0.1M", "1.2M")

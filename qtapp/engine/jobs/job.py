@@ -46,13 +46,9 @@ from qtapp.engine.planning.planner import (
 from qtapp.engine.quality.evaluate import folder_size
 from qtapp.engine.quality.gate import quality_report
 from qtapp.engine.quant.calibration import calibration_tokens
-from qtapp.engine.quant.pipeline import (
-    collect_input_stats,
-    gather_awq_search,
-    pick_device,
-    quantize_blocks,
-)
+from qtapp.engine.quant.pipeline import collect_input_stats, gather_awq_search, quantize_blocks
 from qtapp.engine.quant.qstore import QuantStore, checkpoint_dir, job_fingerprint
+from qtapp.engine.quant.streaming import pick_device
 from qtapp.engine.results import (
     ExportResult,
     GGUFDetails,

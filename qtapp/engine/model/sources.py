@@ -365,7 +365,7 @@ class SafetensorsReader:
             out: torch.Tensor | None = None) -> torch.Tensor:
         """Read one tensor from disk (a fresh CPU tensor), optionally cast to ``dtype``.
         `out`: uint8 memory of the tensor's byte size to read into instead (a reused,
-        page-locked staging buffer: quant/pipeline.LayerStreamer); the result is a view of it."""
+        page-locked staging buffer: quant/streaming.LayerStreamer); the result is a view of it."""
         e = self._entry(name)
         if out is not None and out.numel() != e.nbytes:
             raise ValueError(f"{name}: {out.numel()} bytes given, the tensor has {e.nbytes}")

@@ -45,7 +45,7 @@ from qtapp.engine.planning.sensitivity import (
     sensitivity_profile,
 )
 from qtapp.engine.quant.calibration import calibration_batches
-from qtapp.engine.quant.pipeline import pick_device
+from qtapp.engine.quant.streaming import pick_device
 from qtapp.engine.units import format_size
 
 MAX_CELLS = 100_000

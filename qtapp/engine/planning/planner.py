@@ -242,7 +242,7 @@ def working_bytes(shape: ModelShape, method: str, samples: int, seq_len: int,
     holds two mini-batch buffers of `batch` samples and one mini-batch's forward instead,
     besides the `resident` samples kept on it (resident_samples).
     `reuse` (GPTQ, not lean): plus the attention output kept across the passes after
-    o_proj's, N·L·(n_heads·head_dim)·4 (quant/pipeline.AttentionReuse)."""
+    o_proj's, N·L·(n_heads·head_dim)·4 (quant/attention_reuse.AttentionReuse)."""
     h, i = shape.hidden_size, shape.intermediate_size
     tokens = samples * seq_len
     block = shape.block_linear_params * 4  # fp32
@@ -362,7 +362,7 @@ def vram_mode(job: JobSpec, shape: ModelShape, gpu: GPU | None) -> tuple[str, st
     kept across passes: reuses_attention) when its working memory fits under the card's
     usable memory and under job.max_vram; else fast-recompute (the same without the kept
     attention output) when that fits; else lean mode (the activations in host memory,
-    streamed to the GPU per mini-batch: quant/pipeline.BlockInputs). ("", "") on the CPU."""
+    streamed to the GPU per mini-batch: quant/streaming.BlockInputs). ("", "") on the CPU."""
     if gpu is None:
         return "", ""
     limit, whose = vram_budget(job, gpu)
@@ -408,9 +408,9 @@ LEAN_BATCH = 8  # samples per mini-batch (quant/pipeline.quantize_blocks' batch)
 # shape, 128 × 2048 tokens, --max-vram 8GiB, 48 of 128 samples resident) GPTQ lean stopped
 # at the first solve with "HessianError: The calibration inputs of a layer with 4096 inputs
 # contain NaN or Inf values", and AWQ lean went over the 8 GiB ceiling; lean mode with every
-# sample streamed ran fine. The split (quant/pipeline.BlockInputs) is proven only on the CPU
+# sample streamed ran fine. The split (quant/streaming.BlockInputs) is proven only on the CPU
 # (tests/engine/test_lean_vram.py). A likely cause of the NaN (an unordered cross-stream
-# reuse of freed memory) is fixed in quant/pipeline._HostStream but not yet checked on a
+# reuse of freed memory) is fixed in quant/streaming._HostStream but not yet checked on a
 # GPU: tests/engine/test_cuda_pipeline.py's resident-samples test is the check to run before
 # turning this on; docs/reliability.md#lean-vram-mode.
 RESIDENT_SAMPLES_ON_GPU = False
@@ -431,7 +431,7 @@ def _resident_room(job: JobSpec, shape: ModelShape, gpu: GPU) -> tuple[int, int,
 def resident_samples(job: JobSpec, shape: ModelShape, gpu: GPU | None) -> int:
     """Lean mode: how many calibration samples stay on the GPU (the first ones, in whole
     mini-batches of LEAN_BATCH), the others being streamed from host memory
-    (quant/pipeline.BlockInputs): as many as fit in the budget (vram_budget) beside the
+    (quant/streaming.BlockInputs): as many as fit in the budget (vram_budget) beside the
     lean working set and LEAN_HEADROOM. Each one costs seq_len · hidden · 4 bytes of VRAM
     and saves as much host memory and a copy per pass. 0 while RESIDENT_SAMPLES_ON_GPU is
     off."""
@@ -740,8 +740,9 @@ def probe_block(job: JobSpec, info: ModelInfo) -> tuple[float, float, float, int
     on the demo. A later block is the rate; the first is counted once.
     """
     from qtapp.engine.quant.calibration import calibration_tokens
-    from qtapp.engine.quant.pipeline import collect_input_stats, pick_device, quantize_blocks
+    from qtapp.engine.quant.pipeline import collect_input_stats, quantize_blocks
     from qtapp.engine.quant.qstore import QuantStore
+    from qtapp.engine.quant.streaming import pick_device
 
     marks: list[float] = []  # calibration start, then the end of each block
     wanted = 1 + min(2, max(info.n_layers, 1))

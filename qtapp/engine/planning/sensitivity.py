@@ -68,12 +68,8 @@ from qtapp.engine.planning.budget import Candidate, ModuleSlot
 from qtapp.engine.quant.batching import first_output, fit_batch
 from qtapp.engine.quant.methods.gptq import gptq_quantize
 from qtapp.engine.quant.methods.rtn import rtn
-from qtapp.engine.quant.pipeline import (
-    LayerStreamer,
-    collect_hessians,
-    forward_block,
-    stream_blocks,
-)
+from qtapp.engine.quant.pipeline import collect_hessians
+from qtapp.engine.quant.streaming import LayerStreamer, forward_block, stream_blocks
 
 # The gguf package and ggml_quant are imported inside quantized_weight, for GGUF candidates only:
 # other methods' profiles are measured without them.
