@@ -200,6 +200,40 @@ def test_cli_check(demo_dir, tmp_path, capsys):
     assert d["works"] == [] and d["model_type"] == "mamba"
 
 
+def test_a_family_without_gguf_says_why_in_a_line(demo_dir, tmp_path, capsys):
+    """A family of the table with no GGUF conversion (gguf_reason: Phi-3) answers `quantdesk
+    check` with its own reason and what to use instead, in one short line, not the
+    converter's list of every architecture; that list stays in the answer for an unknown
+    architecture (Mamba), printed once."""
+    from qtapp.cli import main
+    from qtapp.engine.gguf.archs import ARCHS, arch_of
+    from qtapp.engine.model.arch import FAMILIES
+
+    refused = [f for f in FAMILIES.values() if f.supported and f.gguf is None]
+    assert [f.model_type for f in refused] == ["phi3"]
+    for family in refused:
+        config = {"architectures": [family.architectures[0]],
+                  "model_type": family.model_type, **BASE}
+        (tmp_path / family.model_type).mkdir()
+        folder = folder_with(tmp_path / family.model_type, config, demo_dir)
+        assert main(["check", str(folder)]) == 0
+        out = capsys.readouterr().out
+        line = next(x for x in out.splitlines() if x.startswith("  gguf "))
+        assert len(line) < 200, line
+        assert family.gguf_reason in line and line.endswith("; use GPTQ or AWQ"), line
+        assert "LlamaForCausalLM" not in out, out
+        with pytest.raises(UserError) as e:  # quantize's error adds the architecture
+            arch_of(config)
+        assert family.architectures[0] in str(e.value) and family.gguf_reason in str(e.value)
+        assert "convert_hf_to_gguf.py" in str(e.value) and len(str(e.value)) < 400
+
+    text = check_model(str(folder_with(tmp_path, CONFIGS["mamba"], demo_dir)),
+                       machine()).text()
+    assert all(a in text for a in ARCHS), text
+    assert text.count("QuantDesk supports llama") == 1, text
+    assert "  gptq  no   as rtn\n  awq   no   as rtn\n" in text, text
+
+
 def test_a_job_warns_when_the_model_has_no_chat_template(tiny_llama_dir, tmp_path):
     from qtapp.engine import events as ev
     from qtapp.engine.config import CalibrationSpec, JobSpec, QuantScheme

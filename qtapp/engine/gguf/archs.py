@@ -19,6 +19,7 @@ from qtapp.engine.model.arch import (
     Family,
     GgufFacts,
     family_for,
+    method_refusal,
     text_settings,
 )
 
@@ -57,6 +58,27 @@ def gguf_arch(family: Family) -> GgufArch | None:
     return GgufArch(getattr(gguf.MODEL_ARCH, family.gguf.arch), family.gguf, family.norm_offset)
 
 
+class GgufRefused(UserError):
+    """arch_of's refusal of a model whose family (or variant) the table knows but cannot
+    write as GGUF. `reason` is the per-method answer that `quantdesk check`, the advisor and
+    the window show next to "GGUF": the table's own reason and what to use instead, in a
+    line; the message adds the architecture and llama.cpp's own converter. The list of the
+    architectures QuantDesk converts is only in the error for an architecture the table does
+    not know."""
+
+    def __init__(self, shown: str, reason: str) -> None:
+        super().__init__(f"GGUF conversion does not support {shown}: {reason}, or convert it "
+                         "with llama.cpp's convert_hf_to_gguf.py.")
+        self.reason = reason
+
+
+def _instead(config: dict[str, Any]) -> str:
+    """'use GPTQ or AWQ': the calibrated methods the family takes (method_refusal); RTN,
+    which every supported family takes, when it takes neither."""
+    taken = [m.upper() for m in ("gptq", "awq") if not method_refusal(m, config)]
+    return f"use {' or '.join(taken or ['RTN'])}"
+
+
 ARCHS: dict[str, GgufArch] = {a: g for f in FAMILIES.values()
                               if (g := gguf_arch(f)) is not None for a in f.architectures}
 LLAMA = ARCHS["LlamaForCausalLM"]
@@ -85,14 +107,12 @@ def arch_of(config: dict[str, Any]) -> GgufArch:
                         f"{family.reason}.")
     found = gguf_arch(family)
     if found is None:
-        raise UserError(
-            f"GGUF conversion does not support the architecture {shown}: {family.gguf_reason}. "
-            f"QuantDesk converts {', '.join(ARCHS)}. Choose GPTQ or AWQ for this model, or convert it "
-            "with llama.cpp's convert_hf_to_gguf.py.")
+        raise GgufRefused(f"{family.examples} ({shown})",
+                          f"{family.gguf_reason}; {_instead(config)}")
     variant = family.variant(config)
     if variant is not None and variant.gguf_reason:
-        raise UserError(f"GGUF conversion does not support this {family.model_type} model "
-                        f"({variant.key} is set in config.json): {variant.gguf_reason}.")
+        raise GgufRefused(f"this {family.model_type} model ({variant.key} is set in "
+                          "config.json)", f"{variant.gguf_reason}; {_instead(config)}")
     if found.facts.gated_delta_net:
         full_attention_interval(config)  # llama.cpp stores the hybrid's pattern as one number
     if found.facts.split_attention:

@@ -98,8 +98,13 @@ class CompatReport:
         lines = [(f"{self.model} ({self.where}): {archs}, model_type "
                   f"{self.model_type or '?'}, about {self.n_params / 1e9:.2f} B parameters, "
                   f"{format_size(self.weights_bytes)} of weights")]
+        first: dict[str, str] = {}  # a refusal's reason -> the method that printed it
         for m in self.methods:
-            lines.append(f"  {m.method:5} {'yes' if m.ok else 'no '}  {m.reason}")
+            said = first.get(m.reason) if not m.ok else None
+            lines.append(f"  {m.method:5} {'yes' if m.ok else 'no '}  "
+                         + (f"as {said}" if said else m.reason))
+            if not m.ok:
+                first.setdefault(m.reason, m.method)
         works = self.works
         lines.append(f"use: {', '.join(works)}" if works else
                      "no QuantDesk method works for this model")
@@ -287,6 +292,15 @@ def _tokenizer_check(folder: Path, files: dict[str, int], vocab: str = "gpt2") -
     return ""
 
 
+def _gguf_refusal(e: UserError) -> str:
+    """The per-method answer of arch_of's refusal: a family the table knows answers with its
+    own reason in a line (GgufRefused.reason), an unknown architecture with the whole error,
+    which lists the architectures QuantDesk converts."""
+    from qtapp.engine.gguf.archs import GgufRefused
+
+    return e.reason if isinstance(e, GgufRefused) else str(e)
+
+
 def _gguf_check(config: dict[str, Any], folder: Path, files: dict[str, int]) -> MethodCheck:
     from qtapp.engine.gguf.archs import arch_of
 
@@ -299,7 +313,7 @@ def _gguf_check(config: dict[str, Any], folder: Path, files: dict[str, int]) -> 
     try:
         arch = arch_of(config)
     except UserError as e:
-        return MethodCheck("gguf", False, str(e))
+        return MethodCheck("gguf", False, _gguf_refusal(e))
     problem = _tokenizer_check(folder, files, arch.vocab)
     if problem:
         return MethodCheck("gguf", False, problem)
@@ -336,7 +350,7 @@ def config_checks(config: dict[str, Any]) -> list[MethodCheck]:
         gguf = (MethodCheck("gguf", False, vision) if vision else
                 MethodCheck("gguf", True, f"architecture {arch_of(config).name}"))
     except UserError as e:
-        gguf = MethodCheck("gguf", False, str(e))
+        gguf = MethodCheck("gguf", False, _gguf_refusal(e))
     return [*checks, gguf]
 
 

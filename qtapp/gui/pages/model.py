@@ -256,12 +256,13 @@ class ModelPage(QWidget):
 
 
 def methods_text(config: dict) -> str:
-    """The methods the model's family takes, then each one it refuses with why (the FAMILIES
-    table, as `quantdesk check` answers from config.json)."""
+    """The methods the model's family takes, then each one it refuses with why, a line each
+    (the FAMILIES table, as `quantdesk check` answers from config.json: a family's own short
+    reason, not the converter's list of architectures)."""
     from qtapp.engine.planning.compat import METHODS, refusals  # imports the gguf package
 
     refused = refusals(config) if config else {}
     parts = [", ".join(m.upper() for m in METHODS if m not in refused)]
     parts += [tr("not {method}: {reason}").format(method=m.upper(), reason=refused[m])
               for m in METHODS if m in refused]
-    return "; ".join(p for p in parts if p)
+    return "\n".join(p for p in parts if p)
