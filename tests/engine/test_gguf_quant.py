@@ -70,7 +70,7 @@ def test_imatrix_lowers_weighted_error_on_degridded_demo_weight(demo_dir, qtype)
     """The demo's weights sit on a Q4_1 grid; a seeded column permutation scatters it.
     With importances E[x_j²] that vary as real activations do, quantizing with the imatrix
     lowers Σ_j E[x_j²]·‖ΔW_:j‖² against quantizing without it."""
-    from qtapp.engine.model.sources import SafetensorsReader
+    from qtapp.engine.model.safetensors_files import SafetensorsReader
 
     w = SafetensorsReader(demo_dir).get("model.layers.3.mlp.down_proj.weight",
                                         torch.float32).numpy()

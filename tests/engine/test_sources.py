@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 
 from qtapp.engine.errors import UserError
 from qtapp.engine.model import sources
-from qtapp.engine.model.sources import SafetensorsReader, resolve_model
+from qtapp.engine.model.safetensors_files import SafetensorsReader
+from qtapp.engine.model.sources import resolve_model
 
 
 @pytest.fixture

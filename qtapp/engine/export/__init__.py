@@ -30,7 +30,7 @@ from qtapp.engine.export.common import (
 from qtapp.engine.export.compressed_tensors import CompressedTensorsWriter
 from qtapp.engine.export.gptq import GPTQ_BITS, GPTQWriter
 from qtapp.engine.model import arch as _arch
-from qtapp.engine.model.sources import SafetensorsReader
+from qtapp.engine.model.safetensors_files import SafetensorsReader
 from qtapp.engine.quant.qstore import QuantStore
 from qtapp.engine.results import ExportResult
 

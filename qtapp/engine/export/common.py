@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from qtapp.engine.config import JobSpec
 from qtapp.engine.errors import UserError
 from qtapp.engine.model.arch import NameMap, arch_for, name_map, text_settings
-from qtapp.engine.model.sources import SafetensorsReader
+from qtapp.engine.model.safetensors_files import SafetensorsReader
 from qtapp.engine.quant.primitives import QuantizedWeight
 from qtapp.engine.quant.qstore import QuantStore
 

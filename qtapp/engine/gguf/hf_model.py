@@ -24,7 +24,7 @@ import torch
 from qtapp.engine.errors import UserError
 from qtapp.engine.gguf.archs import GgufArch, arch_of
 from qtapp.engine.model.arch import layer_attention
-from qtapp.engine.model.sources import SafetensorsReader
+from qtapp.engine.model.safetensors_files import SafetensorsReader
 
 # buffers some checkpoints carry that llama.cpp does not use (ModelBase.prepare_tensors)
 _IGNORED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")

@@ -41,7 +41,8 @@ from qtapp.engine.config import JobSpec, QuantScheme
 from qtapp.engine.errors import UserError
 from qtapp.engine.export import CHECKS, resolve_format
 from qtapp.engine.export.common import COPIED_FILES, SHARD_BYTES, ModuleEntry
-from qtapp.engine.model.sources import ModelInfo, SafetensorsReader
+from qtapp.engine.model.safetensors_files import SafetensorsReader
+from qtapp.engine.model.sources import ModelInfo
 from qtapp.engine.units import format_size, size_at_least
 
 # The gguf package and the GGUF modules are imported inside the GGUF functions: sizes of GPTQ, AWQ

@@ -24,7 +24,8 @@ from torch import nn
 
 from qtapp.engine.errors import UserError, check_cancel
 from qtapp.engine.model.moe import unfuse_experts
-from qtapp.engine.model.sources import ModelInfo, SafetensorsReader
+from qtapp.engine.model.safetensors_files import SafetensorsReader
+from qtapp.engine.model.sources import ModelInfo
 from qtapp.engine.quant.attention import gpu_attention, supports_sdpa
 from qtapp.engine.quant.batching import first_output, fit_batch
 
