@@ -29,7 +29,7 @@ test: setup
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow"
 
 test-all: setup
-	$(TEST_ENV) $(PY) -m pytest -q
+	$(TEST_ENV) $(PY) -m pytest -q --durations=25
 
 lint: setup
 	$(VENV)/bin/ruff check qtapp tests benchmarks
