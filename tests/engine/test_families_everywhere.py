@@ -33,7 +33,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_families import build_family_model, damage_hf, quantize_cli
+from family_helpers import (
+    build_family_model,
+    damage_hf,
+    family_builder,
+    folder_cache,
+    output_cache,
+)
 
 from qtapp.engine.config import JobSpec
 from qtapp.engine.model.arch import FAMILIES, method_refusal
@@ -45,14 +51,6 @@ GPU_MACHINE = Hardware("Fake CPU", 8, 16, 64 * GiB, 64 * GiB, "TestOS",
                        (GPU(0, "Fake RTX 24 GB", "cuda", 24 * GiB, 24 * GiB),))
 LINEAR = ("rtn", "gptq", "awq")
 MOE_SUFFIX = "+moe"  # a family's mixture-of-experts variant (Gemma 4's enable_moe_block)
-
-
-def _dense(model_type: str):
-    return lambda folder: build_family_model(folder, model_type)
-
-
-def _test_families(model_type: str, **kwargs):
-    return lambda folder: build_family_model(folder, model_type, **kwargs)
 
 
 def _moe(folder: Path) -> Path:
@@ -112,7 +110,7 @@ def _gemma(model_type: str, moe: bool = False):
 
 # case → builder: every supported model_type of the table, and the variants
 CASES = {
-    **{t: _dense(t) for t in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "granite",
+    **{t: family_builder(t) for t in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "granite",
                               "olmo2", "phi3", "gemma2", "gemma3_text", "glm4")},
     "qwen3_moe": _moe,
     "mixtral": _mixtral,
@@ -149,27 +147,15 @@ def test_every_supported_family_and_variant_has_a_case():
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    cache: dict[str, Path] = {}
-
-    def get(case: str) -> Path:
-        if case not in cache:
-            folder = tmp_path_factory.mktemp(case.replace("+", "-")) / case.split("+")[0]
-            cache[case] = CASES[case](folder)
-        return cache[case]
-    return get
+    """case → its tiny model (CASES), built once."""
+    return folder_cache(tmp_path_factory, CASES)
 
 
 @pytest.fixture(scope="module")
 def quantized(built, tmp_path_factory):
-    """case → the RTN W8 output of its tiny model, through the CLI."""
-    cache: dict[str, Path] = {}
-
-    def get(case: str) -> Path:
-        if case not in cache:
-            out = tmp_path_factory.mktemp("q-" + case.replace("+", "-")) / "rtn-w8"
-            cache[case] = quantize_cli(built(case), out, "rtn")
-        return cache[case]
-    return get
+    """case → the RTN W8 output of its tiny model, through the CLI, run once."""
+    outputs = output_cache(tmp_path_factory)
+    return lambda case: outputs(built(case), "rtn")
 
 
 def _config(folder: Path) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_families import (
+from family_helpers import (
     GGUF_F32_KLD_MAX,
     GGUF_Q8_KLD_MAX,
     KLD_MAX,
@@ -47,7 +47,7 @@ QWEN3_5 = {"num_hidden_layers": 4, "layer_types": KINDS, "head_dim": 16,
            "rope_parameters": {"rope_type": "default", "rope_theta": 1e7,
                                "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1],
                                "mrope_interleaved": True}}
-# token-embedding std (test_families.EMBED_STD): at 1.0 the random blocks swing the output
+# token-embedding std (family_helpers.EMBED_STD): at 1.0 the random blocks swing the output
 # so much that GPTQ W8 landed at 1.06e-3
 EMBED_STD = 1.5
 # 16-bit parameters of a DeltaNet mixer (everything but its projections)
@@ -296,17 +296,17 @@ def _fold_awq_scales(folder: Path, uncompensated: tuple[str, ...] = ()):
     float modules left out of the pairs' `also` (a deliberately broken table)."""
     from dataclasses import replace
 
-    from test_moe import _block0, _routing
+    from family_helpers import block0, routing
 
     from qtapp.engine.config import AWQOptions, QuantScheme
     from qtapp.engine.model.moe import min_expert_tokens
     from qtapp.engine.quant.methods.awq import awq_apply_block, awq_search_block
 
-    info, block, inputs = _block0(folder)
+    info, block, inputs = block0(folder)
     arch = info.arch
     groups = tuple(replace(g, also=tuple(a for a in g.also if a not in uncompensated))
                    for g in arch.present(0, block)[1])
-    y0, picked0 = _routing(block, inputs)
+    y0, picked0 = routing(block, block.mlp.gate, inputs)
     scheme = QuantScheme(4, 32, True)
     result = awq_search_block(
         block, inputs.x, inputs.kwargs, groups, lambda _n: scheme, AWQOptions(), 8,
@@ -318,7 +318,7 @@ def _fold_awq_scales(folder: Path, uncompensated: tuple[str, ...] = ()):
         assert not torch.allclose(s, torch.ones_like(s)), prev
     result.clips.clear()
     awq_apply_block(block, result, groups, arch.norm_offset)
-    y1, picked1 = _routing(block, inputs)
+    y1, picked1 = routing(block, block.mlp.gate, inputs)
     return (y0, picked0), (y1, picked1)
 
 

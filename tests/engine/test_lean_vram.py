@@ -290,7 +290,7 @@ def test_prefetch_staging_buffers_are_reused_not_grown(tiny: Path) -> None:
     """A prefetched block is read straight into one of two staging buffers that take turns
     (page-locked on a GPU: host_buffer); the third block reuses the first block's buffer
     instead of allocating (torch's pinned cache grew by every block it pinned)."""
-    from qtapp.engine.model.sources import SafetensorsReader
+    from qtapp.engine.model.safetensors_files import SafetensorsReader
     from qtapp.engine.quant.streaming import LayerStreamer
 
     info = resolve_model(str(tiny))

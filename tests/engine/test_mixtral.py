@@ -19,32 +19,24 @@ file is checked to hold exactly the original names, so it is read as a real chec
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
-from pathlib import Path
-
 import pytest
-from test_families import (
-    GGUF_F32_KLD_MAX,
-    GGUF_Q8_KLD_MAX,
-    KLD_MAX,
+from family_helpers import (
+    assert_expert_count_refused,
+    assert_gguf_f32_reproduces,
+    assert_gguf_q8_close,
+    assert_router_excluded,
+    assert_w4_calibrated_beat_rtn,
+    assert_w8_matches,
     build_family_model,
-    damage_gguf,
     damage_hf,
-    gguf_file,
-    gguf_logits,
-    hf_logits,
-    mean_kld,
     quantize_cli,
-    source_logits,
-    token_ids,
+    tensor_names,
 )
 
 N_EXPERTS, TOP_K = 8, 2
 MIXTRAL = {"num_local_experts": N_EXPERTS, "num_experts_per_tok": TOP_K}
 KINDS = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
-# token embeddings' std (test_families.EMBED_STD): with 1.0, llama.cpp's Q8_0 (which also
+# token embeddings' std (family_helpers.EMBED_STD): with 1.0, llama.cpp's Q8_0 (which also
 # rounds activations to 8 bits) moved the router logits of this tiny model across its top-2
 # boundary on some tokens (Q8_0 KLD 5.3e-2, 1.8e-3 with attention kept F32; the F32 file
 # reproduces the source to 1.5e-7); 4.0 gives Q8_0 1.1e-3 while a zeroed expert stays far
@@ -52,21 +44,11 @@ KINDS = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 EMBED = 4.0
 
 
-def _names(folder: Path) -> set[str]:
-    from safetensors import safe_open
-
-    names: set[str] = set()
-    for f in folder.glob("*.safetensors"):
-        with safe_open(f, "pt") as st:
-            names |= set(st.keys())
-    return names
-
-
 @pytest.fixture(scope="module")
 def mixtral_dir(tmp_path_factory):
     folder = build_family_model(tmp_path_factory.mktemp("mixtral") / "mixtral", "mixtral",
                                 embed_std=EMBED, **MIXTRAL)
-    names = _names(folder)
+    names = tensor_names(folder)
     # the checkpoint's own names, as Mixtral-8x7B ships them: no transformers-5 module names
     for i in range(2):
         for e in range(N_EXPERTS):
@@ -98,13 +80,8 @@ def test_name_map_round_trips():
     ("rtn", "gptq"), ("gptq", "gptq"), ("gptq", "compressed-tensors"),
     pytest.param("awq", "compressed-tensors", marks=pytest.mark.slow)])
 def test_mixtral_end_to_end_checkpoint_names(mixtral_dir, tmp_path, method, fmt):
-    from qtapp.cli import main
-
-    out = tmp_path / "out"
-    assert main(["quantize", "--model", str(mixtral_dir), "--method", method, "--out",
-                 str(out), "--samples", "16", "--seq-len", "64", "--device", "cpu",
-                 "--no-eval", "--bits", "8", "--format", fmt]) == 0
-    names = _names(out)
+    out = quantize_cli(mixtral_dir, tmp_path / "out", method, "--bits", "8", "--format", fmt)
+    names = tensor_names(out)
     packed = "qweight" if fmt == "gptq" else "weight_packed"
     for i in range(2):
         for e in range(N_EXPERTS):
@@ -112,53 +89,22 @@ def test_mixtral_end_to_end_checkpoint_names(mixtral_dir, tmp_path, method, fmt)
                 assert f"model.layers.{i}.block_sparse_moe.experts.{e}.{w}.{packed}" in names
         assert f"model.layers.{i}.block_sparse_moe.gate.weight" in names  # router, float
     assert not any(".mlp." in n for n in names), [n for n in names if ".mlp." in n][:3]
-    qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    router = "model.layers.0.block_sparse_moe.gate"
-    if fmt == "gptq":
-        excluded = [k[2:] for k in qc.get("dynamic", {}) if k.startswith("-:")]
-        assert any(re.match(x, router) for x in excluded), qc
-        assert not any(re.match(x, "model.layers.0.block_sparse_moe.experts.0.w1")
-                       for x in excluded)
-    else:
-        assert router in qc["ignore"], qc
-    ids = token_ids(259)
-    ref = source_logits(mixtral_dir, ids)
-    kld = mean_kld(ref, hf_logits(out, ids))
-    print(f"mixtral {method} {fmt} W8: mean KLD {kld:.2e}")
-    assert kld < KLD_MAX, kld
-    bad = damage_hf(out, tmp_path, "model.layers.0.block_sparse_moe.experts.0.w2")
-    damaged = mean_kld(ref, hf_logits(bad, ids))
-    print(f"mixtral {method} {fmt} expert 0 w2 zeroed: mean KLD {damaged:.2e}")
-    assert damaged > KLD_MAX, damaged
+    assert_router_excluded(out, "model.layers.0.block_sparse_moe.gate",
+                           "model.layers.0.block_sparse_moe.experts.0.w1")
+    assert_w8_matches(mixtral_dir, out, lambda: damage_hf(
+        out, tmp_path, "model.layers.0.block_sparse_moe.experts.0.w2"),
+        f"mixtral {method} {fmt} W8 (damaged: expert 0 w2 zeroed)")
 
 
 @pytest.mark.slow
 def test_mixtral_w4_gptq_and_awq_beat_rtn_on_held_out_text(mixtral_dir, tmp_path):
     """At W4 g32 (16 × 64 calibration tokens) GPTQ and AWQ beat RTN at the same settings,
-    compared on held-out text of the calibration text's kind (test_families.held_out_ids;
+    compared on held-out text of the calibration text's kind (family_helpers.held_out_ids;
     docs/models.md, footnote 6); a damaged expert fails the comparison."""
-    from test_families import held_out_ids
-
-    from qtapp.cli import main
-
-    ids = held_out_ids(mixtral_dir)
-    ref = source_logits(mixtral_dir, ids)
-    kld = {}
-    for method in ("rtn", "gptq", "awq"):
-        out = tmp_path / method
-        assert main(["quantize", "--model", str(mixtral_dir), "--method", method, "--out",
-                     str(out), "--samples", "16", "--seq-len", "64", "--device", "cpu",
-                     "--no-eval", "--bits", "4", "--group-size", "32", "--format",
-                     "compressed-tensors" if method == "awq" else "gptq"]) == 0
-        kld[method] = mean_kld(ref, hf_logits(out, ids))
-        print(f"mixtral {method} W4 g32, held-out text: mean KLD {kld[method]:.2e}")
-    assert kld["gptq"] < kld["rtn"] and kld["awq"] < kld["rtn"], kld
-    for method in ("gptq", "awq"):
-        bad = damage_hf(tmp_path / method, tmp_path,
-                        "model.layers.0.block_sparse_moe.experts.0.w2")
-        damaged = mean_kld(ref, hf_logits(bad, ids))
-        print(f"mixtral {method} W4 expert 0 w2 zeroed: mean KLD {damaged:.2e}")
-        assert damaged > kld["rtn"], (method, damaged, kld)
+    assert_w4_calibrated_beat_rtn(  # damaged: expert 0's w2 zeroed
+        mixtral_dir, tmp_path,
+        lambda out: damage_hf(out, tmp_path, "model.layers.0.block_sparse_moe.experts.0.w2"),
+        args=lambda m: ("--format", "compressed-tensors" if m == "awq" else "gptq"))
 
 
 @pytest.mark.llama_cpp
@@ -168,16 +114,14 @@ def test_mixtral_gguf_merged_experts(demo_dir, tmp_path):
     the router as ffn_gate_inp; read by llama-cpp-python."""
     import gguf
 
-    from qtapp.engine.gguf.convert import convert_to_gguf
     from qtapp.engine.gguf.llama_runtime import llama_cpp_available
 
     if not llama_cpp_available():
         pytest.skip("llama-cpp-python is not installed")
     src = build_family_model(tmp_path / "mixtral", "mixtral", demo_dir, embed_std=EMBED,
                              **MIXTRAL)
-    ids = token_ids(259)
-    ref = source_logits(src, ids)
-    f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
+    f32, ref = assert_gguf_f32_reproduces(src, tmp_path, ["blk.0.ffn_down_exps.weight"],
+                                          "mixtral")
     reader = gguf.GGUFReader(f32)
     tensors = {t.name: t for t in reader.tensors}
     fields = {f.name: f for f in reader.fields.values()}
@@ -187,32 +131,12 @@ def test_mixtral_gguf_merged_experts(demo_dir, tmp_path):
     for kind in ("gate", "up", "down"):
         assert N_EXPERTS in [int(x) for x in tensors[f"blk.1.ffn_{kind}_exps.weight"].shape]
     assert "blk.0.ffn_gate_inp.weight" in tensors
-    exact = mean_kld(ref, gguf_logits(f32, ids))
-    print(f"mixtral gguf F32: mean KLD {exact:.2e}")
-    assert exact < GGUF_F32_KLD_MAX, exact
-    bad = damage_gguf(f32, tmp_path, "blk.0.ffn_down_exps.weight")
-    assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_F32_KLD_MAX
-
-    path = gguf_file(quantize_cli(src, tmp_path / "out", "gguf"))
-    kld = mean_kld(ref, gguf_logits(path, ids))
-    print(f"mixtral gguf Q8_0: mean KLD {kld:.2e}")
-    assert kld < GGUF_Q8_KLD_MAX, kld
+    assert_gguf_q8_close(src, tmp_path, ref, "mixtral")
 
 
 def test_expert_count_mismatch_is_refused_before_any_work(mixtral_dir, tmp_path, capsys):
-    from qtapp.cli import main
-
-    bad = tmp_path / "bad"
-    shutil.copytree(mixtral_dir, bad)
-    config = json.loads((bad / "config.json").read_text())
-    config["num_local_experts"] = N_EXPERTS - 2
-    (bad / "config.json").write_text(json.dumps(config))
-    out = tmp_path / "out"
-    assert main(["quantize", "--model", str(bad), "--method", "gptq", "--out", str(out),
-                 "--bits", "8", "--device", "cpu", "--no-eval"]) != 0
-    err = capsys.readouterr().err
-    assert f"says {N_EXPERTS - 2} experts" in err and f"hold {N_EXPERTS}" in err, err
-    assert not out.exists() and not list(tmp_path.glob(".out*"))
+    assert_expert_count_refused(mixtral_dir, tmp_path, capsys, "num_local_experts",
+                                N_EXPERTS - 2, N_EXPERTS)
 
 
 def test_planner_counts_mixtral_total_and_active():

@@ -14,19 +14,42 @@ nn.Linear modules for calibration (qtapp/engine/model/moe.py).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from test_families import (
+from family_helpers import (
     KLD_MAX,
+    W4_G32,
+    assert_expert_count_refused,
+    assert_experts_counted,
+    assert_gguf_f32_reproduces,
+    assert_gguf_q8_close,
+    assert_router_excluded,
+    assert_unquantized_caught,
+    assert_w8_matches,
+    assert_zeroed_hessian_caught,
+    awq_search,
+    block0,
     build_family_model,
+    check_awq_folds_exactly,
+    check_every_expert,
     damage_hf,
+    held_out_klds,
     hf_logits,
+    imatrix_and_routed,
+    load_model,
     mean_kld,
+    output_cache,
+    quantize_block0,
+    quantize_cli,
+    quantized_layer0,
+    routed_hessians,
+    run_capturing,
     source_logits,
+    tensor_names,
     token_ids,
+    zero_router_row,
 )
 
 from qtapp.engine.config import QuantScheme
@@ -51,23 +74,26 @@ RARE = 7  # an expert the router seldom picks: its router row is zero (logit 0 <
 def moe_dir(tmp_path_factory):
     """The tiny Qwen3-MoE of test_families, with expert RARE's router row zeroed in every
     block so that it gets too few calibration tokens and takes the fallback."""
-    from safetensors.torch import load_file, save_file
-
     folder = build_family_model(tmp_path_factory.mktemp("moe") / "qwen3_moe", "qwen3_moe",
                                 **MOE)
-    (f,) = folder.glob("*.safetensors")
-    tensors = load_file(f)
-    for name, t in tensors.items():
-        if name.endswith("mlp.gate.weight"):
-            t[RARE] = 0
-    save_file(tensors, f, metadata={"format": "pt"})
+    zero_router_row(folder, "mlp.gate.weight", RARE)
     return folder
 
 
-def _model(folder: Path):
-    from transformers import AutoModelForCausalLM
+@pytest.fixture(scope="module")
+def gptq_block0(moe_dir):
+    """quantize_block0 of the model (report, Hessians, events, mini-batches), run once for
+    the tests that only read it."""
+    return quantize_block0(moe_dir, SCHEME)
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    return output_cache(tmp_path_factory)
+
+
+W4_GPTQ = (*W4_G32, "--format", "gptq")
+PROBE = "mlp.experts.{}.gate_proj"  # an expert linear whose Hessian counts its tokens
 
 
 def test_table_expands_every_expert():
@@ -83,7 +109,7 @@ def test_table_expands_every_expert():
 
 
 def test_unfused_block_computes_the_fused_block(moe_dir):
-    model = _model(moe_dir)
+    model = load_model(moe_dir)
     block = model.model.layers[0].mlp
     x = torch.randn(3, 40, 64)
     with torch.no_grad():
@@ -101,129 +127,54 @@ def test_unfused_block_computes_the_fused_block(moe_dir):
         torch.testing.assert_close(block(x), ref, rtol=0, atol=0)
 
 
-def _routed_hessians(folder: Path, report, x: torch.Tensor, kwargs: dict):
+def _routed_hessians(folder: Path, report, batches: list):
     """Reference, per expert linear: H = 2/n Σ x xᵀ over exactly the tokens the router of
     block 0 sends that expert, and n. True-sequential GPTQ builds the experts' Hessians after
     attention is quantized (and down's after gate/up are): the reference block takes the
     same quantized weights from `report` before it runs."""
     import torch.nn.functional as F
 
-    model = _model(folder)
-    unfuse_experts(model)
-    layer = model.model.layers[0]
+    layer = quantized_layer0(folder, report)
+    h = run_capturing(layer, batches, h=(layer.mlp, "in"))["h"].reshape(-1, 64)
     with torch.no_grad():
-        for name, qw in report.modules.items():
-            if not name.endswith("down_proj"):
-                layer.get_submodule(name).weight.copy_(qw.dequantize())
-    seen: dict[str, torch.Tensor] = {}
-    hook = layer.mlp.register_forward_pre_hook(lambda _m, a: seen.__setitem__("x", a[0]))
-    out = {}
-    with torch.no_grad():
-        layer(x, **kwargs)
-        hook.remove()
-        h = seen["x"].reshape(-1, x.shape[-1])
         _, _, idx = layer.mlp.gate(h)  # the router, in float
-        for e in range(N_EXPERTS):
-            xe = h[(idx == e).any(-1)]
-            expert = layer.mlp.experts[e]
-            mid = F.silu(expert.gate_proj(xe)) * expert.up_proj(xe)
-            for kind, inp in (("gate_proj", xe), ("up_proj", xe), ("down_proj", mid)):
-                inp = inp.double()
-                out[f"mlp.experts.{e}.{kind}"] = (2 / max(len(inp), 1) * inp.T @ inp, len(inp))
-    return out
+
+    def linear_inputs(e, xe):
+        expert = layer.mlp.experts[e]
+        mid = F.silu(expert.gate_proj(xe)) * expert.up_proj(xe)
+        return ("gate_proj", xe), ("up_proj", xe), ("down_proj", mid)
+    return routed_hessians(h, idx, N_EXPERTS, "mlp.experts.", linear_inputs)
 
 
-def _quantize_block_with_hessians(folder: Path, monkeypatch, break_hessian: int | None = None):
-    """Run the CLI's GPTQ W8 pipeline on block 0 only, recording every Hessian the pipeline
-    builds and the events; `break_hessian` zeroes that expert's Hessian before it is used."""
-    from qtapp.engine.config import CalibrationSpec, JobSpec
-    from qtapp.engine.model.sources import _model_info
-    from qtapp.engine.quant import pipeline
-
-    info = _model_info(folder, str(folder), folder.name)
-    job = JobSpec(model=str(folder), method="gptq", out=str(folder) + "-out", scheme=SCHEME,
-                  calibration=CalibrationSpec(samples=16, seq_len=64), device="cpu")
-    events: list = []
-    hessians: dict[str, torch.Tensor] = {}
-    collect = pipeline.collect_hessians
-
-    def spy(block, names, inputs, should_cancel=None):
-        acc = collect(block, names, inputs, should_cancel)
-        for n, a in acc.items():
-            e = info.arch.expert_of(n)
-            if break_hessian is not None and e == break_hessian:
-                a.H.zero_()
-            hessians[n] = (a.H.clone(), a.n_samples)
-        return acc
-
-    monkeypatch.setattr(pipeline, "collect_hessians", spy)
-    streamer = pipeline.LayerStreamer(info, torch.device("cpu"))
-    g = torch.Generator().manual_seed(3)
-    tokens = torch.randint(3, 259, (16, 64), generator=g)
-    inputs = streamer.capture_inputs(tokens, 8)
-    x0, kwargs = inputs.x.clone(), dict(inputs.kwargs)
-    quantizer = pipeline.BlockQuantizer(job, info, events.append, lambda: False)
-    block = streamer.materialize(streamer.blocks[0], streamer.block_prefix(0))
-    report = quantizer.quantize(0, block, streamer.block_prefix(0), inputs)
-    streamer.close()
-    return report, hessians, events, x0, kwargs
-
-
-def _check_every_expert(folder, report, hessians, events, x0, kwargs):
-    from qtapp.engine.quant.methods.rtn import rtn_searched
-
-    ref = _routed_hessians(folder, report, x0, kwargs)
-    fallback = set(report.meta["experts"]["fallback"])
-    logged = " ".join(e.message for e in events if getattr(e, "type", "") == "log")
-    methods = {e.module: e.method for e in events if getattr(e, "type", "") == "layer"}
-    source = _model(folder).model.layers[0].mlp.experts
+def _check_every_expert(folder, report, hessians, events, batches):
+    source = load_model(folder).model.layers[0].mlp.experts
     inter = source.gate_up_proj.shape[1] // 2
+    weights = {}
     for e in range(N_EXPERTS):
-        for kind in ("gate_proj", "up_proj", "down_proj"):
-            name = f"mlp.experts.{e}.{kind}"
-            assert name in report.modules, f"{name} left unquantized"
-            H, n = hessians[name]
-            H_ref, n_ref = ref[name]
-            assert n == n_ref, (name, n, n_ref)
-            torch.testing.assert_close(H.double(), H_ref, rtol=1e-4, atol=1e-6)
-            if n < min_expert_tokens(64):
-                assert name in fallback and methods["model.layers.0." + name] == "rtn"
-                assert f"{e} ({n})" in logged
-                W = {"gate_proj": source.gate_up_proj[e, :inter],
-                     "up_proj": source.gate_up_proj[e, inter:],
-                     "down_proj": source.down_proj[e]}[kind]
-                expect = rtn_searched(W.detach().float(), SCHEME).dequantize()
-                torch.testing.assert_close(report.modules[name].dequantize(), expect)
-            else:
-                assert name not in fallback and methods["model.layers.0." + name] == "gptq"
+        for kind, W in (("gate_proj", source.gate_up_proj[e, :inter]),
+                        ("up_proj", source.gate_up_proj[e, inter:]),
+                        ("down_proj", source.down_proj[e])):
+            weights[f"mlp.experts.{e}.{kind}"] = (e, W)
+    check_every_expert(report, hessians, events, _routed_hessians(folder, report, batches),
+                       weights, SCHEME)
 
 
-def test_every_expert_is_quantized_from_its_own_tokens(moe_dir, monkeypatch):
-    report, hessians, events, x0, kwargs = _quantize_block_with_hessians(moe_dir, monkeypatch)
-    counts = [hessians[f"mlp.experts.{e}.gate_proj"][1] for e in range(N_EXPERTS)]
-    assert sum(counts) == 16 * 64 * TOP_K
+def test_every_expert_is_quantized_from_its_own_tokens(moe_dir, gptq_block0):
+    report, hessians, events, batches = gptq_block0
     # both paths are exercised: 2048 routed tokens over 8 experts, minimum 128
-    assert any(c < min_expert_tokens(64) for c in counts), counts
-    assert any(c >= min_expert_tokens(64) for c in counts), counts
-    _check_every_expert(moe_dir, report, hessians, events, x0, kwargs)
+    assert_experts_counted(hessians, PROBE, N_EXPERTS, TOP_K, min_expert_tokens(64))
+    _check_every_expert(moe_dir, report, hessians, events, batches)
     assert "mlp.gate" not in report.modules
 
 
-def test_a_zeroed_expert_hessian_is_caught(moe_dir, monkeypatch):
-    report, hessians, events, x0, kwargs = _quantize_block_with_hessians(moe_dir, monkeypatch)
-    big = next(e for e in range(N_EXPERTS)
-               if hessians[f"mlp.experts.{e}.gate_proj"][1] >= min_expert_tokens(64))
-    report, hessians, events, x0, kwargs = _quantize_block_with_hessians(
-        moe_dir, monkeypatch, break_hessian=big)
-    with pytest.raises(AssertionError):
-        _check_every_expert(moe_dir, report, hessians, events, x0, kwargs)
+def test_a_zeroed_expert_hessian_is_caught(moe_dir, gptq_block0):
+    assert_zeroed_hessian_caught(moe_dir, SCHEME, gptq_block0[1], PROBE, N_EXPERTS,
+                                 _check_every_expert)
 
 
-def test_an_unquantized_expert_is_caught(moe_dir, monkeypatch):
-    report, hessians, events, x0, kwargs = _quantize_block_with_hessians(moe_dir, monkeypatch)
-    del report.modules["mlp.experts.5.down_proj"]
-    with pytest.raises(AssertionError, match="left unquantized"):
-        _check_every_expert(moe_dir, report, hessians, events, x0, kwargs)
+def test_an_unquantized_expert_is_caught(moe_dir, gptq_block0):
+    assert_unquantized_caught(moe_dir, gptq_block0, "mlp.experts.5.down_proj",
+                              _check_every_expert)
 
 
 @pytest.mark.parametrize("method, fmt", [("gptq", "gptq"), ("rtn", "gptq"),
@@ -232,101 +183,25 @@ def test_moe_end_to_end_per_expert_names(moe_dir, tmp_path, method, fmt):
     """Per-expert tensor names as vLLM and transformers load them
     (model.layers.{i}.mlp.experts.{e}.gate_proj.qweight / .weight_packed), the router in
     float (and excluded in the quantization_config), loaded back into the fused model."""
-    from safetensors import safe_open
-
-    from qtapp.cli import main
-
-    out = tmp_path / "out"
-    assert main(["quantize", "--model", str(moe_dir), "--method", method, "--out", str(out),
-                 "--samples", "16", "--seq-len", "64", "--device", "cpu", "--no-eval",
-                 "--bits", "8", "--format", fmt]) == 0
-    names = set()
-    for f in out.glob("*.safetensors"):
-        with safe_open(f, "pt") as st:
-            names |= set(st.keys())
+    out = quantize_cli(moe_dir, tmp_path / "out", method, "--bits", "8", "--format", fmt)
+    names = tensor_names(out)
     packed = "qweight" if fmt == "gptq" else "weight_packed"
     for e in range(N_EXPERTS):
         for kind in ("gate_proj", "up_proj", "down_proj"):
             assert f"model.layers.1.mlp.experts.{e}.{kind}.{packed}" in names
     assert "model.layers.0.mlp.gate.weight" in names  # the router, in float
     assert not any(f"gate.{packed}" in n or "gate_up_proj" in n for n in names)
-    qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    if fmt == "gptq":  # a negative dynamic rule for the router, and only for it
-        import re
-
-        excluded = [k[2:] for k in qc.get("dynamic", {}) if k.startswith("-:")]
-        assert any(re.match(x, "model.layers.0.mlp.gate") for x in excluded), qc
-        assert not any(re.match(x, "model.layers.0.mlp.experts.0.gate_proj") for x in excluded)
-    else:
-        assert "model.layers.0.mlp.gate" in qc["ignore"], qc
-    ids = token_ids(259)
-    ref = source_logits(moe_dir, ids)
-    kld = mean_kld(ref, hf_logits(out, ids))
-    print(f"qwen3_moe {method} {fmt} W8: mean KLD {kld:.2e}")
-    assert kld < KLD_MAX, kld
-    bad = damage_hf(out, tmp_path, "model.layers.0.mlp.experts.0.down_proj")
-    damaged = mean_kld(ref, hf_logits(bad, ids))
-    print(f"qwen3_moe {method} {fmt} expert 0 zeroed: mean KLD {damaged:.2e}")
-    assert damaged > KLD_MAX, damaged
-
-
-def _block0(folder: Path):
-    """(info, block 0 materialised by the pipeline's streamer, its calibration inputs)."""
-    from qtapp.engine.model.sources import _model_info
-    from qtapp.engine.quant import pipeline
-
-    info = _model_info(folder, str(folder), folder.name)
-    streamer = pipeline.LayerStreamer(info, torch.device("cpu"))
-    g = torch.Generator().manual_seed(3)
-    inputs = streamer.capture_inputs(torch.randint(3, 259, (16, 64), generator=g), 8)
-    block = streamer.materialize(streamer.blocks[0], streamer.block_prefix(0))
-    streamer.close()
-    return info, block, inputs
-
-
-def _routing(block, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block's outputs and the experts its router picks for every token."""
-    picked: list[torch.Tensor] = []
-    hook = block.mlp.gate.register_forward_hook(lambda _m, _a, out: picked.append(out[2]))
-    try:
-        with torch.no_grad():
-            y = block(inputs.x, **inputs.kwargs)
-    finally:
-        hook.remove()
-    y = y[0] if isinstance(y, tuple) else y
-    return y, torch.cat(picked)
-
-
-def _awq_search(info, block, inputs, compensate_router: bool = True):
-    from dataclasses import replace
-
-    from qtapp.engine.config import AWQOptions
-    from qtapp.engine.quant.methods.awq import awq_search_block
-
-    groups = info.arch.present(0, block)[1]
-    if not compensate_router:
-        groups = tuple(replace(g, also=()) for g in groups)
-    scheme = QuantScheme(4, 32, True)
-    result = awq_search_block(
-        block, inputs.x, inputs.kwargs, groups, lambda _n: scheme, AWQOptions(), 8,
-        min_tokens=lambda n: min_expert_tokens(32) if info.arch.expert_of(n) is not None
-        else 0)
-    return groups, result
+    # a negative dynamic rule (GPTQ) or the ignore list for the router, and only for it
+    assert_router_excluded(out, "model.layers.0.mlp.gate",
+                           "model.layers.0.mlp.experts.0.gate_proj")
+    assert_w8_matches(moe_dir, out, lambda: damage_hf(
+        out, tmp_path, "model.layers.0.mlp.experts.0.down_proj"),
+        f"qwen3_moe {method} {fmt} W8 (damaged: expert 0 zeroed)")
 
 
 def _check_awq_folds_exactly(info, block, inputs, compensate_router: bool = True):
-    from qtapp.engine.quant.methods.awq import awq_apply_block
-
-    y0, picked0 = _routing(block, inputs)
-    groups, result = _awq_search(info, block, inputs, compensate_router)
-    norm = "post_attention_layernorm"
-    assert norm in result.scales and not torch.allclose(result.scales[norm],
-                                                       torch.ones_like(result.scales[norm]))
-    result.clips.clear()  # the scales alone change nothing in real arithmetic
-    awq_apply_block(block, result, groups)
-    y1, picked1 = _routing(block, inputs)
-    assert torch.equal(picked0, picked1), "the router picks other experts after scaling"
-    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
+    check_awq_folds_exactly(info, block, inputs, "mlp.gate", "post_attention_layernorm",
+                            compensate_router=compensate_router)
 
 
 def test_awq_scale_before_the_experts_leaves_routing_and_outputs_unchanged(moe_dir):
@@ -334,28 +209,24 @@ def test_awq_scale_before_the_experts_leaves_routing_and_outputs_unchanged(moe_d
     the same norm output, so its weight columns take the scale too (exact compensation):
     with the scales folded (no rounding), every token goes to the same experts and the
     block's output is unchanged."""
-    _check_awq_folds_exactly(*_block0(moe_dir))
+    _check_awq_folds_exactly(*block0(moe_dir))
 
 
 def test_an_uncompensated_router_is_caught(moe_dir):
     with pytest.raises(AssertionError):
-        _check_awq_folds_exactly(*_block0(moe_dir), compensate_router=False)
+        _check_awq_folds_exactly(*block0(moe_dir), compensate_router=False)
 
 
 def test_awq_statistics_come_from_each_experts_routed_tokens(moe_dir):
     """up→down is searched per expert on the tokens routed to it (its Gram matrix): an
     expert with fewer than min_expert_tokens gets no scale and no clip, with the reason;
     the counts are those of the float router (recomputed here)."""
-    info, block, inputs = _block0(moe_dir)
-    h = []
-    hook = block.mlp.register_forward_pre_hook(lambda _m, a: h.append(a[0]))
+    info, block, inputs = block0(moe_dir)
+    h = run_capturing(block, list(inputs.batches()), h=(block.mlp, "in"))["h"]
     with torch.no_grad():
-        block(inputs.x, **inputs.kwargs)
-    hook.remove()
-    with torch.no_grad():
-        _, _, idx = block.mlp.gate(torch.cat(h).reshape(-1, 64))
+        _, _, idx = block.mlp.gate(h.reshape(-1, 64))
     routed = [int((idx == e).any(-1).sum()) for e in range(N_EXPERTS)]
-    _, result = _awq_search(info, block, inputs)
+    _, result = awq_search(info, block, inputs)
     need = min_expert_tokens(32)
     assert any(n < need for n in routed) and any(n >= need for n in routed), routed
     for e in range(N_EXPERTS):
@@ -378,7 +249,7 @@ def test_awq_keeps_each_experts_routed_rows_across_mini_batches(moe_dir, monkeyp
     they bind on the tiny model."""
     from qtapp.engine.quant.methods import awq
 
-    _info, block, inputs = _block0(moe_dir)
+    _info, block, inputs = block0(moe_dir)
     monkeypatch.setattr(awq, "LOSS_TOKENS", 100)
     monkeypatch.setattr(awq, "CLIP_TOKENS", 50)
     names = [f"mlp.experts.{e}.down_proj" for e in range(N_EXPERTS)]
@@ -391,34 +262,24 @@ def test_awq_keeps_each_experts_routed_rows_across_mini_batches(moe_dir, monkeyp
 
 
 @pytest.mark.slow
-def test_awq_moe_end_to_end(moe_dir, tmp_path, capsys):
+def test_awq_moe_end_to_end(moe_dir, outputs, tmp_path, capsys):
     """AWQ W4 (AWQ format) beats RTN W4 at the same settings; W8 is within 1e-3; the run
     names the experts that took the fallback; a damaged expert fails the comparison."""
-    from safetensors import safe_open
-
-    from qtapp.cli import main
-
     ids = token_ids(259)
     ref = source_logits(moe_dir, ids)
-    kld = {}
-    for method, bits, fmt in (("rtn", 4, "gptq"), ("awq", 4, "awq"), ("awq", 8, "gptq")):
-        out = tmp_path / f"{method}{bits}"
-        assert main(["quantize", "--model", str(moe_dir), "--method", method, "--out",
-                     str(out), "--samples", "16", "--seq-len", "64", "--device", "cpu",
-                     "--no-eval", "--bits", str(bits), "--group-size", "32",
-                     "--format", fmt]) == 0
-        kld[method, bits] = mean_kld(ref, hf_logits(out, ids))
+    kld = {("rtn", 4): mean_kld(ref, hf_logits(outputs(moe_dir, "rtn", *W4_GPTQ), ids))}
+    for bits, fmt in ((4, "awq"), (8, "gptq")):
+        capsys.readouterr()
+        out = quantize_cli(moe_dir, tmp_path / f"awq{bits}", "awq", "--bits", str(bits),
+                           "--group-size", "32", "--format", fmt)
+        kld["awq", bits] = mean_kld(ref, hf_logits(out, ids))
         said = "".join(capsys.readouterr())
-        if method == "awq":
-            assert f"experts {RARE} (" in said and "not awq" in said, said[-2000:]
-        with capsys.disabled():
-            print(f"qwen3_moe {method} W{bits} g32: mean KLD {kld[method, bits]:.2e}")
+        assert f"experts {RARE} (" in said and "not awq" in said, said[-2000:]
+    with capsys.disabled():
+        print(f"qwen3_moe W4 / W8 g32: mean KLD {kld}")
     assert kld["awq", 4] < kld["rtn", 4], kld
     assert kld["awq", 8] < KLD_MAX, kld
-    names = set()
-    for f in (tmp_path / "awq4").glob("*.safetensors"):
-        with safe_open(f, "pt") as st:
-            names |= set(st.keys())
+    names = tensor_names(tmp_path / "awq4")
     assert "model.layers.0.mlp.experts.3.down_proj.qweight" in names
     assert "model.layers.0.mlp.gate.weight" in names  # the compensated router, in float
     bad = damage_hf(tmp_path / "awq4", tmp_path, "model.layers.0.mlp.experts.0.down_proj")
@@ -428,32 +289,21 @@ def test_awq_moe_end_to_end(moe_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_gptq_moe_w4_beats_rtn_on_held_out_text(moe_dir, tmp_path, capsys):
+def test_gptq_moe_w4_beats_rtn_on_held_out_text(moe_dir, outputs, tmp_path, capsys):
     """GPTQ W4 g32 beats RTN W4 g32 at the same settings, compared on held-out text (the
     built-in evaluation text: the calibration text's kind, none of its windows), with every
     expert but the seldom-routed one solved from its own tokens; a damaged expert fails the
     comparison. On `token_ids` (uniform random bytes, most never seen in calibration) GPTQ
     measures worse than RTN here, as it does on the dense llama (docs/models.md, fn. 6)."""
-    from test_families import held_out_ids
-
-    from qtapp.cli import main
-
-    ids = held_out_ids(moe_dir)
-    ref = source_logits(moe_dir, ids)
-    kld = {}
-    for method in ("rtn", "gptq"):
-        out = tmp_path / method
-        assert main(["quantize", "--model", str(moe_dir), "--method", method, "--out",
-                     str(out), "--samples", "16", "--seq-len", "64", "--device", "cpu",
-                     "--no-eval", "--bits", "4", "--group-size", "32", "--format",
-                     "gptq"]) == 0
-        kld[method] = mean_kld(ref, hf_logits(out, ids))
-        said = "".join(capsys.readouterr())
-        if method == "gptq":
-            assert f"experts {RARE} (" in said and "not gptq" in said, said[-2000:]
-            assert f"the other {N_EXPERTS - 1} experts use their own tokens" in said
-        with capsys.disabled():
-            print(f"qwen3_moe {method} W4 g32, held-out text: mean KLD {kld[method]:.2e}")
+    rtn = outputs(moe_dir, "rtn", *W4_GPTQ)
+    capsys.readouterr()
+    gptq = quantize_cli(moe_dir, tmp_path / "gptq", "gptq", *W4_GPTQ)
+    said = "".join(capsys.readouterr())
+    assert f"experts {RARE} (" in said and "not gptq" in said, said[-2000:]
+    assert f"the other {N_EXPERTS - 1} experts use their own tokens" in said
+    ids, ref, kld = held_out_klds(moe_dir, {"rtn": rtn, "gptq": gptq})
+    with capsys.disabled():
+        print(f"qwen3_moe W4 g32, held-out text: mean KLD {kld}")
     assert kld["gptq"] < kld["rtn"], kld
     bad = damage_hf(tmp_path / "gptq", tmp_path, "model.layers.0.mlp.experts.0.down_proj")
     damaged = mean_kld(ref, hf_logits(bad, ids))
@@ -462,21 +312,8 @@ def test_gptq_moe_w4_beats_rtn_on_held_out_text(moe_dir, tmp_path, capsys):
 
 
 def test_expert_count_mismatch_is_refused_before_any_work(moe_dir, tmp_path, capsys):
-    import shutil
-
-    from qtapp.cli import main
-
-    bad = tmp_path / "bad"
-    shutil.copytree(moe_dir, bad)
-    config = json.loads((bad / "config.json").read_text())
-    config["num_local_experts"] = N_EXPERTS * 2
-    (bad / "config.json").write_text(json.dumps(config))
-    out = tmp_path / "out"
-    assert main(["quantize", "--model", str(bad), "--method", "gptq", "--out", str(out),
-                 "--bits", "8", "--device", "cpu", "--no-eval"]) != 0
-    err = capsys.readouterr().err
-    assert f"says {N_EXPERTS * 2} experts" in err and f"hold {N_EXPERTS}" in err, err
-    assert not out.exists()
+    assert_expert_count_refused(moe_dir, tmp_path, capsys, "num_local_experts",
+                                N_EXPERTS * 2, N_EXPERTS)
 
 
 def test_planner_counts_total_for_memory_and_active_for_time():
@@ -500,62 +337,26 @@ def test_moe_gguf_merged_experts(demo_dir, tmp_path):
     """GGUF with each block's experts merged into ffn_gate_exps / ffn_up_exps /
     ffn_down_exps (E, out, in), the router as ffn_gate_inp, read by llama.cpp."""
     import gguf
-    from test_families import (
-        GGUF_F32_KLD_MAX,
-        GGUF_Q8_KLD_MAX,
-        damage_gguf,
-        gguf_file,
-        gguf_logits,
-        quantize_cli,
-    )
 
-    from qtapp.engine.gguf.convert import convert_to_gguf
     from qtapp.engine.gguf.llama_runtime import llama_cpp_available
 
     if not llama_cpp_available():
         pytest.skip("llama-cpp-python is not installed")
     src = build_family_model(tmp_path / "qwen3_moe", "qwen3_moe", demo_dir, **MOE)
-    ids = token_ids(259)
-    ref = source_logits(src, ids)
-    f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
+    f32, ref = assert_gguf_f32_reproduces(src, tmp_path, ["blk.0.ffn_down_exps.weight"],
+                                          "qwen3_moe")
     tensors = {t.name: t for t in gguf.GGUFReader(f32).tensors}
     assert not any("experts" in n or ".0." in n.split("blk.0.", 1)[-1] for n in tensors)
     for kind in ("gate", "up", "down"):
         assert N_EXPERTS in [int(x) for x in tensors[f"blk.1.ffn_{kind}_exps.weight"].shape]
     assert "blk.0.ffn_gate_inp.weight" in tensors
-    exact = mean_kld(ref, gguf_logits(f32, ids))
-    print(f"qwen3_moe gguf F32: mean KLD {exact:.2e}")
-    assert exact < GGUF_F32_KLD_MAX, exact
-    bad = damage_gguf(f32, tmp_path, "blk.0.ffn_down_exps.weight")
-    assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_F32_KLD_MAX
-
-    path = gguf_file(quantize_cli(src, tmp_path / "out", "gguf"))
-    kld = mean_kld(ref, gguf_logits(path, ids))
-    print(f"qwen3_moe gguf Q8_0: mean KLD {kld:.2e}")
-    assert kld < GGUF_Q8_KLD_MAX, kld
+    assert_gguf_q8_close(src, tmp_path, ref, "qwen3_moe")
 
 
 def test_moe_imatrix_has_one_row_per_expert(moe_dir):
     """The importance matrix of a merged expert tensor has a row per expert, built from the
     tokens routed to that expert (as llama-imatrix writes it for ffn_*_exps)."""
-    from qtapp.engine.gguf.hf_model import HfModel
-    from qtapp.engine.gguf.imatrix import ImatrixCollector
-    from qtapp.engine.model.sources import _model_info
-    from qtapp.engine.quant.pipeline import collect_input_stats
-
-    g = torch.Generator().manual_seed(5)
-    tokens = torch.randint(3, 259, (8, 64), generator=g)
-    hf = HfModel(moe_dir)
-    collector = ImatrixCollector()
-    collect_input_stats(_model_info(moe_dir, str(moe_dir), "m"), tokens,
-                        lambda name, x: collector.add_source(hf, name + ".weight", x),
-                        lambda _e: None, lambda: False, torch.device("cpu"))
-    imatrix = collector.to_imatrix()
-    model = _model(moe_dir)
-    unfuse_experts(model)
-    with torch.no_grad():
-        model(tokens)
-    routed = model.model.layers[0].mlp.experts.token_counts.numpy()
+    imatrix, routed = imatrix_and_routed(moe_dir, lambda m: m.model.layers[0].mlp.experts)
     assert routed[RARE] < routed.max()
     for kind in ("gate", "up", "down"):
         name = f"blk.0.ffn_{kind}_exps.weight"

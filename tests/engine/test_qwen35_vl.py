@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_families import (
+from family_helpers import (
     GGUF_F32_KLD_MAX,
     GGUF_Q8_KLD_MAX,
     KLD_MAX,
