@@ -230,6 +230,7 @@ def test_a_family_without_gguf_says_why_in_a_line(demo_dir, tmp_path, capsys):
     text = check_model(str(folder_with(tmp_path, CONFIGS["mamba"], demo_dir)),
                        machine()).text()
     assert all(a in text for a in ARCHS), text
+    assert "Choose GPTQ or AWQ" not in text and "no other method for it either" in text, text
     assert text.count("QuantDesk supports llama") == 1, text
     assert "  gptq  no   as rtn\n  awq   no   as rtn\n" in text, text
 

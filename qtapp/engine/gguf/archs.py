@@ -93,10 +93,15 @@ def arch_of(config: dict[str, Any]) -> GgufArch:
     # as llama.cpp's converter, the architectures decide; model_type only without them
     known = [n for n in names if n in ARCHITECTURE_TO_TYPE]
     if names and not known:
+        try:  # a family QuantDesk supports by model_type takes the other methods
+            other = family_for(config).supported
+        except UserError:  # nothing in QuantDesk takes it: no method to point to
+            other = False
+        instead = ("Choose GPTQ or AWQ for this model, or convert it" if other else
+                   "QuantDesk has no other method for it either; convert it")
         raise UserError(
             f"GGUF conversion does not support the architecture {shown}. QuantDesk converts "
-            f"{', '.join(ARCHS)}. Choose GPTQ or AWQ for this model if QuantDesk supports it, "
-            "or convert it with llama.cpp's convert_hf_to_gguf.py.")
+            f"{', '.join(ARCHS)}. {instead} with llama.cpp's convert_hf_to_gguf.py.")
     try:
         family = FAMILIES[ARCHITECTURE_TO_TYPE[known[0]]] if known else family_for(config)
     except UserError as e:
