@@ -66,18 +66,10 @@ def build_family_model(folder: Path, model_type: str, tokenizer_from: Path | Non
                        embed_std: float | None = None, **overrides) -> Path:
     """A tiny random model of `model_type` with peaked outputs, saved as safetensors with
     the byte tokenizer (or the tokenizer of `tokenizer_from`)."""
-    from tiny_models import write_byte_tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = write_byte_tokenizer(folder)
-    if tokenizer_from is not None:
-        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                     "special_tokens_map.json"):
-            if (tokenizer_from / name).is_file():
-                shutil.copy2(tokenizer_from / name, folder / name)
-        vocab = json.loads((tokenizer_from / "config.json").read_text())["vocab_size"]
+    vocab = write_tokenizer(folder, tokenizer_from)
     settings = {
         "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
         "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": vocab,
@@ -90,14 +82,45 @@ def build_family_model(folder: Path, model_type: str, tokenizer_from: Path | Non
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)
         with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.ndim == 1 and "norm" in name:  # not the neutral 1 (or 0 for 1 + w)
-                    p.add_(0.2 * torch.randn_like(p))
-            embed = model.get_input_embeddings().weight
-            embed.mul_((embed_std or EMBED_STD.get(model_type, 1.0)) / embed.std())
+            spread(model, embed_std or EMBED_STD.get(model_type, 1.0))
         sharpen(model, vocab)
     model.to(torch.float32).save_pretrained(folder)
     return folder
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                   "special_tokens_map.json")
+
+
+def copy_tokenizer(src: Path, folder: Path) -> None:
+    """The tokenizer files `src` has, copied into `folder`."""
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, folder / name)
+
+
+def write_tokenizer(folder: Path, tokenizer_from: Path | None = None) -> int:
+    """The byte tokenizer written into `folder` (created), or the tokenizer of
+    `tokenizer_from` (a folder whose config.json names its vocab_size) copied over it.
+    Returns the vocabulary size."""
+    from tiny_models import write_byte_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = write_byte_tokenizer(folder)
+    if tokenizer_from is None:
+        return vocab
+    copy_tokenizer(tokenizer_from, folder)
+    return json.loads((tokenizer_from / "config.json").read_text())["vocab_size"]
+
+
+def spread(model, embed_std: float) -> None:
+    """Move the model's norm weights off their neutral value (1, or 0 for 1 + w) and scale
+    its token embeddings to std `embed_std` (call under torch.no_grad, seeded)."""
+    for name, p in model.named_parameters():
+        if p.ndim == 1 and "norm" in name:
+            p.add_(0.2 * torch.randn_like(p))
+    embed = model.get_input_embeddings().weight
+    embed.mul_(embed_std / embed.std())
 
 
 def sharpen(model, vocab: int, entropy: float = ENTROPY) -> None:
@@ -184,6 +207,16 @@ def tensor_names(folder: Path) -> set[str]:
         with safe_open(f, "pt") as st:
             names |= set(st.keys())
     return names
+
+
+def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's safetensors files, by name."""
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for f in folder.glob("*.safetensors"):
+        out.update(load_file(f))
+    return out
 
 
 def load_model(folder: Path):
@@ -365,10 +398,11 @@ def assert_w8_matches(src: Path, out: Path, damaged: Callable[[], Path], label: 
     return kld
 
 
-def held_out_klds(src: Path, outputs: dict[str, Path]
+def held_out_klds(src: Path, outputs: dict[str, Path], ids: list[int] | None = None
                   ) -> tuple[list[int], torch.Tensor, dict[str, float]]:
-    """(held_out_ids, the source's logits on them, name → mean KLD of each output)."""
-    ids = held_out_ids(src)
+    """(held_out_ids (or `ids`), the source's logits on them, name → mean KLD of each
+    output)."""
+    ids = held_out_ids(src) if ids is None else ids
     ref = source_logits(src, ids)
     return ids, ref, {k: mean_kld(ref, hf_logits(out, ids)) for k, out in outputs.items()}
 
@@ -418,13 +452,19 @@ def assert_gguf_f32_reproduces(src: Path, tmp: Path, broken: Iterable[str], labe
 
 
 def assert_gguf_q8_close(src: Path, tmp: Path, ref: torch.Tensor, label: str,
-                         limit: float = GGUF_Q8_KLD_MAX) -> Path:
+                         limit: float = GGUF_Q8_KLD_MAX, broken: str | None = None) -> Path:
     """Q8_0 through the CLI, run by llama-cpp-python, within `limit` of `ref` (the source's
-    logits on `token_ids`). Returns the file."""
+    logits on `token_ids`), and the file with the tensor `broken` zeroed above it. Returns
+    the file."""
+    ids = token_ids(259)
     path = gguf_file(quantize_cli(src, tmp / "out", "gguf"))
-    kld = mean_kld(ref, gguf_logits(path, token_ids(259)))
+    kld = mean_kld(ref, gguf_logits(path, ids))
     print(f"{label} gguf Q8_0: mean KLD {kld:.2e}")
     assert kld < limit, kld
+    if broken is not None:
+        damaged = mean_kld(ref, gguf_logits(damage_gguf(path, tmp, broken), ids))
+        print(f"{label} gguf Q8_0, {broken} zeroed: mean KLD {damaged:.2e}")
+        assert damaged > limit, (broken, damaged)
     return path
 
 

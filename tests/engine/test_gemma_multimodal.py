@@ -40,18 +40,23 @@ import torch
 from family_helpers import (
     GGUF_F32_KLD_MAX,
     GGUF_Q8_KLD_MAX,
-    KLD_MAX,
+    W4_G32,
+    assert_gguf_f32_reproduces,
+    assert_gguf_q8_close,
+    assert_w8_matches,
     build_family_model,
-    damage_gguf,
     damage_hf,
     gguf_file,
     gguf_logits,
-    hf_logits,
+    held_out_klds,
+    load_tensors,
     mean_kld,
     quantize_cli,
     sharpen,
     source_logits,
+    spread,
     token_ids,
+    write_tokenizer,
 )
 
 from qtapp.engine.errors import UserError
@@ -106,18 +111,10 @@ def build_multimodal(folder: Path, model_type: str, text: dict,
     """A tiny vision-language model of `model_type` (gemma3 / gemma4) with peaked outputs,
     saved by transformers' save_pretrained with the byte tokenizer (or `tokenizer_from`'s);
     layer_scalars: Gemma 4's per-layer output scales drawn from [0.5, 1.5] (not all 1)."""
-    from tiny_models import write_byte_tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = write_byte_tokenizer(folder)
-    if tokenizer_from is not None:
-        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                     "special_tokens_map.json"):
-            if (tokenizer_from / name).is_file():
-                shutil.copy2(tokenizer_from / name, folder / name)
-        vocab = json.loads((tokenizer_from / "config.json").read_text())["vocab_size"]
+    vocab = write_tokenizer(folder, tokenizer_from)
     text = {**text, "vocab_size": vocab}
     if model_type == "gemma3":
         config = AutoConfig.for_model("gemma3", text_config=text, vision_config=SIGLIP,
@@ -130,11 +127,7 @@ def build_multimodal(folder: Path, model_type: str, text: dict,
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)
         with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.ndim == 1 and "norm" in name:
-                    p.add_(0.2 * torch.randn_like(p))
-            embed = model.get_input_embeddings().weight
-            embed.mul_(EMBED[model_type] / embed.std())
+            spread(model, EMBED[model_type])
             for name, b in model.named_buffers():
                 if layer_scalars and name.endswith("layer_scalar"):
                     b.uniform_(0.5, 1.5)
@@ -371,15 +364,6 @@ def test_streamed_blocks_reproduce_the_model(built, name):
 # ------------------------------------------------------------------------ end to end
 
 
-def _source_names(src: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    out: dict[str, torch.Tensor] = {}
-    for f in src.glob("*.safetensors"):
-        out.update(load_file(f))
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name, method", [
     *((n, m) for n in ("gemma3", "gemma4") for m in ("rtn", "gptq", "awq")),
@@ -392,27 +376,19 @@ def test_hf_methods_end_to_end(built, name, method, tmp_path):
 
     src = built(name)
     out = quantize_cli(src, tmp_path / "out", method)
-    ids = token_ids(259)
-    ref = source_logits(src, ids)
     model, _ = load_dequantized(out)
     assert type(model).__name__ == FAMILIES[name].architectures[0]
-    kld = mean_kld(ref, hf_logits(out, ids))
-    print(f"{name} {method} W8: mean KLD {kld:.2e}")
-    assert kld < KLD_MAX, kld
+    module = {"gemma3": "language_model.model.layers.0.mlp.down_proj",
+              "gemma4": "model.language_model.layers.0.mlp.down_proj",
+              "gemma4_text": "model.layers.0.mlp.down_proj"}[name]
+    assert_w8_matches(src, out, lambda: damage_hf(out, tmp_path, module), f"{name} {method} W8")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     if qc["quant_method"] == "gptq":  # optimum converts these blocks, not the vision tower's
         assert qc.get("block_name_to_quantize") == (
             None if name == "gemma4_text" else "model.language_model.layers"), qc
-    source, written = _source_names(src), _source_names(out)
+    source, written = load_tensors(src), load_tensors(out)
     kept = [n for n in source if n.startswith(KEPT[name])]
     assert kept and all(torch.equal(source[n], written[n]) for n in kept)
-    module = {"gemma3": "language_model.model.layers.0.mlp.down_proj",
-              "gemma4": "model.language_model.layers.0.mlp.down_proj",
-              "gemma4_text": "model.layers.0.mlp.down_proj"}[name]
-    bad = damage_hf(out, tmp_path, module)
-    damaged = mean_kld(ref, hf_logits(bad, ids))
-    print(f"{name} {method} damaged: mean KLD {damaged:.2e}")
-    assert damaged > KLD_MAX, damaged
 
 
 def test_a_changed_vision_tensor_is_seen(built, tmp_path):
@@ -423,13 +399,13 @@ def test_a_changed_vision_tensor_is_seen(built, tmp_path):
     src = built("gemma4")
     copy = tmp_path / "copy"
     shutil.copytree(src, copy)
-    tensors = _source_names(copy)
+    tensors = load_tensors(copy)
     name = next(n for n in tensors if n.startswith("model.vision_tower."))
     tensors[name] = tensors[name].to(torch.bfloat16).to(torch.float32)
     for f in copy.glob("*.safetensors"):
         f.unlink()
     save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
-    source, written = _source_names(src), _source_names(copy)
+    source, written = load_tensors(src), load_tensors(copy)
     assert not all(torch.equal(source[n], written[n]) for n in source
                    if n.startswith(KEPT["gemma4"]))
 
@@ -437,20 +413,12 @@ def test_a_changed_vision_tensor_is_seen(built, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gemma3", "gemma4"])
 def test_4bit_gptq_and_awq_beat_rtn(built, name, tmp_path):
-    from qtapp.cli import main
-
     """W4 g32: the calibrated methods are closer to the source than plain rounding, on text
     (TEXT) that is not the calibration text."""
     src = built(name)
     ids = [3 + b for b in TEXT.encode()]  # the byte tokenizer: id = 3 + byte
-    ref = source_logits(src, ids)
-    kld = {}
-    for method in ("rtn", "gptq", "awq"):
-        out = tmp_path / method
-        assert main(["quantize", "--model", str(src), "--method", method, "--out", str(out),
-                     "--samples", "16", "--seq-len", "64", "--device", "cpu", "--no-eval",
-                     "--bits", "4", "--group-size", "32"]) == 0
-        kld[method] = mean_kld(ref, hf_logits(out, ids))
+    outputs = {m: quantize_cli(src, tmp_path / m, m, *W4_G32) for m in ("rtn", "gptq", "awq")}
+    _, _, kld = held_out_klds(src, outputs, ids)
     print(f"{name} W4 g32: " + ", ".join(f"{m} {v:.2e}" for m, v in kld.items()))
     assert kld["gptq"] < kld["rtn"] and kld["awq"] < kld["rtn"], kld
 
@@ -463,29 +431,15 @@ def test_gemma3_gguf_holds_the_text_model(built, demo_dir, tmp_path):
     tensor is damaged."""
     import gguf
 
-    from qtapp.engine.gguf.convert import convert_to_gguf
     from qtapp.engine.gguf.llama_runtime import llama_cpp_available
 
     if not llama_cpp_available():
         pytest.skip("llama-cpp-python is not installed")
     src = built("gemma3", demo_dir)
-    ids = token_ids(259)
-    ref = source_logits(src, ids)
-    f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
+    f32, ref = assert_gguf_f32_reproduces(src, tmp_path, ("blk.5.ffn_down.weight",), "gemma3")
     names = [t.name for t in gguf.GGUFReader(f32).tensors]
     assert not any("v." in n[:2] or "mm" in n for n in names), names
-    exact = mean_kld(ref, gguf_logits(f32, ids))
-    print(f"gemma3 gguf F32: mean KLD {exact:.2e}")
-    assert exact < GGUF_F32_KLD_MAX, exact
-    bad = damage_gguf(f32, tmp_path, "blk.5.ffn_down.weight")
-    assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_F32_KLD_MAX
-
-    path = gguf_file(quantize_cli(src, tmp_path / "out", "gguf"))
-    kld = mean_kld(ref, gguf_logits(path, ids))
-    print(f"gemma3 gguf Q8_0: mean KLD {kld:.2e}")
-    assert kld < GGUF_Q8_KLD_MAX, kld
-    bad = damage_gguf(path, tmp_path, "token_embd.weight")
-    assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_Q8_KLD_MAX
+    assert_gguf_q8_close(src, tmp_path, ref, "gemma3", broken="token_embd.weight")
 
 
 # the tensor each Gemma 4 F32 GGUF is damaged in (zeroed) to show the 1e-5 comparison failing
@@ -508,29 +462,15 @@ def test_gemma4_gguf_reproduces_the_model(built, spm_tokenizer, name, tmp_path):
     transformers, Q8_0 (CLI) within 1e-2, each rejected once a tensor is zeroed."""
     import gguf
 
-    from qtapp.engine.gguf.convert import convert_to_gguf
     from qtapp.engine.gguf.llama_runtime import llama_cpp_available
 
     if not llama_cpp_available():
         pytest.skip("llama-cpp-python is not installed")
     src = built(name, spm_tokenizer)
-    ids = token_ids(259)
-    ref = source_logits(src, ids)
-    f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
+    f32, ref = assert_gguf_f32_reproduces(src, tmp_path, (GEMMA4_DAMAGED[name],), name)
     names = {t.name for t in gguf.GGUFReader(f32).tensors}
     assert not any(n.startswith(("v.", "a.", "mm.")) for n in names), names
-    exact = mean_kld(ref, gguf_logits(f32, ids))
-    print(f"{name} gguf F32: mean KLD {exact:.2e}")
-    assert exact < GGUF_F32_KLD_MAX, exact
-    bad = damage_gguf(f32, tmp_path, GEMMA4_DAMAGED[name])
-    assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_F32_KLD_MAX
-
-    path = gguf_file(quantize_cli(src, tmp_path / "out", "gguf"))
-    kld = mean_kld(ref, gguf_logits(path, ids))
-    print(f"{name} gguf Q8_0: mean KLD {kld:.2e}")
-    assert kld < GGUF_Q8_KLD_MAX, kld
-    bad = damage_gguf(path, tmp_path, "token_embd.weight")
-    assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_Q8_KLD_MAX
+    assert_gguf_q8_close(src, tmp_path, ref, name, broken="token_embd.weight")
 
 
 @pytest.mark.llama_cpp
@@ -547,7 +487,6 @@ def test_gemma4_gguf_metadata_and_k_quants(built, spm_tokenizer, tmp_path):
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qtapp.cli import main
     from qtapp.engine.gguf.convert import convert_to_gguf
     from qtapp.engine.gguf.llama_runtime import llama_cpp_available, load_llama
 
@@ -581,11 +520,8 @@ def test_gemma4_gguf_metadata_and_k_quants(built, spm_tokenizer, tmp_path):
     ids = token_ids(259)
     ref = source_logits(src, ids)
     assert mean_kld(ref, gguf_logits(f32, ids)) < GGUF_F32_KLD_MAX
-    out = tmp_path / "q4"
-    assert main(["quantize", "--model", str(src), "--method", "gguf", "--out", str(out),
-                 "--type", "Q4_K_M", "--imatrix", "none", "--device", "cpu",
-                 "--no-eval"]) == 0
-    path = gguf_file(out)
+    path = gguf_file(quantize_cli(src, tmp_path / "q4", "gguf", "--type", "Q4_K_M",
+                                  "--imatrix", "none"))
     types = {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
     assert {"Q4_K", "Q6_K"} <= types, types
     q4 = mean_kld(ref, gguf_logits(path, ids))

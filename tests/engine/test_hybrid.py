@@ -22,15 +22,16 @@ import pytest
 import torch
 from family_helpers import (
     GGUF_F32_KLD_MAX,
-    GGUF_Q8_KLD_MAX,
-    KLD_MAX,
+    W4_G32,
+    assert_gguf_f32_reproduces,
+    assert_gguf_q8_close,
+    assert_w8_matches,
     build_family_model,
-    damage_gguf,
     damage_hf,
-    gguf_file,
     gguf_logits,
-    hf_logits,
+    held_out_klds,
     mean_kld,
+    quantize_cli,
     source_logits,
     token_ids,
 )
@@ -60,25 +61,19 @@ def qwen35_dir(tmp_path_factory):
                               "qwen3_5_text", embed_std=EMBED_STD, **QWEN3_5)
 
 
-def quantize(src: Path, out: Path, method: str, bits: int = 8, extra: tuple = ()) -> Path:
-    from qtapp.cli import main
+def _meta_model(model_type: str, **extra):
+    """(config, transformers' model on the meta device) of `model_type` in the tiny shape
+    with QWEN3_5's blocks, `extra` on top."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    args = ["quantize", "--model", str(src), "--method", method, "--out", str(out),
-            "--samples", "16", "--seq-len", "64", "--device", "cpu", "--no-eval", *extra]
-    args += ["--type", "Q8_0", "--imatrix", "none"] if method == "gguf" else \
-        ["--bits", str(bits)]
-    assert main(args) == 0
-    return out
+    config = AutoConfig.for_model(model_type, hidden_size=64, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=300, **{**QWEN3_5, **extra})
+    with torch.device("meta"):
+        return config, AutoModelForCausalLM.from_config(config)
 
 
 def test_table_follows_layer_types():
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model("qwen3_5_text", hidden_size=64, num_attention_heads=4,
-                                  num_key_value_heads=2, intermediate_size=128,
-                                  vocab_size=300, **QWEN3_5)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    config, model = _meta_model("qwen3_5_text", intermediate_size=128)
     spec = arch_for(config.to_dict())
     assert spec.layer_types == tuple(KINDS)
     for i, block in enumerate(model.model.layers):
@@ -113,16 +108,9 @@ def test_source_outputs_are_peaked(qwen35_dir):
 def test_hf_methods_end_to_end(qwen35_dir, method, tmp_path):
     from safetensors import safe_open
 
-    out = quantize(qwen35_dir, tmp_path / "out", method)
-    ids = token_ids(259)
-    ref = source_logits(qwen35_dir, ids)
-    kld = mean_kld(ref, hf_logits(out, ids))
-    print(f"qwen3_5_text {method} W8: mean KLD {kld:.2e}")
-    assert kld < KLD_MAX, kld
-    bad = damage_hf(out, tmp_path, "model.layers.0.linear_attn.out_proj")
-    damaged = mean_kld(ref, hf_logits(bad, ids))
-    print(f"qwen3_5_text {method} damaged: mean KLD {damaged:.2e}")
-    assert damaged > KLD_MAX, damaged
+    out = quantize_cli(qwen35_dir, tmp_path / "out", method)
+    assert_w8_matches(qwen35_dir, out, lambda: damage_hf(
+        out, tmp_path, "model.layers.0.linear_attn.out_proj"), f"qwen3_5_text {method} W8")
     # the DeltaNet's convolution, decay, time step and gated norm are the source's, bit for bit
     (src_file,) = qwen35_dir.glob("*.safetensors")
     outs = {}
@@ -156,8 +144,8 @@ def test_gguf_end_to_end(qwen35_bpe_dir, tmp_path):
         pytest.skip("llama-cpp-python is not installed")
     src = qwen35_bpe_dir
     ids = token_ids(259)
-    ref = source_logits(src, ids)
-    f32 = convert_to_gguf(src, tmp_path / "f32.gguf", "F32").path
+    f32, ref = assert_gguf_f32_reproduces(src, tmp_path, ("blk.0.ssm_out.weight", "blk.2.ssm_a"),
+                                          "qwen3_5_text")
     reader = gguf.GGUFReader(f32)
     fields = {f.name: f.contents() for f in reader.fields.values()}
     assert fields["qwen35.full_attention_interval"] == 2
@@ -165,14 +153,6 @@ def test_gguf_end_to_end(qwen35_bpe_dir, tmp_path):
     names = {t.name for t in reader.tensors}
     assert {"blk.0.ssm_a", "blk.0.ssm_dt.bias", "blk.0.ssm_conv1d.weight", "blk.0.attn_qkv.weight",
             "blk.0.attn_gate.weight", "blk.0.ssm_out.weight", "blk.1.attn_q.weight"} <= names
-    exact = mean_kld(ref, gguf_logits(f32, ids))
-    print(f"qwen3_5_text gguf F32: mean KLD {exact:.2e}")
-    assert exact < GGUF_F32_KLD_MAX, exact
-    for tensor in ("blk.0.ssm_out.weight", "blk.2.ssm_a"):
-        bad = damage_gguf(f32, tmp_path, tensor)
-        damaged = mean_kld(ref, gguf_logits(bad, ids))
-        print(f"qwen3_5_text gguf F32 {tensor} zeroed: mean KLD {damaged:.2e}")
-        assert damaged > GGUF_F32_KLD_MAX, (tensor, damaged)
     # the value heads left grouped by key head (no tiling): llama.cpp reads them wrong
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("qtapp.engine.gguf.hf_model.tile_value_heads",
@@ -181,15 +161,7 @@ def test_gguf_end_to_end(qwen35_bpe_dir, tmp_path):
     damaged = mean_kld(ref, gguf_logits(untiled, ids))
     print(f"qwen3_5_text gguf F32 without value-head tiling: mean KLD {damaged:.2e}")
     assert damaged > GGUF_F32_KLD_MAX, damaged
-
-    path = gguf_file(quantize(src, tmp_path / "out", "gguf"))
-    kld = mean_kld(ref, gguf_logits(path, ids))
-    print(f"qwen3_5_text gguf Q8_0: mean KLD {kld:.2e}")
-    assert kld < GGUF_Q8_KLD_MAX, kld
-    bad = damage_gguf(path, tmp_path, "blk.0.attn_qkv.weight")
-    damaged = mean_kld(ref, gguf_logits(bad, ids))
-    print(f"qwen3_5_text gguf Q8_0 damaged: mean KLD {damaged:.2e}")
-    assert damaged > GGUF_Q8_KLD_MAX, damaged
+    assert_gguf_q8_close(src, tmp_path, ref, "qwen3_5_text", broken="blk.0.attn_qkv.weight")
 
 
 @pytest.mark.slow
@@ -202,11 +174,8 @@ def test_four_bit_gptq_and_awq_beat_rtn(model, request, tmp_path):
 
     src = request.getfixturevalue(model)
     ids = [3 + b for b in builtin_eval_text().encode()[:128]]
-    ref = source_logits(src, ids)
-    kld = {}
-    for method in ("rtn", "gptq", "awq"):
-        out = quantize(src, tmp_path / method, method, bits=4, extra=("--group-size", "32"))
-        kld[method] = mean_kld(ref, hf_logits(out, ids))
+    outputs = {m: quantize_cli(src, tmp_path / m, m, *W4_G32) for m in ("rtn", "gptq", "awq")}
+    _, _, kld = held_out_klds(src, outputs, ids)
     print(f"{src.name} W4 g32: " + ", ".join(f"{m} {v:.2e}" for m, v in kld.items()))
     assert kld["gptq"] < kld["rtn"] and kld["awq"] < kld["rtn"], kld
 
@@ -237,14 +206,9 @@ def qwen35_moe_bpe_dir(tmp_path_factory, demo_dir):
 
 
 def test_moe_table_expands_experts_and_keeps_the_gates():
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from qtapp.engine.model.moe import unfuse_experts
 
-    config = AutoConfig.for_model("qwen3_5_moe_text", hidden_size=64, num_attention_heads=4,
-                                  num_key_value_heads=2, vocab_size=300, **{**QWEN3_5, **MOE})
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    config, model = _meta_model("qwen3_5_moe_text", **MOE)
     unfuse_experts(model)
     spec = arch_for(config.to_dict())
     for i, block in enumerate(model.model.layers):
@@ -261,12 +225,10 @@ def test_moe_table_expands_experts_and_keeps_the_gates():
 def test_moe_hf_methods_end_to_end(qwen35_moe_dir, method, tmp_path):
     from safetensors import safe_open
 
-    out = quantize(qwen35_moe_dir, tmp_path / "out", method)
-    ids = token_ids(259)
-    ref = source_logits(qwen35_moe_dir, ids)
-    kld = mean_kld(ref, hf_logits(out, ids))
-    print(f"qwen3_5_moe_text {method} W8: mean KLD {kld:.2e}")
-    assert kld < KLD_MAX, kld
+    out = quantize_cli(qwen35_moe_dir, tmp_path / "out", method)
+    assert_w8_matches(qwen35_moe_dir, out, lambda: damage_hf(
+        out, tmp_path, "model.layers.0.mlp.shared_expert.down_proj"),
+        f"qwen3_5_moe_text {method} W8")
     tensors = {}
     for f in out.glob("*.safetensors"):
         with safe_open(f, "pt") as h:
@@ -283,10 +245,6 @@ def test_moe_hf_methods_end_to_end(qwen35_moe_dir, method, tmp_path):
     with safe_open(src_file, "pt") as src:
         for name in floats:  # AWQ writes the compensated router and gate, the others the source's
             assert torch.equal(tensors[name], src.get_tensor(name)) == (method != "awq"), name
-    bad = damage_hf(out, tmp_path, "model.layers.0.mlp.shared_expert.down_proj")
-    damaged = mean_kld(ref, hf_logits(bad, ids))
-    print(f"qwen3_5_moe_text {method} damaged: mean KLD {damaged:.2e}")
-    assert damaged > KLD_MAX, damaged
 
 
 def _fold_awq_scales(folder: Path, uncompensated: tuple[str, ...] = ()):
@@ -327,15 +285,10 @@ def test_moe_awq_table_pairs():
     every routed expert's and the shared expert's gate/up (the router and the shared
     expert's gate compensated), an up→down pair per routed expert and one for the shared
     expert; every pair names modules of the real blocks."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from qtapp.engine.model.arch import method_refusal
     from qtapp.engine.model.moe import unfuse_experts
 
-    config = AutoConfig.for_model("qwen3_5_moe_text", hidden_size=64, num_attention_heads=4,
-                                  num_key_value_heads=2, vocab_size=300, **{**QWEN3_5, **MOE})
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    config, model = _meta_model("qwen3_5_moe_text", **MOE)
     unfuse_experts(model)
     spec = arch_for(config.to_dict())
     assert method_refusal("awq", config.to_dict()) == ""
@@ -381,7 +334,6 @@ def test_moe_awq_uncompensated_shared_expert_gate_is_caught(qwen35_moe_dir):
 def test_moe_gguf_end_to_end(qwen35_moe_bpe_dir, tmp_path, monkeypatch):
     import gguf
 
-    from qtapp.engine.gguf.convert import convert_to_gguf
     from qtapp.engine.gguf.llama_runtime import llama_cpp_available
 
     if not llama_cpp_available():
@@ -393,29 +345,17 @@ def test_moe_gguf_end_to_end(qwen35_moe_bpe_dir, tmp_path, monkeypatch):
     # directly here, so the vocabulary is written under the demo tokenizer's own name.
     monkeypatch.setattr("qtapp.engine.gguf.vocab.pre_tokenizer_name",
                         lambda _tokenizer, _dir: "smollm")
-    ids = token_ids(259)
-    ref = source_logits(qwen35_moe_bpe_dir, ids)
-    f32 = convert_to_gguf(qwen35_moe_bpe_dir, tmp_path / "f32.gguf", "F32").path
+    f32, ref = assert_gguf_f32_reproduces(qwen35_moe_bpe_dir, tmp_path,
+                                          ("blk.1.ffn_down_shexp.weight",), "qwen3_5_moe_text")
     tensors = {t.name: t for t in gguf.GGUFReader(f32).tensors}
     assert tuple(tensors["blk.0.ffn_gate_exps.weight"].shape) == (64, 64, 8)
     assert "blk.0.ffn_gate_inp_shexp.weight" in tensors and "blk.0.ffn_up_shexp.weight" in tensors
-    exact = mean_kld(ref, gguf_logits(f32, ids))
-    print(f"qwen3_5_moe_text gguf F32: mean KLD {exact:.2e}")
-    assert exact < GGUF_F32_KLD_MAX, exact
-    bad = damage_gguf(f32, tmp_path, "blk.1.ffn_down_shexp.weight")
-    assert mean_kld(ref, gguf_logits(bad, ids)) > GGUF_F32_KLD_MAX
 
-    path = gguf_file(quantize(qwen35_moe_bpe_dir, tmp_path / "out", "gguf"))
+    path = assert_gguf_q8_close(qwen35_moe_bpe_dir, tmp_path, ref, "qwen3_5_moe_text",
+                                broken="blk.0.attn_qkv.weight")
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
     assert types["blk.0.ffn_gate_inp_shexp.weight"] == gguf.GGMLQuantizationType.F32
     assert types["blk.0.ssm_conv1d.weight"] == gguf.GGMLQuantizationType.F32
-    kld = mean_kld(ref, gguf_logits(path, ids))
-    print(f"qwen3_5_moe_text gguf Q8_0: mean KLD {kld:.2e}")
-    assert kld < GGUF_Q8_KLD_MAX, kld
-    bad = damage_gguf(path, tmp_path, "blk.0.attn_qkv.weight")
-    damaged = mean_kld(ref, gguf_logits(bad, ids))
-    print(f"qwen3_5_moe_text gguf Q8_0 damaged: mean KLD {damaged:.2e}")
-    assert damaged > GGUF_Q8_KLD_MAX, damaged
 
 
 # ------------------------------------------------ check, planner and advisor on real shapes
@@ -498,15 +438,9 @@ def test_planner_counts_parameters_of_the_blocks_transformers_builds(model_type,
     convolution and state parameters, the gated q_proj and q/k norms of the attention
     blocks, the routed and shared experts with their gates. Active parameters (time):
     everything but the experts a token is not routed to (E − top-k of them per block)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from qtapp.engine.planning.shape import ModelShape
 
-    config = AutoConfig.for_model(model_type, hidden_size=64, num_attention_heads=4,
-                                  num_key_value_heads=2, vocab_size=300,
-                                  **{**QWEN3_5, **extra})
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    config, model = _meta_model(model_type, **extra)
     total = sum(p.numel() for p in model.parameters())
     experts = [sum(p.numel() for p in block.mlp.experts.parameters())
                for block in model.model.layers if hasattr(block.mlp, "experts")]
