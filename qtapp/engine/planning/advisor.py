@@ -231,10 +231,11 @@ FALLBACKS = {"gguf": ("gptq", "awq", "rtn"), "awq": ("gptq", "rtn"), "gptq": ("a
 
 def _refusals(config: dict[str, Any] | None) -> dict[str, str]:
     """method → why the model's family refuses it (the compatibility check's answer from
-    config.json alone: the FAMILIES table); {} without a config."""
+    config.json alone: the FAMILIES table); {} without a config, without importing compat,
+    which imports the gguf package."""
     if not config:
         return {}
-    from qtapp.engine.planning.compat import refusals  # imports the gguf package
+    from qtapp.engine.planning.compat import refusals
 
     return refusals(config)
 

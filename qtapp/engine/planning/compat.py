@@ -354,10 +354,12 @@ def config_checks(config: dict[str, Any]) -> list[MethodCheck]:
     return [*checks, gguf]
 
 
-def refusals(config: dict[str, Any]) -> dict[str, str]:
+def refusals(config: dict[str, Any] | None) -> dict[str, str]:
     """method → why this model's family refuses it, from config.json alone (config_checks);
     the methods not named are the ones the family takes (the advisor recommends, the method
-    page offers only those)."""
+    page offers only those). {} without a config (no model chosen yet)."""
+    if not config:
+        return {}
     return {c.method: c.reason for c in config_checks(config) if not c.ok}
 
 

@@ -417,8 +417,7 @@ class MethodPage(QWidget):
         reason as its tooltip, and a refused choice moves to the first one offered."""
         from qtapp.engine.planning.compat import refusals  # imports the gguf package
 
-        config = getattr(self.state.model, "config", None)
-        refused = refusals(config) if config else {}
+        refused = refusals(getattr(self.state.model, "config", None))
         for key, radio in self.method_radio.items():
             radio.setEnabled(key not in refused)
             radio.setToolTip(tr("Not for this model: {reason}").format(reason=refused[key])

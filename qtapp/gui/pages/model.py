@@ -261,7 +261,7 @@ def methods_text(config: dict) -> str:
     reason, not the converter's list of architectures)."""
     from qtapp.engine.planning.compat import METHODS, refusals  # imports the gguf package
 
-    refused = refusals(config) if config else {}
+    refused = refusals(config)
     parts = [", ".join(m.upper() for m in METHODS if m not in refused)]
     parts += [tr("not {method}: {reason}").format(method=m.upper(), reason=refused[m])
               for m in METHODS if m in refused]
